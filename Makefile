@@ -1,0 +1,32 @@
+# Garrison — the two commands: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export GARRISON_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/test
+export GARRISON_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: demo test lint typecheck unit bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/garrison up -c examples/garrison.yaml --demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -n 2 tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/gateway/run.py
+
+clean:
+	rm -rf $(VENV) .garrison .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,247 @@
+"""The processes under test: start each on a free loopback port, wait until it answers, stop it.
+
+Every server runs in its own process group (``start_new_session``) so that stopping it also stops
+whatever it forked (nginx's worker, Garrison's workers). Output goes to a log file in the run's
+temporary directory, never to a pipe that could fill up and stall the server mid-benchmark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "templates"
+REPO = HERE.parent.parent
+GARRISON_BIN = REPO / ".venv" / "bin" / "garrison"
+EXPECTED_BODY = b'{"ok":true}'
+READY_TIMEOUT = 20.0
+STOP_TIMEOUT = 5.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class StartError(Exception):
+    """A server under test did not come up; the message carries the tail of its output."""
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (bind port 0, read it, close)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """CPU placement: the proxy under test alone on core 0; the load generator and the upstream on core 1."""
+
+    enabled: bool
+
+    def proxy(self) -> list[str]:
+        return ["taskset", "-c", "0"] if self.enabled else []
+
+    def client(self) -> list[str]:
+        return ["taskset", "-c", "1"] if self.enabled else []
+
+    def upstream(self) -> list[str]:
+        return self.client()
+
+    def describe(self) -> str:
+        if not self.enabled:
+            return "pinning off: the scheduler places every process"
+        return (
+            "pinned: proxy under test on core 0; wrk/hey and the upstream nginx on core 1 "
+            "(so in the direct column wrk and the upstream share core 1)"
+        )
+
+
+class Server:
+    """One started process group whose output is captured to a file."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+        self.name = name
+        self.address = ""  # "host:port" once the server answers
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the live processes of this server's group."""
+        return group_cpu_seconds(self.proc.pid)
+
+    def output_tail(self, lines: int = 15) -> str:
+        self._log.flush()
+        text = self.log_path.read_text(errors="replace").strip()
+        return "\n".join(text.splitlines()[-lines:]) or "(no output)"
+
+    def stop(self) -> None:
+        """SIGTERM the group, SIGKILL it if the leader is still there after STOP_TIMEOUT."""
+        if self._log.closed:
+            return  # already stopped
+        self._signal_group(signal.SIGTERM)
+        try:
+            self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._signal_group(signal.SIGKILL)
+            self.proc.wait(STOP_TIMEOUT)
+        self._log.close()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)  # pgid == pid: the server leads its own session
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()  # after "pid (comm)": field 3 onwards
+        except OSError:
+            continue  # exited while we looked
+        if int(fields[2]) == pgid:  # field 5, pgrp
+            ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15, utime and stime
+    return ticks / CLOCK_TICKS
+
+
+def answers(address: str) -> bool:
+    """True when GET / at address returns 200 with the upstream's body."""
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=1.0)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        return response.status == 200 and response.read() == EXPECTED_BODY
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def wait_until_answers(server: Server, address: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise StartError(f"exited with status {server.proc.returncode}:\n{server.output_tail()}")
+        if answers(address):
+            server.address = address
+            return
+        time.sleep(0.05)
+    raise StartError(f"did not answer GET / within {READY_TIMEOUT:.0f} s:\n{server.output_tail()}")
+
+
+def started(server: Server, address: str) -> Server:
+    """Wait for server to answer at address; stop it and raise StartError if it does not."""
+    try:
+        wait_until_answers(server, address, time.monotonic() + READY_TIMEOUT)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+class _NginxTemplate(string.Template):
+    delimiter = "@"  # nginx itself uses "$" for its variables
+
+
+def render_nginx(template: str, tmp: Path, **values: object) -> Path:
+    text = _NginxTemplate((TEMPLATES / template).read_text()).substitute(tmp=tmp, **values)
+    conf = tmp / template
+    conf.write_text(text)
+    return conf
+
+
+def start_nginx(name: str, conf: Path, tmp: Path, prefix: list[str], port: int) -> Server:
+    directives = f"daemon off; pid {tmp / name}.pid;"
+    argv = [*prefix, "nginx", "-p", str(tmp), "-c", str(conf), "-g", directives]
+    return started(Server(name, argv, tmp / f"{name}.out"), f"127.0.0.1:{port}")
+
+
+def start_upstream(tmp: Path, pin: Pinning) -> Server:
+    port = free_port()
+    conf = render_nginx("upstream.conf", tmp, port=port)
+    return start_nginx("upstream", conf, tmp, pin.upstream(), port)
+
+
+def start_nginx_proxy(tmp: Path, pin: Pinning, upstream_port: int) -> Server:
+    port = free_port()
+    conf = render_nginx("nginx-proxy.conf", tmp, port=port, upstream_port=upstream_port)
+    return start_nginx("nginx", conf, tmp, pin.proxy(), port)
+
+
+def start_aiohttp(tmp: Path, pin: Pinning, upstream_port: int, loop: str) -> Server:
+    port = free_port()
+    script = HERE / "aiohttp_proxy.py"
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    argv = [*pin.proxy(), sys.executable, str(script), "--listen", f"127.0.0.1:{port}"]
+    argv += ["--upstream", upstream, "--loop", loop]
+    return started(Server("aiohttp", argv, tmp / "aiohttp.out"), f"127.0.0.1:{port}")
+
+
+def garrison_config(tmp: Path, port: int, upstream_port: int) -> Path:
+    config = {
+        "state_dir": str(tmp / "state"),
+        "gateway": {
+            "listen": f"127.0.0.1:{port}",
+            "workers": 1,
+            "tls": {"insecure_disable": True},  # plaintext, like the other two proxies
+            "admin": {"listen": "127.0.0.1:0"},
+            "access_log": {"path": str(tmp / "access.log")},
+        },
+        "services": {"upstream": {"targets": [f"http://127.0.0.1:{upstream_port}"]}},
+        "routes": [{"match": {"path": "/", "prefix": True}, "service": "upstream"}],
+    }
+    path = tmp / "garrison.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def read_ready_file(server: Server, ready: Path, deadline: float) -> str:
+    """The gateway's "host:port" from the JSON ready file Garrison writes once it listens."""
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise StartError(f"exited with status {server.proc.returncode}:\n{server.output_tail()}")
+        try:
+            return str(json.loads(ready.read_text())["listeners"]["gateway"])
+        except (OSError, ValueError, KeyError, TypeError):
+            time.sleep(0.05)  # not written yet, or written half-way
+    raise StartError(f"wrote no ready file within {READY_TIMEOUT:.0f} s:\n{server.output_tail()}")
+
+
+def start_garrison(tmp: Path, pin: Pinning, upstream_port: int) -> Server:
+    if not GARRISON_BIN.exists():
+        raise StartError(f"{GARRISON_BIN} not found (is the package installed in .venv?)")
+    config = garrison_config(tmp, free_port(), upstream_port)
+    ready = tmp / "garrison-ready.json"
+    argv = [*pin.proxy(), str(GARRISON_BIN), "gateway", "-c", str(config), "--ready-file", str(ready)]
+    server = Server("garrison", argv, tmp / "garrison.out")
+    try:
+        address = read_ready_file(server, ready, time.monotonic() + READY_TIMEOUT)
+    except BaseException:
+        server.stop()
+        raise
+    return started(server, address)

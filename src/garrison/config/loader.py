@@ -1,0 +1,197 @@
+"""Loading garrison.yaml: YAML with line numbers, strict validation, cross-reference checks.
+
+PyYAML silently keeps the last of two equal keys; here a duplicate key is an error, because
+``auth:`` written twice must not quietly drop the first block. Each problem carries the path of the
+bad key in the form users write it (``routes[2].match.path``) and its line in the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from garrison.config.model import GarrisonConfig
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong (or risky) in a config file."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def render(self, filename: str) -> str:
+        where = f"{filename}:{self.line}: " if self.line else f"{filename}: "
+        return f"{where}{self.path or '<top>'}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; ``problems`` lists every error found."""
+
+    def __init__(self, filename: str, problems: list[Problem]) -> None:
+        self.filename = filename
+        self.problems = problems
+        super().__init__("\n".join(p.render(filename) for p in problems))
+
+
+@dataclass
+class LoadedConfig:
+    """A validated config plus the warnings a user should see."""
+
+    config: GarrisonConfig
+    source: Path
+    warnings: list[Problem] = field(default_factory=list)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _line_index(node: yaml.Node | None, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
+    """Map every key path in the YAML tree to its 1-based line."""
+    lines: dict[tuple[Any, ...], int] = {}
+    if node is None:
+        return lines
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = (*path, key_node.value)
+            lines.update(_line_index(value_node, child))
+            lines[child] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines.update(_line_index(item, (*path, index)))
+    return lines
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    """``('routes', 2, 'match', 'path')`` -> ``routes[2].match.path``."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _nearest_line(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+def _pydantic_problems(exc: ValidationError, lines: dict[tuple[Any, ...], int]) -> list[Problem]:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        # Pydantic appends the validator's name for union/function validators; drop non-key parts.
+        loc = tuple(
+            part for part in error["loc"] if isinstance(part, int) or not part.startswith("function-")
+        )
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; unknown keys are never ignored)"
+        problems.append(Problem(format_loc(loc), message, _nearest_line(lines, loc)))
+    return problems
+
+
+def _cross_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
+    errors: list[tuple[tuple[Any, ...], str]] = []
+    seen_names: dict[str, int] = {}
+    seen_matches: dict[tuple[Any, ...], int] = {}
+    for index, route in enumerate(config.routes):
+        if route.service not in config.services:
+            known = ", ".join(sorted(config.services)) or "none defined"
+            errors.append((("routes", index, "service"), f"no service {route.service!r} (known: {known})"))
+        name = route.name or route.match.path
+        if route.name and name in seen_names:
+            errors.append((("routes", index, "name"), f"duplicate route name {name!r}"))
+        seen_names.setdefault(name, index)
+        match = route.match
+        key = (match.path, match.prefix, tuple(sorted(match.methods or [])), tuple(sorted(match.hosts or [])))
+        if key in seen_matches:
+            errors.append(
+                (
+                    ("routes", index, "match"),
+                    f"same match as routes[{seen_matches[key]}]; one would never run",
+                )
+            )
+        seen_matches.setdefault(key, index)
+    return errors
+
+
+def _warnings(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
+    warnings: list[tuple[tuple[Any, ...], str]] = []
+    if config.gateway.tls.insecure_disable:
+        warnings.append(
+            (
+                ("gateway", "tls", "insecure_disable"),
+                "TLS is OFF: the gateway serves plaintext HTTP (insecure)",
+            )
+        )
+    if config.gateway.admin.listen.split(":")[0] not in ("127.0.0.1", "[::1]", "localhost"):
+        warnings.append((("gateway", "admin", "listen"), "the admin listener is not on loopback"))
+    if not config.routes:
+        warnings.append((("routes",), "no routes: the gateway will answer 404 to everything"))
+    return warnings
+
+
+def parse_config(text: str, filename: str = "garrison.yaml") -> LoadedConfig:
+    """Parse and validate config text; raise ConfigError listing every problem."""
+    try:
+        node = yaml.compose(text, Loader=_UniqueKeyLoader)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(filename, [Problem("", f"invalid YAML: {problem}", line)]) from None
+    if data is None:
+        data = {}
+    lines = _line_index(node)
+    if not isinstance(data, dict):
+        raise ConfigError(filename, [Problem("", "the file must be a mapping of sections", 1)])
+    try:
+        config = GarrisonConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(filename, _pydantic_problems(exc, lines)) from None
+    errors = _cross_checks(config)
+    if errors:
+        raise ConfigError(
+            filename, [Problem(format_loc(loc), msg, _nearest_line(lines, loc)) for loc, msg in errors]
+        )
+    warnings = [Problem(format_loc(loc), msg, _nearest_line(lines, loc)) for loc, msg in _warnings(config)]
+    return LoadedConfig(config=config, source=Path(filename), warnings=warnings)
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    """Read and validate a garrison.yaml file. ``state_dir`` is resolved relative to the file."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(source), [Problem("", f"cannot read the file: {exc.strerror}")]) from None
+    loaded = parse_config(text, str(source))
+    state_dir = loaded.config.state_dir
+    if not state_dir.is_absolute():
+        state_dir = (source.parent / state_dir).resolve()
+        loaded.config = loaded.config.model_copy(update={"state_dir": state_dir})
+    loaded.source = source.resolve()
+    return loaded

@@ -1,0 +1,321 @@
+"""The garrison.yaml model.
+
+Every section forbids unknown keys: a misspelt key (``rate_limt``) must be an error, never a security
+control silently switched off. Each field carries a description; docs/config.md is generated from
+this model (``garrison schema --markdown``) and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from garrison.config.units import Duration, Size
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_HOSTNAME_RE = re.compile(
+    r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+_METHOD_RE = re.compile(r"^[A-Z]{1,20}$")
+
+
+class Strict(BaseModel):
+    """Base for every section: unknown keys are errors and values are not silently coerced."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_listen(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``127.0.0.1:8443`` / ``[::1]:8443`` / ``0.0.0.0:0`` -> (host, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:8443, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ValueError(f"listen host must be an IP address or localhost, got {host!r}") from None
+    return host, int(port_text)
+
+
+ListenAddress = Annotated[str, AfterValidator(_check_listen)]
+
+
+def _check_cidr(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"not an IP address or CIDR: {value!r}") from None
+    return value
+
+
+Cidr = Annotated[str, AfterValidator(_check_cidr)]
+
+
+class HstsConfig(Strict):
+    """Strict-Transport-Security sent on every response served over TLS."""
+
+    enabled: bool = Field(True, description="Send Strict-Transport-Security on TLS responses.")
+    max_age: Duration = Field(31536000, description="How long browsers remember to use HTTPS only.")
+    include_subdomains: bool = Field(True, description="Apply the policy to every subdomain too.")
+    preload: bool = Field(False, description="Add `preload` (only if you have submitted the domain).")
+
+
+class TlsConfig(Strict):
+    """TLS termination at the gateway. TLS 1.2+ only, AEAD ciphers with forward secrecy, ALPN http/1.1."""
+
+    cert: str = Field(
+        "auto",
+        description="`auto` creates a local CA and a server certificate under state_dir/tls; "
+        "otherwise the path of a PEM certificate chain.",
+    )
+    key: str | None = Field(None, description="Path of the PEM private key; required when `cert` is a path.")
+    server_names: list[str] = Field(
+        default_factory=lambda: ["localhost"],
+        description="DNS names put in the `auto` certificate (127.0.0.1 and ::1 are always included).",
+    )
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version accepted.")
+    insecure_disable: bool = Field(
+        False,
+        description="INSECURE: serve plaintext HTTP. For benchmarks and local experiments only; "
+        "`garrison check` warns and the gateway logs a warning at every start.",
+    )
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> TlsConfig:
+        if self.cert != "auto" and not self.key:
+            raise ValueError("`key` is required when `cert` is a file path")
+        if self.cert == "auto" and self.key:
+            raise ValueError("`key` must not be set when `cert` is `auto`")
+        return self
+
+
+class LimitsConfig(Strict):
+    """Per-request and per-connection limits of the gateway."""
+
+    max_body: Size = Field(1024 * 1024, description="Largest request body (413), counted while streaming.")
+    max_header_bytes: Size = Field(16 * 1024, description="Largest request line plus header block (431).")
+    max_headers: int = Field(100, ge=1, le=1000, description="Most header fields in one request (431).")
+    header_timeout: Duration = Field(
+        10.0, description="Time a client has to send a complete request head (408, then close)."
+    )
+    body_timeout: Duration = Field(30.0, description="Longest pause while a client sends a body (408).")
+    keepalive_timeout: Duration = Field(60.0, description="Idle keep-alive connections close after this.")
+    max_connections: int = Field(10000, ge=1, description="Open client connections per worker; more get 503.")
+
+
+class AccessLogConfig(Strict):
+    """One JSON line per request."""
+
+    enabled: bool = Field(True, description="Write the access log.")
+    path: str = Field("-", description="File to append to; `-` is standard output.")
+
+
+class AdminConfig(Strict):
+    """The admin listener: Prometheus /metrics, /live and /ready. Keep it off the public network."""
+
+    listen: ListenAddress = Field("127.0.0.1:9901", description="Address of the admin listener.")
+
+
+class GatewayConfig(Strict):
+    """The edge gateway: the single entry point of every external request."""
+
+    listen: ListenAddress = Field("0.0.0.0:8443", description="Address of the main (TLS) listener.")
+    workers: int = Field(1, ge=1, le=64, description="Processes serving the same port (SO_REUSEPORT).")
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS termination.")
+    redirect_http: ListenAddress | None = Field(
+        None, description="Optional plaintext listener that only redirects to HTTPS (308)."
+    )
+    public_host: str | None = Field(
+        None,
+        description="Host name used in HTTPS redirects; if unset the request's Host is used "
+        "when it is a valid host name.",
+    )
+    hsts: HstsConfig = Field(default_factory=HstsConfig, description="Strict-Transport-Security.")
+    referrer_policy: str = Field("no-referrer", description="Referrer-Policy added to responses.")
+    trusted_proxies: list[Cidr] = Field(
+        default_factory=list,
+        description="Proxies (CIDRs) whose X-Forwarded-For / Forwarded entries are believed, walking "
+        "the list from the right. Empty: the TCP peer is the client.",
+    )
+    preserve_host: bool = Field(
+        True, description="Send the client's Host upstream (else the target's host:port)."
+    )
+    allow_underscores_in_headers: bool = Field(
+        False,
+        description="Forward client header names containing `_` (dropped by default, as nginx does, "
+        "because `X_Forwarded_For` and `X-Forwarded-For` collide in CGI-style frameworks).",
+    )
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request limits.")
+    access_log: AccessLogConfig = Field(default_factory=AccessLogConfig, description="Access log.")
+    admin: AdminConfig = Field(default_factory=AdminConfig, description="Admin listener.")
+    drain_timeout: Duration = Field(30.0, description="On SIGTERM, how long in-flight requests may finish.")
+    watch_config: bool = Field(True, description="Reload when the config file changes (SIGHUP always does).")
+
+    @field_validator("public_host")
+    @classmethod
+    def _valid_public_host(cls, value: str | None) -> str | None:
+        if value is not None and not _HOSTNAME_RE.match(value.lower()):
+            raise ValueError(f"not a host name: {value!r}")
+        return value
+
+
+class PoolConfig(Strict):
+    """Keep-alive connections to each target."""
+
+    max_idle: int = Field(64, ge=0, description="Idle connections kept per target.")
+    idle_timeout: Duration = Field(30.0, description="Idle upstream connections close after this.")
+
+
+class RetryConfig(Strict):
+    """Retries of idempotent requests that failed before any response byte arrived."""
+
+    attempts: int = Field(1, ge=0, le=5, description="Extra attempts after the first (0 disables).")
+    budget_ratio: float = Field(0.2, ge=0, le=1, description="Retries may add at most this share of load.")
+    min_per_second: float = Field(3.0, ge=0, description="Retries always allowed per second.")
+
+
+class CircuitBreakerConfig(Strict):
+    """Passive outlier detection: a target that keeps failing is taken out for a while."""
+
+    consecutive_failures: int = Field(
+        5,
+        ge=1,
+        description="Failures in a row (connect errors, resets, "
+        "timeouts, 502/503/504) that open the circuit.",
+    )
+    open_for: Duration = Field(10.0, description="How long an open circuit refuses before a probe.")
+    half_open_probes: int = Field(1, ge=1, description="Concurrent probe requests when half-open.")
+
+
+class HealthCheckConfig(Strict):
+    """Optional active health checks: GET `path` on every target each `interval`."""
+
+    path: str = Field("/health", pattern=r"^/[\x21-\x7e]*$", description="Path probed on each target.")
+    interval: Duration = Field(5.0, description="Time between probes.")
+    timeout: Duration = Field(1.0, description="A probe slower than this fails.")
+    healthy_threshold: int = Field(2, ge=1, description="Successes in a row that mark a target healthy.")
+    unhealthy_threshold: int = Field(3, ge=1, description="Failures in a row that mark it unhealthy.")
+
+
+def _check_target(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"a target must be http://host:port or https://host:port, got {value!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"a target is scheme://host:port only (no path, query or user), got {value!r}")
+    return value
+
+
+TargetUrl = Annotated[str, AfterValidator(_check_target)]
+
+
+class ServiceConfig(Strict):
+    """A service behind the gateway and its upstream targets."""
+
+    targets: list[TargetUrl] = Field(min_length=1, description="Upstream addresses (http:// or https://).")
+    balancer: Literal["round_robin", "least_requests"] = Field(
+        "round_robin", description="How requests are spread over targets."
+    )
+    connect_timeout: Duration = Field(2.0, description="Time to open a connection to a target (then 502).")
+    read_timeout: Duration = Field(
+        30.0, description="Longest wait for response headers or between body reads (then 504)."
+    )
+    pool: PoolConfig = Field(default_factory=PoolConfig, description="Keep-alive pool.")
+    retries: RetryConfig = Field(default_factory=RetryConfig, description="Retry policy.")
+    circuit_breaker: CircuitBreakerConfig = Field(
+        default_factory=CircuitBreakerConfig, description="Circuit breaker per target."
+    )
+    health_check: HealthCheckConfig | None = Field(None, description="Active health checks (off if unset).")
+
+
+def _check_path(value: str) -> str:
+    from garrison.gateway.normalize import TargetRejected, normalize_path
+
+    try:
+        normalized = normalize_path(value.encode("ascii")).decode("ascii")
+    except (TargetRejected, UnicodeEncodeError) as exc:
+        raise ValueError(f"not a valid route path: {value!r}") from exc
+    if normalized != value:
+        raise ValueError(f"route paths must be in normalized form: write {normalized!r}, not {value!r}")
+    return value
+
+
+class RouteMatch(Strict):
+    """What a request must look like to take this route. Longest matching path wins."""
+
+    path: Annotated[str, AfterValidator(_check_path)] = Field(
+        description="Normalized path, case-sensitive, e.g. /api/orders."
+    )
+    prefix: bool = Field(
+        False,
+        description="Also match everything below `path` at a segment boundary "
+        "(/api matches /api and /api/x, never /apix).",
+    )
+    methods: list[str] | None = Field(None, description="Allowed methods (any if unset); others get 405.")
+    hosts: list[str] | None = Field(
+        None, description="Host names this route serves (any if unset); `*.example.com` allowed."
+    )
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            for method in value:
+                if not _METHOD_RE.match(method):
+                    raise ValueError(f"methods are upper-case tokens such as GET, got {method!r}")
+        return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            for host in value:
+                if not _HOSTNAME_RE.match(host):
+                    raise ValueError(f"hosts are lower-case DNS names, got {host!r}")
+        return value
+
+
+class RouteConfig(Strict):
+    """A route: a match, the service it goes to, and (in later sections) its security chain."""
+
+    name: str | None = Field(None, description="Name in logs and metrics (default: the path).")
+    match: RouteMatch = Field(description="Which requests take this route.")
+    service: str = Field(description="Name of the service in `services`.")
+
+
+class GarrisonConfig(Strict):
+    """The whole of garrison.yaml."""
+
+    trust_domain: str = Field("garrison.local", description="The SPIFFE trust domain of this deployment.")
+    state_dir: Path = Field(Path(".garrison"), description="Where keys and SQLite files live.")
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="The edge gateway.")
+    services: dict[str, ServiceConfig] = Field(default_factory=dict, description="Services by name.")
+    routes: list[RouteConfig] = Field(default_factory=list, description="Routes, in any order.")
+
+    @field_validator("trust_domain")
+    @classmethod
+    def _trust_domain(cls, value: str) -> str:
+        if not _HOSTNAME_RE.match(value) or value.startswith("*"):
+            raise ValueError(f"trust_domain is a lower-case DNS name such as shop.local, got {value!r}")
+        return value
+
+    @field_validator("services")
+    @classmethod
+    def _service_names(cls, value: dict[str, ServiceConfig]) -> dict[str, ServiceConfig]:
+        for name in value:
+            if not _NAME_RE.match(name):
+                raise ValueError(f"service names are lower-case identifiers, got {name!r}")
+        return value

@@ -1,0 +1,288 @@
+"""One request/response exchange, and the header rewriting on both sides of it.
+
+Kept apart from the socket code so that the rules (which client headers survive, what the upstream
+is told about the client, how a response is re-framed) are plain functions over bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from random import getrandbits
+from typing import TYPE_CHECKING
+
+from garrison.gateway.forwarded import forwarded_element
+from garrison.gateway.http1 import (
+    GATEWAY_SET,
+    HOP_BY_HOP,
+    OWNED_PREFIX,
+    BadFraming,
+    check_transfer_encoding,
+    connection_tokens,
+    parse_content_length,
+    status_line,
+)
+
+if TYPE_CHECKING:
+    from garrison.gateway.runtime import Route, Runtime
+    from garrison.gateway.upstream.pool import UpstreamConnection
+    from garrison.gateway.upstream.target import Target
+
+_REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_TRACEPARENT_RE = re.compile(rb"00-([0-9a-f]{32})-[0-9a-f]{16}-([0-9a-f]{2})")
+_HOST_RE = re.compile(rb"([a-z0-9._~!$&'()*+,;=-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
+_ZERO_TRACE = b"0" * 32
+
+# Response headers the gateway never passes on: framing it redoes, security headers it owns, and
+# the upstream's software banner.
+RESPONSE_DROP = HOP_BY_HOP | {
+    b"content-length",
+    b"strict-transport-security",
+    b"x-content-type-options",
+    b"x-request-id",
+    b"traceparent",
+    b"server",
+    b"x-powered-by",
+}
+
+BODY_NONE, BODY_LENGTH, BODY_CHUNKED = 0, 1, 2
+
+
+class Rejected(Exception):
+    """A request refused before it reaches an upstream."""
+
+    def __init__(self, status: int, code: str, extra_headers: bytes = b"") -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
+        self.extra_headers = extra_headers
+
+
+@dataclass(slots=True, eq=False)
+class Exchange:
+    method: bytes
+    path: bytes
+    request_line: bytes
+    host: bytes
+    http11: bool
+    keep_alive: bool
+    start: float
+    route: Route
+    client_ip: str
+    request_id: str
+    trace_id: str
+    span_id: str
+    trace_flags: str
+    body_mode: int
+    content_length: int
+    head_rest: bytes  # everything after the request line except Host
+    client_host: bytes
+    expect_continue: bool = False
+    body_seen: int = 0
+    body_buffer: list[bytes] = field(default_factory=list)
+    buffered: int = 0
+    request_done: bool = False
+    target: Target | None = None
+    upstream: UpstreamConnection | None = None
+    attempts: int = 0
+    upstream_start: float = 0.0
+    upstream_time: float = 0.0
+    status: int = 0
+    response_started: bool = False
+    response_done: bool = False
+    rechunk: bool = False
+    close_after: bool = False
+    bytes_out: int = 0
+
+    @property
+    def has_body(self) -> bool:
+        return self.body_mode != BODY_NONE
+
+    def traceparent(self) -> bytes:
+        return f"00-{self.trace_id}-{self.span_id}-{self.trace_flags}".encode()
+
+    def upstream_head(self, target: Target, preserve_host: bool) -> bytes:
+        host = self.client_host if preserve_host else target.host_header
+        return b"%shost: %s\r\n%s" % (self.request_line, host, self.head_rest)
+
+
+@dataclass(slots=True)
+class ClientHeaders:
+    """What the gateway learnt from the client's header block while filtering it."""
+
+    kept: list[bytes]
+    host: bytes | None
+    content_length: int | None
+    chunked: bool
+    forwarded_for: list[bytes]
+    forwarded: list[bytes]
+    forwarded_proto: bytes | None
+    request_id: bytes | None
+    traceparent: bytes | None
+    expect_continue: bool
+
+
+def filter_request_headers(raw: list[tuple[bytes, bytes]], allow_underscores: bool) -> ClientHeaders:
+    """Drop hop-by-hop, gateway-set and gateway-owned headers; check framing; keep the rest rendered."""
+    result = ClientHeaders([], None, None, False, [], [], None, None, None, False)
+    named_by_connection: set[bytes] = set()
+    kept_names: list[bytes] = []
+    for name, value in raw:
+        lname = name.lower()
+        if lname in GATEWAY_SET or lname in HOP_BY_HOP:
+            _note_special(result, lname, value, named_by_connection)
+            continue
+        if lname.startswith(OWNED_PREFIX):
+            continue
+        if b"_" in lname:
+            # "X_Garrison_Subject" and "X_Forwarded_For" collide with ours in CGI-style frameworks.
+            if not allow_underscores:
+                continue
+            dashed = lname.replace(b"_", b"-")
+            if dashed in GATEWAY_SET or dashed in HOP_BY_HOP or dashed.startswith(OWNED_PREFIX):
+                continue
+        kept_names.append(lname)
+        result.kept.append(b"%s: %s\r\n" % (name, value))
+    if named_by_connection:
+        # A client may drop its own optional headers with Connection, never the gateway's.
+        result.kept = [
+            line for line, n in zip(result.kept, kept_names, strict=True) if n not in named_by_connection
+        ]
+    return result
+
+
+def _note_special(result: ClientHeaders, lname: bytes, value: bytes, named: set[bytes]) -> None:
+    if lname == b"host":
+        if result.host is not None:
+            raise Rejected(400, "bad_request")
+        result.host = value
+    elif lname == b"content-length":
+        try:
+            result.content_length = parse_content_length(value)
+        except BadFraming:
+            raise Rejected(400, "bad_request") from None
+    elif lname == b"transfer-encoding":
+        try:
+            if result.chunked:
+                raise BadFraming("duplicate Transfer-Encoding")
+            check_transfer_encoding(value)
+        except BadFraming:
+            raise Rejected(400, "bad_request") from None
+        result.chunked = True
+    elif lname == b"connection":
+        named.update(connection_tokens(value))
+    elif lname == b"x-forwarded-for":
+        result.forwarded_for.append(value)
+    elif lname == b"forwarded":
+        result.forwarded.append(value)
+    elif lname == b"x-forwarded-proto":
+        result.forwarded_proto = value
+    elif lname == b"x-request-id":
+        result.request_id = value
+    elif lname == b"traceparent":
+        result.traceparent = value
+    elif lname == b"expect":
+        if value.lower() != b"100-continue":
+            raise Rejected(417, "bad_request")
+        result.expect_continue = True
+
+
+def valid_host(host: bytes) -> bool:
+    return _HOST_RE.fullmatch(host) is not None
+
+
+def host_without_port(host: bytes) -> bytes:
+    if host.startswith(b"["):
+        return host[: host.find(b"]") + 1]
+    return host.rsplit(b":", 1)[0] if b":" in host else host
+
+
+def request_id_for(candidate: bytes | None) -> str:
+    if candidate is not None and _REQUEST_ID_RE.fullmatch(candidate):
+        return candidate.decode()
+    return f"{getrandbits(128):032x}"
+
+
+def trace_for(traceparent: bytes | None) -> tuple[str, str, str]:
+    """(trace id, our span id, flags): continue a valid W3C traceparent, else start a trace."""
+    span = f"{getrandbits(64):016x}"
+    if traceparent is not None:
+        match = _TRACEPARENT_RE.fullmatch(traceparent.strip())
+        if match is not None and match.group(1) != _ZERO_TRACE:
+            return match.group(1).decode(), span, match.group(2).decode()
+    return f"{getrandbits(128):032x}", span, "01"
+
+
+def forwarding_headers(
+    runtime: Runtime, peer: str, client_ip: str, headers: ClientHeaders, host: bytes
+) -> bytes:
+    """X-Forwarded-* and Forwarded as the upstream should see them."""
+    trusted_peer = runtime.trusted.is_trusted(peer)
+    proto = runtime.scheme
+    xff = peer.encode()
+    forwarded = forwarded_element(client_ip if not trusted_peer else peer, proto, host)
+    if trusted_peer:
+        if headers.forwarded_for:
+            xff = b", ".join(headers.forwarded_for) + b", " + xff
+        if headers.forwarded:
+            forwarded = b", ".join(headers.forwarded) + b", " + forwarded
+        if headers.forwarded_proto in (b"http", b"https"):
+            proto = headers.forwarded_proto.decode()
+    return b"x-forwarded-for: %s\r\nx-forwarded-proto: %s\r\nx-forwarded-host: %s\r\nforwarded: %s\r\n" % (
+        xff,
+        proto.encode(),
+        host,
+        forwarded,
+    )
+
+
+def response_head(
+    exchange: Exchange,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    upstream_chunked: bool,
+    security_headers: bytes,
+    referrer_policy_line: bytes,
+) -> bytes:
+    """The response head sent to the client; sets ``exchange.rechunk`` / ``close_after``."""
+    drop = RESPONSE_DROP
+    lines = [status_line(status)]
+    content_length: bytes | None = None
+    has_referrer_policy = False
+    named: set[bytes] = set()
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"connection":
+            named.update(connection_tokens(value))
+        elif lname == b"content-length":
+            content_length = value
+        if lname in drop:
+            continue
+        if lname == b"referrer-policy":
+            has_referrer_policy = True
+        lines.append(b"%s: %s\r\n" % (name, value))
+    if named:
+        lines = [lines[0], *(line for line in lines[1:] if line.split(b":", 1)[0].lower() not in named)]
+    no_body = exchange.method == b"HEAD" or status in (204, 304)
+    if no_body:
+        if content_length is not None and status != 204:
+            lines.append(b"content-length: %s\r\n" % content_length)
+    elif content_length is not None and not upstream_chunked:
+        lines.append(b"content-length: %s\r\n" % content_length)
+    elif exchange.http11:
+        exchange.rechunk = True
+        lines.append(b"transfer-encoding: chunked\r\n")
+    else:
+        exchange.close_after = True  # HTTP/1.0 client, unknown length: the close ends the body
+    lines.append(security_headers)
+    if not has_referrer_policy:
+        lines.append(referrer_policy_line)
+    lines.append(
+        b"x-request-id: %s\r\ntraceparent: %s\r\n" % (exchange.request_id.encode(), exchange.traceparent())
+    )
+    if exchange.close_after or not exchange.keep_alive:
+        lines.append(b"connection: close\r\n")
+    elif not exchange.http11:
+        lines.append(b"connection: keep-alive\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)

@@ -1,0 +1,22 @@
+"""``garrison gateway``: one process, or a supervisor of N workers sharing the port."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import uvloop
+
+from garrison.config.loader import load_config
+from garrison.gateway.server import serve
+from garrison.telemetry import logging as log
+
+
+def run(config_path: str, ready_file: str | None = None) -> int:
+    log.configure("gateway")
+    loaded = load_config(config_path)
+    ready = Path(ready_file) if ready_file else None
+    if loaded.config.gateway.workers > 1:
+        from garrison.gateway.workers import run_workers
+
+        return run_workers(loaded, ready)
+    return uvloop.run(serve(loaded, ready))

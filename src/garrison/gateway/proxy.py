@@ -1,0 +1,566 @@
+"""The client side of the gateway: one asyncio Protocol per client connection.
+
+Everything on the hot path is a callback: llhttp (httptools) calls ``on_headers_complete``, which
+validates, routes and writes the request head to a pooled upstream connection in the same call;
+the upstream's parser calls back ``on_upstream_head/body/complete``, which write straight to the
+client. No task, queue or future is created for a request unless a new upstream connection must be
+opened. Pipelined requests wait in a queue and are served in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from time import perf_counter
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from garrison.gateway.errors import error_response
+from garrison.gateway.exchange import (
+    BODY_CHUNKED,
+    BODY_LENGTH,
+    BODY_NONE,
+    Exchange,
+    Rejected,
+    filter_request_headers,
+    forwarding_headers,
+    host_without_port,
+    request_id_for,
+    response_head,
+    trace_for,
+    valid_host,
+)
+from garrison.gateway.http1 import LAST_CHUNK, chunk
+from garrison.gateway.normalize import TargetRejected, parse_request_target
+from garrison.gateway.router import RouteMiss
+from garrison.gateway.upstream.retry import IDEMPOTENT_METHODS
+
+if TYPE_CHECKING:
+    from garrison.gateway.runtime import Runtime
+    from garrison.gateway.server import GatewayServer
+    from garrison.gateway.upstream.pool import UpstreamConnection
+    from garrison.gateway.upstream.target import Target
+
+# Why reading from the client is paused; reading resumes when no reason is left.
+PAUSE_PIPELINE, PAUSE_BUFFER, PAUSE_UPSTREAM = 1, 2, 4
+MAX_BUFFERED_BODY = 256 * 1024
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# What the connection is waiting for; the server's sweeper enforces the matching timeout.
+WAIT_NONE, WAIT_HEAD, WAIT_BODY, WAIT_IDLE = 0, 1, 2, 3
+
+
+class _Closed(Exception):
+    """Raised from a parser callback to stop parsing input that arrived before a close."""
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, server: GatewayServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = "0.0.0.0"
+        self.closed = False
+        self.paused = 0
+        self.waiting = WAIT_IDLE
+        self.deadline = 0.0
+        self.head_bytes = 0
+        self.url_parts: list[bytes] = []
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.parsing: Exchange | None = None  # request whose body is being read
+        self.active: Exchange | None = None  # request being served
+        self.pending: deque[Exchange] = deque()
+        self.reject_after: Rejected | None = None
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = peer[0].removeprefix("::ffff:")
+        server = self.server
+        if len(server.connections) >= server.max_connections or server.draining:
+            server.runtime.metrics.reject("too_many_connections")
+            self._send_error(Rejected(503, "too_many_connections"), None, close=True)
+            return
+        server.connections.add(self)
+        self._wait(WAIT_HEAD, server.runtime.config.gateway.limits.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.waiting == WAIT_HEAD or self.waiting == WAIT_IDLE:
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            reason = exc.__context__
+            if isinstance(reason, _Closed):
+                return
+            self._refuse(reason if isinstance(reason, Rejected) else Rejected(500, "internal_error"))
+            return
+        except httptools.HttpParserUpgrade:
+            return  # already refused in on_headers_complete
+        except httptools.HttpParserError:
+            self._refuse(Rejected(400, "bad_request"))
+            return
+        if self.parsing is None and self.waiting == WAIT_HEAD:
+            limit = self.server.runtime.config.gateway.limits.max_header_bytes
+            if self.head_bytes > limit:
+                # llhttp buffers an unfinished header line without bound; stop it here.
+                self._refuse(Rejected(431, "header_fields_too_large"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        active = self.active
+        self.active = None
+        if active is not None and not active.response_done:
+            active.close_after = True
+            self._drop_upstream(active, reason="client_closed")
+            if active.status == 0 or not active.response_started:
+                active.status = 499  # as nginx logs it: the client went away first
+            self._record(active)
+
+    def pause_writing(self) -> None:
+        active = self.active
+        if active is not None and active.upstream is not None:
+            active.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        active = self.active
+        if active is not None and active.upstream is not None:
+            active.upstream.resume_reading()
+
+    # -- httptools callbacks: the request ---------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.closed:
+            raise _Closed
+        self.url_parts = []
+        self.raw_headers = []
+        if self.waiting != WAIT_HEAD:
+            self.head_bytes = 0
+            self._wait(WAIT_HEAD, self.server.runtime.config.gateway.limits.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self.url_parts.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        runtime = self.server.runtime
+        exchange = self._build_exchange(runtime)
+        self.parsing = exchange
+        self.head_bytes = 0
+        if exchange.has_body:
+            self._wait(WAIT_BODY, runtime.config.gateway.limits.body_timeout)
+        else:
+            self.waiting = WAIT_NONE
+        if self.active is None:
+            self._start(exchange)
+        else:
+            self.pending.append(exchange)
+            self._pause(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.parsing
+        assert exchange is not None
+        exchange.body_seen += len(body)
+        limits = self.server.runtime.config.gateway.limits
+        if exchange.body_seen > limits.max_body:
+            raise Rejected(413, "payload_too_large")
+        self.deadline = self.loop.time() + limits.body_timeout
+        data = chunk(body) if exchange.body_mode == BODY_CHUNKED else body
+        self._forward_body(exchange, data)
+
+    def on_message_complete(self) -> None:
+        exchange = self.parsing
+        assert exchange is not None
+        self.parsing = None
+        if exchange.body_mode == BODY_CHUNKED:
+            self._forward_body(exchange, LAST_CHUNK)
+        exchange.request_done = True
+        if self.waiting == WAIT_BODY:
+            self.waiting = WAIT_NONE
+        if exchange.response_done:
+            self._finish(exchange)
+
+    # -- building and starting an exchange -------------------------------------------------------
+    def _build_exchange(self, runtime: Runtime) -> Exchange:
+        gateway = runtime.config.gateway
+        limits = gateway.limits
+        if len(self.raw_headers) > limits.max_headers or self._head_size() > limits.max_header_bytes:
+            raise Rejected(431, "header_fields_too_large")
+        if self.parser.should_upgrade():
+            raise Rejected(501, "not_implemented")
+        method: bytes = self.parser.get_method()
+        if method == b"CONNECT":
+            raise Rejected(501, "not_implemented")
+        try:
+            target = parse_request_target(b"".join(self.url_parts))
+        except TargetRejected as exc:
+            raise Rejected(exc.status, "uri_too_long" if exc.status == 414 else "bad_request") from None
+        headers = filter_request_headers(self.raw_headers, gateway.allow_underscores_in_headers)
+        http11 = self.parser.get_http_version() == "1.1"
+        host = headers.host
+        if target.authority is not None:
+            # Absolute form: the target's authority wins (RFC 9112 §3.2.2); a Host that disagrees is refused.
+            if host is not None and host.lower() != target.authority:
+                raise Rejected(400, "bad_request")
+            host = target.authority
+        if host is None:
+            if http11:
+                raise Rejected(400, "bad_request")
+            host = b""
+        host = host.lower()
+        if host and not valid_host(host):
+            raise Rejected(400, "bad_request")
+        if headers.chunked:
+            body_mode, length = BODY_CHUNKED, 0
+        elif headers.content_length:
+            body_mode, length = BODY_LENGTH, headers.content_length
+        else:
+            body_mode, length = BODY_NONE, 0
+        if length > limits.max_body:
+            raise Rejected(413, "payload_too_large")
+        match = runtime.routes.match(target.path, method, host_without_port(host))
+        if isinstance(match, RouteMiss):
+            allow = b"allow: %s\r\n" % b", ".join(match.allowed) if match.allowed else b""
+            raise Rejected(match.status, "not_found" if match.status == 404 else "method_not_allowed", allow)
+        client_ip = runtime.trusted.resolve_client(self.peer, headers.forwarded_for)
+        request_id = request_id_for(headers.request_id)
+        trace_id, span_id, flags = trace_for(headers.traceparent)
+        request_line = b"%s %s%s%s HTTP/1.1\r\n" % (
+            method,
+            target.path,
+            b"?" if target.has_query else b"",
+            target.query,
+        )
+        framing = (
+            b"transfer-encoding: chunked\r\n"
+            if body_mode == BODY_CHUNKED
+            else (b"content-length: %d\r\n" % length if headers.content_length is not None else b"")
+        )
+        trace = f"x-request-id: {request_id}\r\ntraceparent: 00-{trace_id}-{span_id}-{flags}\r\n".encode()
+        head_rest = b"".join(
+            (
+                *headers.kept,
+                forwarding_headers(runtime, self.peer, client_ip, headers, host),
+                trace,
+                framing,
+                b"\r\n",
+            )
+        )
+        return Exchange(
+            method=method,
+            path=target.path,
+            request_line=request_line,
+            host=host,
+            http11=http11,
+            keep_alive=bool(self.parser.should_keep_alive()),
+            start=perf_counter(),
+            route=match.payload,
+            client_ip=client_ip,
+            request_id=request_id,
+            trace_id=trace_id,
+            span_id=span_id,
+            trace_flags=flags,
+            body_mode=body_mode,
+            content_length=length,
+            head_rest=head_rest,
+            client_host=host,
+            expect_continue=headers.expect_continue,
+        )
+
+    def _head_size(self) -> int:
+        return sum(len(part) for part in self.url_parts) + sum(
+            len(n) + len(v) + 4 for n, v in self.raw_headers
+        )
+
+    def _start(self, exchange: Exchange) -> None:
+        self.active = exchange
+        if exchange.expect_continue and exchange.has_body and not exchange.request_done:
+            self._write(CONTINUE)
+        exchange.route.service.budget.record_request(self.loop.time())
+        self._dispatch(exchange)
+
+    def _dispatch(self, exchange: Exchange) -> None:
+        service = exchange.route.service
+        now = self.loop.time()
+        target = service.balancer.pick(service.targets, now, exchange.target)
+        if target is None:
+            retry_after = min(t.breaker.retry_after(now) for t in service.targets)
+            self._fail_exchange(exchange, 503, "service_unavailable", b"retry-after: %d\r\n" % retry_after)
+            return
+        exchange.target = target
+        exchange.attempts += 1
+        target.in_flight += 1
+        pool = service.pools[target]
+        conn = pool.take_idle()
+        if conn is not None:
+            self._send_upstream(exchange, conn)
+        else:
+            self.loop.create_task(self._connect(exchange, target))
+
+    async def _connect(self, exchange: Exchange, target: Target) -> None:
+        pool = exchange.route.service.pools[target]
+        try:
+            conn = await pool.connect()
+        except (OSError, TimeoutError) as exc:
+            reason = "connect_timeout" if isinstance(exc, TimeoutError) else "connect_error"
+            self._upstream_failed(exchange, reason)
+            return
+        if exchange is not self.active or self.closed:
+            pool.release(conn)
+            target.in_flight -= 1
+            target.breaker.release_probe()
+            return
+        self._send_upstream(exchange, conn)
+
+    def _send_upstream(self, exchange: Exchange, conn: UpstreamConnection) -> None:
+        assert exchange.target is not None
+        exchange.upstream = conn
+        exchange.upstream_start = perf_counter()
+        head = exchange.upstream_head(exchange.target, self.server.runtime.config.gateway.preserve_host)
+        if exchange.body_buffer:
+            head = b"".join((head, *exchange.body_buffer))
+            exchange.body_buffer = []
+            exchange.buffered = 0
+            self._resume(PAUSE_BUFFER)
+        conn.start(self, head, head_only=exchange.method == b"HEAD")
+
+    def _forward_body(self, exchange: Exchange, data: bytes) -> None:
+        if exchange is self.active and exchange.upstream is not None:
+            exchange.upstream.write(data)
+            return
+        if exchange.response_done:
+            return  # the upstream already answered; the rest of the body is read and dropped
+        exchange.body_buffer.append(data)
+        exchange.buffered += len(data)
+        if exchange.buffered > MAX_BUFFERED_BODY:
+            self._pause(PAUSE_BUFFER)
+
+    # -- upstream callbacks (UpstreamListener) ---------------------------------------------------
+    def on_upstream_head(self, status: int, headers: list[tuple[bytes, bytes]], chunked: bool) -> None:
+        exchange = self.active
+        assert exchange is not None and exchange.target is not None
+        now = self.loop.time()
+        if status in (502, 503, 504):
+            exchange.target.breaker.record_failure(now)
+        else:
+            exchange.target.breaker.record_success(now)
+        exchange.status = status
+        exchange.response_started = True
+        exchange.upstream_time = perf_counter() - exchange.upstream_start
+        runtime = self.server.runtime
+        self._write(
+            response_head(
+                exchange, status, headers, chunked, runtime.security_headers, runtime.referrer_policy_line
+            )
+        )
+
+    def on_upstream_body(self, data: bytes) -> None:
+        exchange = self.active
+        if exchange is None or self.transport is None:
+            return
+        exchange.bytes_out += len(data)
+        self.transport.write(chunk(data) if exchange.rechunk else data)
+
+    def on_upstream_complete(self, keep_alive: bool) -> None:
+        exchange = self.active
+        assert exchange is not None and exchange.target is not None
+        conn = exchange.upstream
+        exchange.upstream = None
+        exchange.target.in_flight -= 1
+        if exchange.rechunk:
+            self._write(LAST_CHUNK)
+        if conn is not None:
+            if keep_alive and exchange.request_done:
+                conn.pool.release(conn)
+            else:
+                conn.abort()
+        exchange.response_done = True
+        if not exchange.request_done:
+            exchange.close_after = True  # the rest of the request body would have to be drained
+        self._finish(exchange)
+
+    def on_upstream_failed(self, reason: str) -> None:
+        exchange = self.active
+        if exchange is not None:
+            exchange.upstream = None
+            self._upstream_failed(exchange, reason)
+
+    def on_upstream_writable(self, writable: bool) -> None:
+        if writable:
+            self._resume(PAUSE_UPSTREAM)
+        else:
+            self._pause(PAUSE_UPSTREAM)
+
+    def _upstream_failed(self, exchange: Exchange, reason: str) -> None:
+        target = exchange.target
+        assert target is not None
+        target.in_flight -= 1
+        target.breaker.record_failure(self.loop.time())
+        service = exchange.route.service
+        self.server.runtime.metrics.upstream_error(service.name, target.url, reason)
+        if exchange.response_started:
+            exchange.close_after = True  # a body cut short cannot be mended: close so the client sees it
+            exchange.response_done = True
+            self._finish(exchange)
+            return
+        if self.closed or exchange is not self.active:
+            return
+        if self._may_retry(exchange, reason):
+            self._dispatch(exchange)
+            return
+        if reason == "timeout":
+            self._fail_exchange(exchange, 504, "gateway_timeout")
+        else:
+            self._fail_exchange(exchange, 502, "bad_gateway")
+
+    def _may_retry(self, exchange: Exchange, reason: str) -> bool:
+        service = exchange.route.service
+        return (
+            reason != "timeout"
+            and exchange.method in IDEMPOTENT_METHODS
+            and not exchange.has_body
+            and exchange.attempts <= service.retry_attempts
+            and service.budget.try_spend(self.loop.time())
+        )
+
+    def _drop_upstream(self, exchange: Exchange, reason: str) -> None:
+        conn = exchange.upstream
+        exchange.upstream = None
+        if conn is not None:
+            conn.abort()
+            if exchange.target is not None:
+                exchange.target.in_flight -= 1
+                if not exchange.response_started:
+                    exchange.target.breaker.release_probe()
+
+    # -- finishing ---------------------------------------------------------------------------------
+    def _fail_exchange(self, exchange: Exchange, status: int, code: str, extra: bytes = b"") -> None:
+        exchange.status = status
+        exchange.response_started = True
+        exchange.response_done = True
+        if not exchange.request_done:
+            exchange.close_after = True
+        close = exchange.close_after or not exchange.keep_alive
+        self._send_error(Rejected(status, code, extra), exchange, close=close)
+        self._finish(exchange)
+
+    def _finish(self, exchange: Exchange) -> None:
+        if self.active is not exchange:
+            return
+        if not exchange.request_done and not exchange.close_after:
+            return  # response done, request body still arriving: finish on message complete
+        self._record(exchange)
+        self.active = None
+        if exchange.close_after or not exchange.keep_alive:
+            self._close()
+            return
+        if self.reject_after is not None:
+            self._send_error(self.reject_after, None, close=True)
+            return
+        if self.pending:
+            self._start(self.pending.popleft())
+            if not self.pending:
+                self._resume(PAUSE_PIPELINE)
+        elif self.parsing is None:
+            self._wait(WAIT_IDLE, self.server.runtime.config.gateway.limits.keepalive_timeout)
+
+    def _record(self, exchange: Exchange) -> None:
+        self.server.record(exchange)
+
+    def _refuse(self, rejection: Rejected) -> None:
+        """A request that fails validation: answer it (after any response in progress) and close."""
+        self.server.runtime.metrics.reject(rejection.code)
+        self._pause(PAUSE_PIPELINE)
+        active = self.active
+        if active is not None:
+            if self.parsing is active and not active.response_done:
+                # The body of the request being served is broken: the upstream gets no more of it.
+                self._drop_upstream(active, reason="bad_request")
+                if not active.response_started:
+                    self._fail_exchange(active, rejection.status, rejection.code, rejection.extra_headers)
+                else:
+                    self._close()
+                return
+            self.reject_after = rejection
+            return
+        self._send_error(rejection, self.parsing, close=True)
+        if self.parsing is not None:
+            self.parsing.status = rejection.status
+            self._record(self.parsing)
+
+    def _send_error(self, rejection: Rejected, exchange: Exchange | None, close: bool) -> None:
+        runtime = self.server.runtime
+        self._write(
+            error_response(
+                rejection.status,
+                rejection.code,
+                request_id=exchange.request_id if exchange is not None else None,
+                security_headers=runtime.security_headers + runtime.referrer_policy_line,
+                close=close,
+                extra_headers=rejection.extra_headers,
+                head_only=exchange is not None and exchange.method == b"HEAD",
+            )
+        )
+        if close:
+            self._close()
+
+    # -- small helpers -----------------------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def _close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.server.connections.discard(self)
+            self.transport.close()
+        active = self.active
+        if active is not None and active.upstream is not None:
+            self._drop_upstream(active, reason="client_closed")
+
+    def _wait(self, what: int, timeout: float) -> None:
+        self.waiting = what
+        self.deadline = self.loop.time() + timeout
+
+    def _pause(self, reason: int) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if not self.paused & reason:
+            return
+        self.paused &= ~reason
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    # -- timeouts, driven by the server's sweeper --------------------------------------------------
+    def check_deadlines(self, now: float) -> None:
+        active = self.active
+        if active is not None and active.upstream is not None and not active.response_done:
+            conn = active.upstream
+            if now - conn.last_read > active.route.service.read_timeout:
+                active.upstream = None
+                conn.abort()
+                self._upstream_failed(active, "timeout")
+                return
+        if self.waiting == WAIT_NONE or now < self.deadline:
+            return
+        if self.waiting == WAIT_IDLE:
+            self._close()
+        elif self.waiting == WAIT_HEAD or self.waiting == WAIT_BODY:
+            self._refuse(Rejected(408, "request_timeout"))
+
+    def close_if_idle(self) -> None:
+        """Drain: close a keep-alive connection that has no request in flight."""
+        if self.active is None and self.parsing is None and not self.pending:
+            self._close()

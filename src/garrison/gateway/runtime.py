@@ -1,0 +1,197 @@
+"""The gateway's compiled configuration: what the hot path reads, built once per config load.
+
+A reload builds a whole new ``Runtime`` and swaps one reference; requests already running keep the
+runtime they started with, so a reload never changes a request half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from garrison.config.model import GarrisonConfig, ServiceConfig
+from garrison.gateway.forwarded import TrustedProxies
+from garrison.gateway.router import RouteEntry, RouteTable
+from garrison.gateway.upstream.balancer import Balancer, make_balancer
+from garrison.gateway.upstream.circuit import CircuitBreaker, CircuitState
+from garrison.gateway.upstream.health import ActiveHealthChecker, HealthCheckSpec
+from garrison.gateway.upstream.pool import TargetPool
+from garrison.gateway.upstream.retry import RetryBudget
+from garrison.gateway.upstream.target import Target
+from garrison.telemetry import logging as log
+from garrison.telemetry.metrics import GatewayMetrics, RouteStats
+
+
+@dataclass(eq=False)
+class Service:
+    name: str
+    targets: list[Target]
+    pools: dict[Target, TargetPool]
+    balancer: Balancer
+    budget: RetryBudget
+    retry_attempts: int
+    read_timeout: float
+    health: ActiveHealthChecker | None = None
+
+    def sweep(self, now: float) -> None:
+        for pool in self.pools.values():
+            pool.sweep(now)
+
+    async def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+        if self.health is not None:
+            await self.health.stop()
+
+
+@dataclass(slots=True, eq=False)
+class Route:
+    name: str
+    log_name: str  # JSON-encoded once, for the access log
+    service: Service
+    stats: RouteStats
+
+
+@dataclass(eq=False)
+class Runtime:
+    config: GarrisonConfig
+    routes: RouteTable[Route]
+    services: dict[str, Service]
+    trusted: TrustedProxies
+    scheme: str
+    security_headers: bytes  # on every response
+    referrer_policy_line: bytes  # added unless the upstream set its own
+    metrics: GatewayMetrics
+    unmatched: RouteStats = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.unmatched = self.metrics.route("(none)", "(none)")
+
+    def start(self) -> None:
+        for service in self.services.values():
+            if service.health is not None:
+                service.health.start()
+
+    async def close(self) -> None:
+        for service in self.services.values():
+            await service.close()
+
+    def sweep(self, now: float) -> None:
+        for service in self.services.values():
+            service.sweep(now)
+
+
+def _security_headers(config: GarrisonConfig) -> bytes:
+    gateway = config.gateway
+    lines = [b"x-content-type-options: nosniff\r\n"]
+    if not gateway.tls.insecure_disable and gateway.hsts.enabled:
+        hsts = f"max-age={int(gateway.hsts.max_age)}"
+        if gateway.hsts.include_subdomains:
+            hsts += "; includeSubDomains"
+        if gateway.hsts.preload:
+            hsts += "; preload"
+        lines.append(f"strict-transport-security: {hsts}\r\n".encode())
+    return b"".join(lines)
+
+
+def _build_service(
+    name: str, spec: ServiceConfig, loop: asyncio.AbstractEventLoop, upstream_tls: ssl.SSLContext
+) -> Service:
+    targets: list[Target] = []
+    for url in spec.targets:
+        breaker = CircuitBreaker(
+            consecutive_failures=spec.circuit_breaker.consecutive_failures,
+            open_for=spec.circuit_breaker.open_for,
+            half_open_probes=spec.circuit_breaker.half_open_probes,
+            on_change=_log_circuit(name, url),
+        )
+        targets.append(Target.from_url(url, breaker))
+    pools = {
+        target: TargetPool(
+            target,
+            loop,
+            max_idle=spec.pool.max_idle,
+            idle_timeout=spec.pool.idle_timeout,
+            connect_timeout=spec.connect_timeout,
+            ssl_context=upstream_tls if target.scheme == "https" else None,
+        )
+        for target in targets
+    }
+    health = None
+    if spec.health_check is not None:
+        check = spec.health_check
+        health = ActiveHealthChecker(
+            targets,
+            HealthCheckSpec(
+                path=check.path,
+                interval=check.interval,
+                timeout=check.timeout,
+                healthy_threshold=check.healthy_threshold,
+                unhealthy_threshold=check.unhealthy_threshold,
+            ),
+            on_change=lambda target, healthy: log.log(
+                "gateway.health.changed", service=name, target=target.url, healthy=healthy
+            ),
+            ssl_context=upstream_tls,
+        )
+    return Service(
+        name=name,
+        targets=targets,
+        pools=pools,
+        balancer=make_balancer(spec.balancer),
+        budget=RetryBudget(spec.retries.budget_ratio, spec.retries.min_per_second),
+        retry_attempts=spec.retries.attempts,
+        read_timeout=spec.read_timeout,
+        health=health,
+    )
+
+
+def _log_circuit(service: str, url: str) -> Callable[[CircuitState], None]:
+    def changed(state: CircuitState) -> None:
+        log.log("gateway.circuit.changed", service=service, target=url, state=state.value)
+
+    return changed
+
+
+def build_runtime(
+    config: GarrisonConfig, loop: asyncio.AbstractEventLoop, metrics: GatewayMetrics
+) -> Runtime:
+    """Compile a validated config. Raises ValueError for what validation could not see."""
+    upstream_tls = ssl.create_default_context()
+    services = {
+        name: _build_service(name, spec, loop, upstream_tls) for name, spec in config.services.items()
+    }
+    entries: list[RouteEntry[Route]] = []
+    for route_config in config.routes:
+        name = route_config.name or route_config.match.path
+        service = services[route_config.service]
+        route = Route(name, json.dumps(name), service, metrics.route(name, service.name))
+        match = route_config.match
+        entries.append(
+            RouteEntry(
+                path=match.path.encode(),
+                prefix=match.prefix,
+                methods=frozenset(m.encode() for m in match.methods) if match.methods else None,
+                hosts=tuple(h.encode() for h in match.hosts) if match.hosts else None,
+                payload=route,
+            )
+        )
+    runtime = Runtime(
+        config=config,
+        routes=RouteTable.compile(entries),
+        services=services,
+        trusted=TrustedProxies(config.gateway.trusted_proxies),
+        scheme="http" if config.gateway.tls.insecure_disable else "https",
+        security_headers=_security_headers(config),
+        referrer_policy_line=f"referrer-policy: {config.gateway.referrer_policy}\r\n".encode(),
+        metrics=metrics,
+    )
+    metrics.circuit_states = lambda: (
+        (service.name, target.url, target.breaker.state.value)
+        for service in runtime.services.values()
+        for target in service.targets
+    )
+    return runtime

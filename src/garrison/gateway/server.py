@@ -1,0 +1,296 @@
+"""The gateway process: listeners, the sweeper, reload, drain.
+
+One ``GatewayServer`` per process. It owns what outlives a config reload (client connections,
+metrics, the access log) and swaps the ``Runtime`` (routes, services, pools) on reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import ssl
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from garrison.config.loader import ConfigError, LoadedConfig, load_config
+from garrison.config.model import parse_listen
+from garrison.gateway.normalize import TargetRejected, parse_request_target
+from garrison.gateway.proxy import ClientConnection
+from garrison.gateway.runtime import Runtime, build_runtime
+from garrison.gateway.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleResponse
+from garrison.gateway.tls import resolve_certificate, server_context
+from garrison.telemetry import logging as log
+from garrison.telemetry.accesslog import AccessLog
+from garrison.telemetry.metrics import GatewayMetrics
+
+if TYPE_CHECKING:
+    from garrison.gateway.exchange import Exchange
+
+SWEEP_INTERVAL = 0.1
+WATCH_INTERVAL = 1.0
+PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+def bind_socket(address: str, reuse_port: bool) -> socket.socket:
+    host, port = parse_listen(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock
+
+
+def address_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class GatewayServer:
+    def __init__(self, loaded: LoadedConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.source = loaded.source
+        self.metrics = GatewayMetrics()
+        self.runtime: Runtime = build_runtime(loaded.config, loop, self.metrics)
+        self.connections: set[ClientConnection] = set()
+        self.metrics.open_connections = lambda: len(self.connections)
+        self.max_connections = loaded.config.gateway.limits.max_connections
+        self.draining = False
+        self.ready = False
+        self.access_log = self._open_access_log(loaded)
+        self.servers: list[asyncio.Server] = []
+        self.tls_context: ssl.SSLContext | None = None
+        self._config_mtime = self._mtime()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._log_second = 0
+        self._log_prefix = ""
+
+    @staticmethod
+    def _open_access_log(loaded: LoadedConfig) -> AccessLog:
+        settings = loaded.config.gateway.access_log
+        return AccessLog(settings.path if settings.enabled else None)
+
+    # -- listeners -------------------------------------------------------------------------------
+    async def start(self, main_sock: socket.socket, with_side_listeners: bool = True) -> dict[str, str]:
+        """Serve on ``main_sock`` (bound, not listening). Returns listener name -> address."""
+        config = self.runtime.config
+        gateway = config.gateway
+        listeners: dict[str, str] = {}
+        if gateway.tls.insecure_disable:
+            log.warn("gateway.tls.disabled", message="TLS is OFF: serving plaintext HTTP (insecure)")
+        else:
+            cert, key = resolve_certificate(gateway.tls, config.state_dir, self.source.parent)
+            self.tls_context = server_context(cert, key, gateway.tls.min_version)
+        server = await self.loop.create_server(
+            lambda: ClientConnection(self), sock=main_sock, ssl=self.tls_context, backlog=2048
+        )
+        self.servers.append(server)
+        listeners["gateway"] = address_of(main_sock)
+        if with_side_listeners:
+            listeners.update(await self._start_side_listeners())
+        self.runtime.start()
+        self._tasks.append(self.loop.create_task(self._sweep()))
+        self.ready = True
+        return listeners
+
+    async def _start_side_listeners(self) -> dict[str, str]:
+        gateway = self.runtime.config.gateway
+        listeners = {}
+        admin_sock = bind_socket(gateway.admin.listen, reuse_port=False)
+        admin = await self.loop.create_server(lambda: SimpleHttpProtocol(self.admin_handler), sock=admin_sock)
+        self.servers.append(admin)
+        listeners["admin"] = address_of(admin_sock)
+        if gateway.redirect_http and not gateway.tls.insecure_disable:
+            redirect_sock = bind_socket(gateway.redirect_http, reuse_port=gateway.workers > 1)
+            security = self.runtime.security_headers + self.runtime.referrer_policy_line
+            redirect = await self.loop.create_server(
+                lambda: SimpleHttpProtocol(self.redirect_handler, security), sock=redirect_sock
+            )
+            self.servers.append(redirect)
+            listeners["redirect"] = address_of(redirect_sock)
+        return listeners
+
+    def admin_handler(self, request: SimpleRequest) -> SimpleResponse:
+        path = request.target.split(b"?", 1)[0]
+        if request.method not in (b"GET", b"HEAD"):
+            return SimpleResponse(405, b"method not allowed\n", headers=b"allow: GET, HEAD\r\n")
+        if path == b"/metrics":
+            return SimpleResponse(200, self.metrics.render(), PROMETHEUS_TEXT)
+        if path == b"/live":
+            return SimpleResponse(200, b"ok\n")
+        if path == b"/ready":
+            ok = self.ready and not self.draining
+            return SimpleResponse(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+        return SimpleResponse(404, b"not found\n")
+
+    def redirect_handler(self, request: SimpleRequest) -> SimpleResponse:
+        """308 to the same path over HTTPS. The host is the configured one, or a validated Host."""
+        from garrison.gateway.exchange import host_without_port, valid_host
+
+        gateway = self.runtime.config.gateway
+        try:
+            target = parse_request_target(request.target)
+        except TargetRejected:
+            return SimpleResponse(400, b"bad request\n")
+        host = (gateway.public_host or "").encode() or host_without_port(
+            request.headers.get(b"host", b"").lower()
+        )
+        if not host or not valid_host(host):
+            return SimpleResponse(400, b"bad request\n")
+        port = parse_listen(gateway.listen)[1]
+        authority = host if port == 443 else b"%s:%d" % (host, port)
+        location = b"https://%s%s%s%s" % (
+            authority,
+            target.path,
+            b"?" if target.has_query else b"",
+            target.query,
+        )
+        return SimpleResponse(308, b"", headers=b"location: %s\r\n" % location)
+
+    # -- per request -----------------------------------------------------------------------------
+    def record(self, exchange: Exchange) -> None:
+        """Metrics and the access log line for a finished exchange."""
+        total = time.perf_counter() - exchange.start
+        route = exchange.route
+        route.stats.observe(exchange.status, total, exchange.body_seen, exchange.bytes_out)
+        if not self.access_log.enabled:
+            return
+        wall = time.time()
+        second = int(wall)
+        if second != self._log_second:
+            self._log_second = second
+            self._log_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        self.access_log.write(
+            f'{{"time":"{self._log_prefix}.{int((wall - second) * 1000):03d}Z",'
+            f'"request_id":"{exchange.request_id}","trace_id":"{exchange.trace_id}",'
+            f'"client_ip":"{exchange.client_ip}","method":"{exchange.method.decode()}",'
+            f'"path":"{exchange.path.decode()}","route":{route.log_name},"status":{exchange.status},'
+            f'"bytes_in":{exchange.body_seen},"bytes_out":{exchange.bytes_out},'
+            f'"upstream_ms":{exchange.upstream_time * 1000:.3f},"total_ms":{total * 1000:.3f},'
+            f'"attempts":{exchange.attempts}}}\n'
+        )
+
+    # -- background work -------------------------------------------------------------------------
+    async def _sweep(self) -> None:
+        last_watch = self.loop.time()
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = self.loop.time()
+            for conn in list(self.connections):
+                conn.check_deadlines(now)
+            self.runtime.sweep(now)
+            self.access_log.flush()
+            if now - last_watch >= WATCH_INTERVAL:
+                last_watch = now
+                if self.runtime.config.gateway.watch_config and self._mtime() != self._config_mtime:
+                    await self.reload("file changed")
+
+    def _mtime(self) -> float:
+        try:
+            return os.stat(self.source).st_mtime
+        except OSError:
+            return 0.0
+
+    async def reload(self, reason: str) -> bool:
+        """Load, validate and compile the config file; swap it in, or keep the old one and say why."""
+        self._config_mtime = self._mtime()
+        try:
+            loaded = load_config(self.source)
+            runtime = build_runtime(loaded.config, self.loop, self.metrics)
+        except ConfigError as exc:
+            self.metrics.reloads["failure"] += 1
+            log.error(
+                "gateway.reload.failed",
+                reason=reason,
+                problems=[p.render(exc.filename) for p in exc.problems],
+            )
+            return False
+        except (ValueError, OSError) as exc:
+            self.metrics.reloads["failure"] += 1
+            log.error("gateway.reload.failed", reason=reason, problems=[str(exc)])
+            return False
+        old = self.runtime
+        restart_needed = self._needs_restart(old, runtime)
+        self.runtime = runtime
+        runtime.start()
+        self.max_connections = loaded.config.gateway.limits.max_connections
+        if self.tls_context is not None and not loaded.config.gateway.tls.insecure_disable:
+            # New handshakes use the new certificate; live connections keep theirs.
+            cert, key = resolve_certificate(
+                loaded.config.gateway.tls, loaded.config.state_dir, self.source.parent
+            )
+            self.tls_context.load_cert_chain(cert, key)
+        await old.close()
+        self.metrics.reloads["success"] += 1
+        log.log("gateway.reload.ok", reason=reason, routes=len(loaded.config.routes))
+        if restart_needed:
+            log.warn("gateway.reload.restart_needed", message=restart_needed)
+        return True
+
+    @staticmethod
+    def _needs_restart(old: Runtime, new: Runtime) -> str:
+        before, after = old.config.gateway, new.config.gateway
+        changed = [
+            key
+            for key in ("listen", "workers", "admin", "redirect_http", "access_log")
+            if getattr(before, key) != getattr(after, key)
+        ]
+        if before.tls.insecure_disable != after.tls.insecure_disable:
+            changed.append("tls.insecure_disable")
+        if not changed:
+            return ""
+        return f"changes to {', '.join(changed)} take effect after a restart"
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``timeout``), then close the rest."""
+        self.draining = True
+        for server in self.servers:
+            server.close()
+        deadline = self.loop.time() + timeout
+        while self.connections and self.loop.time() < deadline:
+            for conn in list(self.connections):
+                conn.close_if_idle()
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        for task in self._tasks:
+            task.cancel()
+        await self.runtime.close()
+        self.access_log.close()
+
+
+def write_ready_file(path: Path | None, listeners: dict[str, str]) -> None:
+    if path is None:
+        return
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "listeners": listeners}))
+    tmp.replace(path)
+
+
+async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
+    """Run one gateway process until SIGTERM/SIGINT; SIGHUP reloads."""
+    loop = asyncio.get_running_loop()
+    gateway = loaded.config.gateway
+    for warning in loaded.warnings:
+        log.warn("config.warning", problem=warning.render(str(loaded.source)))
+    server = GatewayServer(loaded, loop)
+    main_sock = bind_socket(gateway.listen, reuse_port=gateway.workers > 1)
+    listeners = await server.start(main_sock)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(server.reload("SIGHUP")))
+    log.log("gateway.listening", listeners=listeners, pid=os.getpid())
+    write_ready_file(ready_file, listeners)
+    await stop.wait()
+    log.log("gateway.draining", timeout=gateway.drain_timeout)
+    await server.drain(gateway.drain_timeout)
+    log.log("gateway.stopped")
+    return 0

@@ -1,0 +1,100 @@
+"""A minimal HTTP/1.1 responder for the gateway's side listeners (admin, HTTPS redirect).
+
+These listeners answer a handful of fixed requests, so a full framework would be the larger risk;
+the same llhttp parser as the main listener reads the request, bodies are refused, and every
+connection closes after one response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+import httptools
+
+from garrison.gateway.http1 import status_line
+
+
+@dataclass(frozen=True, slots=True)
+class SimpleRequest:
+    method: bytes
+    target: bytes
+    headers: dict[bytes, bytes]  # lower-cased names; a repeated header keeps the first value
+
+
+@dataclass(frozen=True, slots=True)
+class SimpleResponse:
+    status: int
+    body: bytes = b""
+    content_type: bytes = b"text/plain; charset=utf-8"
+    headers: bytes = b""  # extra pre-rendered header lines
+
+
+Handler = Callable[[SimpleRequest], SimpleResponse]
+MAX_HEAD = 16 * 1024
+
+
+class SimpleHttpProtocol(asyncio.Protocol):
+    def __init__(self, handler: Handler, security_headers: bytes = b"") -> None:
+        self.handler = handler
+        self.security_headers = security_headers
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.received = 0
+        self.done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.done:
+            return
+        if self.received > MAX_HEAD:
+            self._respond(SimpleResponse(431, b"request too large\n"))
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._respond(SimpleResponse(400, b"bad request\n"))
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.setdefault(name.lower(), value)
+
+    def on_headers_complete(self) -> None:
+        if self.done:
+            return
+        if b"content-length" in self.headers or b"transfer-encoding" in self.headers:
+            self._respond(SimpleResponse(400, b"request bodies are not accepted here\n"))
+            return
+        request = SimpleRequest(self.parser.get_method(), self.url, self.headers)
+        try:
+            response = self.handler(request)
+        except Exception:  # a handler bug answers 500 rather than killing the listener
+            response = SimpleResponse(500, b"internal error\n")
+        self._respond(response, head_only=request.method == b"HEAD")
+
+    def _respond(self, response: SimpleResponse, head_only: bool = False) -> None:
+        self.done = True
+        if self.transport is None or self.transport.is_closing():
+            return
+        head = b"".join(
+            (
+                status_line(response.status),
+                b"content-type: %s\r\ncontent-length: %d\r\n" % (response.content_type, len(response.body)),
+                b"cache-control: no-store\r\n",
+                self.security_headers,
+                response.headers,
+                b"connection: close\r\n\r\n",
+            )
+        )
+        self.transport.write(head if head_only else head + response.body)
+        self.transport.close()

@@ -1,0 +1,141 @@
+"""TLS for the gateway's listener: a hardened server context, and the ``auto`` certificates.
+
+``cert: auto`` creates a local CA and a server certificate under ``state_dir/tls`` (private keys
+0600), renewed when they near expiry or when the configured names change. A later release replaces
+this local CA with Garrison's own workload CA.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from garrison.config.model import TlsConfig
+
+MODERN_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+SERVER_CERT_DAYS = 90
+CA_DAYS = 3650
+RENEW_BEFORE = dt.timedelta(days=30)
+
+
+def server_context(cert_file: Path, key_file: Path, min_version: str = "1.2") -> ssl.SSLContext:
+    """TLS 1.2+ (or 1.3 only), ECDHE + AEAD ciphers, no compression or renegotiation, ALPN http/1.1."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(MODERN_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.set_alpn_protocols(["http/1.1"])
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def resolve_certificate(tls: TlsConfig, state_dir: Path, config_dir: Path) -> tuple[Path, Path]:
+    """The (certificate, key) files to serve, creating the ``auto`` ones when needed."""
+    if tls.cert != "auto":
+        assert tls.key is not None
+        return _relative(Path(tls.cert), config_dir), _relative(Path(tls.key), config_dir)
+    return ensure_auto_certificate(state_dir / "tls", tls.server_names)
+
+
+def _relative(path: Path, base: Path) -> Path:
+    return path if path.is_absolute() else base / path
+
+
+def ensure_auto_certificate(directory: Path, names: list[str]) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca_cert_file, ca_key_file = directory / "ca.pem", directory / "ca.key"
+    cert_file, key_file = directory / "server.pem", directory / "server.key"
+    if not _valid(ca_cert_file, ca_key_file, names=None):
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        _write_key(ca_key_file, ca_key)
+        ca_cert_file.write_bytes(_ca_certificate(ca_key).public_bytes(serialization.Encoding.PEM))
+    if not _valid(cert_file, key_file, names=names):
+        loaded_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
+        assert isinstance(loaded_key, ec.EllipticCurvePrivateKey)
+        ca_key = loaded_key
+        ca_cert = x509.load_pem_x509_certificate(ca_cert_file.read_bytes())
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _server_certificate(key, ca_key, ca_cert, names)
+        _write_key(key_file, key)
+        cert_file.write_bytes(
+            cert.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(serialization.Encoding.PEM)
+        )
+    return cert_file, key_file
+
+
+def _valid(cert_file: Path, key_file: Path, names: list[str] | None) -> bool:
+    if not cert_file.exists() or not key_file.exists():
+        return False
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    if cert.not_valid_after_utc - RENEW_BEFORE < dt.datetime.now(dt.UTC):
+        return False
+    if names is None:
+        return True
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return sorted(san.get_values_for_type(x509.DNSName)) == sorted(names)
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Garrison local CA")])
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _server_certificate(
+    key: ec.EllipticCurvePrivateKey,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    names: list[str],
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    sans += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
+    return (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else "localhost")])
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=SERVER_CERT_DAYS))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )

@@ -1,0 +1,238 @@
+"""Keep-alive connections to one upstream target, and the protocol that reads their responses.
+
+The connection is a bare asyncio Protocol whose parser callbacks hand each response event straight
+to the client side (an ``UpstreamListener``): no coroutine, queue or extra copy on the hot path.
+Idle connections wait in a LIFO stack (the most recently used is the least likely to have been
+closed by the upstream), and an idle sweep closes those past ``idle_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from typing import Protocol, cast
+
+import httptools
+
+from garrison.gateway.upstream.target import Target
+
+
+class UpstreamListener(Protocol):
+    """What the client side of an exchange implements to receive an upstream response."""
+
+    def on_upstream_head(self, status: int, headers: list[tuple[bytes, bytes]], chunked: bool) -> None: ...
+    def on_upstream_body(self, data: bytes) -> None: ...
+    def on_upstream_complete(self, keep_alive: bool) -> None: ...
+    def on_upstream_failed(self, reason: str) -> None: ...
+    def on_upstream_writable(self, writable: bool) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One HTTP/1.1 connection to a target, serving one exchange at a time."""
+
+    def __init__(self, pool: TargetPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.listener: UpstreamListener | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunked = False
+        self.close_delimited = False
+        self.head_only = False  # a response to HEAD: headers and no body, whatever they say
+        self.informational = False
+        self.closed = False
+        self.idle_since = 0.0
+        self.last_read = 0.0
+        self.uses = 0
+        self.counted = False  # whether pool.open includes this connection
+
+    # -- driven by the client side --------------------------------------------------------------
+    def start(self, listener: UpstreamListener, head: bytes, head_only: bool) -> None:
+        self.listener = listener
+        self.head_only = head_only
+        self.headers = []
+        self.chunked = False
+        self.close_delimited = False
+        self.uses += 1
+        self.last_read = self.pool.loop.time()
+        assert self.transport is not None
+        self.transport.write(head)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        """Drop the connection (response cut short, protocol error, client gone)."""
+        self.listener = None
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+        self.pool.forget(self)
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.listener is None:
+            # Bytes while idle: the upstream broke framing or is closing; never reuse it.
+            self.abort()
+            return
+        self.last_read = self.pool.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            listener = self.listener
+            self.abort()
+            if listener is not None:
+                listener.on_upstream_failed("invalid response")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        listener = self.listener
+        self.listener = None
+        self.pool.forget(self)
+        if listener is None:
+            return
+        if self.close_delimited and exc is None:
+            listener.on_upstream_complete(False)  # the close is how this body ends
+        else:
+            listener.on_upstream_failed("connection_lost")
+
+    def pause_writing(self) -> None:
+        if self.listener is not None:
+            self.listener.on_upstream_writable(False)
+
+    def resume_writing(self) -> None:
+        if self.listener is not None:
+            self.listener.on_upstream_writable(True)
+
+    # -- httptools callbacks --------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status: int = self.parser.get_status_code()
+        if status < 200:
+            # 1xx (e.g. 103 Early Hints): not forwarded; the final response follows.
+            self.informational = True
+            self.headers = []
+            return
+        chunked = False
+        has_length = False
+        for name, _ in self.headers:
+            lname = name.lower()
+            if lname == b"transfer-encoding":
+                chunked = True
+            elif lname == b"content-length":
+                has_length = True
+        self.chunked = chunked
+        self.close_delimited = not chunked and not has_length
+        listener = self.listener
+        if listener is None:
+            return
+        listener.on_upstream_head(status, self.headers, chunked)
+        if self.head_only or status in (204, 304):
+            # llhttp cannot be told a response has no body; finish here and reset the parser.
+            self.parser = httptools.HttpResponseParser(self)
+            self._complete(keep_alive=True)
+
+    def on_body(self, body: bytes) -> None:
+        if self.listener is not None:
+            self.listener.on_upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
+        if self.listener is not None:
+            self._complete(keep_alive=bool(self.parser.should_keep_alive()))
+
+    def _complete(self, keep_alive: bool) -> None:
+        listener = self.listener
+        self.listener = None
+        if listener is not None:
+            listener.on_upstream_complete(keep_alive)
+
+
+class TargetPool:
+    """Idle keep-alive connections to one target."""
+
+    def __init__(
+        self,
+        target: Target,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_idle: int,
+        idle_timeout: float,
+        connect_timeout: float,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        self.target = target
+        self.loop = loop
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self.ssl_context = ssl_context
+        self.idle: deque[UpstreamConnection] = deque()
+        self.open = 0
+        self.retired = False
+
+    def take_idle(self) -> UpstreamConnection | None:
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        """Open a new connection; raises OSError or TimeoutError."""
+        target = self.target
+        async with asyncio.timeout(self.connect_timeout):
+            _, protocol = await self.loop.create_connection(
+                lambda: UpstreamConnection(self),
+                target.host,
+                target.port,
+                ssl=self.ssl_context,
+                server_hostname=target.host if self.ssl_context is not None else None,
+            )
+        self.open += 1
+        protocol.counted = True
+        return protocol
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if conn.closed:
+            return
+        if self.retired or len(self.idle) >= self.max_idle:
+            conn.abort()
+            return
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        if conn.counted:
+            conn.counted = False
+            self.open -= 1
+
+    def sweep(self, now: float) -> None:
+        """Close idle connections older than idle_timeout (oldest sit at the left)."""
+        while self.idle and (self.idle[0].closed or now - self.idle[0].idle_since > self.idle_timeout):
+            self.idle.popleft().abort()
+
+    def close(self) -> None:
+        """Retire the pool (config reload): idle connections close now, busy ones when released."""
+        self.retired = True
+        while self.idle:
+            self.idle.pop().abort()

@@ -1,0 +1,137 @@
+"""Gateway metrics, counted in plain Python structures and exposed through prometheus-client.
+
+prometheus-client's own Counter/Histogram take a lock and resolve label values on every call
+(about 2 µs per observation); on a path with a budget of ~30 µs per request that is too much. So
+the gateway counts into dicts and lists it owns, and a custom ``Collector`` turns them into metric
+families only when Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(slots=True)
+class RouteStats:
+    """Counters for one route; the hot path only touches this object."""
+
+    route: str
+    service: str
+    by_status: dict[int, int] = field(default_factory=dict)
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def observe(self, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
+        by_status = self.by_status
+        by_status[status] = by_status.get(status, 0) + 1
+        self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+        self.bytes_in += bytes_in
+        self.bytes_out += bytes_out
+
+
+class GatewayMetrics(Collector):
+    """Every gateway metric. Gauges are read from callbacks at scrape time."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, RouteStats] = {}
+        self.upstream_errors: dict[tuple[str, str, str], int] = {}
+        self.rejected: dict[str, int] = {}
+        self.reloads: dict[str, int] = {"success": 0, "failure": 0}
+        self.open_connections: Callable[[], int] = lambda: 0
+        self.circuit_states: Callable[[], Iterable[tuple[str, str, str]]] = lambda: ()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def route(self, route: str, service: str) -> RouteStats:
+        """The stats object for a route; the same object survives config reloads."""
+        stats = self.routes.get(route)
+        if stats is None or stats.service != service:
+            stats = self.routes[route] = RouteStats(route, service)
+        return stats
+
+    def upstream_error(self, service: str, target: str, reason: str) -> None:
+        key = (service, target, reason)
+        self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        yield from self._request_families()
+        errors = CounterMetricFamily(
+            "garrison_gateway_upstream_errors",
+            "Failed upstream attempts.",
+            labels=["service", "target", "reason"],
+        )
+        for (service, target, reason), count in self.upstream_errors.items():
+            errors.add_metric([service, target, reason], count)
+        yield errors
+        rejected = CounterMetricFamily(
+            "garrison_gateway_rejected_requests", "Requests refused before routing.", labels=["reason"]
+        )
+        for reason, count in self.rejected.items():
+            rejected.add_metric([reason], count)
+        yield rejected
+        reloads = CounterMetricFamily("garrison_gateway_config_reloads", "Config reloads.", labels=["result"])
+        for result, count in self.reloads.items():
+            reloads.add_metric([result], count)
+        yield reloads
+        circuit = GaugeMetricFamily(
+            "garrison_gateway_circuit_state",
+            "Circuit breaker state per target (1 for the current state).",
+            labels=["service", "target", "state"],
+        )
+        for service, target, state in self.circuit_states():
+            for candidate in ("closed", "open", "half_open"):
+                circuit.add_metric([service, target, candidate], 1.0 if candidate == state else 0.0)
+        yield circuit
+        yield GaugeMetricFamily(
+            "garrison_gateway_open_connections", "Open client connections.", value=self.open_connections()
+        )
+
+    def _request_families(self) -> Iterable[CounterMetricFamily | HistogramMetricFamily]:
+        requests = CounterMetricFamily(
+            "garrison_gateway_requests",
+            "Requests by route and status.",
+            labels=["route", "service", "status"],
+        )
+        latency = HistogramMetricFamily(
+            "garrison_gateway_request_duration_seconds",
+            "Time from request head to the last response byte.",
+            labels=["route", "service"],
+        )
+        bytes_in = CounterMetricFamily(
+            "garrison_gateway_request_bytes", "Request body bytes.", labels=["route"]
+        )
+        bytes_out = CounterMetricFamily(
+            "garrison_gateway_response_bytes", "Response bytes.", labels=["route"]
+        )
+        for stats in list(self.routes.values()):
+            for status, count in list(stats.by_status.items()):
+                requests.add_metric([stats.route, stats.service, str(status)], count)
+            cumulative, running = [], 0
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), stats.buckets, strict=True):
+                running += count
+                cumulative.append((_bound(bound), running))
+            latency.add_metric([stats.route, stats.service], cumulative, stats.latency_sum)
+            bytes_in.add_metric([stats.route], stats.bytes_in)
+            bytes_out.add_metric([stats.route], stats.bytes_out)
+        yield from (requests, latency, bytes_in, bytes_out)
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)
