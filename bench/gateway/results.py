@@ -126,19 +126,29 @@ def ratios(columns: list[ColumnSummary]) -> dict[str, float]:
     return found
 
 
-def _ratio_target(found: dict[str, float], peer: str, minimum: float) -> Target:
+def _ratio_target(
+    found: dict[str, float], garrison: ColumnSummary | None, peer: str, minimum: float
+) -> Target:
     label = f"Garrison ≥ {minimum:g}x {peer} throughput"
     key = f"garrison/{peer}"
-    if key not in found:
+    if garrison is not None and garrison.failure:
+        return Target(label, None, "garrison did not complete the run")
+    if garrison is None or key not in found:
         return Target(label, None, f"not measured (garrison and {peer} both needed)")
+    if garrison.errors:
+        return Target(label, False, f"{found[key]:.2f}x, but with {garrison.errors} errors")
     return Target(label, found[key] >= minimum, f"{found[key]:.2f}x")
 
 
 def _latency_target(garrison: ColumnSummary | None, target_rps: float | None) -> Target:
     label = f"Garrison added p99 ≤ {MAX_ADDED_P99_MS:g} ms at a quarter of saturation"
+    if garrison is not None and garrison.failure:
+        return Target(label, None, "garrison did not complete the run")
     if garrison is None or garrison.added_p99_ms is None or target_rps is None:
         return Target(label, None, "not measured")
     detail = f"{garrison.added_p99_ms:+.2f} ms at {target_rps:,.0f} req/s"
+    if garrison.fixed_errors:
+        return Target(label, False, f"{detail}, but with {garrison.fixed_errors} errors")
     return Target(label, garrison.added_p99_ms <= MAX_ADDED_P99_MS, detail)
 
 
@@ -148,8 +158,8 @@ def summarize(run: Run) -> Summary:
     found = ratios(columns)
     garrison = next((c for c in columns if c.name == "garrison"), None)
     targets = [
-        _ratio_target(found, "nginx", MIN_X_NGINX),
-        _ratio_target(found, "aiohttp", MIN_X_AIOHTTP),
+        _ratio_target(found, garrison, "nginx", MIN_X_NGINX),
+        _ratio_target(found, garrison, "aiohttp", MIN_X_AIOHTTP),
         _latency_target(garrison, run.target_rps),
     ]
     return Summary(columns, found, targets, run.target_rps, run.rate_basis, notes(columns))
@@ -160,7 +170,7 @@ def notes(columns: list[ColumnSummary]) -> list[str]:
     direct = columns[0]
     found = []
     for c in columns[1:]:
-        if c.rps is None or c.cpu is None or c.cpu >= CPU_BOUND:
+        if c.failure or c.rps is None or c.cpu is None or c.cpu >= CPU_BOUND:
             continue
         found.append(
             f"{c.name} used only {c.cpu:.0%} of its core: its req/s is bounded by the core that wrk and the "

@@ -108,6 +108,16 @@ def start_all(stack: ExitStack, tmp: Path, pin: Pinning, settings: Settings, run
     return live
 
 
+class ServerDied(Exception):
+    """The server under test exited while it was being measured."""
+
+
+def still_alive(server: Server) -> None:
+    """Raise ServerDied if the server exited: figures measured against a dying process are not kept."""
+    if not server.alive():
+        raise ServerDied(f"died during the run (status {server.proc.returncode}):\n{server.output_tail()}")
+
+
 def interleave(console: Console, run: Run, live: dict[str, Server], rounds: int, measure: Measure) -> None:
     """Rounds of one measurement per column, in column order; a column that breaks leaves the rounds."""
     for number in range(1, rounds + 1):
@@ -117,14 +127,12 @@ def interleave(console: Console, run: Run, live: dict[str, Server], rounds: int,
                 continue
             try:
                 line = measure(name, server)
+            except ServerDied as exc:
+                column.failure = str(exc)
+                line = f"{name}: died; this round's figures are dropped"
             except LoadError as exc:
                 column.failure = f"measurement failed: {exc}"
                 line = f"{name}: measurement failed"
-            if not server.alive():
-                column.failure = (
-                    f"died during the run (status {server.proc.returncode}):\n{server.output_tail()}"
-                )
-                line += " (and the process died)"
             console.print(f"  round {number}/{rounds}  {line}", highlight=False, markup=False)
 
 
@@ -134,6 +142,7 @@ def warm_up(console: Console, run: Run, live: dict[str, Server], settings: Setti
 
         def measure(name: str, server: Server) -> str:
             result = run_wrk(server.address, settings.warmup, pin.client())
+            still_alive(server)
             return f"{name:<9} warm-up {result.rps:>9,.0f} req/s"
 
         interleave(console, run, live, 1, measure)
@@ -148,6 +157,7 @@ def measure_throughput(
         cpu_before, started = server.cpu_seconds(), time.monotonic()
         result = run_wrk(server.address, settings.duration, pin.client())
         cpu = (server.cpu_seconds() - cpu_before) / (time.monotonic() - started)
+        still_alive(server)
         run.columns[name].throughput.append(result)
         run.columns[name].cpu.append(cpu)
         return (
@@ -175,6 +185,7 @@ def measure_latency(
 
     def measure(name: str, server: Server) -> str:
         result = run_hey(server.address, settings.latency_seconds, rate, pin.client())
+        still_alive(server)
         run.columns[name].latency.append(result)
         errors = result.errors + result.non_2xx
         return (

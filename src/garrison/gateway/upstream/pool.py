@@ -26,6 +26,7 @@ class UpstreamListener(Protocol):
     def on_upstream_complete(self, keep_alive: bool) -> None: ...
     def on_upstream_failed(self, reason: str) -> None: ...
     def on_upstream_writable(self, writable: bool) -> None: ...
+    def flush(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -90,14 +91,14 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes while idle: the upstream broke framing or is closing; never reuse it.
             self.abort()
             return
+        listener = self.listener
         self.last_read = self.pool.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            listener = self.listener
             self.abort()
-            if listener is not None:
-                listener.on_upstream_failed("invalid response")
+            listener.on_upstream_failed("invalid_response")
+        listener.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -110,6 +111,7 @@ class UpstreamConnection(asyncio.Protocol):
             listener.on_upstream_complete(False)  # the close is how this body ends
         else:
             listener.on_upstream_failed("connection_lost")
+        listener.flush()
 
     def pause_writing(self) -> None:
         if self.listener is not None:
