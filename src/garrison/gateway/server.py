@@ -30,6 +30,13 @@ from garrison.telemetry.metrics import GatewayMetrics
 if TYPE_CHECKING:
     from garrison.gateway.exchange import Exchange
 
+
+def worker_settings() -> tuple[int, str, Path] | None:
+    from garrison.gateway.workers import worker_settings as settings
+
+    return settings()
+
+
 SWEEP_INTERVAL = 0.1
 WATCH_INTERVAL = 1.0
 PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
@@ -281,8 +288,19 @@ async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
     for warning in loaded.warnings:
         log.warn("config.warning", problem=warning.render(str(loaded.source)))
     server = GatewayServer(loaded, loop)
-    main_sock = bind_socket(gateway.listen, reuse_port=gateway.workers > 1)
-    listeners = await server.start(main_sock)
+    worker = worker_settings()
+    if worker is None:
+        main_sock = bind_socket(gateway.listen, reuse_port=gateway.workers > 1)
+        listeners = await server.start(main_sock)
+    else:
+        # A worker under `workers: N`: the supervisor owns the admin and redirect listeners.
+        index, listen, run_dir = worker
+        listeners = await server.start(bind_socket(listen, reuse_port=True), with_side_listeners=False)
+        metrics_path = run_dir / f"worker-{index}.sock"
+        metrics_path.unlink(missing_ok=True)
+        server.servers.append(
+            await loop.create_unix_server(lambda: SimpleHttpProtocol(server.admin_handler), str(metrics_path))
+        )
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)

@@ -8,7 +8,7 @@ connection closes after one response.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -32,7 +32,7 @@ class SimpleResponse:
     headers: bytes = b""  # extra pre-rendered header lines
 
 
-Handler = Callable[[SimpleRequest], SimpleResponse]
+Handler = Callable[[SimpleRequest], SimpleResponse | Awaitable[SimpleResponse]]
 MAX_HEAD = 16 * 1024
 
 
@@ -46,6 +46,7 @@ class SimpleHttpProtocol(asyncio.Protocol):
         self.headers: dict[bytes, bytes] = {}
         self.received = 0
         self.done = False
+        self.task: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -80,7 +81,17 @@ class SimpleHttpProtocol(asyncio.Protocol):
             response = self.handler(request)
         except Exception:  # a handler bug answers 500 rather than killing the listener
             response = SimpleResponse(500, b"internal error\n")
-        self._respond(response, head_only=request.method == b"HEAD")
+        if isinstance(response, SimpleResponse):
+            self._respond(response, head_only=request.method == b"HEAD")
+        else:
+            self.task = asyncio.ensure_future(self._respond_later(response, request.method == b"HEAD"))
+
+    async def _respond_later(self, pending: Awaitable[SimpleResponse], head_only: bool) -> None:
+        try:
+            response = await pending
+        except Exception:
+            response = SimpleResponse(500, b"internal error\n")
+        self._respond(response, head_only=head_only)
 
     def _respond(self, response: SimpleResponse, head_only: bool = False) -> None:
         self.done = True

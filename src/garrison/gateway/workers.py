@@ -1,0 +1,202 @@
+"""``workers: N``: N gateway processes on one port, and a small supervisor above them.
+
+Each worker binds the listening port itself with SO_REUSEPORT, so the kernel spreads new
+connections over them with no hand-off through the supervisor. The supervisor owns what must
+exist once: the admin listener (it gathers every worker's metrics over a private Unix socket and
+labels them ``worker="i"``), the HTTPS redirect listener, signals (SIGHUP is passed on, SIGTERM
+drains every worker), and restarting a worker that dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import uvloop
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from garrison.config.loader import LoadedConfig
+from garrison.gateway.server import PROMETHEUS_TEXT, GatewayServer, address_of, bind_socket, write_ready_file
+from garrison.gateway.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleResponse
+from garrison.telemetry import logging as log
+
+WORKER_ENV = "GARRISON_GATEWAY_WORKER"  # "index:listen-address:run-dir" — set by the supervisor only
+RESTART_BACKOFF = 1.0
+
+
+class WorkerSupervisor:
+    def __init__(self, loaded: LoadedConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.loaded = loaded
+        self.loop = loop
+        self.count = loaded.config.gateway.workers
+        self.run_dir = loaded.config.state_dir / "run" / f"gateway-{os.getpid()}"
+        self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self.stopping = False
+        # Used for the redirect listener and the shared security headers; never serves the main port.
+        self.shell = GatewayServer(loaded, loop)
+
+    def metrics_socket(self, index: int) -> Path:
+        return self.run_dir / f"worker-{index}.sock"
+
+    async def spawn(self, index: int, listen: str) -> None:
+        env = dict(os.environ, **{WORKER_ENV: f"{index}|{listen}|{self.run_dir}"})
+        ready = self.run_dir / f"worker-{index}.ready"
+        ready.unlink(missing_ok=True)
+        self.processes[index] = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "garrison", "gateway", "-c", str(self.loaded.source),
+            "--ready-file", str(ready), env=env,
+        )  # fmt: skip
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = self.loop.time() + timeout
+        for index in range(self.count):
+            ready = self.run_dir / f"worker-{index}.ready"
+            while not ready.exists():
+                process = self.processes[index]
+                if process.returncode is not None:
+                    raise RuntimeError(
+                        f"gateway worker {index} exited with {process.returncode} while starting"
+                    )
+                if self.loop.time() > deadline:
+                    raise RuntimeError(f"gateway worker {index} did not become ready in {timeout:.0f}s")
+                await asyncio.sleep(0.05)
+
+    async def watch(self, index: int, listen: str) -> None:
+        """Restart a worker that dies, until the supervisor stops."""
+        while not self.stopping:
+            process = self.processes[index]
+            code = await process.wait()
+            if self.stopping:
+                return
+            log.error("gateway.worker.died", worker=index, exit_code=code, action="restarting")
+            await asyncio.sleep(RESTART_BACKOFF)
+            await self.spawn(index, listen)
+
+    def signal_all(self, signum: int) -> None:
+        for process in self.processes.values():
+            if process.returncode is None:
+                process.send_signal(signum)
+
+    async def admin_handler(self, request: SimpleRequest) -> SimpleResponse:
+        path = request.target.split(b"?", 1)[0]
+        if path == b"/metrics":
+            return SimpleResponse(200, await self.gather_metrics(), PROMETHEUS_TEXT)
+        if path == b"/live":
+            return SimpleResponse(200, b"ok\n")
+        if path == b"/ready":
+            alive = all(p.returncode is None for p in self.processes.values())
+            ok = alive and not self.stopping
+            return SimpleResponse(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+        return SimpleResponse(404, b"not found\n")
+
+    async def gather_metrics(self) -> bytes:
+        texts = await asyncio.gather(*(self._fetch(i) for i in range(self.count)))
+        return merge_worker_metrics(texts)
+
+    async def _fetch(self, index: int) -> str:
+        try:
+            async with asyncio.timeout(2.0):
+                reader, writer = await asyncio.open_unix_connection(str(self.metrics_socket(index)))
+                writer.write(b"GET /metrics HTTP/1.1\r\nHost: worker\r\n\r\n")
+                data = await reader.read()
+                writer.close()
+        except (OSError, TimeoutError):
+            return ""
+        _, _, body = data.partition(b"\r\n\r\n")
+        return body.decode("utf-8", "replace")
+
+
+class _Merged(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+def merge_worker_metrics(texts: list[str]) -> bytes:
+    """One exposition from many workers' expositions, each sample labelled with its worker."""
+    merged: dict[str, Metric] = {}
+    for index, text in enumerate(texts):
+        for family in text_string_to_metric_families(text):
+            target = merged.get(family.name)
+            if target is None:
+                target = merged[family.name] = Metric(family.name, family.documentation, family.type)
+            for sample in family.samples:
+                target.add_sample(sample.name, {**sample.labels, "worker": str(index)}, sample.value)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged(list(merged.values())))
+    return generate_latest(registry)
+
+
+async def supervise(loaded: LoadedConfig, ready_file: Path | None) -> int:
+    loop = asyncio.get_running_loop()
+    gateway = loaded.config.gateway
+    supervisor = WorkerSupervisor(loaded, loop)
+    supervisor.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Hold the port (bound, not listening) so port 0 resolves once and every worker shares it.
+    reserved = bind_socket(gateway.listen, reuse_port=True)
+    listen = address_of(reserved)
+    for index in range(supervisor.count):
+        await supervisor.spawn(index, listen)
+    try:
+        await supervisor.wait_ready()
+    except RuntimeError as exc:
+        log.error("gateway.workers.failed", message=str(exc))
+        supervisor.stopping = True
+        supervisor.signal_all(signal.SIGTERM)
+        return 1
+    admin_sock = bind_socket(gateway.admin.listen, reuse_port=False)
+    admin = await loop.create_server(lambda: SimpleHttpProtocol(supervisor.admin_handler), sock=admin_sock)
+    listeners = {"gateway": listen, "admin": address_of(admin_sock)}
+    servers = [admin]
+    if gateway.redirect_http and not gateway.tls.insecure_disable:
+        shell = supervisor.shell
+        security = shell.runtime.security_headers + shell.runtime.referrer_policy_line
+        redirect_sock = bind_socket(gateway.redirect_http, reuse_port=False)
+        servers.append(
+            await loop.create_server(
+                lambda: SimpleHttpProtocol(shell.redirect_handler, security), sock=redirect_sock
+            )
+        )
+        listeners["redirect"] = address_of(redirect_sock)
+    watchers = [loop.create_task(supervisor.watch(i, listen)) for i in range(supervisor.count)]
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: supervisor.signal_all(signal.SIGHUP))
+    log.log("gateway.listening", listeners=listeners, workers=supervisor.count, pid=os.getpid())
+    write_ready_file(ready_file, listeners)
+    await stop.wait()
+    supervisor.stopping = True
+    for server in servers:
+        server.close()
+    supervisor.signal_all(signal.SIGTERM)
+    async with asyncio.timeout(gateway.drain_timeout + 5):
+        await asyncio.gather(*(p.wait() for p in supervisor.processes.values()))
+    for task in watchers:
+        task.cancel()
+    reserved.close()
+    shutil.rmtree(supervisor.run_dir, ignore_errors=True)
+    log.log("gateway.stopped")
+    return 0
+
+
+def worker_settings() -> tuple[int, str, Path] | None:
+    """(index, listen address, run dir) when this process is a worker started by the supervisor."""
+    value = os.environ.get(WORKER_ENV)
+    if not value:
+        return None
+    index, listen, run_dir = value.split("|", 2)
+    return int(index), listen, Path(run_dir)
+
+
+def run_workers(loaded: LoadedConfig, ready_file: Path | None) -> int:
+    return uvloop.run(supervise(loaded, ready_file))
