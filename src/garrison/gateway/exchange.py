@@ -7,7 +7,6 @@ is told about the client, how a response is re-framed) are plain functions over 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from random import getrandbits
 from typing import TYPE_CHECKING
 
@@ -58,41 +57,67 @@ class Rejected(Exception):
         self.extra_headers = extra_headers
 
 
-@dataclass(slots=True, eq=False)
 class Exchange:
-    method: bytes
-    path: bytes
-    request_line: bytes
-    host: bytes
-    http11: bool
-    keep_alive: bool
-    start: float
-    route: Route
-    client_ip: str
-    request_id: str
-    trace_id: str
-    span_id: str
-    trace_flags: str
-    body_mode: int
-    content_length: int
-    head_rest: bytes  # everything after the request line except Host
-    client_host: bytes
-    expect_continue: bool = False
-    body_seen: int = 0
-    body_buffer: list[bytes] = field(default_factory=list)
-    buffered: int = 0
-    request_done: bool = False
+    """One request and its response. A plain class: most fields keep their class-level default,
+    so creating one per request sets only what the request head decided."""
+
+    # Per-exchange state with defaults (instance attributes shadow these once set).
+    expect_continue = False
+    body_seen = 0
+    buffered = 0
+    request_done = False
     target: Target | None = None
     upstream: UpstreamConnection | None = None
-    attempts: int = 0
-    upstream_start: float = 0.0
-    upstream_time: float = 0.0
-    status: int = 0
-    response_started: bool = False
-    response_done: bool = False
-    rechunk: bool = False
-    close_after: bool = False
-    bytes_out: int = 0
+    attempts = 0
+    upstream_start = 0.0
+    upstream_time = 0.0
+    status = 0
+    response_started = False
+    response_done = False
+    rechunk = False
+    close_after = False
+    bytes_out = 0
+
+    def __init__(
+        self,
+        *,
+        method: bytes,
+        path: bytes,
+        request_line: bytes,
+        host: bytes,
+        http11: bool,
+        keep_alive: bool,
+        start: float,
+        route: Route,
+        client_ip: str,
+        request_id: str,
+        trace_id: str,
+        span_id: str,
+        trace_flags: str,
+        body_mode: int,
+        content_length: int,
+        head_rest: bytes,
+        expect_continue: bool = False,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.request_line = request_line
+        self.host = host
+        self.http11 = http11
+        self.keep_alive = keep_alive
+        self.start = start
+        self.route = route
+        self.client_ip = client_ip
+        self.request_id = request_id
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.trace_flags = trace_flags
+        self.body_mode = body_mode
+        self.content_length = content_length
+        self.head_rest = head_rest  # everything after the request line except Host
+        self.body_buffer: list[bytes] = []
+        if expect_continue:
+            self.expect_continue = True
 
     @property
     def has_body(self) -> bool:
@@ -102,29 +127,32 @@ class Exchange:
         return f"00-{self.trace_id}-{self.span_id}-{self.trace_flags}".encode()
 
     def upstream_head(self, target: Target, preserve_host: bool) -> bytes:
-        host = self.client_host if preserve_host else target.host_header
+        host = self.host if preserve_host else target.host_header
         return b"%shost: %s\r\n%s" % (self.request_line, host, self.head_rest)
 
 
-@dataclass(slots=True)
 class ClientHeaders:
-    """What the gateway learnt from the client's header block while filtering it."""
+    """What the gateway learnt from the client's header block while filtering it.
 
-    kept: list[bytes]
-    host: bytes | None
-    content_length: int | None
-    chunked: bool
-    forwarded_for: list[bytes]
-    forwarded: list[bytes]
-    forwarded_proto: bytes | None
-    request_id: bytes | None
-    traceparent: bytes | None
-    expect_continue: bool
+    Class-level defaults: a typical request sets only ``kept`` and ``host``."""
+
+    host: bytes | None = None
+    content_length: int | None = None
+    chunked = False
+    forwarded_for: tuple[bytes, ...] | list[bytes] = ()
+    forwarded: tuple[bytes, ...] | list[bytes] = ()
+    forwarded_proto: bytes | None = None
+    request_id: bytes | None = None
+    traceparent: bytes | None = None
+    expect_continue = False
+
+    def __init__(self) -> None:
+        self.kept: list[bytes] = []
 
 
 def filter_request_headers(raw: list[tuple[bytes, bytes]], allow_underscores: bool) -> ClientHeaders:
     """Drop hop-by-hop, gateway-set and gateway-owned headers; check framing; keep the rest rendered."""
-    result = ClientHeaders([], None, None, False, [], [], None, None, None, False)
+    result = ClientHeaders()
     named_by_connection: set[bytes] = set()
     kept_names: list[bytes] = []
     for name, value in raw:
@@ -172,9 +200,9 @@ def _note_special(result: ClientHeaders, lname: bytes, value: bytes, named: set[
     elif lname == b"connection":
         named.update(connection_tokens(value))
     elif lname == b"x-forwarded-for":
-        result.forwarded_for.append(value)
+        result.forwarded_for = [*result.forwarded_for, value]
     elif lname == b"forwarded":
-        result.forwarded.append(value)
+        result.forwarded = [*result.forwarded, value]
     elif lname == b"x-forwarded-proto":
         result.forwarded_proto = value
     elif lname == b"x-request-id":
@@ -253,7 +281,8 @@ def response_head(
     for name, value in headers:
         lname = name.lower()
         if lname == b"connection":
-            named.update(connection_tokens(value))
+            # "keep-alive" and "close" are the usual values and name nothing we would forward.
+            named.update(t for t in connection_tokens(value) if t not in drop)
         elif lname == b"content-length":
             content_length = value
         if lname in drop:

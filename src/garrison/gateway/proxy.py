@@ -21,6 +21,7 @@ from garrison.gateway.exchange import (
     BODY_CHUNKED,
     BODY_LENGTH,
     BODY_NONE,
+    ClientHeaders,
     Exchange,
     Rejected,
     filter_request_headers,
@@ -73,6 +74,14 @@ class ClientConnection(asyncio.Protocol):
         self.active: Exchange | None = None  # request being served
         self.pending: deque[Exchange] = deque()
         self.reject_after: Rejected | None = None
+        self.head_size = 0
+        # Per-connection caches of work that depends only on values a keep-alive client repeats.
+        self.host_seen: bytes | None = None
+        self.host_lower = b""
+        self.host_key = b""
+        self.forwarding_host: bytes | None = None
+        self.forwarding_runtime: Runtime | None = None
+        self.forwarding_block = b""
         # Output is gathered and written once per event, so a response head and its body leave
         # in one write() system call: on loopback the syscall costs more than all our Python.
         self.out: list[bytes] = []
@@ -90,7 +99,7 @@ class ClientConnection(asyncio.Protocol):
             self._send_error(Rejected(503, "too_many_connections"), None, close=True)
             return
         server.connections.add(self)
-        self._wait(WAIT_HEAD, server.runtime.config.gateway.limits.header_timeout)
+        self._wait(WAIT_HEAD, server.runtime.limits.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -117,7 +126,7 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(Rejected(400, "bad_request"))
             return
         if self.parsing is None and self.waiting == WAIT_HEAD:
-            limit = self.server.runtime.config.gateway.limits.max_header_bytes
+            limit = self.server.runtime.limits.max_header_bytes
             if self.head_bytes > limit:
                 # llhttp buffers an unfinished header line without bound; stop it here.
                 self._refuse(Rejected(431, "header_fields_too_large"))
@@ -150,15 +159,18 @@ class ClientConnection(asyncio.Protocol):
             raise _Closed
         self.url_parts = []
         self.raw_headers = []
+        self.head_size = 0
         if self.waiting != WAIT_HEAD:
             self.head_bytes = 0
-            self._wait(WAIT_HEAD, self.server.runtime.config.gateway.limits.header_timeout)
+            self._wait(WAIT_HEAD, self.server.runtime.limits.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self.url_parts.append(url)
+        self.head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.raw_headers.append((name, value))
+        self.head_size += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
         runtime = self.server.runtime
@@ -166,7 +178,7 @@ class ClientConnection(asyncio.Protocol):
         self.parsing = exchange
         self.head_bytes = 0
         if exchange.has_body:
-            self._wait(WAIT_BODY, runtime.config.gateway.limits.body_timeout)
+            self._wait(WAIT_BODY, runtime.limits.body_timeout)
         else:
             self.waiting = WAIT_NONE
         if self.active is None:
@@ -179,7 +191,7 @@ class ClientConnection(asyncio.Protocol):
         exchange = self.parsing
         assert exchange is not None
         exchange.body_seen += len(body)
-        limits = self.server.runtime.config.gateway.limits
+        limits = self.server.runtime.limits
         if exchange.body_seen > limits.max_body:
             raise Rejected(413, "payload_too_large")
         self.deadline = self.loop.time() + limits.body_timeout
@@ -200,9 +212,8 @@ class ClientConnection(asyncio.Protocol):
 
     # -- building and starting an exchange -------------------------------------------------------
     def _build_exchange(self, runtime: Runtime) -> Exchange:
-        gateway = runtime.config.gateway
-        limits = gateway.limits
-        if len(self.raw_headers) > limits.max_headers or self._head_size() > limits.max_header_bytes:
+        limits = runtime.limits
+        if len(self.raw_headers) > limits.max_headers or self.head_size > limits.max_header_bytes:
             raise Rejected(431, "header_fields_too_large")
         if self.parser.should_upgrade():
             raise Rejected(501, "not_implemented")
@@ -213,7 +224,7 @@ class ClientConnection(asyncio.Protocol):
             target = parse_request_target(b"".join(self.url_parts))
         except TargetRejected as exc:
             raise Rejected(exc.status, "uri_too_long" if exc.status == 414 else "bad_request") from None
-        headers = filter_request_headers(self.raw_headers, gateway.allow_underscores_in_headers)
+        headers = filter_request_headers(self.raw_headers, runtime.allow_underscores)
         http11 = self.parser.get_http_version() == "1.1"
         host = headers.host
         if target.authority is not None:
@@ -225,9 +236,13 @@ class ClientConnection(asyncio.Protocol):
             if http11:
                 raise Rejected(400, "bad_request")
             host = b""
-        host = host.lower()
-        if host and not valid_host(host):
-            raise Rejected(400, "bad_request")
+        if host != self.host_seen:
+            # Keep-alive clients repeat the same Host: validate it once per connection.
+            lowered = host.lower()
+            if lowered and not valid_host(lowered):
+                raise Rejected(400, "bad_request")
+            self.host_seen, self.host_lower, self.host_key = host, lowered, host_without_port(lowered)
+        host = self.host_lower
         if headers.chunked:
             body_mode, length = BODY_CHUNKED, 0
         elif headers.content_length:
@@ -236,7 +251,7 @@ class ClientConnection(asyncio.Protocol):
             body_mode, length = BODY_NONE, 0
         if length > limits.max_body:
             raise Rejected(413, "payload_too_large")
-        match = runtime.routes.match(target.path, method, host_without_port(host))
+        match = runtime.routes.match(target.path, method, self.host_key)
         if isinstance(match, RouteMiss):
             allow = b"allow: %s\r\n" % b", ".join(match.allowed) if match.allowed else b""
             raise Rejected(match.status, "not_found" if match.status == 404 else "method_not_allowed", allow)
@@ -258,7 +273,7 @@ class ClientConnection(asyncio.Protocol):
         head_rest = b"".join(
             (
                 *headers.kept,
-                forwarding_headers(runtime, self.peer, client_ip, headers, host),
+                self._forwarding(runtime, client_ip, headers, host),
                 trace,
                 framing,
                 b"\r\n",
@@ -281,14 +296,17 @@ class ClientConnection(asyncio.Protocol):
             body_mode=body_mode,
             content_length=length,
             head_rest=head_rest,
-            client_host=host,
             expect_continue=headers.expect_continue,
         )
 
-    def _head_size(self) -> int:
-        return sum(len(part) for part in self.url_parts) + sum(
-            len(n) + len(v) + 4 for n, v in self.raw_headers
-        )
+    def _forwarding(self, runtime: Runtime, client_ip: str, headers: ClientHeaders, host: bytes) -> bytes:
+        if headers.forwarded_for or headers.forwarded or headers.forwarded_proto:
+            return forwarding_headers(runtime, self.peer, client_ip, headers, host)
+        # Nothing from the client to merge: the block depends only on the peer and the Host.
+        if host != self.forwarding_host or runtime is not self.forwarding_runtime:
+            self.forwarding_host, self.forwarding_runtime = host, runtime
+            self.forwarding_block = forwarding_headers(runtime, self.peer, client_ip, headers, host)
+        return self.forwarding_block
 
     def _start(self, exchange: Exchange) -> None:
         self.active = exchange
@@ -336,7 +354,7 @@ class ClientConnection(asyncio.Protocol):
         assert exchange.target is not None
         exchange.upstream = conn
         exchange.upstream_start = perf_counter()
-        head = exchange.upstream_head(exchange.target, self.server.runtime.config.gateway.preserve_host)
+        head = exchange.upstream_head(exchange.target, self.server.runtime.preserve_host)
         if exchange.body_buffer:
             head = b"".join((head, *exchange.body_buffer))
             exchange.body_buffer = []
@@ -482,7 +500,7 @@ class ClientConnection(asyncio.Protocol):
             if not self.pending:
                 self._resume(PAUSE_PIPELINE)
         elif self.parsing is None:
-            self._wait(WAIT_IDLE, self.server.runtime.config.gateway.limits.keepalive_timeout)
+            self._wait(WAIT_IDLE, self.server.runtime.limits.keepalive_timeout)
 
     def _record(self, exchange: Exchange) -> None:
         self.server.record(exchange)

@@ -49,6 +49,7 @@ class RouteMiss:
 class RouteTable(Generic[T]):
     exact: dict[bytes, list[RouteEntry[T]]] = field(default_factory=dict)
     prefixes: dict[bytes, list[RouteEntry[T]]] = field(default_factory=dict)
+    prefix_lengths: tuple[int, ...] = ()
 
     @classmethod
     def compile(cls, entries: Sequence[RouteEntry[T]]) -> RouteTable[T]:
@@ -61,6 +62,7 @@ class RouteTable(Generic[T]):
                 entry.path = entry.path.rstrip(b"/")
             bucket = table.prefixes if entry.prefix else table.exact
             bucket.setdefault(entry.path, []).append(entry)
+        table.prefix_lengths = tuple(sorted({len(p) for p in table.prefixes}, reverse=True))
         return table
 
     def match(self, path: bytes, method: bytes, host: bytes) -> RouteEntry[T] | RouteMiss:
@@ -70,18 +72,20 @@ class RouteTable(Generic[T]):
             found = _pick(exact, method, host, allowed)
             if found is not None:
                 return found
-        candidate = path
-        while True:
-            entries = self.prefixes.get(candidate)
-            if entries is not None:
-                found = _pick(entries, method, host, allowed)
-                if found is not None:
-                    return found
-            if allowed or candidate == b"/":
-                break
-            cut = candidate.rfind(b"/", 0, len(candidate) - 1 if candidate.endswith(b"/") else None)
-            # "/a/b/" -> "/a/b" -> "/a" -> "/": both the slash-terminated and bare forms are tried.
-            candidate = candidate[:-1] if candidate.endswith(b"/") else (candidate[:cut] or b"/")
+        # Prefixes are tried longest first, only at lengths some route uses and only where the
+        # path has a segment boundary, so a deep path costs one slice per distinct prefix length.
+        if not allowed:
+            size = len(path)
+            for length in self.prefix_lengths:
+                if length > size or (length < size and length > 1 and path[length] != 0x2F):
+                    continue
+                entries = self.prefixes.get(path[:length])
+                if entries is not None:
+                    found = _pick(entries, method, host, allowed)
+                    if found is not None:
+                        return found
+                    if allowed:
+                        break
         if allowed:
             return RouteMiss(405, tuple(sorted(allowed)))
         return RouteMiss(404)

@@ -12,7 +12,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from garrison.config.model import GarrisonConfig, ServiceConfig
+from garrison.config.model import GarrisonConfig, LimitsConfig, ServiceConfig
 from garrison.gateway.forwarded import TrustedProxies
 from garrison.gateway.router import RouteEntry, RouteTable
 from garrison.gateway.upstream.balancer import Balancer, make_balancer
@@ -65,10 +65,15 @@ class Runtime:
     security_headers: bytes  # on every response
     referrer_policy_line: bytes  # added unless the upstream set its own
     metrics: GatewayMetrics
-    unmatched: RouteStats = field(init=False)
+    # Copied out of the config so the hot path does one attribute lookup, not four.
+    limits: LimitsConfig = field(init=False)
+    preserve_host: bool = field(init=False)
+    allow_underscores: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.unmatched = self.metrics.route("(none)", "(none)")
+        self.limits = self.config.gateway.limits
+        self.preserve_host = self.config.gateway.preserve_host
+        self.allow_underscores = self.config.gateway.allow_underscores_in_headers
 
     def start(self) -> None:
         for service in self.services.values():
