@@ -22,6 +22,8 @@ from garrison.gateway.http1 import (
     status_line,
 )
 
+STATUS_LINES = {status: status_line(status) for status in range(100, 600)}
+
 if TYPE_CHECKING:
     from garrison.gateway.runtime import Route, Runtime
     from garrison.gateway.upstream.pool import UpstreamConnection
@@ -97,6 +99,7 @@ class Exchange:
         body_mode: int,
         content_length: int,
         head_rest: bytes,
+        trace_lines: bytes,
         expect_continue: bool = False,
     ) -> None:
         self.method = method
@@ -115,6 +118,7 @@ class Exchange:
         self.body_mode = body_mode
         self.content_length = content_length
         self.head_rest = head_rest  # everything after the request line except Host
+        self.trace_lines = trace_lines  # x-request-id and traceparent, sent both ways
         self.body_buffer: list[bytes] = []
         if expect_continue:
             self.expect_continue = True
@@ -122,9 +126,6 @@ class Exchange:
     @property
     def has_body(self) -> bool:
         return self.body_mode != BODY_NONE
-
-    def traceparent(self) -> bytes:
-        return f"00-{self.trace_id}-{self.span_id}-{self.trace_flags}".encode()
 
     def upstream_head(self, target: Target, preserve_host: bool) -> bytes:
         host = self.host if preserve_host else target.host_header
@@ -274,22 +275,24 @@ def response_head(
 ) -> bytes:
     """The response head sent to the client; sets ``exchange.rechunk`` / ``close_after``."""
     drop = RESPONSE_DROP
-    lines = [status_line(status)]
+    lines = [STATUS_LINES.get(status) or status_line(status)]
     content_length: bytes | None = None
     has_referrer_policy = False
-    named: set[bytes] = set()
+    named: set[bytes] | None = None
     for name, value in headers:
         lname = name.lower()
-        if lname == b"connection":
-            # "keep-alive" and "close" are the usual values and name nothing we would forward.
-            named.update(t for t in connection_tokens(value) if t not in drop)
-        elif lname == b"content-length":
-            content_length = value
         if lname in drop:
+            if lname == b"content-length":
+                content_length = value
+            elif lname == b"connection":
+                # "keep-alive" and "close" are the usual values and name nothing we would forward.
+                tokens = [t for t in connection_tokens(value) if t not in drop]
+                if tokens:
+                    named = (named or set()).union(tokens)
             continue
         if lname == b"referrer-policy":
             has_referrer_policy = True
-        lines.append(b"%s: %s\r\n" % (name, value))
+        lines.append(name + b": " + value + b"\r\n")
     if named:
         lines = [lines[0], *(line for line in lines[1:] if line.split(b":", 1)[0].lower() not in named)]
     no_body = exchange.method == b"HEAD" or status in (204, 304)
@@ -306,9 +309,7 @@ def response_head(
     lines.append(security_headers)
     if not has_referrer_policy:
         lines.append(referrer_policy_line)
-    lines.append(
-        b"x-request-id: %s\r\ntraceparent: %s\r\n" % (exchange.request_id.encode(), exchange.traceparent())
-    )
+    lines.append(exchange.trace_lines)
     if exchange.close_after or not exchange.keep_alive:
         lines.append(b"connection: close\r\n")
     elif not exchange.http11:

@@ -296,6 +296,7 @@ class ClientConnection(asyncio.Protocol):
             body_mode=body_mode,
             content_length=length,
             head_rest=head_rest,
+            trace_lines=trace,
             expect_continue=headers.expect_continue,
         )
 
@@ -382,6 +383,8 @@ class ClientConnection(asyncio.Protocol):
             exchange.target.breaker.record_failure(now)
         else:
             exchange.target.breaker.record_success(now)
+        if self.server.draining:
+            exchange.keep_alive = False  # tell the client, so it reconnects to a live process
         exchange.status = status
         exchange.response_started = True
         exchange.upstream_time = perf_counter() - exchange.upstream_start
