@@ -5,6 +5,7 @@ Real gateway processes on port 0, real upstream servers on loopback, real socket
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import signal
@@ -74,10 +75,8 @@ class Upstream:
         self.running = False
         self.sock.close()
         for client in self.clients:
-            try:
+            with contextlib.suppress(OSError):
                 client.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             client.close()
         self.thread.join(timeout=2)
 
@@ -118,7 +117,9 @@ class Gateway:
         self.admin_port = int(listeners["admin"].rsplit(":", 1)[1])
         self.log_path = tmp / "gateway.err"
 
-    def get(self, path: str, conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes, dict[str, str]]:
+    def get(
+        self, path: str, conn: http.client.HTTPConnection | None = None
+    ) -> tuple[int, bytes, dict[str, str]]:
         own = conn is None
         conn = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         try:
@@ -210,7 +211,8 @@ def test_reload_under_load_drops_nothing(tmp_path: Path, upstreams: list[Upstrea
         write_config(config, tmp_path / "state", ROUTE_ALL % "b", services)
         gateway.proc.send_signal(signal.SIGHUP)
         time.sleep(0.5)
-        config.write_text(config.read_text().replace("routes:", "routes:\n  - {match: {path: /bad}, service: nope}"))
+        bad_route = "routes:\n  - {match: {path: /bad}, service: nope}"
+        config.write_text(config.read_text().replace("routes:", bad_route))
         gateway.proc.send_signal(signal.SIGHUP)  # refused: the old config keeps serving
         time.sleep(0.5)
         write_config(config, tmp_path / "state", ROUTE_ALL % "a", services)
@@ -269,7 +271,9 @@ def test_idempotent_requests_retry_on_another_target(tmp_path: Path, upstreams: 
     dead_port = dead.port
     dead.stop()
     config = tmp_path / "garrison.yaml"
-    extra = "    retries: {attempts: 1, min_per_second: 100}\n    circuit_breaker: {consecutive_failures: 1000}\n"
+    extra = (
+        "    retries: {attempts: 1, min_per_second: 100}\n    circuit_breaker: {consecutive_failures: 1000}\n"
+    )
     write_config(config, tmp_path / "state", ROUTE_ALL % "s", service("s", [dead_port, live.port], extra))
     gateway = Gateway(config, tmp_path)
     try:
