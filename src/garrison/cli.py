@@ -76,6 +76,10 @@ def gateway(
     except ConfigError as exc:
         err.print(f"[red]cannot start[/red]: {exc}\nRun `garrison check -c {config}` for details.")
         raise typer.Exit(2) from None
+    except OSError as exc:
+        # Typically the port is taken or a certificate file is unreadable.
+        err.print(f"[red]cannot start[/red]: {exc}")
+        raise typer.Exit(2) from None
     raise typer.Exit(code)
 
 

@@ -7,6 +7,7 @@ bad key in the form users write it (``routes[2].match.path``) and its line in th
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from garrison.config.model import GarrisonConfig
+from garrison.config.model import GarrisonConfig, parse_listen
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a mapping key must be a plain value", key_node.start_mark
+                ) from None
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -63,20 +70,27 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _line_index(node: yaml.Node | None, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
-    """Map every key path in the YAML tree to its 1-based line."""
+def _line_index(root: yaml.Node | None) -> dict[tuple[Any, ...], int]:
+    """Map every key path in the YAML tree to its 1-based line.
+
+    Each node is walked once: an alias (``*x``) reuses its anchor's node, and expanding aliases
+    again and again is how a small "billion laughs" file would take minutes to index."""
     lines: dict[tuple[Any, ...], int] = {}
-    if node is None:
-        return lines
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            child = (*path, key_node.value)
-            lines.update(_line_index(value_node, child))
-            lines[child] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines.update(_line_index(item, (*path, index)))
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, tuple[Any, ...]]] = [(root, ())] if root is not None else []
+    while stack:
+        node, path = stack.pop()
+        lines.setdefault(path, node.start_mark.line + 1)
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                child = (*path, key_node.value)
+                lines[child] = key_node.start_mark.line + 1
+                stack.append((value_node, child))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, (*path, index)) for index, item in enumerate(node.value))
     return lines
 
 
@@ -120,10 +134,6 @@ def _cross_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
         if route.service not in config.services:
             known = ", ".join(sorted(config.services)) or "none defined"
             errors.append((("routes", index, "service"), f"no service {route.service!r} (known: {known})"))
-        name = route.name or route.match.path
-        if route.name and name in seen_names:
-            errors.append((("routes", index, "name"), f"duplicate route name {name!r}"))
-        seen_names.setdefault(name, index)
         match = route.match
         key = (match.path, match.prefix, tuple(sorted(match.methods or [])), tuple(sorted(match.hosts or [])))
         if key in seen_matches:
@@ -133,7 +143,12 @@ def _cross_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
                     f"same match as routes[{seen_matches[key]}]; one would never run",
                 )
             )
-        seen_matches.setdefault(key, index)
+            continue
+        seen_matches[key] = index
+        if route.name is not None:
+            if route.name in seen_names:
+                errors.append((("routes", index, "name"), f"duplicate route name {route.name!r}"))
+            seen_names.setdefault(route.name, index)
     return errors
 
 
@@ -146,7 +161,8 @@ def _warnings(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
                 "TLS is OFF: the gateway serves plaintext HTTP (insecure)",
             )
         )
-    if config.gateway.admin.listen.split(":")[0] not in ("127.0.0.1", "[::1]", "localhost"):
+    admin_host = parse_listen(config.gateway.admin.listen)[0]
+    if admin_host != "localhost" and not ipaddress.ip_address(admin_host).is_loopback:
         warnings.append((("gateway", "admin", "listen"), "the admin listener is not on loopback"))
     if not config.routes:
         warnings.append((("routes",), "no routes: the gateway will answer 404 to everything"))

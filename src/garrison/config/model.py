@@ -11,7 +11,6 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -25,7 +24,7 @@ _METHOD_RE = re.compile(r"^[A-Z]{1,20}$")
 
 
 class Strict(BaseModel):
-    """Base for every section: unknown keys are errors and values are not silently coerced."""
+    """Base for every section: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -86,6 +85,15 @@ class TlsConfig(Strict):
         default_factory=lambda: ["localhost"],
         description="DNS names put in the `auto` certificate (127.0.0.1 and ::1 are always included).",
     )
+
+    @field_validator("server_names")
+    @classmethod
+    def _server_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _HOSTNAME_RE.match(name):
+                raise ValueError(f"server names are lower-case DNS names, got {name!r}")
+        return value
+
     min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version accepted.")
     insecure_disable: bool = Field(
         False,
@@ -109,10 +117,12 @@ class LimitsConfig(Strict):
     max_header_bytes: Size = Field(16 * 1024, description="Largest request line plus header block (431).")
     max_headers: int = Field(100, ge=1, le=1000, description="Most header fields in one request (431).")
     header_timeout: Duration = Field(
-        10.0, description="Time a client has to send a complete request head (408, then close)."
+        10.0, gt=0, description="Time a client has to send a complete request head (408, then close)."
     )
-    body_timeout: Duration = Field(30.0, description="Longest pause while a client sends a body (408).")
-    keepalive_timeout: Duration = Field(60.0, description="Idle keep-alive connections close after this.")
+    body_timeout: Duration = Field(30.0, gt=0, description="Longest pause while a client sends a body (408).")
+    keepalive_timeout: Duration = Field(
+        60.0, gt=0, description="Idle keep-alive connections close after this."
+    )
     max_connections: int = Field(10000, ge=1, description="Open client connections per worker; more get 503.")
 
 
@@ -144,7 +154,15 @@ class GatewayConfig(Strict):
         "when it is a valid host name.",
     )
     hsts: HstsConfig = Field(default_factory=HstsConfig, description="Strict-Transport-Security.")
-    referrer_policy: str = Field("no-referrer", description="Referrer-Policy added to responses.")
+    referrer_policy: Literal[
+        "no-referrer",
+        "no-referrer-when-downgrade",
+        "origin",
+        "origin-when-cross-origin",
+        "same-origin",
+        "strict-origin",
+        "strict-origin-when-cross-origin",
+    ] = Field("no-referrer", description="Referrer-Policy added to responses that do not set one.")
     trusted_proxies: list[Cidr] = Field(
         default_factory=list,
         description="Proxies (CIDRs) whose X-Forwarded-For / Forwarded entries are believed, walking "
@@ -196,7 +214,7 @@ class CircuitBreakerConfig(Strict):
         description="Failures in a row (connect errors, resets, "
         "timeouts, 502/503/504) that open the circuit.",
     )
-    open_for: Duration = Field(10.0, description="How long an open circuit refuses before a probe.")
+    open_for: Duration = Field(10.0, gt=0, description="How long an open circuit refuses before a probe.")
     half_open_probes: int = Field(1, ge=1, description="Concurrent probe requests when half-open.")
 
 
@@ -204,18 +222,18 @@ class HealthCheckConfig(Strict):
     """Optional active health checks: GET `path` on every target each `interval`."""
 
     path: str = Field("/health", pattern=r"^/[\x21-\x7e]*$", description="Path probed on each target.")
-    interval: Duration = Field(5.0, description="Time between probes.")
-    timeout: Duration = Field(1.0, description="A probe slower than this fails.")
+    interval: Duration = Field(5.0, gt=0, description="Time between probes.")
+    timeout: Duration = Field(1.0, gt=0, description="A probe slower than this fails.")
     healthy_threshold: int = Field(2, ge=1, description="Successes in a row that mark a target healthy.")
     unhealthy_threshold: int = Field(3, ge=1, description="Failures in a row that mark it unhealthy.")
 
 
 def _check_target(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"a target must be http://host:port or https://host:port, got {value!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ValueError(f"a target is scheme://host:port only (no path, query or user), got {value!r}")
+    # The gateway's own parser decides, so `check` accepts exactly what the gateway can start with.
+    from garrison.gateway.upstream.circuit import CircuitBreaker
+    from garrison.gateway.upstream.target import Target
+
+    Target.from_url(value, CircuitBreaker())
     return value
 
 
@@ -229,9 +247,11 @@ class ServiceConfig(Strict):
     balancer: Literal["round_robin", "least_requests"] = Field(
         "round_robin", description="How requests are spread over targets."
     )
-    connect_timeout: Duration = Field(2.0, description="Time to open a connection to a target (then 502).")
+    connect_timeout: Duration = Field(
+        2.0, gt=0, description="Time to open a connection to a target (then 502)."
+    )
     read_timeout: Duration = Field(
-        30.0, description="Longest wait for response headers or between body reads (then 504)."
+        30.0, gt=0, description="Longest wait for response headers or between body reads (then 504)."
     )
     pool: PoolConfig = Field(default_factory=PoolConfig, description="Keep-alive pool.")
     retries: RetryConfig = Field(default_factory=RetryConfig, description="Retry policy.")

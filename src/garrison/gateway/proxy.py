@@ -528,6 +528,10 @@ class ClientConnection(asyncio.Protocol):
         if self.parsing is not None:
             self.parsing.status = rejection.status
             self._record(self.parsing)
+        else:
+            # Refused before it became an exchange (bad framing, bad target, no route...): it is
+            # still logged, with what is known safely about it.
+            self.server.record_refusal(self.peer, rejection.status, rejection.code)
 
     def _send_error(self, rejection: Rejected, exchange: Exchange | None, close: bool) -> None:
         runtime = self.server.runtime

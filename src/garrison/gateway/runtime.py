@@ -69,8 +69,10 @@ class Runtime:
     limits: LimitsConfig = field(init=False)
     preserve_host: bool = field(init=False)
     allow_underscores: bool = field(init=False)
+    unmatched: RouteStats = field(init=False)  # requests refused before a route was chosen
 
     def __post_init__(self) -> None:
+        self.unmatched = self.metrics.route("(refused)", "(none)")
         self.limits = self.config.gateway.limits
         self.preserve_host = self.config.gateway.preserve_host
         self.allow_underscores = self.config.gateway.allow_underscores_in_headers

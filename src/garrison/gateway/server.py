@@ -183,6 +183,17 @@ class GatewayServer:
             f'"attempts":{exchange.attempts}}}\n'
         )
 
+    def record_refusal(self, peer: str, status: int, code: str) -> None:
+        """The access-log line of a request refused before routing. Nothing from the request is
+        echoed: its target or headers are exactly what failed validation."""
+        self.runtime.unmatched.observe(status, 0.0, 0, 0)
+        if self.access_log.enabled:
+            self.access_log.write(
+                f'{{"time":"{_utc_now()}","request_id":null,"trace_id":null,"client_ip":"{peer}",'
+                f'"method":null,"path":null,"route":null,"status":{status},"error":"{code}",'
+                f'"bytes_in":0,"bytes_out":0,"upstream_ms":0,"total_ms":0,"attempts":0}}\n'
+            )
+
     # -- background work -------------------------------------------------------------------------
     async def _sweep(self) -> None:
         last_watch = self.loop.time()
@@ -248,6 +259,8 @@ class GatewayServer:
             for key in ("listen", "workers", "admin", "redirect_http", "access_log")
             if getattr(before, key) != getattr(after, key)
         ]
+        if before.tls.min_version != after.tls.min_version:
+            changed.append("tls.min_version")
         if before.tls.insecure_disable != after.tls.insecure_disable:
             changed.append("tls.insecure_disable")
         if not changed:
@@ -257,8 +270,8 @@ class GatewayServer:
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let in-flight requests finish (up to ``timeout``), then close the rest."""
         self.draining = True
-        for server in self.servers:
-            server.close()
+        # Stop accepting client connections; the admin listener stays up so /ready reports 503.
+        self.servers[0].close()
         deadline = self.loop.time() + timeout
         while self.connections and self.loop.time() < deadline:
             for conn in list(self.connections):
@@ -267,10 +280,17 @@ class GatewayServer:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
+        for server in self.servers[1:]:
+            server.close()
         for task in self._tasks:
             task.cancel()
         await self.runtime.close()
         self.access_log.close()
+
+
+def _utc_now() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
 
 
 def write_ready_file(path: Path | None, listeners: dict[str, str]) -> None:

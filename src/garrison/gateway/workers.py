@@ -86,6 +86,8 @@ class WorkerSupervisor:
 
     async def admin_handler(self, request: SimpleRequest) -> SimpleResponse:
         path = request.target.split(b"?", 1)[0]
+        if request.method not in (b"GET", b"HEAD"):
+            return SimpleResponse(405, b"method not allowed\n", headers=b"allow: GET, HEAD\r\n")
         if path == b"/metrics":
             return SimpleResponse(200, await self.gather_metrics(), PROMETHEUS_TEXT)
         if path == b"/live":

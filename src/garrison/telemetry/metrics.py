@@ -44,7 +44,7 @@ class GatewayMetrics(Collector):
     """Every gateway metric. Gauges are read from callbacks at scrape time."""
 
     def __init__(self) -> None:
-        self.routes: dict[str, RouteStats] = {}
+        self.routes: dict[tuple[str, str], RouteStats] = {}
         self.upstream_errors: dict[tuple[str, str, str], int] = {}
         self.rejected: dict[str, int] = {}
         self.reloads: dict[str, int] = {"success": 0, "failure": 0}
@@ -55,9 +55,9 @@ class GatewayMetrics(Collector):
 
     def route(self, route: str, service: str) -> RouteStats:
         """The stats object for a route; the same object survives config reloads."""
-        stats = self.routes.get(route)
-        if stats is None or stats.service != service:
-            stats = self.routes[route] = RouteStats(route, service)
+        stats = self.routes.get((route, service))
+        if stats is None:
+            stats = self.routes[(route, service)] = RouteStats(route, service)
         return stats
 
     def upstream_error(self, service: str, target: str, reason: str) -> None:
