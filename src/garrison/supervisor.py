@@ -98,7 +98,7 @@ def _demo_component(loaded: LoadedConfig) -> tuple[Component, tuple[str, int]]:
 def _try_demo_request(loaded: LoadedConfig, gateway: Component, console: Console) -> None:
     """Send one request through the gateway, as the README's curl line would, and show it."""
     config = loaded.config
-    host, _, port = gateway.listeners["gateway"].rpartition(":")
+    port = gateway.listeners["gateway"].rpartition(":")[2]
     scheme = "http" if config.gateway.tls.insecure_disable else "https"
     url = f"{scheme}://localhost:{port}/api/hello?from=garrison-up"
     context = None
