@@ -28,6 +28,7 @@ MESSAGES: dict[str, str] = {
     "too_many_connections": "The gateway is at its connection limit.",
     "not_implemented": "This request is not supported by the gateway.",
     "internal_error": "The gateway failed to handle the request.",
+    "http_version_not_supported": "Only HTTP/1.1 and HTTP/1.0 are supported.",
 }
 
 

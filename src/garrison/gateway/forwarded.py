@@ -74,4 +74,6 @@ def forwarded_element(client: str, proto: str, host: bytes) -> bytes:
 
 
 def _quote_host(host: bytes) -> bytes:
-    return b'"' + host + b'"' if b":" in host else host
+    # Always a quoted-string: a Host may hold ":" and the sub-delims ",", ";", "=", which would
+    # otherwise split or extend the element. The Host alphabet has no '"' or '\\' to escape.
+    return b'"' + host + b'"'

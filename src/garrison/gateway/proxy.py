@@ -104,8 +104,12 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        if self.waiting == WAIT_HEAD or self.waiting == WAIT_IDLE:
-            self.head_bytes += len(data)
+        if self.parsing is None:
+            # Raw bytes of the head being received, whitespace padding included; a head that
+            # ends in this read counts up to its blank line. (llhttp would buffer an endless
+            # header line; this count is what stops it.)
+            end = data.find(b"\r\n\r\n")
+            self.head_bytes += len(data) if end < 0 else end + 4
         try:
             self._feed(data)
         finally:
@@ -125,11 +129,8 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._refuse(Rejected(400, "bad_request"))
             return
-        if self.parsing is None and self.waiting == WAIT_HEAD:
-            limit = self.server.runtime.limits.max_header_bytes
-            if self.head_bytes > limit:
-                # llhttp buffers an unfinished header line without bound; stop it here.
-                self._refuse(Rejected(431, "header_fields_too_large"))
+        if self.parsing is None and self.head_bytes > self.server.runtime.limits.max_header_bytes:
+            self._refuse(Rejected(431, "header_fields_too_large"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -161,7 +162,6 @@ class ClientConnection(asyncio.Protocol):
         self.raw_headers = []
         self.head_size = 0
         if self.waiting != WAIT_HEAD:
-            self.head_bytes = 0
             self._wait(WAIT_HEAD, self.server.runtime.limits.header_timeout)
 
     def on_url(self, url: bytes) -> None:
@@ -171,12 +171,19 @@ class ClientConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.raw_headers.append((name, value))
         self.head_size += len(name) + len(value) + 4
+        if self.parsing is not None:
+            # A trailer of a chunked body: never forwarded, but bounded like a head.
+            limits = self.server.runtime.limits
+            if self.head_size > limits.max_header_bytes or len(self.raw_headers) > limits.max_headers:
+                raise Rejected(431, "header_fields_too_large")
 
     def on_headers_complete(self) -> None:
         runtime = self.server.runtime
         exchange = self._build_exchange(runtime)
         self.parsing = exchange
         self.head_bytes = 0
+        self.head_size = 0  # from here on, on_header sees trailers, counted on their own
+        self.raw_headers = []
         if exchange.has_body:
             self._wait(WAIT_BODY, runtime.limits.body_timeout)
         else:
@@ -213,10 +220,14 @@ class ClientConnection(asyncio.Protocol):
     # -- building and starting an exchange -------------------------------------------------------
     def _build_exchange(self, runtime: Runtime) -> Exchange:
         limits = runtime.limits
-        if len(self.raw_headers) > limits.max_headers or self.head_size > limits.max_header_bytes:
+        head_size = max(self.head_size, self.head_bytes)
+        if len(self.raw_headers) > limits.max_headers or head_size > limits.max_header_bytes:
             raise Rejected(431, "header_fields_too_large")
         if self.parser.should_upgrade():
             raise Rejected(501, "not_implemented")
+        version = self.parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise Rejected(505, "http_version_not_supported")
         method: bytes = self.parser.get_method()
         if method == b"CONNECT":
             raise Rejected(501, "not_implemented")
@@ -225,7 +236,7 @@ class ClientConnection(asyncio.Protocol):
         except TargetRejected as exc:
             raise Rejected(exc.status, "uri_too_long" if exc.status == 414 else "bad_request") from None
         headers = filter_request_headers(self.raw_headers, runtime.allow_underscores)
-        http11 = self.parser.get_http_version() == "1.1"
+        http11 = version == "1.1"
         host = headers.host
         if target.authority is not None:
             # Absolute form: the target's authority wins (RFC 9112 §3.2.2); a Host that disagrees is refused.
@@ -311,7 +322,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _start(self, exchange: Exchange) -> None:
         self.active = exchange
-        if exchange.expect_continue and exchange.has_body and not exchange.request_done:
+        # 1xx responses are not for HTTP/1.0 clients (RFC 9110 §15.2).
+        if exchange.expect_continue and exchange.has_body and exchange.http11 and not exchange.request_done:
             self._write(CONTINUE)
         exchange.route.service.budget.record_request(self.loop.time())
         self._dispatch(exchange)

@@ -73,6 +73,7 @@ class GatewayServer:
         self.access_log = self._open_access_log(loaded)
         self.servers: list[asyncio.Server] = []
         self.tls_context: ssl.SSLContext | None = None
+        self.https_port = parse_listen(loaded.config.gateway.listen)[1]
         self._config_mtime = self._mtime()
         self._tasks: list[asyncio.Task[None]] = []
         self._log_second = 0
@@ -99,6 +100,7 @@ class GatewayServer:
         )
         self.servers.append(server)
         listeners["gateway"] = address_of(main_sock)
+        self.https_port = main_sock.getsockname()[1]
         if with_side_listeners:
             listeners.update(await self._start_side_listeners())
         self.runtime.start()
@@ -150,7 +152,7 @@ class GatewayServer:
         )
         if not host or not valid_host(host):
             return SimpleResponse(400, b"bad request\n")
-        port = parse_listen(gateway.listen)[1]
+        port = self.https_port  # the bound port: with `listen: ...:0` the configured one says 0
         authority = host if port == 443 else b"%s:%d" % (host, port)
         location = b"https://%s%s%s%s" % (
             authority,

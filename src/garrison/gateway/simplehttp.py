@@ -34,6 +34,7 @@ class SimpleResponse:
 
 Handler = Callable[[SimpleRequest], SimpleResponse | Awaitable[SimpleResponse]]
 MAX_HEAD = 16 * 1024
+REQUEST_TIMEOUT = 10.0  # a client that has not sent its request by then is cut off
 
 
 class SimpleHttpProtocol(asyncio.Protocol):
@@ -47,10 +48,20 @@ class SimpleHttpProtocol(asyncio.Protocol):
         self.received = 0
         self.done = False
         self.task: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self.timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, self._timed_out)
+
+    def _timed_out(self) -> None:
+        if not self.done:
+            self._respond(SimpleResponse(408, b"request timeout\n"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)

@@ -146,6 +146,7 @@ async def supervise(loaded: LoadedConfig, ready_file: Path | None) -> int:
     # Hold the port (bound, not listening) so port 0 resolves once and every worker shares it.
     reserved = bind_socket(gateway.listen, reuse_port=True)
     listen = address_of(reserved)
+    supervisor.shell.https_port = reserved.getsockname()[1]
     for index in range(supervisor.count):
         await supervisor.spawn(index, listen)
     try:
