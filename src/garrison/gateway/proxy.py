@@ -52,6 +52,20 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 WAIT_NONE, WAIT_HEAD, WAIT_BODY, WAIT_IDLE = 0, 1, 2, 3
 
 
+class _HeaderCache:
+    """The last header block a connection sent and what the gateway derived from it."""
+
+    __slots__ = ("client_ip", "forwarded_block", "headers", "host", "raw", "runtime")
+
+    def __init__(self, runtime: Runtime, raw: list[tuple[bytes, bytes]], headers: ClientHeaders) -> None:
+        self.runtime = runtime
+        self.raw = raw
+        self.headers = headers
+        self.host: bytes | None = None
+        self.client_ip = ""
+        self.forwarded_block = b""  # the kept client headers plus X-Forwarded-*/Forwarded
+
+
 class _Closed(Exception):
     """Raised from a parser callback to stop parsing input that arrived before a close."""
 
@@ -79,9 +93,7 @@ class ClientConnection(asyncio.Protocol):
         self.host_seen: bytes | None = None
         self.host_lower = b""
         self.host_key = b""
-        self.forwarding_host: bytes | None = None
-        self.forwarding_runtime: Runtime | None = None
-        self.forwarding_block = b""
+        self.header_cache: _HeaderCache | None = None
         # Output is gathered and written once per event, so a response head and its body leave
         # in one write() system call: on loopback the syscall costs more than all our Python.
         self.out: list[bytes] = []
@@ -235,7 +247,14 @@ class ClientConnection(asyncio.Protocol):
             target = parse_request_target(b"".join(self.url_parts))
         except TargetRejected as exc:
             raise Rejected(exc.status, "uri_too_long" if exc.status == 414 else "bad_request") from None
-        headers = filter_request_headers(self.raw_headers, runtime.allow_underscores)
+        raw = self.raw_headers
+        cache = self.header_cache
+        if cache is None or cache.runtime is not runtime or cache.raw != raw:
+            # Keep-alive clients send the same header block again and again; filter it once.
+            cache = self.header_cache = _HeaderCache(
+                runtime, raw, filter_request_headers(raw, runtime.allow_underscores)
+            )
+        headers = cache.headers
         http11 = version == "1.1"
         host = headers.host
         if target.authority is not None:
@@ -266,7 +285,12 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(match, RouteMiss):
             allow = b"allow: %s\r\n" % b", ".join(match.allowed) if match.allowed else b""
             raise Rejected(match.status, "not_found" if match.status == 404 else "method_not_allowed", allow)
-        client_ip = runtime.trusted.resolve_client(self.peer, headers.forwarded_for)
+        if cache.host != host:
+            cache.host = host
+            cache.client_ip = runtime.trusted.resolve_client(self.peer, headers.forwarded_for)
+            forwarding = forwarding_headers(runtime, self.peer, cache.client_ip, headers, host)
+            cache.forwarded_block = b"".join((*headers.kept, forwarding))
+        client_ip = cache.client_ip
         request_id = request_id_for(headers.request_id)
         trace_id, span_id, flags = trace_for(headers.traceparent)
         request_line = b"%s %s%s%s HTTP/1.1\r\n" % (
@@ -281,15 +305,7 @@ class ClientConnection(asyncio.Protocol):
             else (b"content-length: %d\r\n" % length if headers.content_length is not None else b"")
         )
         trace = f"x-request-id: {request_id}\r\ntraceparent: 00-{trace_id}-{span_id}-{flags}\r\n".encode()
-        head_rest = b"".join(
-            (
-                *headers.kept,
-                self._forwarding(runtime, client_ip, headers, host),
-                trace,
-                framing,
-                b"\r\n",
-            )
-        )
+        head_rest = b"".join((cache.forwarded_block, trace, framing, b"\r\n"))
         return Exchange(
             method=method,
             path=target.path,
@@ -310,15 +326,6 @@ class ClientConnection(asyncio.Protocol):
             trace_lines=trace,
             expect_continue=headers.expect_continue,
         )
-
-    def _forwarding(self, runtime: Runtime, client_ip: str, headers: ClientHeaders, host: bytes) -> bytes:
-        if headers.forwarded_for or headers.forwarded or headers.forwarded_proto:
-            return forwarding_headers(runtime, self.peer, client_ip, headers, host)
-        # Nothing from the client to merge: the block depends only on the peer and the Host.
-        if host != self.forwarding_host or runtime is not self.forwarding_runtime:
-            self.forwarding_host, self.forwarding_runtime = host, runtime
-            self.forwarding_block = forwarding_headers(runtime, self.peer, client_ip, headers, host)
-        return self.forwarding_block
 
     def _start(self, exchange: Exchange) -> None:
         self.active = exchange

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import uvloop
@@ -36,7 +37,9 @@ class WorkerSupervisor:
         self.loaded = loaded
         self.loop = loop
         self.count = loaded.config.gateway.workers
-        self.run_dir = loaded.config.state_dir / "run" / f"gateway-{os.getpid()}"
+        # A short private directory (0700) for the ready files and metrics sockets: a Unix socket
+        # path must fit in 108 bytes, which a deep state_dir would not.
+        self.run_dir = Path(tempfile.mkdtemp(prefix="garrison-gw-"))
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
         # Used for the redirect listener and the shared security headers; never serves the main port.
@@ -139,10 +142,16 @@ def merge_worker_metrics(texts: list[str]) -> bytes:
 
 
 async def supervise(loaded: LoadedConfig, ready_file: Path | None) -> int:
-    loop = asyncio.get_running_loop()
-    gateway = loaded.config.gateway
-    supervisor = WorkerSupervisor(loaded, loop)
-    supervisor.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    supervisor = WorkerSupervisor(loaded, asyncio.get_running_loop())
+    try:
+        return await _supervise(supervisor, ready_file)
+    finally:
+        shutil.rmtree(supervisor.run_dir, ignore_errors=True)
+
+
+async def _supervise(supervisor: WorkerSupervisor, ready_file: Path | None) -> int:
+    loop = supervisor.loop
+    gateway = supervisor.loaded.config.gateway
     # Hold the port (bound, not listening) so port 0 resolves once and every worker shares it.
     reserved = bind_socket(gateway.listen, reuse_port=True)
     listen = address_of(reserved)
@@ -187,7 +196,6 @@ async def supervise(loaded: LoadedConfig, ready_file: Path | None) -> int:
     for task in watchers:
         task.cancel()
     reserved.close()
-    shutil.rmtree(supervisor.run_dir, ignore_errors=True)
     log.log("gateway.stopped")
     return 0
 

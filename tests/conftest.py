@@ -1,0 +1,92 @@
+"""Shared fixtures: a recording upstream and real gateway processes (see tests/helpers/gateway_harness.py)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+
+from gateway_harness import (
+    GatewayProcess,
+    RecordingUpstream,
+    base_config,
+    deep_merge,
+)
+
+GatewayFactory = Callable[..., GatewayProcess]
+
+
+class _Gateways:
+    """Starts gateways in numbered directories under ``root`` and stops them all at the end."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[GatewayProcess] = []
+
+    def __call__(
+        self,
+        upstream: RecordingUpstream | None = None,
+        overrides: dict[str, Any] | None = None,
+        *,
+        upstream_port: int | None = None,
+    ) -> GatewayProcess:
+        """A running gateway for ``base_config`` deep-merged with ``overrides`` (lists are replaced)."""
+        port = upstream.port if upstream is not None else upstream_port
+        assert port, "give an upstream or an upstream_port"
+        directory = self.root / f"gw{len(self.started)}"
+        config = deep_merge(base_config(directory, port), overrides or {})
+        gateway = GatewayProcess(directory, config)
+        self.started.append(gateway)
+        return gateway.start()
+
+    def stop_all(self) -> None:
+        for gateway in self.started:
+            gateway.stop()
+
+
+@pytest.fixture
+def upstream() -> Iterator[RecordingUpstream]:
+    server = RecordingUpstream().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_upstream() -> Iterator[RecordingUpstream]:
+    """One recording upstream for a whole module; call ``reset()`` between tests."""
+    server = RecordingUpstream().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
+    gateways = _Gateways(tmp_path)
+    try:
+        yield gateways
+    finally:
+        gateways.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayFactory]:
+    gateways = _Gateways(tmp_path_factory.mktemp("gateway"))
+    try:
+        yield gateways
+    finally:
+        gateways.stop_all()
+
+
+@pytest.fixture
+def gateway(gateway_factory: GatewayFactory, upstream: RecordingUpstream) -> GatewayProcess:
+    """A gateway with the default test config in front of ``upstream``."""
+    return gateway_factory(upstream)
