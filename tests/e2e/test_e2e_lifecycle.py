@@ -324,3 +324,33 @@ def test_workers_share_the_port_and_report_metrics(tmp_path: Path, upstreams: li
         assert all('worker="' in line for line in served)
     finally:
         assert gateway.stop() == 0
+
+
+def test_active_health_checks_take_a_dead_target_out_and_bring_it_back(
+    tmp_path: Path, upstreams: list[Upstream]
+) -> None:
+    a, b = Upstream("a"), Upstream("b")
+    upstreams += [a, b]
+    port_a = a.port
+    checks = (
+        "    retries: {attempts: 0}\n"
+        "    circuit_breaker: {consecutive_failures: 1000}\n"
+        "    health_check: {path: /health, interval: 0.1s, timeout: 0.5s, "
+        "healthy_threshold: 2, unhealthy_threshold: 2}\n"
+    )
+    config = tmp_path / "garrison.yaml"
+    write_config(config, tmp_path / "state", ROUTE_ALL % "s", service("s", [port_a, b.port], checks))
+    gateway = Gateway(config, tmp_path)
+    try:
+        assert {json.loads(gateway.get("/")[1])["upstream"] for _ in range(6)} == {"a", "b"}
+        a.stop()
+        time.sleep(0.8)  # two failed probes at 0.1 s intervals, with margin
+        answers = [gateway.get("/") for _ in range(10)]
+        assert [status for status, _, _ in answers] == [200] * 10  # no retries: only health checks
+        assert {json.loads(body)["upstream"] for _, body, _ in answers} == {"b"}
+        upstreams.append(Upstream("a-again", port=port_a))
+        time.sleep(0.8)
+        assert "a-again" in {json.loads(gateway.get("/")[1])["upstream"] for _ in range(6)}
+        assert "gateway.health.changed" in gateway.log_path.read_text()
+    finally:
+        gateway.stop()
