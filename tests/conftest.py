@@ -90,3 +90,42 @@ def module_gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def gateway(gateway_factory: GatewayFactory, upstream: RecordingUpstream) -> GatewayProcess:
     """A gateway with the default test config in front of ``upstream``."""
     return gateway_factory(upstream)
+
+
+# -- real services: PostgreSQL and Redis ----------------------------------------------------------------
+
+
+def _service_url(variable: str, what: str) -> str:
+    """The URL of a real service for tests, or skip (fail under CI=true) when it is not there."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    url = os.environ.get(variable)
+    in_ci = os.environ.get("CI") == "true"
+    if not url:
+        message = f"{variable} is not set: no {what} to test against"
+        if in_ci:
+            pytest.fail(message + " (CI must run these tests)")
+        pytest.skip(message)
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), timeout=2).close()
+    except OSError as exc:
+        message = f"{what} at {parts.hostname}:{parts.port} is unreachable ({exc.strerror})"
+        if in_ci:
+            pytest.fail(message + " (CI must run these tests)")
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """``GARRISON_TEST_REDIS_URL`` (the Makefile sets it); tests get a database of their own via flushdb."""
+    return _service_url("GARRISON_TEST_REDIS_URL", "Redis")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """``GARRISON_TEST_POSTGRES_URL`` (the Makefile sets it)."""
+    return _service_url("GARRISON_TEST_POSTGRES_URL", "PostgreSQL")
