@@ -235,7 +235,7 @@ def test_two_processes_share_a_redis_limit(strategy: str, redis_url: str, route:
 def test_unreachable_redis_follows_the_fail_mode(mode: str) -> None:
     seen: list[str] = []
 
-    async def main() -> tuple[list[RateDecision], float]:
+    async def main() -> tuple[list[RateDecision], str]:
         spec = RateLimitSpec(
             rate="5/second",
             storage="redis",
@@ -245,13 +245,13 @@ def test_unreachable_redis_follows_the_fail_mode(mode: str) -> None:
         limiter = RateLimiter(spec, seen.append, route="down")
         try:
             first = [await limiter.hit("a") for _ in range(3)]  # opens the breaker
-            started = time.perf_counter()
             rest = [await limiter.hit("a") for _ in range(200)]
-            return first + rest, time.perf_counter() - started
+            assert limiter._breaker is not None
+            return first + rest, limiter._breaker.state.value
         finally:
             await limiter.aclose()
 
-    decisions, elapsed = asyncio.run(main())
+    decisions, breaker_state = asyncio.run(main())
     assert all(d.storage_error for d in decisions)
     if mode == "open":
         assert all(d.allowed and d.failed_open for d in decisions)
@@ -261,8 +261,8 @@ def test_unreachable_redis_follows_the_fail_mode(mode: str) -> None:
         assert not any(d.allowed or d.failed_open for d in decisions)
         assert all(d.retry_after >= 1 for d in decisions)
         assert seen == ["failed_closed"] * len(decisions)
-    # With the breaker open, a dead Redis is not dialled per request: 200 decisions are quick.
-    assert elapsed < 0.05
+    # With the breaker open, a dead Redis is not dialled per request.
+    assert breaker_state == "open"
 
 
 class _ThrowawayRedis:
