@@ -32,10 +32,10 @@ MESSAGES: dict[str, str] = {
 }
 
 
-def error_body(code: str, request_id: str | None) -> bytes:
+def error_body(code: str, request_id: bytes | None) -> bytes:
     payload: dict[str, str] = {"error": code, "message": MESSAGES[code]}
     if request_id:
-        payload["request_id"] = request_id
+        payload["request_id"] = request_id.decode()
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
@@ -43,7 +43,7 @@ def error_response(
     status: int,
     code: str,
     *,
-    request_id: str | None,
+    request_id: bytes | None,
     security_headers: bytes,
     close: bool,
     extra_headers: bytes = b"",
@@ -57,7 +57,7 @@ def error_response(
             b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
             b"cache-control: no-store\r\ncontent-security-policy: " + ERROR_CSP + b"\r\n",
             security_headers,
-            b"x-request-id: %s\r\n" % request_id.encode() if request_id else b"",
+            b"x-request-id: %s\r\n" % request_id if request_id else b"",
             extra_headers,
             b"connection: close\r\n" if close else b"",
             b"\r\n",

@@ -92,10 +92,8 @@ class Exchange:
         start: float,
         route: Route,
         client_ip: str,
-        request_id: str,
-        trace_id: str,
-        span_id: str,
-        trace_flags: str,
+        request_id: bytes,
+        trace_id: bytes,
         body_mode: int,
         content_length: int,
         head_rest: bytes,
@@ -113,8 +111,6 @@ class Exchange:
         self.client_ip = client_ip
         self.request_id = request_id
         self.trace_id = trace_id
-        self.span_id = span_id
-        self.trace_flags = trace_flags
         self.body_mode = body_mode
         self.content_length = content_length
         self.head_rest = head_rest  # everything after the request line except Host
@@ -226,20 +222,20 @@ def host_without_port(host: bytes) -> bytes:
     return host.rsplit(b":", 1)[0] if b":" in host else host
 
 
-def request_id_for(candidate: bytes | None) -> str:
+def request_id_for(candidate: bytes | None) -> bytes:
     if candidate is not None and _REQUEST_ID_RE.fullmatch(candidate):
-        return candidate.decode()
-    return f"{getrandbits(128):032x}"
+        return candidate
+    return b"%032x" % getrandbits(128)
 
 
-def trace_for(traceparent: bytes | None) -> tuple[str, str, str]:
+def trace_for(traceparent: bytes | None) -> tuple[bytes, bytes, bytes]:
     """(trace id, our span id, flags): continue a valid W3C traceparent, else start a trace."""
-    span = f"{getrandbits(64):016x}"
+    span = b"%016x" % getrandbits(64)
     if traceparent is not None:
         match = _TRACEPARENT_RE.fullmatch(traceparent.strip())
         if match is not None and match.group(1) != _ZERO_TRACE:
-            return match.group(1).decode(), span, match.group(2).decode()
-    return f"{getrandbits(128):032x}", span, "01"
+            return match.group(1), span, match.group(2)
+    return b"%032x" % getrandbits(128), span, b"01"
 
 
 def forwarding_headers(

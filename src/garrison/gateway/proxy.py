@@ -304,7 +304,7 @@ class ClientConnection(asyncio.Protocol):
             if body_mode == BODY_CHUNKED
             else (b"content-length: %d\r\n" % length if headers.content_length is not None else b"")
         )
-        trace = f"x-request-id: {request_id}\r\ntraceparent: 00-{trace_id}-{span_id}-{flags}\r\n".encode()
+        trace = b"x-request-id: %s\r\ntraceparent: 00-%s-%s-%s\r\n" % (request_id, trace_id, span_id, flags)
         head_rest = b"".join((cache.forwarded_block, trace, framing, b"\r\n"))
         return Exchange(
             method=method,
@@ -318,8 +318,6 @@ class ClientConnection(asyncio.Protocol):
             client_ip=client_ip,
             request_id=request_id,
             trace_id=trace_id,
-            span_id=span_id,
-            trace_flags=flags,
             body_mode=body_mode,
             content_length=length,
             head_rest=head_rest,

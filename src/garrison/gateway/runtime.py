@@ -50,7 +50,7 @@ class Service:
 @dataclass(slots=True, eq=False)
 class Route:
     name: str
-    log_name: str  # JSON-encoded once, for the access log
+    log_name: bytes  # JSON-encoded once, for the access log
     service: Service
     stats: RouteStats
 
@@ -175,7 +175,7 @@ def build_runtime(
     for route_config in config.routes:
         name = route_config.name or route_config.match.path
         service = services[route_config.service]
-        route = Route(name, json.dumps(name), service, metrics.route(name, service.name))
+        route = Route(name, json.dumps(name).encode(), service, metrics.route(name, service.name))
         match = route_config.match
         entries.append(
             RouteEntry(

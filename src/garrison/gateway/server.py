@@ -43,9 +43,9 @@ PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 # One access-log line. Every %s field is a number or text the gateway has already restricted to a
 # JSON-safe alphabet (see telemetry/accesslog.py), so %-formatting is safe and cheaper than json.
 ACCESS_LINE = (
-    '{"time":"%s.%03dZ","request_id":"%s","trace_id":"%s","client_ip":"%s","method":"%s",'
-    '"path":"%s","route":%s,"status":%d,"bytes_in":%d,"bytes_out":%d,"upstream_ms":%.3f,'
-    '"total_ms":%.3f,"attempts":%d}\n'
+    b'{"time":"%s.%03dZ","request_id":"%s","trace_id":"%s","client_ip":"%s","method":"%s",'
+    b'"path":"%s","route":%s,"status":%d,"bytes_in":%d,"bytes_out":%d,"upstream_ms":%.3f,'
+    b'"total_ms":%.3f,"attempts":%d}\n'
 )
 
 
@@ -84,7 +84,7 @@ class GatewayServer:
         self._config_mtime = self._mtime()
         self._tasks: list[asyncio.Task[None]] = []
         self._log_second = 0
-        self._log_prefix = ""
+        self._log_prefix = b""
 
     @staticmethod
     def _open_access_log(loaded: LoadedConfig) -> AccessLog:
@@ -181,7 +181,7 @@ class GatewayServer:
         second = int(wall)
         if second != self._log_second:
             self._log_second = second
-            self._log_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._log_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
         self.access_log.write(
             ACCESS_LINE
             % (
@@ -189,9 +189,9 @@ class GatewayServer:
                 (wall - second) * 1000,
                 exchange.request_id,
                 exchange.trace_id,
-                exchange.client_ip,
-                exchange.method.decode(),
-                exchange.path.decode(),
+                exchange.client_ip.encode(),
+                exchange.method,
+                exchange.path,
                 route.log_name,
                 exchange.status,
                 exchange.body_seen,
@@ -210,7 +210,7 @@ class GatewayServer:
             self.access_log.write(
                 f'{{"time":"{_utc_now()}","request_id":null,"trace_id":null,"client_ip":"{peer}",'
                 f'"method":null,"path":null,"route":null,"status":{status},"error":"{code}",'
-                f'"bytes_in":0,"bytes_out":0,"upstream_ms":0,"total_ms":0,"attempts":0}}\n'
+                f'"bytes_in":0,"bytes_out":0,"upstream_ms":0,"total_ms":0,"attempts":0}}\n'.encode()
             )
 
     # -- background work -------------------------------------------------------------------------

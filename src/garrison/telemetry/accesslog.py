@@ -25,10 +25,10 @@ class AccessLog:
         elif path is not None:
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self._owns_fd = path not in (None, "-")
-        self._batch: list[str] = []
+        self._batch: list[bytes] = []
         self._size = 0
 
-    def write(self, line: str) -> None:
+    def write(self, line: bytes) -> None:
         self._batch.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:
@@ -37,7 +37,7 @@ class AccessLog:
     def flush(self) -> None:
         if not self._batch or self._fd is None:
             return
-        data = "".join(self._batch).encode("utf-8", "replace")
+        data = b"".join(self._batch)
         self._batch.clear()
         self._size = 0
         try:
