@@ -7,8 +7,7 @@ from pathlib import Path
 import uvloop
 
 from garrison.config.loader import load_config
-from garrison.gateway.server import serve
-from garrison.gateway.workers import worker_settings
+from garrison.gateway.server import serve, worker_settings
 from garrison.telemetry import logging as log
 
 

@@ -14,10 +14,10 @@ import socket
 import ssl
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
 from garrison.config.model import parse_listen
+from garrison.gateway.exchange import Exchange, host_without_port, valid_host
 from garrison.gateway.normalize import TargetRejected, parse_request_target
 from garrison.gateway.proxy import ClientConnection
 from garrison.gateway.runtime import Runtime, build_runtime
@@ -27,14 +27,16 @@ from garrison.telemetry import logging as log
 from garrison.telemetry.accesslog import AccessLog
 from garrison.telemetry.metrics import GatewayMetrics
 
-if TYPE_CHECKING:
-    from garrison.gateway.exchange import Exchange
+WORKER_ENV = "GARRISON_GATEWAY_WORKER"  # "index|listen-address|run-dir", set by the worker supervisor only
 
 
 def worker_settings() -> tuple[int, str, Path] | None:
-    from garrison.gateway.workers import worker_settings as settings
-
-    return settings()
+    """(index, listen address, run dir) when this process is a worker started by the supervisor."""
+    value = os.environ.get(WORKER_ENV)
+    if not value:
+        return None
+    index, listen, run_dir = value.split("|", 2)
+    return int(index), listen, Path(run_dir)
 
 
 SWEEP_INTERVAL = 0.1
@@ -147,8 +149,6 @@ class GatewayServer:
 
     def redirect_handler(self, request: SimpleRequest) -> SimpleResponse:
         """308 to the same path over HTTPS. The host is the configured one, or a validated Host."""
-        from garrison.gateway.exchange import host_without_port, valid_host
-
         gateway = self.runtime.config.gateway
         try:
             target = parse_request_target(request.target)

@@ -24,11 +24,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from garrison.config.loader import LoadedConfig
-from garrison.gateway.server import PROMETHEUS_TEXT, GatewayServer, address_of, bind_socket, write_ready_file
+from garrison.gateway.server import (
+    PROMETHEUS_TEXT,
+    WORKER_ENV,
+    GatewayServer,
+    address_of,
+    bind_socket,
+    write_ready_file,
+)
 from garrison.gateway.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleResponse
 from garrison.telemetry import logging as log
 
-WORKER_ENV = "GARRISON_GATEWAY_WORKER"  # "index:listen-address:run-dir" — set by the supervisor only
 RESTART_BACKOFF = 1.0
 
 
@@ -198,15 +204,6 @@ async def _supervise(supervisor: WorkerSupervisor, ready_file: Path | None) -> i
     reserved.close()
     log.log("gateway.stopped")
     return 0
-
-
-def worker_settings() -> tuple[int, str, Path] | None:
-    """(index, listen address, run dir) when this process is a worker started by the supervisor."""
-    value = os.environ.get(WORKER_ENV)
-    if not value:
-        return None
-    index, listen, run_dir = value.split("|", 2)
-    return int(index), listen, Path(run_dir)
 
 
 def run_workers(loaded: LoadedConfig, ready_file: Path | None) -> int:

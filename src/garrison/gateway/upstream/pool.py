@@ -45,7 +45,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.last_read = 0.0
-        self.uses = 0
         self.counted = False  # whether pool.open includes this connection
 
     # -- driven by the client side --------------------------------------------------------------
@@ -55,7 +54,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers = []
         self.chunked = False
         self.close_delimited = False
-        self.uses += 1
         self.last_read = self.pool.loop.time()
         assert self.transport is not None
         self.transport.write(head)
