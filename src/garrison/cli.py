@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -92,6 +93,84 @@ def up(
     from garrison.supervisor import run_up
 
     raise typer.Exit(run_up(config, demo=demo, console=err))
+
+
+def _admin_call(config: Path, method: str, query: dict[str, str]) -> dict[str, object]:
+    """One call to the running gateway's admin API (`gateway.admin.listen` in the config)."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from garrison.config.loader import ConfigError, load_config
+    from garrison.config.model import parse_listen
+
+    try:
+        loaded = load_config(config)
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    host, port = parse_listen(loaded.config.gateway.admin.listen)
+    if port == 0:
+        err.print("gateway.admin.listen uses port 0; set a fixed port to reach the admin API.")
+        raise typer.Exit(2)
+    host = "127.0.0.1" if host in ("0.0.0.0", "localhost") else ("::1" if host == "::" else host)
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    url = f"http://{authority}/blocklist?{urllib.parse.urlencode(query)}"
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return dict(json.loads(response.read()))
+    except urllib.error.HTTPError as exc:
+        detail = json.loads(exc.read() or b"{}").get("error", exc.reason)
+        err.print(f"[red]refused[/red] ({exc.code}): {detail}")
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        err.print(f"[red]cannot reach the gateway's admin API at {authority}[/red]: {exc}. Is it running?")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def block(
+    ip: Annotated[str, typer.Argument(help="The client address to block (IPv4 or IPv6).")],
+    duration: Annotated[str, typer.Option("--for", help="How long: 30s, 15m, 2h...")] = "15m",
+    reason: Annotated[
+        str, typer.Option(help="Why (kept with the block, shown in `garrison blocklist`).")
+    ] = "",
+    config: ConfigOption = Path("garrison.yaml"),
+) -> None:
+    """Block a client address at the running gateway (every worker; every replica with Redis)."""
+    answer = _admin_call(config, "POST", {"ip": ip, "for": duration, "reason": reason})
+    entry = answer["blocked"]
+    assert isinstance(entry, dict)
+    until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(entry["until"])))
+    err.print(f"[green]blocked[/green] {entry['ip']} until {until}")
+
+
+@app.command()
+def unblock(
+    ip: Annotated[str, typer.Argument(help="The client address to unblock.")],
+    config: ConfigOption = Path("garrison.yaml"),
+) -> None:
+    """Lift a block at the running gateway."""
+    answer = _admin_call(config, "DELETE", {"ip": ip})
+    err.print("[green]unblocked[/green]" if answer.get("unblocked") else f"{ip} was not blocked")
+
+
+@app.command()
+def blocklist(config: ConfigOption = Path("garrison.yaml")) -> None:
+    """List the blocks in force at the running gateway."""
+    from rich.table import Table
+
+    answer = _admin_call(config, "GET", {})
+    entries = answer.get("blocked") or []
+    assert isinstance(entries, list)
+    table = Table(title=f"{len(entries)} blocked address(es)", title_justify="left")
+    for column in ("address", "until (UTC)", "reason"):
+        table.add_column(column)
+    for entry in entries:
+        until = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(entry["until"])))
+        table.add_row(entry["ip"], until, entry["reason"])
+    Console().print(table)
 
 
 @app.command()

@@ -126,6 +126,31 @@ class LimitsConfig(Strict):
     max_connections: int = Field(10000, ge=1, description="Open client connections per worker; more get 503.")
 
 
+class IpRulesConfig(Strict):
+    """Allow and deny lists applied to the client address resolved through `trusted_proxies`."""
+
+    allow: list[Cidr] = Field(
+        default_factory=list, description="If set, only these CIDRs may call (IPv4 and IPv6)."
+    )
+    deny: list[Cidr] = Field(
+        default_factory=list, description="These CIDRs may not call; deny wins over allow."
+    )
+
+
+class BlocklistConfig(Strict):
+    """The dynamic blocklist (admin API `/blocklist`, `garrison block IP --for 15m`)."""
+
+    redis_url: str | None = Field(
+        None,
+        pattern=r"^rediss?://",
+        description="Share blocks through Redis with every worker and replica; unset: in memory, "
+        "per gateway (with `workers: N` the supervisor applies each change to every worker).",
+    )
+    prefix: str = Field(
+        "garrison:blocklist", pattern=r"^[A-Za-z0-9:_-]{1,64}$", description="Redis key prefix."
+    )
+
+
 class AccessLogConfig(Strict):
     """One JSON line per request."""
 
@@ -177,6 +202,12 @@ class GatewayConfig(Strict):
         "because `X_Forwarded_For` and `X-Forwarded-For` collide in CGI-style frameworks).",
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request limits.")
+    ip_rules: IpRulesConfig = Field(
+        default_factory=IpRulesConfig, description="Global IP allow/deny lists (403), checked before routing."
+    )
+    blocklist: BlocklistConfig = Field(
+        default_factory=BlocklistConfig, description="Dynamic blocklist (403)."
+    )
     access_log: AccessLogConfig = Field(default_factory=AccessLogConfig, description="Access log.")
     admin: AdminConfig = Field(default_factory=AdminConfig, description="Admin listener.")
     drain_timeout: Duration = Field(30.0, description="On SIGTERM, how long in-flight requests may finish.")
@@ -314,6 +345,9 @@ class RouteConfig(Strict):
     name: str | None = Field(None, description="Name in logs and metrics (default: the path).")
     match: RouteMatch = Field(description="Which requests take this route.")
     service: str = Field(description="Name of the service in `services`.")
+    ip_rules: IpRulesConfig | None = Field(
+        None, description="IP allow/deny lists for this route only, on top of the global ones (403)."
+    )
 
 
 class GarrisonConfig(Strict):

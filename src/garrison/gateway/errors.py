@@ -16,6 +16,7 @@ ERROR_CSP = b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-
 MESSAGES: dict[str, str] = {
     "bad_request": "The request is malformed.",
     "not_found": "No route matches this request.",
+    "forbidden": "Requests from this address are not allowed.",
     "method_not_allowed": "This method is not allowed on this route.",
     "request_timeout": "The request was not received in time.",
     "payload_too_large": "The request body is larger than allowed.",

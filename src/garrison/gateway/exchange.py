@@ -52,11 +52,14 @@ BODY_NONE, BODY_LENGTH, BODY_CHUNKED = 0, 1, 2
 class Rejected(Exception):
     """A request refused before it reaches an upstream."""
 
-    def __init__(self, status: int, code: str, extra_headers: bytes = b"") -> None:
+    def __init__(
+        self, status: int, code: str, extra_headers: bytes = b"", client_ip: str | None = None
+    ) -> None:
         super().__init__(code)
         self.status = status
         self.code = code
         self.extra_headers = extra_headers
+        self.client_ip = client_ip  # the resolved client, when known, for the access log
 
 
 class Exchange:

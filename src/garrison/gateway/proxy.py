@@ -254,7 +254,16 @@ class ClientConnection(asyncio.Protocol):
             cache = self.header_cache = _HeaderCache(
                 runtime, raw, filter_request_headers(raw, runtime.allow_underscores)
             )
+            cache.client_ip = runtime.trusted.resolve_client(self.peer, cache.headers.forwarded_for)
         headers = cache.headers
+        client_ip = cache.client_ip
+        # Address controls come before routing: a blocked client costs no further work. The
+        # address is the one resolved through trusted_proxies, so a forged X-Forwarded-For
+        # changes nothing.
+        if self.server.blocklist.is_blocked(client_ip) or (
+            runtime.ip_rules is not None and not runtime.ip_rules.permits(client_ip)
+        ):
+            raise Rejected(403, "forbidden", client_ip=client_ip)
         http11 = version == "1.1"
         host = headers.host
         if target.authority is not None:
@@ -285,12 +294,13 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(match, RouteMiss):
             allow = b"allow: %s\r\n" % b", ".join(match.allowed) if match.allowed else b""
             raise Rejected(match.status, "not_found" if match.status == 404 else "method_not_allowed", allow)
+        route = match.payload
+        if route.ip_rules is not None and not route.ip_rules.permits(client_ip):
+            raise Rejected(403, "forbidden", client_ip=client_ip)
         if cache.host != host:
             cache.host = host
-            cache.client_ip = runtime.trusted.resolve_client(self.peer, headers.forwarded_for)
-            forwarding = forwarding_headers(runtime, self.peer, cache.client_ip, headers, host)
+            forwarding = forwarding_headers(runtime, self.peer, client_ip, headers, host)
             cache.forwarded_block = b"".join((*headers.kept, forwarding))
-        client_ip = cache.client_ip
         request_id = request_id_for(headers.request_id)
         trace_id, span_id, flags = trace_for(headers.traceparent)
         request_line = b"%s %s%s%s HTTP/1.1\r\n" % (
@@ -314,7 +324,7 @@ class ClientConnection(asyncio.Protocol):
             http11=http11,
             keep_alive=bool(self.parser.should_keep_alive()),
             start=perf_counter(),
-            route=match.payload,
+            route=route,
             client_ip=client_ip,
             request_id=request_id,
             trace_id=trace_id,
@@ -548,7 +558,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             # Refused before it became an exchange (bad framing, bad target, no route...): it is
             # still logged, with what is known safely about it.
-            self.server.record_refusal(self.peer, rejection.status, rejection.code)
+            self.server.record_refusal(rejection.client_ip or self.peer, rejection.status, rejection.code)
 
     def _send_error(self, rejection: Rejected, exchange: Exchange | None, close: bool) -> None:
         runtime = self.server.runtime

@@ -12,8 +12,9 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from garrison.config.model import GarrisonConfig, LimitsConfig, ServiceConfig
+from garrison.config.model import GarrisonConfig, IpRulesConfig, LimitsConfig, ServiceConfig
 from garrison.gateway.forwarded import TrustedProxies
+from garrison.gateway.iprules import IpRules
 from garrison.gateway.router import RouteEntry, RouteTable
 from garrison.gateway.upstream.balancer import Balancer, make_balancer
 from garrison.gateway.upstream.circuit import CircuitBreaker, CircuitState
@@ -53,6 +54,7 @@ class Route:
     log_name: bytes  # JSON-encoded once, for the access log
     service: Service
     stats: RouteStats
+    ip_rules: IpRules | None = None
 
 
 @dataclass(eq=False)
@@ -69,6 +71,7 @@ class Runtime:
     limits: LimitsConfig = field(init=False)
     preserve_host: bool = field(init=False)
     allow_underscores: bool = field(init=False)
+    ip_rules: IpRules | None = field(init=False)  # global; None when both lists are empty
     unmatched: RouteStats = field(init=False)  # requests refused before a route was chosen
 
     def __post_init__(self) -> None:
@@ -76,6 +79,7 @@ class Runtime:
         self.limits = self.config.gateway.limits
         self.preserve_host = self.config.gateway.preserve_host
         self.allow_underscores = self.config.gateway.allow_underscores_in_headers
+        self.ip_rules = _ip_rules(self.config.gateway.ip_rules)
 
     def start(self) -> None:
         for service in self.services.values():
@@ -89,6 +93,12 @@ class Runtime:
     def sweep(self, now: float) -> None:
         for service in self.services.values():
             service.sweep(now)
+
+
+def _ip_rules(spec: IpRulesConfig | None) -> IpRules | None:
+    if spec is None or not (spec.allow or spec.deny):
+        return None  # nothing to check: the hot path skips the call entirely
+    return IpRules(spec.allow, spec.deny)
 
 
 def _security_headers(config: GarrisonConfig) -> bytes:
@@ -175,7 +185,13 @@ def build_runtime(
     for route_config in config.routes:
         name = route_config.name or route_config.match.path
         service = services[route_config.service]
-        route = Route(name, json.dumps(name).encode(), service, metrics.route(name, service.name))
+        route = Route(
+            name,
+            json.dumps(name).encode(),
+            service,
+            metrics.route(name, service.name),
+            _ip_rules(route_config.ip_rules),
+        )
         match = route_config.match
         entries.append(
             RouteEntry(

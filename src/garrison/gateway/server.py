@@ -13,10 +13,13 @@ import signal
 import socket
 import ssl
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
-from garrison.config.model import parse_listen
+from garrison.config.model import BlocklistConfig, parse_listen
+from garrison.gateway.admin import blocklist_api
+from garrison.gateway.blocklist import Blocklist, MemoryBlocklist, RedisBlocklist
 from garrison.gateway.exchange import Exchange, host_without_port, valid_host
 from garrison.gateway.normalize import TargetRejected, parse_request_target
 from garrison.gateway.proxy import ClientConnection
@@ -80,6 +83,7 @@ class GatewayServer:
         self.draining = False
         self.ready = False
         self.access_log = self._open_access_log(loaded)
+        self.blocklist = make_blocklist(loaded.config.gateway.blocklist)
         self.servers: list[asyncio.Server] = []
         self.tls_context: ssl.SSLContext | None = None
         self.https_port = parse_listen(loaded.config.gateway.listen)[1]
@@ -108,6 +112,7 @@ class GatewayServer:
             lambda: ClientConnection(self), sock=main_sock, ssl=self.tls_context, backlog=2048
         )
         self.servers.append(server)
+        await self.blocklist.start()
         listeners["gateway"] = address_of(main_sock)
         self.https_port = main_sock.getsockname()[1]
         if with_side_listeners:
@@ -134,8 +139,10 @@ class GatewayServer:
             listeners["redirect"] = address_of(redirect_sock)
         return listeners
 
-    def admin_handler(self, request: SimpleRequest) -> SimpleResponse:
-        path = request.target.split(b"?", 1)[0]
+    def admin_handler(self, request: SimpleRequest) -> SimpleResponse | Awaitable[SimpleResponse]:
+        path, _, query = request.target.partition(b"?")
+        if path == b"/blocklist":
+            return blocklist_api(self.blocklist, request.method, query)
         if request.method not in (b"GET", b"HEAD"):
             return SimpleResponse(405, b"method not allowed\n", headers=b"allow: GET, HEAD\r\n")
         if path == b"/metrics":
@@ -275,7 +282,7 @@ class GatewayServer:
         before, after = old.config.gateway, new.config.gateway
         changed = [
             key
-            for key in ("listen", "workers", "admin", "redirect_http", "access_log")
+            for key in ("listen", "workers", "admin", "redirect_http", "access_log", "blocklist")
             if getattr(before, key) != getattr(after, key)
         ]
         if before.tls.min_version != after.tls.min_version:
@@ -304,12 +311,19 @@ class GatewayServer:
         for task in self._tasks:
             task.cancel()
         await self.runtime.close()
+        await self.blocklist.stop()
         self.access_log.close()
 
 
 def _utc_now() -> str:
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
+def make_blocklist(spec: BlocklistConfig) -> Blocklist:
+    if spec.redis_url:
+        return RedisBlocklist(spec.redis_url, spec.prefix)
+    return MemoryBlocklist()
 
 
 def write_ready_file(path: Path | None, listeners: dict[str, str]) -> None:

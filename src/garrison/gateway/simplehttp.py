@@ -84,7 +84,7 @@ class SimpleHttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if self.done:
             return
-        if b"content-length" in self.headers or b"transfer-encoding" in self.headers:
+        if self.headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in self.headers:
             self._respond(SimpleResponse(400, b"request bodies are not accepted here\n"))
             return
         request = SimpleRequest(self.parser.get_method(), self.url, self.headers)

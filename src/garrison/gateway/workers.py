@@ -95,6 +95,8 @@ class WorkerSupervisor:
 
     async def admin_handler(self, request: SimpleRequest) -> SimpleResponse:
         path = request.target.split(b"?", 1)[0]
+        if path == b"/blocklist":
+            return await self.fan_out(request)
         if request.method not in (b"GET", b"HEAD"):
             return SimpleResponse(405, b"method not allowed\n", headers=b"allow: GET, HEAD\r\n")
         if path == b"/metrics":
@@ -106,6 +108,29 @@ class WorkerSupervisor:
             ok = alive and not self.stopping
             return SimpleResponse(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
         return SimpleResponse(404, b"not found\n")
+
+    async def fan_out(self, request: SimpleRequest) -> SimpleResponse:
+        """Apply an admin request to every worker (each may hold its own in-memory blocklist)."""
+        answers = await asyncio.gather(
+            *(self._ask(i, request.method, request.target) for i in range(self.count))
+        )
+        worst = max(answers, key=lambda answer: answer[0])  # a failure anywhere is reported
+        status, body = worst
+        return SimpleResponse(status, body, b"application/json")
+
+    async def _ask(self, index: int, method: bytes, target: bytes) -> tuple[int, bytes]:
+        try:
+            async with asyncio.timeout(5.0):
+                reader, writer = await asyncio.open_unix_connection(str(self.metrics_socket(index)))
+                writer.write(b"%s %s HTTP/1.1\r\nHost: worker\r\n\r\n" % (method, target))
+                data = await reader.read()
+                writer.close()
+        except (OSError, TimeoutError):
+            return 503, b'{"error":"a gateway worker did not answer"}\n'
+        head, _, body = data.partition(b"\r\n\r\n")
+        parts = head.split(b" ", 2)
+        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 502
+        return status, body
 
     async def gather_metrics(self) -> bytes:
         texts = await asyncio.gather(*(self._fetch(i) for i in range(self.count)))
