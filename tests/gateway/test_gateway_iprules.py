@@ -116,9 +116,9 @@ def test_cli_blocks_every_worker(gateway_factory, upstream: RecordingUpstream) -
 def test_redis_blocklist_is_shared_between_gateways(
     gateway_factory, upstream: RecordingUpstream, redis_url: str
 ) -> None:
-    shared = {
-        "gateway": {"blocklist": {"redis_url": redis_url, "prefix": f"garrison-test:{uuid.uuid4().hex}"}}
-    }
+    prefix = f"garrison-test:{uuid.uuid4().hex}"
+    blocklist = {"storage": "redis", "prefix": prefix}
+    shared = {"gateway": {"redis": {"url": redis_url}, "blocklist": blocklist}}
     first = gateway_factory(upstream, shared)
     second = gateway_factory(upstream, shared)
     assert status_of(second) == 200

@@ -149,6 +149,16 @@ def _cross_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
             if route.name in seen_names:
                 errors.append((("routes", index, "name"), f"duplicate route name {route.name!r}"))
             seen_names.setdefault(route.name, index)
+    needs_redis: list[tuple[Any, ...]] = []
+    if config.gateway.blocklist.storage == "redis":
+        needs_redis.append(("gateway", "blocklist", "storage"))
+    needs_redis += [
+        ("routes", index, "rate_limit", "storage")
+        for index, route in enumerate(config.routes)
+        if route.rate_limit is not None and route.rate_limit.storage == "redis"
+    ]
+    if needs_redis and not config.gateway.redis.url:
+        errors += [(loc, "storage `redis` needs `gateway.redis.url`") for loc in needs_redis]
     return errors
 
 

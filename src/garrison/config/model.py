@@ -137,14 +137,20 @@ class IpRulesConfig(Strict):
     )
 
 
+class RedisConfig(Strict):
+    """The Redis that gateway workers and replicas share (blocklist, rate-limit counters)."""
+
+    url: str | None = Field(None, pattern=r"^rediss?://", description="redis://host:port/db, or unset.")
+
+
 class BlocklistConfig(Strict):
     """The dynamic blocklist (admin API `/blocklist`, `garrison block IP --for 15m`)."""
 
-    redis_url: str | None = Field(
-        None,
-        pattern=r"^rediss?://",
-        description="Share blocks through Redis with every worker and replica; unset: in memory, "
-        "per gateway (with `workers: N` the supervisor applies each change to every worker).",
+    storage: Literal["memory", "redis"] = Field(
+        "memory",
+        description="`redis` shares blocks with every worker and replica through `gateway.redis`; "
+        "`memory` keeps them per gateway (with `workers: N` the supervisor applies each change to "
+        "every worker).",
     )
     prefix: str = Field(
         "garrison:blocklist", pattern=r"^[A-Za-z0-9:_-]{1,64}$", description="Redis key prefix."
@@ -207,6 +213,9 @@ class GatewayConfig(Strict):
     )
     blocklist: BlocklistConfig = Field(
         default_factory=BlocklistConfig, description="Dynamic blocklist (403)."
+    )
+    redis: RedisConfig = Field(
+        default_factory=RedisConfig, description="Shared state for workers and replicas."
     )
     access_log: AccessLogConfig = Field(default_factory=AccessLogConfig, description="Access log.")
     admin: AdminConfig = Field(default_factory=AdminConfig, description="Admin listener.")
@@ -339,6 +348,38 @@ class RouteMatch(Strict):
         return value
 
 
+def _check_rate(value: str) -> str:
+    from limits import parse
+
+    try:
+        parse(value)
+    except ValueError:
+        raise ValueError(f"not a rate: {value!r} (use e.g. 100/second, 10/minute, 1000/hour)") from None
+    return value
+
+
+class RateLimitConfig(Strict):
+    """A rate limit on a route (429 with Retry-After and RateLimit-* headers)."""
+
+    rate: Annotated[str, AfterValidator(_check_rate)] = Field(description="e.g. 100/second, 10/minute.")
+    key: Literal["client", "api_key", "ip", "route"] = Field(
+        "ip",
+        description="What is counted: the client address (`ip`), the whole route (`route`), or the "
+        "authenticated client / API key (until authentication lands these count by address).",
+    )
+    strategy: Literal["fixed_window", "moving_window", "sliding_window_counter"] = Field(
+        "sliding_window_counter", description="Counting algorithm (the `limits` library's)."
+    )
+    storage: Literal["memory", "redis"] = Field(
+        "memory", description="`memory`: per worker; `redis`: shared by all workers and replicas."
+    )
+    on_redis_error: Literal["open", "closed"] = Field(
+        "closed",
+        description="When Redis is unreachable: `open` lets requests through (logged and counted), "
+        "`closed` answers 503.",
+    )
+
+
 class RouteConfig(Strict):
     """A route: a match, the service it goes to, and (in later sections) its security chain."""
 
@@ -348,6 +389,7 @@ class RouteConfig(Strict):
     ip_rules: IpRulesConfig | None = Field(
         None, description="IP allow/deny lists for this route only, on top of the global ones (403)."
     )
+    rate_limit: RateLimitConfig | None = Field(None, description="Rate limit for this route (429).")
 
 
 class GarrisonConfig(Strict):

@@ -23,6 +23,8 @@ MESSAGES: dict[str, str] = {
     "uri_too_long": "The request target is too long.",
     "header_fields_too_large": "The request headers are larger than allowed.",
     "misdirected_request": "The request target's host does not match the Host header.",
+    "too_many_requests": "Too many requests; retry after the time in Retry-After.",
+    "rate_limiter_unavailable": "The rate limiter is unavailable; retry later.",
     "bad_gateway": "The upstream service failed to answer.",
     "service_unavailable": "The upstream service is unavailable.",
     "gateway_timeout": "The upstream service did not answer in time.",

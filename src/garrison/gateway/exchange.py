@@ -82,6 +82,7 @@ class Exchange:
     rechunk = False
     close_after = False
     bytes_out = 0
+    extra_response_headers = b""  # e.g. RateLimit-* from the route's rate limiter
 
     def __init__(
         self,
@@ -306,6 +307,7 @@ def response_head(
     else:
         exchange.close_after = True  # HTTP/1.0 client, unknown length: the close ends the body
     lines.append(security_headers)
+    lines.append(exchange.extra_response_headers)
     if not has_referrer_policy:
         lines.append(referrer_policy_line)
     lines.append(exchange.trace_lines)

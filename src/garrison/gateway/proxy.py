@@ -34,6 +34,7 @@ from garrison.gateway.exchange import (
 )
 from garrison.gateway.http1 import LAST_CHUNK, chunk
 from garrison.gateway.normalize import TargetRejected, parse_request_target
+from garrison.gateway.ratelimit import RateDecision, RateLimiter, rate_limit_headers
 from garrison.gateway.router import RouteMiss
 from garrison.gateway.upstream.retry import IDEMPOTENT_METHODS
 
@@ -337,6 +338,36 @@ class ClientConnection(asyncio.Protocol):
 
     def _start(self, exchange: Exchange) -> None:
         self.active = exchange
+        limiter = exchange.route.rate_limiter
+        if limiter is None:
+            self._proceed(exchange)
+            return
+        # Counted before anything costly (and, once authentication lands, before token checks).
+        key = limiter.spec.key
+        identity = "" if key == "route" else exchange.client_ip
+        if limiter.spec.storage == "memory":
+            self._after_rate_limit(exchange, limiter.hit_sync(identity))
+        else:
+            self.loop.create_task(self._rate_limit_shared(exchange, limiter, identity))
+
+    async def _rate_limit_shared(self, exchange: Exchange, limiter: RateLimiter, identity: str) -> None:
+        decision = await limiter.hit(identity)  # never raises: a Redis failure is in the decision
+        if exchange is not self.active or self.closed:
+            return
+        self._after_rate_limit(exchange, decision)
+        self.flush()
+
+    def _after_rate_limit(self, exchange: Exchange, decision: RateDecision) -> None:
+        headers = b"".join(b"%s: %s\r\n" % pair for pair in rate_limit_headers(decision))
+        if decision.allowed:
+            exchange.extra_response_headers = headers
+            self._proceed(exchange)
+        elif decision.storage_error:
+            self._fail_exchange(exchange, 503, "rate_limiter_unavailable", headers)
+        else:
+            self._fail_exchange(exchange, 429, "too_many_requests", headers)
+
+    def _proceed(self, exchange: Exchange) -> None:
         # 1xx responses are not for HTTP/1.0 clients (RFC 9110 §15.2).
         if exchange.expect_continue and exchange.has_body and exchange.http11 and not exchange.request_done:
             self._write(CONTINUE)

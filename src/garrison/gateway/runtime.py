@@ -7,14 +7,16 @@ runtime they started with, so a reload never changes a request half-way.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from garrison.config.model import GarrisonConfig, IpRulesConfig, LimitsConfig, ServiceConfig
+from garrison.config.model import GarrisonConfig, IpRulesConfig, LimitsConfig, RateLimitConfig, ServiceConfig
 from garrison.gateway.forwarded import TrustedProxies
 from garrison.gateway.iprules import IpRules
+from garrison.gateway.ratelimit import RateLimiter, RateLimitSpec
 from garrison.gateway.router import RouteEntry, RouteTable
 from garrison.gateway.upstream.balancer import Balancer, make_balancer
 from garrison.gateway.upstream.circuit import CircuitBreaker, CircuitState
@@ -55,6 +57,7 @@ class Route:
     service: Service
     stats: RouteStats
     ip_rules: IpRules | None = None
+    rate_limiter: RateLimiter | None = None
 
 
 @dataclass(eq=False)
@@ -89,10 +92,33 @@ class Runtime:
     async def close(self) -> None:
         for service in self.services.values():
             await service.close()
+        for entry in [*self.routes.exact.values(), *self.routes.prefixes.values()]:
+            for route in entry:
+                if route.payload.rate_limiter is not None:
+                    await route.payload.rate_limiter.aclose()
 
     def sweep(self, now: float) -> None:
         for service in self.services.values():
             service.sweep(now)
+
+
+def _rate_limiter(
+    name: str, spec: RateLimitConfig | None, redis_url: str | None, metrics: GatewayMetrics
+) -> RateLimiter | None:
+    if spec is None:
+        return None
+    limiter_spec = RateLimitSpec(
+        rate=spec.rate,
+        strategy=spec.strategy,
+        key=spec.key,
+        storage=spec.storage,
+        redis_url=redis_url if spec.storage == "redis" else None,
+        on_redis_error=spec.on_redis_error,
+    )
+    # Counter keys are named by a digest of the route name: stable across reloads and restarts
+    # (Redis counters carry on), and free of the ':' the key format reserves.
+    key_name = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return RateLimiter(limiter_spec, lambda outcome: metrics.rate_limited(name, outcome), route=key_name)
 
 
 def _ip_rules(spec: IpRulesConfig | None) -> IpRules | None:
@@ -191,6 +217,7 @@ def build_runtime(
             service,
             metrics.route(name, service.name),
             _ip_rules(route_config.ip_rules),
+            _rate_limiter(name, route_config.rate_limit, config.gateway.redis.url, metrics),
         )
         match = route_config.match
         entries.append(

@@ -83,7 +83,7 @@ class GatewayServer:
         self.draining = False
         self.ready = False
         self.access_log = self._open_access_log(loaded)
-        self.blocklist = make_blocklist(loaded.config.gateway.blocklist)
+        self.blocklist = make_blocklist(loaded.config.gateway.blocklist, loaded.config.gateway.redis.url)
         self.servers: list[asyncio.Server] = []
         self.tls_context: ssl.SSLContext | None = None
         self.https_port = parse_listen(loaded.config.gateway.listen)[1]
@@ -282,7 +282,7 @@ class GatewayServer:
         before, after = old.config.gateway, new.config.gateway
         changed = [
             key
-            for key in ("listen", "workers", "admin", "redirect_http", "access_log", "blocklist")
+            for key in ("listen", "workers", "admin", "redirect_http", "access_log", "blocklist", "redis")
             if getattr(before, key) != getattr(after, key)
         ]
         if before.tls.min_version != after.tls.min_version:
@@ -320,9 +320,10 @@ def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
 
 
-def make_blocklist(spec: BlocklistConfig) -> Blocklist:
-    if spec.redis_url:
-        return RedisBlocklist(spec.redis_url, spec.prefix)
+def make_blocklist(spec: BlocklistConfig, redis_url: str | None) -> Blocklist:
+    if spec.storage == "redis":
+        assert redis_url is not None  # the loader refuses `redis` storage without a URL
+        return RedisBlocklist(redis_url, spec.prefix)
     return MemoryBlocklist()
 
 

@@ -48,6 +48,7 @@ class GatewayMetrics(Collector):
         self.upstream_errors: dict[tuple[str, str, str], int] = {}
         self.rejected: dict[str, int] = {}
         self.reloads: dict[str, int] = {"success": 0, "failure": 0}
+        self.rate_limit_outcomes: dict[tuple[str, str], int] = {}
         self.open_connections: Callable[[], int] = lambda: 0
         self.circuit_states: Callable[[], Iterable[tuple[str, str, str]]] = lambda: ()
         self.registry = CollectorRegistry(auto_describe=False)
@@ -63,6 +64,10 @@ class GatewayMetrics(Collector):
     def upstream_error(self, service: str, target: str, reason: str) -> None:
         key = (service, target, reason)
         self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
+
+    def rate_limited(self, route: str, outcome: str) -> None:
+        key = (route, outcome)
+        self.rate_limit_outcomes[key] = self.rate_limit_outcomes.get(key, 0) + 1
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -86,6 +91,14 @@ class GatewayMetrics(Collector):
         for reason, count in self.rejected.items():
             rejected.add_metric([reason], count)
         yield rejected
+        limited = CounterMetricFamily(
+            "garrison_gateway_rate_limit_decisions",
+            "Rate-limit decisions (allowed, limited, failed_open, failed_closed).",
+            labels=["route", "outcome"],
+        )
+        for (route, outcome), count in self.rate_limit_outcomes.items():
+            limited.add_metric([route, outcome], count)
+        yield limited
         reloads = CounterMetricFamily("garrison_gateway_config_reloads", "Config reloads.", labels=["result"])
         for result, count in self.reloads.items():
             reloads.add_metric([result], count)

@@ -1,0 +1,127 @@
+"""Route rate limits through real gateway processes: memory, shared Redis, and Redis going away."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from gateway_harness import GatewayProcess, RecordingUpstream, free_port, wait_until
+
+
+def call(gw: GatewayProcess, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
+    request = urllib.request.Request(f"http://127.0.0.1:{gw.port}/x", headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            response.read()
+            return int(response.status), {k.lower(): v for k, v in response.headers.items()}
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        return int(exc.code), {k.lower(): v for k, v in exc.headers.items()}
+
+
+def limited(rate: str, **extra: str) -> dict[str, object]:
+    return {
+        "routes": [
+            {
+                "match": {"path": "/", "prefix": True},
+                "service": "rec",
+                "name": "limited",
+                "rate_limit": {"rate": rate, **extra},
+            }
+        ]
+    }
+
+
+def test_memory_limit_per_client_address(gateway_factory, upstream: RecordingUpstream) -> None:
+    gw = gateway_factory(upstream, limited("5/minute", strategy="fixed_window"))
+    answers = [call(gw, {"X-Forwarded-For": f"198.51.100.{i}"}) for i in range(7)]
+    statuses = [status for status, _ in answers]
+    assert statuses == [200] * 5 + [429] * 2  # forged X-Forwarded-For values are one client
+    ok_headers, refused_headers = answers[0][1], answers[5][1]
+    assert ok_headers["ratelimit-limit"] == "5" and ok_headers["ratelimit-remaining"] == "4"
+    assert 1 <= int(refused_headers["retry-after"]) <= 60
+    assert refused_headers["content-type"] == "application/json"
+    assert len(upstream.requests) == 5
+    gw.wait_access_log(lambda line: line.get("status") == 429)
+
+
+def test_shared_redis_limit_holds_across_two_gateways(
+    gateway_factory, upstream: RecordingUpstream, redis_url: str
+) -> None:
+    # A fresh route name per run: counter keys are derived from it, so runs never share counts.
+    overrides = limited("50/minute", strategy="fixed_window", storage="redis", key="route")
+    overrides["routes"][0]["name"] = f"shared-{uuid.uuid4().hex}"  # type: ignore[index]
+    overrides["gateway"] = {"redis": {"url": redis_url}}
+    first = gateway_factory(upstream, overrides)
+    second = gateway_factory(upstream, overrides)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(lambda i: call(first if i % 2 else second)[0], range(120)))
+    assert statuses.count(200) == 50
+    assert statuses.count(429) == 70
+
+
+class ThrowawayRedis:
+    """A redis-server of the test's own on a free port, to kill and restart mid-run."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        assert wait_until(self._answers, timeout=5), "redis-server did not start"
+
+    def _answers(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def throwaway_redis() -> Iterator[ThrowawayRedis]:
+    server = ThrowawayRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(("mode", "status_while_down"), [("closed", 503), ("open", 200)])
+def test_redis_going_away_follows_the_fail_mode_and_recovers(
+    gateway_factory,
+    upstream: RecordingUpstream,
+    throwaway_redis: ThrowawayRedis,
+    mode: str,
+    status_while_down: int,
+) -> None:
+    overrides = limited("1000/minute", storage="redis", on_redis_error=mode)
+    overrides["gateway"] = {"redis": {"url": f"redis://127.0.0.1:{throwaway_redis.port}/0"}}
+    gw = gateway_factory(upstream, overrides)
+    assert call(gw)[0] == 200
+    throwaway_redis.stop()
+    assert {call(gw)[0] for _ in range(5)} == {status_while_down}
+    throwaway_redis.start()
+    assert wait_until(lambda: call(gw)[0] == 200 and call(gw)[0] == 200, timeout=5)
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{gw.admin_port}/metrics", timeout=5).read().decode()
+    assert f'outcome="failed_{mode}"' in metrics
