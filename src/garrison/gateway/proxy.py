@@ -348,7 +348,7 @@ class ClientConnection(asyncio.Protocol):
         if limiter.spec.storage == "memory":
             self._after_rate_limit(exchange, limiter.hit_sync(identity))
         else:
-            self.loop.create_task(self._rate_limit_shared(exchange, limiter, identity))
+            self.server.spawn(self._rate_limit_shared(exchange, limiter, identity))
 
     async def _rate_limit_shared(self, exchange: Exchange, limiter: RateLimiter, identity: str) -> None:
         decision = await limiter.hit(identity)  # never raises: a Redis failure is in the decision
@@ -390,7 +390,7 @@ class ClientConnection(asyncio.Protocol):
         if conn is not None:
             self._send_upstream(exchange, conn)
         else:
-            self.loop.create_task(self._connect(exchange, target))
+            self.server.spawn(self._connect(exchange, target))
 
     async def _connect(self, exchange: Exchange, target: Target) -> None:
         pool = exchange.route.service.pools[target]

@@ -13,8 +13,9 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
 from garrison.config.model import BlocklistConfig, parse_listen
@@ -89,6 +90,7 @@ class GatewayServer:
         self.https_port = parse_listen(loaded.config.gateway.listen)[1]
         self._config_mtime = self._mtime()
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._log_second = 0
         self._log_prefix = b""
 
@@ -176,6 +178,15 @@ class GatewayServer:
         )
         return SimpleResponse(308, b"", headers=b"location: %s\r\n" % location)
 
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run per-request async work (a new upstream connection, a Redis rate-limit hit).
+
+        The loop keeps only a weak reference to a task: holding it here until it ends is what
+        keeps it from being collected half-way."""
+        task = self.loop.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     # -- per request -----------------------------------------------------------------------------
     def record(self, exchange: Exchange) -> None:
         """Metrics and the access log line for a finished exchange."""
@@ -240,6 +251,9 @@ class GatewayServer:
             return os.stat(self.source).st_mtime
         except OSError:
             return 0.0
+
+    async def reload_quietly(self, reason: str) -> None:
+        await self.reload(reason)
 
     async def reload(self, reason: str) -> bool:
         """Load, validate and compile the config file; swap it in, or keep the old one and say why."""
@@ -358,7 +372,7 @@ async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(server.reload("SIGHUP")))
+    loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(server.reload_quietly("SIGHUP")))
     log.log("gateway.listening", listeners=listeners, pid=os.getpid())
     write_ready_file(ready_file, listeners)
     await stop.wait()
