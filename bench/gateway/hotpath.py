@@ -42,7 +42,7 @@ gateway:
 services:
   api: {{targets: ["http://127.0.0.1:9"]}}
 routes:
-  - {{match: {{path: /api, prefix: true}}, service: api}}
+  - {{match: {{path: /api, prefix: true}}, service: api, auth: {{require: none}}}}
 """
 
 

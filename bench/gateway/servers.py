@@ -213,7 +213,9 @@ def garrison_config(tmp: Path, port: int, upstream_port: int) -> Path:
             "access_log": {"path": str(tmp / "access.log")},
         },
         "services": {"upstream": {"targets": [f"http://127.0.0.1:{upstream_port}"]}},
-        "routes": [{"match": {"path": "/", "prefix": True}, "service": "upstream"}],
+        "routes": [
+            {"match": {"path": "/", "prefix": True}, "service": "upstream", "auth": {"require": "none"}}
+        ],
     }
     path = tmp / "garrison.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -27,8 +27,11 @@ def _leaf_paths(schema: dict[str, Any], node: dict[str, Any], prefix: str) -> li
         return _leaf_paths(schema, options[0], prefix)
     if node.get("type") == "array" and "$ref" in node.get("items", {}):
         return _leaf_paths(schema, node["items"], f"{prefix}[]")
-    if node.get("type") == "object" and isinstance(node.get("additionalProperties"), dict):
-        return _leaf_paths(schema, node["additionalProperties"], f"{prefix}.<name>")
+    values = node.get("additionalProperties")
+    if node.get("type") == "object" and isinstance(values, dict):
+        if "$ref" not in values and "properties" not in values:
+            return [prefix]  # a map of plain values (claim matchers) is one key in the docs
+        return _leaf_paths(schema, values, f"{prefix}.<name>")
     if "properties" in node:
         paths = []
         for name, child in node["properties"].items():

@@ -24,6 +24,7 @@ VALID = """\
 trust_domain: shop.local
 gateway:
   listen: 127.0.0.1:8443
+  jwt: {issuer: "https://idp.shop.local", audiences: [shop]}
 services:
   orders:
     targets: [http://127.0.0.1:7001]
@@ -32,8 +33,10 @@ services:
 routes:
   - match: {path: /api/orders, prefix: true}
     service: orders
+    auth: {require: jwt, scopes: [orders:read]}
   - match: {path: /api/payments, methods: [POST]}
     service: payments
+    auth: {require: jwt}
 """
 
 
@@ -115,12 +118,15 @@ def test_unknown_key_reports_its_path_and_line(text: str, path: str, line: int) 
 
 
 def test_unknown_key_in_a_list_entry_renders_like_users_write_it() -> None:
-    text = VALID + "  - match:\n      path: /x\n      pathh: /y\n    service: orders\n"
+    text = (
+        VALID
+        + "  - match:\n      path: /x\n      pathh: /y\n    service: orders\n    auth: {require: none}\n"
+    )
     problem = only_problem(text)
     assert problem.path == "routes[2].match.pathh"
-    assert problem.line == 16
+    assert problem.line == 19
     assert problem.render("garrison.yaml") == (
-        "garrison.yaml:16: routes[2].match.pathh: "
+        "garrison.yaml:19: routes[2].match.pathh: "
         "unknown key (check the spelling; unknown keys are never ignored)"
     )
 
@@ -132,13 +138,15 @@ def test_routes_1_match_pathh() -> None:
         routes:
           - match: {path: /a}
             service: orders
+            auth: {require: none}
           - match:
               path: /b
               pathh: /c
             service: orders
+            auth: {require: none}
         """
     problem = only_problem(text)
-    assert problem.render("g.yaml").startswith("g.yaml:8: routes[1].match.pathh: unknown key")
+    assert problem.render("g.yaml").startswith("g.yaml:9: routes[1].match.pathh: unknown key")
 
 
 def test_every_unknown_key_is_reported_at_once() -> None:
@@ -257,12 +265,12 @@ def test_bad_durations(written: str, message: str) -> None:
 def test_route_to_an_unknown_service() -> None:
     problem = only_problem(VALID.replace("service: payments", "service: paymnts"))
     assert problem.path == "routes[1].service"
-    assert problem.line == 13
+    assert problem.line == 15
     assert problem.message == "no service 'paymnts' (known: orders, payments)"
 
 
 def test_route_to_a_service_when_none_is_defined() -> None:
-    problem = only_problem("routes:\n  - match: {path: /}\n    service: orders\n")
+    problem = only_problem("routes:\n  - match: {path: /}\n    service: orders\n    auth: {require: none}\n")
     assert (
         problem.render("g.yaml") == "g.yaml:3: routes[0].service: no service 'orders' (known: none defined)"
     )
@@ -271,15 +279,18 @@ def test_route_to_a_service_when_none_is_defined() -> None:
 def test_every_unknown_service_is_reported() -> None:
     text = VALID.replace("service: payments", "service: nope").replace("service: orders", "service: nada")
     assert [(p.path, p.line) for p in problems(text)] == [
-        ("routes[0].service", 11),
-        ("routes[1].service", 13),
+        ("routes[0].service", 12),
+        ("routes[1].service", 15),
     ]
 
 
 def test_duplicate_route_match() -> None:
-    text = VALID + "  - match: {path: /api/orders, prefix: true}\n    service: payments\n"
+    text = (
+        VALID
+        + "  - match: {path: /api/orders, prefix: true}\n    service: payments\n    auth: {require: none}\n"
+    )
     problem = only_problem(text)
-    assert (problem.path, problem.line) == ("routes[2].match", 14)
+    assert (problem.path, problem.line) == ("routes[2].match", 17)
     assert "same match as routes[0]" in problem.message
 
 
@@ -291,8 +302,10 @@ def test_duplicate_route_match_ignores_method_and_host_order() -> None:
         routes:
           - match: {path: /x, methods: [GET, POST], hosts: [a.example, b.example]}
             service: a
+            auth: {require: none}
           - match: {path: /x, methods: [POST, GET], hosts: [b.example, a.example]}
             service: a
+            auth: {require: none}
         """
     )
     assert problem.path == "routes[1].match"
@@ -306,12 +319,16 @@ def test_same_path_with_other_methods_hosts_or_prefix_is_not_a_duplicate() -> No
         routes:
           - match: {path: /x}
             service: a
+            auth: {require: none}
           - match: {path: /x, prefix: true}
             service: a
+            auth: {require: none}
           - match: {path: /x, methods: [GET]}
             service: a
+            auth: {require: none}
           - match: {path: /x, hosts: [a.example]}
             service: a
+            auth: {require: none}
         """
     )
     assert len(loaded.config.routes) == 4
@@ -322,7 +339,7 @@ def test_duplicate_route_name() -> None:
         "  - match: {path: /api/orders", "  - name: api\n    match: {path: /api/orders"
     ).replace("  - match: {path: /api/payments", "  - name: api\n    match: {path: /api/payments")
     problem = only_problem(text)
-    assert (problem.path, problem.line) == ("routes[1].name", 13)
+    assert (problem.path, problem.line) == ("routes[1].name", 15)
     assert "duplicate route name 'api'" in problem.message
 
 
@@ -340,7 +357,7 @@ def test_duplicate_route_name() -> None:
 def test_non_normalized_route_path_suggests_the_normalized_form(written: str, normalized: str) -> None:
     problem = only_problem(
         f"services:\n  a: {{targets: ['http://127.0.0.1:1']}}\nroutes:\n  - match: {{path: '{written}'}}\n"
-        "    service: a\n"
+        "    service: a\n    auth: {require: none}\n"
     )
     assert (problem.path, problem.line) == ("routes[0].match.path", 4)
     assert f"write '{normalized}', not '{written}'" in problem.message
@@ -350,7 +367,7 @@ def test_non_normalized_route_path_suggests_the_normalized_form(written: str, no
 def test_invalid_route_path(written: str) -> None:
     problem = only_problem(
         f'services:\n  a: {{targets: ["http://127.0.0.1:1"]}}\nroutes:\n  - match: {{path: "{written}"}}\n'
-        "    service: a\n"
+        "    service: a\n    auth: {require: none}\n"
     )
     assert problem.path == "routes[0].match.path"
     assert problem.message.startswith("not a valid route path")
@@ -367,7 +384,7 @@ def test_invalid_route_path(written: str) -> None:
 def test_bad_route_match_values(field: str, value: str, message: str) -> None:
     problem = only_problem(
         "services:\n  a: {targets: ['http://127.0.0.1:1']}\nroutes:\n"
-        f"  - match: {{path: /, {field}: {value}}}\n    service: a\n"
+        f"  - match: {{path: /, {field}: {value}}}\n    service: a\n    auth: {{require: none}}\n"
     )
     assert problem.path == f"routes[0].match.{field}"
     assert message in problem.message
@@ -533,7 +550,8 @@ def test_check_exits_0_on_the_example() -> None:
     result = check(EXAMPLE)
     assert result.exit_code == 0, result.stderr
     assert "ok" in result.stderr
-    assert "1 service(s), 2 route(s), 0 warning(s)" in result.stderr
+    # The demo routes are deliberately open (require: none), and check says so.
+    assert "1 service(s), 2 route(s), 2 warning(s)" in result.stderr
 
 
 def test_check_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
@@ -547,6 +565,7 @@ def test_check_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
             routes:
               - match: {path: /a, pathh: /b}
                 service: orders
+                auth: {require: none}
             """
         )
     )
@@ -569,12 +588,12 @@ def test_check_reports_cross_reference_problems(tmp_path: Path) -> None:
     config_file = tmp_path / "garrison.yaml"
     config_file.write_text(
         VALID.replace("service: payments", "service: nope")
-        + "  - match: {path: /api/orders, prefix: true}\n    service: orders\n"
+        + "  - match: {path: /api/orders, prefix: true}\n    service: orders\n    auth: {require: none}\n"
     )
     result = check(config_file)
     assert result.exit_code == 1
-    assert f"{config_file}:13: routes[1].service: no service 'nope'" in result.stderr
-    assert f"{config_file}:14: routes[2].match: same match as routes[0]" in result.stderr
+    assert f"{config_file}:15: routes[1].service: no service 'nope'" in result.stderr
+    assert f"{config_file}:17: routes[2].match: same match as routes[0]" in result.stderr
     assert "2 problem(s)" in result.stderr
 
 

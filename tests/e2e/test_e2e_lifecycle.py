@@ -169,7 +169,7 @@ def circuit_state(metrics: str) -> str:
     return current[0]
 
 
-ROUTE_ALL = "  - {match: {path: /, prefix: true}, service: %s}\n"
+ROUTE_ALL = "  - {match: {path: /, prefix: true}, service: %s, auth: {require: none}}\n"
 
 
 def test_reload_under_load_drops_nothing(tmp_path: Path, upstreams: list[Upstream]) -> None:
@@ -211,7 +211,7 @@ def test_reload_under_load_drops_nothing(tmp_path: Path, upstreams: list[Upstrea
         write_config(config, tmp_path / "state", ROUTE_ALL % "b", services)
         gateway.proc.send_signal(signal.SIGHUP)
         time.sleep(0.5)
-        bad_route = "routes:\n  - {match: {path: /bad}, service: nope}"
+        bad_route = "routes:\n  - {match: {path: /bad}, service: nope, auth: {require: none}}"
         config.write_text(config.read_text().replace("routes:", bad_route))
         gateway.proc.send_signal(signal.SIGHUP)  # refused: the old config keeps serving
         time.sleep(0.5)

@@ -26,7 +26,14 @@ _ids = itertools.count()
 @pytest.fixture(scope="module")
 def gw(module_gateway_factory, module_upstream: RecordingUpstream) -> GatewayProcess:
     """Only ``/api`` is routed (no catch-all), so other paths are 404s from the gateway itself."""
-    routes = [{"match": {"path": "/api", "prefix": True}, "service": "rec", "name": "api"}]
+    routes = [
+        {
+            "match": {"path": "/api", "prefix": True},
+            "service": "rec",
+            "auth": {"require": "none"},
+            "name": "api",
+        }
+    ]
     return module_gateway_factory(module_upstream, {"routes": routes})
 
 

@@ -49,10 +49,16 @@ def test_global_deny_and_route_allow_lists(gateway_factory, upstream: RecordingU
         {
             "gateway": {"ip_rules": {"deny": ["192.0.2.0/24"]}},
             "routes": [
-                {"match": {"path": "/", "prefix": True}, "service": "rec", "name": "catchall"},
+                {
+                    "match": {"path": "/", "prefix": True},
+                    "service": "rec",
+                    "auth": {"require": "none"},
+                    "name": "catchall",
+                },
                 {
                     "match": {"path": "/admin", "prefix": True},
                     "service": "rec",
+                    "auth": {"require": "none"},
                     "name": "admin",
                     "ip_rules": {"allow": ["10.1.0.0/16"]},
                 },

@@ -51,9 +51,24 @@ def start_ops_gateway(factory, upstream: RecordingUpstream) -> GatewayProcess:
             "down": {"targets": [f"http://127.0.0.1:{free_port()}"], "connect_timeout": "0.5s"},
         },
         "routes": [
-            {"match": {"path": "/", "prefix": True}, "service": "rec", "name": "catchall"},
-            {"match": {"path": "/slow", "prefix": True}, "service": "slow", "name": "slow"},
-            {"match": {"path": "/down", "prefix": True}, "service": "down", "name": "down"},
+            {
+                "match": {"path": "/", "prefix": True},
+                "service": "rec",
+                "auth": {"require": "none"},
+                "name": "catchall",
+            },
+            {
+                "match": {"path": "/slow", "prefix": True},
+                "service": "slow",
+                "auth": {"require": "none"},
+                "name": "slow",
+            },
+            {
+                "match": {"path": "/down", "prefix": True},
+                "service": "down",
+                "auth": {"require": "none"},
+                "name": "down",
+            },
         ],
     }
     return factory(upstream, overrides)

@@ -19,9 +19,24 @@ _ids = itertools.count()
 @pytest.fixture(scope="module")
 def gw(module_gateway_factory, module_upstream: RecordingUpstream) -> GatewayProcess:
     routes = [
-        {"match": {"path": "/admin", "prefix": True}, "service": "rec", "name": "admin"},
-        {"match": {"path": "/public", "prefix": True}, "service": "rec", "name": "public"},
-        {"match": {"path": "/", "prefix": True}, "service": "rec", "name": "catchall"},
+        {
+            "match": {"path": "/admin", "prefix": True},
+            "service": "rec",
+            "auth": {"require": "none"},
+            "name": "admin",
+        },
+        {
+            "match": {"path": "/public", "prefix": True},
+            "service": "rec",
+            "auth": {"require": "none"},
+            "name": "public",
+        },
+        {
+            "match": {"path": "/", "prefix": True},
+            "service": "rec",
+            "auth": {"require": "none"},
+            "name": "catchall",
+        },
     ]
     return module_gateway_factory(module_upstream, {"routes": routes})
 

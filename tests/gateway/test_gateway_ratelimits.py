@@ -31,6 +31,7 @@ def limited(rate: str, **extra: str) -> dict[str, object]:
             {
                 "match": {"path": "/", "prefix": True},
                 "service": "rec",
+                "auth": {"require": "none"},
                 "name": "limited",
                 "rate_limit": {"rate": rate, **extra},
             }

@@ -452,8 +452,18 @@ def base_config(directory: Path, upstream_port: int) -> dict[str, Any]:
             }
         },
         "routes": [
-            {"match": {"path": "/", "prefix": True}, "service": "rec", "name": "catchall"},
-            {"match": {"path": "/admin", "prefix": True}, "service": "rec", "name": "admin"},
+            {
+                "match": {"path": "/", "prefix": True},
+                "service": "rec",
+                "auth": {"require": "none"},
+                "name": "catchall",
+            },
+            {
+                "match": {"path": "/admin", "prefix": True},
+                "service": "rec",
+                "auth": {"require": "none"},
+                "name": "admin",
+            },
         ],
     }
 

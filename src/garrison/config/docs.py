@@ -259,12 +259,14 @@ gateway:
   listen: 0.0.0.0:8443
   tls: {cert: auto}
   limits: {max_body: 1MiB, header_timeout: 10s}
+  jwt: {issuer: "https://login.shop.local", audiences: [shop-api]}
 services:
   orders:
     targets: [http://127.0.0.1:7001]
 routes:
   - match: {path: /api/orders, prefix: true, methods: [GET, POST]}
     service: orders
+    auth: {require: jwt, scopes: [orders:read]}
 ```
 
 ## Rules of the file

@@ -157,6 +157,11 @@ def _cross_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
         for index, route in enumerate(config.routes)
         if route.rate_limit is not None and route.rate_limit.storage == "redis"
     ]
+    for index, route in enumerate(config.routes):
+        if route.auth.require == "jwt" and config.gateway.jwt is None:
+            errors.append(
+                (("routes", index, "auth", "require"), "`require: jwt` needs a `gateway.jwt` section")
+            )
     if needs_redis and not config.gateway.redis.url:
         errors += [(loc, "storage `redis` needs `gateway.redis.url`") for loc in needs_redis]
     return errors
@@ -174,6 +179,11 @@ def _warnings(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
     admin_host = parse_listen(config.gateway.admin.listen)[0]
     if admin_host != "localhost" and not ipaddress.ip_address(admin_host).is_loopback:
         warnings.append((("gateway", "admin", "listen"), "the admin listener is not on loopback"))
+    for index, route in enumerate(config.routes):
+        if route.auth.require == "none":
+            warnings.append(
+                (("routes", index, "auth", "require"), "this route is open to anyone (require: none)")
+            )
     if not config.routes:
         warnings.append((("routes",), "no routes: the gateway will answer 404 to everything"))
     return warnings

@@ -217,6 +217,9 @@ class GatewayConfig(Strict):
     redis: RedisConfig = Field(
         default_factory=RedisConfig, description="Shared state for workers and replicas."
     )
+    jwt: JwtConfig | None = Field(
+        None, description="JWT access-token verification (routes with `require: jwt`)."
+    )
     access_log: AccessLogConfig = Field(default_factory=AccessLogConfig, description="Access log.")
     admin: AdminConfig = Field(default_factory=AdminConfig, description="Admin listener.")
     drain_timeout: Duration = Field(30.0, description="On SIGTERM, how long in-flight requests may finish.")
@@ -348,6 +351,49 @@ class RouteMatch(Strict):
         return value
 
 
+class JwtConfig(Strict):
+    """How the gateway verifies JWT access tokens (RFC 9068) for routes with `auth: {require: jwt}`."""
+
+    issuer: str = Field(
+        pattern=r"^https?://", description="The issuer (`iss`); its OIDC discovery document names the JWKS."
+    )
+    jwks_url: str | None = Field(
+        None, pattern=r"^https?://", description="The JWKS URL, if not found through discovery."
+    )
+    audiences: list[str] = Field(min_length=1, description="Accepted `aud` values (at least one).")
+    leeway: Duration = Field(30.0, description="Clock skew allowed for `exp`, `nbf` and `iat`.")
+    require_typ: str | None = Field(
+        "at+jwt", description="Required `typ` header (refuses ID tokens); null accepts any."
+    )
+    refresh_interval: Duration = Field(300.0, gt=0, description="How often the JWKS is fetched again.")
+    min_refetch_interval: Duration = Field(
+        10.0, gt=0, description="Least time between fetches triggered by unknown `kid`s."
+    )
+
+
+class AuthConfig(Strict):
+    """How a route is authenticated and authorized. Every route must say it."""
+
+    require: Literal["jwt", "none"] = Field(
+        description="`jwt`: a valid access token (gateway.jwt); `none`: anyone (`garrison check` warns)."
+    )
+    scopes: list[str] = Field(default_factory=list, description="Scopes the token must all have.")
+    scopes_any: list[str] = Field(default_factory=list, description="Scopes of which it needs one.")
+    roles: list[str] = Field(default_factory=list, description="Roles of which it needs one.")
+    claims: dict[str, str | list[str]] = Field(
+        default_factory=dict, description="Claims that must equal (one of) these values."
+    )
+    allow_query_token: bool = Field(
+        False, description="Accept `?access_token=` (RFC 6750 §2.3); leaks into logs, avoid."
+    )
+
+    @model_validator(mode="after")
+    def _requirements_need_a_token(self) -> AuthConfig:
+        if self.require == "none" and (self.scopes or self.scopes_any or self.roles or self.claims):
+            raise ValueError("scopes, roles and claims need `require: jwt`")
+        return self
+
+
 def _check_rate(value: str) -> str:
     from limits import parse
 
@@ -389,6 +435,7 @@ class RouteConfig(Strict):
     ip_rules: IpRulesConfig | None = Field(
         None, description="IP allow/deny lists for this route only, on top of the global ones (403)."
     )
+    auth: AuthConfig = Field(description="Authentication and authorization; required on every route.")
     rate_limit: RateLimitConfig | None = Field(None, description="Rate limit for this route (429).")
 
 

@@ -16,6 +16,10 @@ ERROR_CSP = b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-
 MESSAGES: dict[str, str] = {
     "bad_request": "The request is malformed.",
     "not_found": "No route matches this request.",
+    "unauthorized": "An access token is required.",
+    "invalid_token": "The access token is not valid here.",
+    "invalid_request": "The credentials in this request are ambiguous or misplaced.",
+    "insufficient_scope": "The access token does not grant access to this route.",
     "forbidden": "Requests from this address are not allowed.",
     "method_not_allowed": "This method is not allowed on this route.",
     "request_timeout": "The request was not received in time.",

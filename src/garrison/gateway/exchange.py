@@ -83,6 +83,8 @@ class Exchange:
     close_after = False
     bytes_out = 0
     extra_response_headers = b""  # e.g. RateLimit-* from the route's rate limiter
+    identity_headers = b""  # X-Garrison-* lines for the upstream, once authenticated
+    log_subject = b"null"  # JSON value for the access log
 
     def __init__(
         self,
@@ -102,6 +104,8 @@ class Exchange:
         content_length: int,
         head_rest: bytes,
         trace_lines: bytes,
+        authorization: list[bytes],
+        query: bytes,
         expect_continue: bool = False,
     ) -> None:
         self.method = method
@@ -119,6 +123,8 @@ class Exchange:
         self.content_length = content_length
         self.head_rest = head_rest  # everything after the request line except Host
         self.trace_lines = trace_lines  # x-request-id and traceparent, sent both ways
+        self.authorization = authorization
+        self.query = query
         self.body_buffer: list[bytes] = []
         if expect_continue:
             self.expect_continue = True
@@ -129,7 +135,7 @@ class Exchange:
 
     def upstream_head(self, target: Target, preserve_host: bool) -> bytes:
         host = self.host if preserve_host else target.host_header
-        return b"%shost: %s\r\n%s" % (self.request_line, host, self.head_rest)
+        return b"%shost: %s\r\n%s%s" % (self.request_line, host, self.identity_headers, self.head_rest)
 
 
 class ClientHeaders:
@@ -149,6 +155,7 @@ class ClientHeaders:
 
     def __init__(self) -> None:
         self.kept: list[bytes] = []
+        self.authorization: list[bytes] = []  # kept and forwarded too; read by a route's auth
 
 
 def filter_request_headers(raw: list[tuple[bytes, bytes]], allow_underscores: bool) -> ClientHeaders:
@@ -172,6 +179,8 @@ def filter_request_headers(raw: list[tuple[bytes, bytes]], allow_underscores: bo
                 continue
         kept_names.append(lname)
         result.kept.append(b"%s: %s\r\n" % (name, value))
+        if lname == b"authorization":
+            result.authorization.append(value)
     if named_by_connection:
         # A client may drop its own optional headers with Connection, never the gateway's.
         result.kept = [

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from garrison.gateway.auth.jwt import AuthError
+from garrison.gateway.authn import Identity, NeedsRefetch, RouteAuth, challenge
 from garrison.gateway.errors import error_response
 from garrison.gateway.exchange import (
     BODY_CHUNKED,
@@ -333,6 +335,8 @@ class ClientConnection(asyncio.Protocol):
             content_length=length,
             head_rest=head_rest,
             trace_lines=trace,
+            authorization=headers.authorization,
+            query=target.query,
             expect_continue=headers.expect_continue,
         )
 
@@ -368,6 +372,41 @@ class ClientConnection(asyncio.Protocol):
             self._fail_exchange(exchange, 429, "too_many_requests", headers)
 
     def _proceed(self, exchange: Exchange) -> None:
+        auth = exchange.route.auth
+        if auth is not None:
+            # After the rate limit (a flood of bad tokens is cut before it costs signature checks).
+            try:
+                self._authenticated(exchange, auth.authenticate(exchange.authorization, exchange.query))
+            except NeedsRefetch as pending:
+                self.server.spawn(self._authenticate_later(exchange, auth, str(pending.args[0])))
+                return
+            except AuthError as refusal:
+                self._refuse_auth(exchange, refusal)
+                return
+        self._forward(exchange)
+
+    async def _authenticate_later(self, exchange: Exchange, auth: RouteAuth, token: str) -> None:
+        try:
+            identity = await auth.authenticate_async(token)
+        except AuthError as refusal:
+            if exchange is self.active and not self.closed:
+                self._refuse_auth(exchange, refusal)
+                self.flush()
+            return
+        if exchange is self.active and not self.closed:
+            self._authenticated(exchange, identity)
+            self._forward(exchange)
+            self.flush()
+
+    def _authenticated(self, exchange: Exchange, identity: Identity) -> None:
+        exchange.identity_headers = identity.headers
+        exchange.log_subject = identity.log_subject
+
+    def _refuse_auth(self, exchange: Exchange, refusal: AuthError) -> None:
+        self.server.runtime.metrics.reject(refusal.error)
+        self._fail_exchange(exchange, refusal.status, refusal.error, challenge(refusal))
+
+    def _forward(self, exchange: Exchange) -> None:
         # 1xx responses are not for HTTP/1.0 clients (RFC 9110 §15.2).
         if exchange.expect_continue and exchange.has_body and exchange.http11 and not exchange.request_done:
             self._write(CONTINUE)

@@ -13,7 +13,19 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from garrison.config.model import GarrisonConfig, IpRulesConfig, LimitsConfig, RateLimitConfig, ServiceConfig
+from garrison.config.model import (
+    AuthConfig,
+    GarrisonConfig,
+    IpRulesConfig,
+    JwtConfig,
+    LimitsConfig,
+    RateLimitConfig,
+    ServiceConfig,
+)
+from garrison.gateway.auth.authz import Requirement
+from garrison.gateway.auth.jwks import JwksCache
+from garrison.gateway.auth.jwt import JwtVerifier, TokenCache
+from garrison.gateway.authn import RouteAuth
 from garrison.gateway.forwarded import TrustedProxies
 from garrison.gateway.iprules import IpRules
 from garrison.gateway.ratelimit import RateLimiter, RateLimitSpec
@@ -58,6 +70,7 @@ class Route:
     stats: RouteStats
     ip_rules: IpRules | None = None
     rate_limiter: RateLimiter | None = None
+    auth: RouteAuth | None = None  # None: `require: none`
 
 
 @dataclass(eq=False)
@@ -70,6 +83,7 @@ class Runtime:
     security_headers: bytes  # on every response
     referrer_policy_line: bytes  # added unless the upstream set its own
     metrics: GatewayMetrics
+    jwks: JwksCache | None = None
     # Copied out of the config so the hot path does one attribute lookup, not four.
     limits: LimitsConfig = field(init=False)
     preserve_host: bool = field(init=False)
@@ -84,7 +98,10 @@ class Runtime:
         self.allow_underscores = self.config.gateway.allow_underscores_in_headers
         self.ip_rules = _ip_rules(self.config.gateway.ip_rules)
 
-    def start(self) -> None:
+    async def open(self) -> None:
+        """Fetch what must be there before the first request (the JWKS); then start health checks."""
+        if self.jwks is not None:
+            await self.jwks.start()
         for service in self.services.values():
             if service.health is not None:
                 service.health.start()
@@ -92,6 +109,8 @@ class Runtime:
     async def close(self) -> None:
         for service in self.services.values():
             await service.close()
+        if self.jwks is not None:
+            await self.jwks.stop()
         for entry in [*self.routes.exact.values(), *self.routes.prefixes.values()]:
             for route in entry:
                 if route.payload.rate_limiter is not None:
@@ -100,6 +119,42 @@ class Runtime:
     def sweep(self, now: float) -> None:
         for service in self.services.values():
             service.sweep(now)
+
+
+def _jwt(spec: JwtConfig | None) -> tuple[JwksCache | None, JwtVerifier | None]:
+    if spec is None:
+        return None, None
+    if spec.jwks_url:
+        jwks = JwksCache(
+            jwks_uri=spec.jwks_url,
+            refresh_interval=spec.refresh_interval,
+            min_refetch_interval=spec.min_refetch_interval,
+        )
+    else:
+        jwks = JwksCache(
+            issuer=spec.issuer,
+            refresh_interval=spec.refresh_interval,
+            min_refetch_interval=spec.min_refetch_interval,
+        )
+    verifier = JwtVerifier(
+        jwks,
+        spec.issuer,
+        spec.audiences,
+        leeway=spec.leeway,
+        require_typ=spec.require_typ,
+        cache=TokenCache(),
+    )
+    return jwks, verifier
+
+
+def _route_auth(spec: AuthConfig, verifier: JwtVerifier | None) -> RouteAuth | None:
+    if spec.require == "none":
+        return None
+    # The loader refuses `require: jwt` without gateway.jwt; fail closed if that ever changes.
+    if verifier is None:
+        raise ValueError("a route requires jwt but gateway.jwt is not configured")
+    requirement = Requirement(spec.scopes, spec.scopes_any, spec.roles, spec.claims)
+    return RouteAuth(verifier, requirement, spec.allow_query_token)
 
 
 def _rate_limiter(
@@ -207,6 +262,7 @@ def build_runtime(
     services = {
         name: _build_service(name, spec, loop, upstream_tls) for name, spec in config.services.items()
     }
+    jwks, verifier = _jwt(config.gateway.jwt)
     entries: list[RouteEntry[Route]] = []
     for route_config in config.routes:
         name = route_config.name or route_config.match.path
@@ -218,6 +274,7 @@ def build_runtime(
             metrics.route(name, service.name),
             _ip_rules(route_config.ip_rules),
             _rate_limiter(name, route_config.rate_limit, config.gateway.redis.url, metrics),
+            _route_auth(route_config.auth, verifier),
         )
         match = route_config.match
         entries.append(
@@ -238,6 +295,7 @@ def build_runtime(
         security_headers=_security_headers(config),
         referrer_policy_line=f"referrer-policy: {config.gateway.referrer_policy}\r\n".encode(),
         metrics=metrics,
+        jwks=jwks,
     )
     metrics.circuit_states = lambda: (
         (service.name, target.url, target.breaker.state.value)

@@ -51,7 +51,7 @@ PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 ACCESS_LINE = (
     b'{"time":"%s.%03dZ","request_id":"%s","trace_id":"%s","client_ip":"%s","method":"%s",'
     b'"path":"%s","route":%s,"status":%d,"bytes_in":%d,"bytes_out":%d,"upstream_ms":%.3f,'
-    b'"total_ms":%.3f,"attempts":%d}\n'
+    b'"total_ms":%.3f,"attempts":%d,"subject":%s}\n'
 )
 
 
@@ -119,7 +119,7 @@ class GatewayServer:
         self.https_port = main_sock.getsockname()[1]
         if with_side_listeners:
             listeners.update(await self._start_side_listeners())
-        self.runtime.start()
+        await self.runtime.open()
         self._tasks.append(self.loop.create_task(self._sweep()))
         self.ready = True
         return listeners
@@ -217,6 +217,7 @@ class GatewayServer:
                 exchange.upstream_time * 1000,
                 total * 1000,
                 exchange.attempts,
+                exchange.log_subject,
             )
         )
 
@@ -275,8 +276,14 @@ class GatewayServer:
             return False
         old = self.runtime
         restart_needed = self._needs_restart(old, runtime)
+        try:
+            await runtime.open()
+        except Exception as exc:  # any failure to open keeps the old config
+            self.metrics.reloads["failure"] += 1
+            log.error("gateway.reload.failed", reason=reason, problems=[f"cannot start: {exc}"])
+            await runtime.close()
+            return False
         self.runtime = runtime
-        runtime.start()
         self.max_connections = loaded.config.gateway.limits.max_connections
         if self.tls_context is not None and not loaded.config.gateway.tls.insecure_disable:
             # New handshakes use the new certificate; live connections keep theirs.

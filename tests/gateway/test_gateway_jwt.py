@@ -1,0 +1,202 @@
+"""JWT-protected routes through a real gateway: tokens minted here, keys served by a real JWKS server."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from gateway_harness import GatewayProcess, RecordingUpstream
+
+AUDIENCE = "shop-api"
+
+
+class Issuer:
+    """A JWKS server on loopback with its own ES256 keys; counts JWKS fetches."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, ec.EllipticCurvePrivateKey] = {}
+        self.fetches = 0
+        issuer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                issuer.fetches += 1
+                jwks = {"keys": [issuer.public_jwk(kid) for kid in issuer.keys]}
+                body = json.dumps(jwks).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.add_key("k1")
+
+    def add_key(self, kid: str) -> None:
+        self.keys[kid] = ec.generate_private_key(ec.SECP256R1())
+
+    def public_jwk(self, kid: str) -> dict[str, Any]:
+        jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.keys[kid].public_key()))
+        return {**jwk, "kid": kid, "alg": "ES256", "use": "sig"}
+
+    def token(self, kid: str = "k1", **claims: Any) -> str:
+        now = int(time.time())
+        payload = {
+            "iss": self.url,
+            "aud": AUDIENCE,
+            "sub": "user-42",
+            "client_id": "web",
+            "scope": "orders:read",
+            "iat": now,
+            "exp": now + 300,
+            "jti": f"t-{now}-{len(claims)}",
+            **claims,
+        }
+        return jwt.encode(payload, self.keys[kid], "ES256", headers={"kid": kid, "typ": "at+jwt"})
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def issuer() -> Iterator[Issuer]:
+    server = Issuer()
+    yield server
+    server.stop()
+
+
+def jwt_gateway(gateway_factory: Any, upstream: RecordingUpstream, issuer: Issuer) -> GatewayProcess:
+    return gateway_factory(
+        upstream,
+        {
+            "gateway": {
+                "jwt": {
+                    "issuer": issuer.url,
+                    "jwks_url": f"{issuer.url}/jwks",
+                    "audiences": [AUDIENCE],
+                    "min_refetch_interval": "1s",
+                }
+            },
+            "routes": [
+                {
+                    "match": {"path": "/orders", "prefix": True},
+                    "service": "rec",
+                    "auth": {"require": "jwt", "scopes": ["orders:read"]},
+                },
+                {
+                    "match": {"path": "/admin", "prefix": True},
+                    "service": "rec",
+                    "auth": {"require": "jwt", "scopes": ["admin"]},
+                },
+            ],
+        },
+    )
+
+
+def call(gw: GatewayProcess, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
+    request = urllib.request.Request(f"http://127.0.0.1:{gw.port}{path}", headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            response.read()
+            return int(response.status), {k.lower(): v for k, v in response.headers.items()}
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        return int(exc.code), {k.lower(): v for k, v in exc.headers.items()}
+
+
+def bearer(token: str, **extra: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", **extra}
+
+
+def test_valid_token_reaches_the_upstream_with_the_identity(
+    gateway_factory: Any, upstream: RecordingUpstream, issuer: Issuer
+) -> None:
+    gw = jwt_gateway(gateway_factory, upstream, issuer)
+    spoofed = {"X-Garrison-Subject": "admin", "x_garrison_scopes": "admin"}
+    status, _ = call(gw, "/orders/7", bearer(issuer.token(), **spoofed))
+    assert status == 200
+    (request,) = upstream.wait_for_requests(1)
+    assert request.header("x-garrison-subject") == b"user-42"
+    assert request.header("x-garrison-client") == b"web"
+    assert request.header("x-garrison-scopes") == b"orders:read"
+    assert request.header_values("x-garrison-subject") == [b"user-42"]  # the spoofed copy was dropped
+    line = gw.wait_access_log(lambda entry: entry.get("path") == "/orders/7")
+    assert line["subject"] == "user-42"
+
+
+@pytest.mark.parametrize(
+    ("make_headers", "status", "error"),
+    [
+        (lambda i: {}, 401, None),
+        (lambda i: bearer("not.a.token"), 401, "invalid_token"),
+        (lambda i: bearer(i.token(aud="other-api")), 401, "invalid_token"),
+        (lambda i: bearer(i.token(exp=int(time.time()) - 3600)), 401, "invalid_token"),
+        (lambda i: bearer(i.token(iss="https://evil.example")), 401, "invalid_token"),
+        (lambda i: bearer(i.token(scope="profile")), 403, "insufficient_scope"),
+        (lambda i: {"Authorization": "Basic dXNlcjpwYXNz"}, 401, None),
+    ],
+    ids=["missing", "garbage", "wrong-aud", "expired", "wrong-iss", "scope", "basic"],
+)
+def test_refusals_carry_a_bearer_challenge(
+    gateway_factory: Any,
+    upstream: RecordingUpstream,
+    issuer: Issuer,
+    make_headers: Any,
+    status: int,
+    error: str | None,
+) -> None:
+    gw = jwt_gateway(gateway_factory, upstream, issuer)
+    got, headers = call(gw, "/orders/1", make_headers(issuer))
+    assert got == status
+    challenge = headers["www-authenticate"]
+    assert challenge.startswith('Bearer realm="garrison"')
+    if error is None:
+        assert "error=" not in challenge
+    else:
+        assert f'error="{error}"' in challenge
+    if error == "insufficient_scope":
+        assert 'scope="orders:read"' in challenge
+    assert upstream.requests == []
+
+
+def test_query_tokens_and_two_tokens_are_refused(
+    gateway_factory: Any, upstream: RecordingUpstream, issuer: Issuer
+) -> None:
+    gw = jwt_gateway(gateway_factory, upstream, issuer)
+    token = issuer.token()
+    assert call(gw, f"/orders/1?access_token={token}")[0] == 400
+    assert call(gw, f"/orders/1?access_token={token}", bearer(token))[0] == 400
+    assert call(gw, "/admin/x", bearer(token))[0] == 403
+    assert upstream.requests == []
+
+
+def test_key_rotation_is_picked_up_and_unknown_kids_are_rate_limited(
+    gateway_factory: Any, upstream: RecordingUpstream, issuer: Issuer
+) -> None:
+    gw = jwt_gateway(gateway_factory, upstream, issuer)
+    assert call(gw, "/orders/1", bearer(issuer.token()))[0] == 200
+    issuer.add_key("k2")  # published now, used right away: one refetch picks it up
+    time.sleep(1.1)  # past min_refetch_interval since start
+    assert call(gw, "/orders/2", bearer(issuer.token("k2")))[0] == 200
+    fetches = issuer.fetches
+    forged = [
+        jwt.encode({"sub": "x"}, issuer.keys["k1"], "ES256", headers={"kid": f"nope-{i}"}) for i in range(40)
+    ]
+    assert {call(gw, "/orders/3", bearer(token))[0] for token in forged} == {401}
+    assert issuer.fetches - fetches <= 2  # a flood of unknown kids costs at most a fetch per interval
