@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -171,6 +172,110 @@ def blocklist(config: ConfigOption = Path("garrison.yaml")) -> None:
         until = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(entry["until"])))
         table.add_row(entry["ip"], until, entry["reason"])
     Console().print(table)
+
+
+apikey_app = typer.Typer(
+    help="Manage API keys for routes with `auth: {require: api_key}` (stored as SHA-256 digests).",
+    no_args_is_help=True,
+)
+app.add_typer(apikey_app, name="apikey")
+
+
+def _with_key_store(config: Path, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Open the API-key store the config names, run ``work(store)``, close it."""
+    import asyncio
+
+    from garrison.config.loader import ConfigError, load_config
+    from garrison.gateway.auth.apikeys import ApiKeyStore
+    from garrison.store.db import create_all, make_engine
+
+    try:
+        loaded = load_config(config)
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+    async def run() -> Any:
+        engine = make_engine(loaded.config.gateway.api_keys.database, loaded.config.state_dir)
+        try:
+            await create_all(engine)
+            return await work(ApiKeyStore(engine))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+@apikey_app.command("create")
+def apikey_create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for (shown in logs as apikey:NAME).")],
+    scopes: Annotated[
+        list[str] | None, typer.Option("--scope", help="A scope the key grants (repeat).")
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="Lifetime such as 30m, 12h or 2160h (90 days); unset: no expiry.")
+    ] = None,
+    config: ConfigOption = Path("garrison.yaml"),
+) -> None:
+    """Create a key and print it ONCE: only its digest is stored, it cannot be shown again."""
+    from garrison.config.units import parse_duration
+
+    lifetime = parse_duration(expires) if expires else None
+    key, record = _with_key_store(config, lambda store: store.create(name, scopes or [], lifetime))
+    err.print(f"[green]created[/green] {record.name} (prefix {record.prefix}); store the key now:")
+    typer.echo(key)
+
+
+@apikey_app.command("list")
+def apikey_list(config: ConfigOption = Path("garrison.yaml")) -> None:
+    """List keys: name, prefix, scopes, status, expiry (never the key or its digest)."""
+    from rich.table import Table
+
+    records = _with_key_store(config, lambda store: store.list())
+    table = Table(title=f"{len(records)} API key(s)", title_justify="left")
+    for column in ("name", "prefix", "scopes", "status", "created", "expires"):
+        table.add_column(column)
+    for record in records:
+        expires = record.expires_at.strftime("%Y-%m-%d %H:%M") if record.expires_at else "never"
+        table.add_row(
+            record.name,
+            record.prefix,
+            " ".join(record.scopes),
+            record.status(),
+            record.created_at.strftime("%Y-%m-%d %H:%M"),
+            expires,
+        )
+    Console().print(table)
+
+
+def _change_keys(config: Path, name_or_prefix: str, action: str) -> None:
+    from garrison.gateway.auth.apikeys import ApiKeyNotFound
+
+    try:
+        changed = _with_key_store(config, lambda store: getattr(store, action)(name_or_prefix))
+    except ApiKeyNotFound:
+        err.print(f"[red]no key named or prefixed {name_or_prefix!r}[/red]; see `garrison apikey list`")
+        raise typer.Exit(1) from None
+    verb = "revoked" if action == "revoke" else "expired"
+    err.print(f"[green]{verb}[/green] {len(changed)} key(s); gateways refuse them within seconds")
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(
+    name_or_prefix: Annotated[str, typer.Argument(help="A key's prefix, or a name (all keys with it).")],
+    config: ConfigOption = Path("garrison.yaml"),
+) -> None:
+    """Revoke keys now, for good."""
+    _change_keys(config, name_or_prefix, "revoke")
+
+
+@apikey_app.command("expire")
+def apikey_expire(
+    name_or_prefix: Annotated[str, typer.Argument(help="A key's prefix, or a name (all keys with it).")],
+    config: ConfigOption = Path("garrison.yaml"),
+) -> None:
+    """Expire keys now (they show as expired rather than revoked)."""
+    _change_keys(config, name_or_prefix, "expire")
 
 
 @app.command()

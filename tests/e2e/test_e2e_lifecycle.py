@@ -278,14 +278,14 @@ def test_idempotent_requests_retry_on_another_target(tmp_path: Path, upstreams: 
     gateway = Gateway(config, tmp_path)
     try:
         assert [gateway.get("/")[0] for _ in range(10)] == [200] * 10
-        conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=5)
         posts = []
         for _ in range(6):
+            conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=5)
             conn.request("POST", "/", body=b"x")
             response = conn.getresponse()
             response.read()
             posts.append(response.status)
-        conn.close()
+            conn.close()
         assert 502 in posts and 200 in posts  # POST is never retried: the dead target's share fails
     finally:
         gateway.stop()

@@ -26,6 +26,7 @@ def gw(module_gateway_factory, module_upstream: RecordingUpstream) -> GatewayPro
 
 @pytest.fixture
 def upstream(module_upstream: RecordingUpstream) -> Iterator[RecordingUpstream]:
+    module_upstream.settle()  # let a previous test's late arrivals land before forgetting them
     module_upstream.reset()
     yield module_upstream
     module_upstream.reset()

@@ -170,6 +170,20 @@ class AdminConfig(Strict):
     listen: ListenAddress = Field("127.0.0.1:9901", description="Address of the admin listener.")
 
 
+class ApiKeysConfig(Strict):
+    """Where API keys live (`garrison apikey create|list|revoke|expire`)."""
+
+    database: str | None = Field(
+        None,
+        pattern=r"^(postgres(ql)?(\+asyncpg)?|sqlite(\+aiosqlite)?)://",
+        description="A PostgreSQL URL; unset: SQLite at state_dir/garrison.db. Only SHA-256 digests "
+        "are stored.",
+    )
+    refresh_interval: Duration = Field(
+        1.0, gt=0, description="How often each gateway re-reads the keys (revocation delay)."
+    )
+
+
 class GatewayConfig(Strict):
     """The edge gateway: the single entry point of every external request."""
 
@@ -220,6 +234,7 @@ class GatewayConfig(Strict):
     jwt: JwtConfig | None = Field(
         None, description="JWT access-token verification (routes with `require: jwt`)."
     )
+    api_keys: ApiKeysConfig = Field(default_factory=ApiKeysConfig, description="API-key storage.")
     access_log: AccessLogConfig = Field(default_factory=AccessLogConfig, description="Access log.")
     admin: AdminConfig = Field(default_factory=AdminConfig, description="Admin listener.")
     drain_timeout: Duration = Field(30.0, description="On SIGTERM, how long in-flight requests may finish.")
@@ -374,8 +389,9 @@ class JwtConfig(Strict):
 class AuthConfig(Strict):
     """How a route is authenticated and authorized. Every route must say it."""
 
-    require: Literal["jwt", "none"] = Field(
-        description="`jwt`: a valid access token (gateway.jwt); `none`: anyone (`garrison check` warns)."
+    require: Literal["jwt", "api_key", "none"] = Field(
+        description="`jwt`: a valid access token (gateway.jwt); `api_key`: a Garrison API key in "
+        "`Authorization: ApiKey ...` or `X-API-Key`; `none`: anyone (`garrison check` warns)."
     )
     scopes: list[str] = Field(default_factory=list, description="Scopes the token must all have.")
     scopes_any: list[str] = Field(default_factory=list, description="Scopes of which it needs one.")
@@ -390,7 +406,9 @@ class AuthConfig(Strict):
     @model_validator(mode="after")
     def _requirements_need_a_token(self) -> AuthConfig:
         if self.require == "none" and (self.scopes or self.scopes_any or self.roles or self.claims):
-            raise ValueError("scopes, roles and claims need `require: jwt`")
+            raise ValueError("scopes, roles and claims need `require: jwt` (scopes also `api_key`)")
+        if self.require == "api_key" and (self.roles or self.claims):
+            raise ValueError("API keys carry scopes only: roles and claims need `require: jwt`")
         return self
 
 

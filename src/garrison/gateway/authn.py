@@ -1,4 +1,4 @@
-"""A route's authentication step: a bearer token checked by the JWT building blocks.
+"""A route's authentication step: a bearer token (JWT) or a Garrison API key.
 
 ``RouteAuth.authenticate`` runs synchronously on the hot path: a cached token is a dictionary
 lookup, a new one a signature check with a key already in the JWKS cache. Only a token naming a
@@ -9,11 +9,13 @@ lookup, a new one a signature check with a key already in the JWKS cache. Only a
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
+from garrison.gateway.auth.apikeys import ApiKeyCache, extract_api_key
 from garrison.gateway.auth.authz import InsufficientScope, Requirement, www_authenticate
 from garrison.gateway.auth.jwt import AuthError, JwtVerifier, TokenRejected, VerifiedToken, extract_bearer
 
@@ -41,7 +43,37 @@ class Identity:
 
 
 @dataclass(frozen=True, slots=True)
-class RouteAuth:
+class ApiKeyRouteAuth:
+    """`require: api_key`: the key is looked up in the gateway's in-memory snapshot (no I/O)."""
+
+    keys: ApiKeyCache
+    requirement: Requirement
+
+    def authenticate(self, authorization: list[bytes], api_key: list[bytes], query: bytes) -> Identity:
+        try:
+            presented = extract_api_key(authorization, api_key)
+        except ValueError:
+            raise TokenRejected("two_tokens") from None
+        if presented is None:
+            raise MissingCredentials
+        record = self.keys.lookup(presented)
+        if record is None:
+            raise AuthError("invalid_token", "The API key is not valid.", 401)
+        as_token = VerifiedToken(
+            subject=f"apikey:{record.name}",
+            client_id=record.prefix,
+            scopes=frozenset(record.scopes),
+            roles=frozenset(),
+            claims={},
+            jti=None,
+            exp=math.inf,
+        )
+        self.requirement.check(as_token)
+        return identity_of(as_token)
+
+
+@dataclass(frozen=True, slots=True)
+class JwtRouteAuth:
     verifier: JwtVerifier
     requirement: Requirement
     allow_query: bool
@@ -58,7 +90,7 @@ class RouteAuth:
             raise MissingCredentials
         return token
 
-    def authenticate(self, authorization: list[bytes], query: bytes) -> Identity:
+    def authenticate(self, authorization: list[bytes], api_key: list[bytes], query: bytes) -> Identity:
         """The caller's identity, or AuthError (401/400/403), or NeedsRefetch."""
         token = self.bearer(authorization, query)
         try:
@@ -88,6 +120,9 @@ def identity_of(verified: VerifiedToken) -> Identity:
     if scopes:
         lines.append(b"x-garrison-scopes: %s\r\n" % scopes.encode())
     return Identity(verified.subject, b"".join(lines), json.dumps(verified.subject).encode())
+
+
+RouteAuth = JwtRouteAuth | ApiKeyRouteAuth
 
 
 def challenge(error: AuthError) -> bytes:

@@ -105,6 +105,7 @@ class Exchange:
         head_rest: bytes,
         trace_lines: bytes,
         authorization: list[bytes],
+        api_key: list[bytes],
         query: bytes,
         expect_continue: bool = False,
     ) -> None:
@@ -124,6 +125,7 @@ class Exchange:
         self.head_rest = head_rest  # everything after the request line except Host
         self.trace_lines = trace_lines  # x-request-id and traceparent, sent both ways
         self.authorization = authorization
+        self.api_key = api_key
         self.query = query
         self.body_buffer: list[bytes] = []
         if expect_continue:
@@ -156,6 +158,10 @@ class ClientHeaders:
     def __init__(self) -> None:
         self.kept: list[bytes] = []
         self.authorization: list[bytes] = []  # kept and forwarded too; read by a route's auth
+        self.api_key: list[bytes] = []  # X-API-Key values
+        # Lines carrying an API key (X-API-Key, Authorization: ApiKey): forwarded only to routes
+        # that do not consume the key themselves, so a Garrison key never reaches an upstream.
+        self.api_key_lines: list[bytes] = []
 
 
 def filter_request_headers(raw: list[tuple[bytes, bytes]], allow_underscores: bool) -> ClientHeaders:
@@ -177,10 +183,18 @@ def filter_request_headers(raw: list[tuple[bytes, bytes]], allow_underscores: bo
             dashed = lname.replace(b"_", b"-")
             if dashed in GATEWAY_SET or dashed in HOP_BY_HOP or dashed.startswith(OWNED_PREFIX):
                 continue
-        kept_names.append(lname)
-        result.kept.append(b"%s: %s\r\n" % (name, value))
+        line = b"%s: %s\r\n" % (name, value)
         if lname == b"authorization":
             result.authorization.append(value)
+            if value[:7].lower() == b"apikey ":
+                result.api_key_lines.append(line)
+                continue
+        elif lname == b"x-api-key":
+            result.api_key.append(value)
+            result.api_key_lines.append(line)
+            continue
+        kept_names.append(lname)
+        result.kept.append(line)
     if named_by_connection:
         # A client may drop its own optional headers with Connection, never the gateway's.
         result.kept = [

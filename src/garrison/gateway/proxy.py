@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from garrison.gateway.auth.jwt import AuthError
-from garrison.gateway.authn import Identity, NeedsRefetch, RouteAuth, challenge
+from garrison.gateway.authn import ApiKeyRouteAuth, Identity, JwtRouteAuth, NeedsRefetch, challenge
 from garrison.gateway.errors import error_response
 from garrison.gateway.exchange import (
     BODY_CHUNKED,
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 # Why reading from the client is paused; reading resumes when no reason is left.
 PAUSE_PIPELINE, PAUSE_BUFFER, PAUSE_UPSTREAM = 1, 2, 4
 MAX_BUFFERED_BODY = 256 * 1024
+LINGER_SECONDS = 1.0
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # What the connection is waiting for; the server's sweeper enforces the matching timeout.
@@ -318,7 +319,10 @@ class ClientConnection(asyncio.Protocol):
             else (b"content-length: %d\r\n" % length if headers.content_length is not None else b"")
         )
         trace = b"x-request-id: %s\r\ntraceparent: 00-%s-%s-%s\r\n" % (request_id, trace_id, span_id, flags)
-        head_rest = b"".join((cache.forwarded_block, trace, framing, b"\r\n"))
+        credentials = b""
+        if headers.api_key_lines and not isinstance(route.auth, ApiKeyRouteAuth):
+            credentials = b"".join(headers.api_key_lines)  # not ours to consume: pass them on
+        head_rest = b"".join((cache.forwarded_block, credentials, trace, framing, b"\r\n"))
         return Exchange(
             method=method,
             path=target.path,
@@ -336,6 +340,7 @@ class ClientConnection(asyncio.Protocol):
             head_rest=head_rest,
             trace_lines=trace,
             authorization=headers.authorization,
+            api_key=headers.api_key,
             query=target.query,
             expect_continue=headers.expect_continue,
         )
@@ -376,8 +381,10 @@ class ClientConnection(asyncio.Protocol):
         if auth is not None:
             # After the rate limit (a flood of bad tokens is cut before it costs signature checks).
             try:
-                self._authenticated(exchange, auth.authenticate(exchange.authorization, exchange.query))
+                identity = auth.authenticate(exchange.authorization, exchange.api_key, exchange.query)
+                self._authenticated(exchange, identity)
             except NeedsRefetch as pending:
+                assert isinstance(auth, JwtRouteAuth)  # only tokens name keys to fetch
                 self.server.spawn(self._authenticate_later(exchange, auth, str(pending.args[0])))
                 return
             except AuthError as refusal:
@@ -385,7 +392,7 @@ class ClientConnection(asyncio.Protocol):
                 return
         self._forward(exchange)
 
-    async def _authenticate_later(self, exchange: Exchange, auth: RouteAuth, token: str) -> None:
+    async def _authenticate_later(self, exchange: Exchange, auth: JwtRouteAuth, token: str) -> None:
         try:
             identity = await auth.authenticate_async(token)
         except AuthError as refusal:
@@ -664,7 +671,14 @@ class ClientConnection(asyncio.Protocol):
             self.flush()
             self.closed = True
             self.server.connections.discard(self)
-            self.transport.close()
+            if self.parsing is not None and self.transport.can_write_eof():
+                # Answered before the request body was all read: closing now, with unread bytes,
+                # would send a TCP reset that can destroy the answer in flight. Half-close, keep
+                # reading (and discarding) for a moment, then close (nginx's "lingering close").
+                self.transport.write_eof()
+                self.loop.call_later(LINGER_SECONDS, self.transport.close)
+            else:
+                self.transport.close()
         active = self.active
         if active is not None and active.upstream is not None:
             self._drop_upstream(active, reason="client_closed")

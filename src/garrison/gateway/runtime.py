@@ -22,10 +22,11 @@ from garrison.config.model import (
     RateLimitConfig,
     ServiceConfig,
 )
+from garrison.gateway.auth.apikeys import ApiKeyCache
 from garrison.gateway.auth.authz import Requirement
 from garrison.gateway.auth.jwks import JwksCache
 from garrison.gateway.auth.jwt import JwtVerifier, TokenCache
-from garrison.gateway.authn import RouteAuth
+from garrison.gateway.authn import ApiKeyRouteAuth, JwtRouteAuth, RouteAuth
 from garrison.gateway.forwarded import TrustedProxies
 from garrison.gateway.iprules import IpRules
 from garrison.gateway.ratelimit import RateLimiter, RateLimitSpec
@@ -147,14 +148,20 @@ def _jwt(spec: JwtConfig | None) -> tuple[JwksCache | None, JwtVerifier | None]:
     return jwks, verifier
 
 
-def _route_auth(spec: AuthConfig, verifier: JwtVerifier | None) -> RouteAuth | None:
+def _route_auth(
+    spec: AuthConfig, verifier: JwtVerifier | None, api_keys: ApiKeyCache | None
+) -> RouteAuth | None:
     if spec.require == "none":
         return None
+    requirement = Requirement(spec.scopes, spec.scopes_any, spec.roles, spec.claims)
+    if spec.require == "api_key":
+        if api_keys is None:
+            raise ValueError("a route requires api_key but no API-key store is open")
+        return ApiKeyRouteAuth(api_keys, requirement)
     # The loader refuses `require: jwt` without gateway.jwt; fail closed if that ever changes.
     if verifier is None:
         raise ValueError("a route requires jwt but gateway.jwt is not configured")
-    requirement = Requirement(spec.scopes, spec.scopes_any, spec.roles, spec.claims)
-    return RouteAuth(verifier, requirement, spec.allow_query_token)
+    return JwtRouteAuth(verifier, requirement, spec.allow_query_token)
 
 
 def _rate_limiter(
@@ -255,7 +262,10 @@ def _log_circuit(service: str, url: str) -> Callable[[CircuitState], None]:
 
 
 def build_runtime(
-    config: GarrisonConfig, loop: asyncio.AbstractEventLoop, metrics: GatewayMetrics
+    config: GarrisonConfig,
+    loop: asyncio.AbstractEventLoop,
+    metrics: GatewayMetrics,
+    api_keys: ApiKeyCache | None = None,
 ) -> Runtime:
     """Compile a validated config. Raises ValueError for what validation could not see."""
     upstream_tls = ssl.create_default_context()
@@ -274,7 +284,7 @@ def build_runtime(
             metrics.route(name, service.name),
             _ip_rules(route_config.ip_rules),
             _rate_limiter(name, route_config.rate_limit, config.gateway.redis.url, metrics),
-            _route_auth(route_config.auth, verifier),
+            _route_auth(route_config.auth, verifier, api_keys),
         )
         match = route_config.match
         entries.append(

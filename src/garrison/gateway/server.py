@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
-from garrison.config.model import BlocklistConfig, parse_listen
+from garrison.config.model import BlocklistConfig, GarrisonConfig, parse_listen
 from garrison.gateway.admin import blocklist_api
+from garrison.gateway.auth.apikeys import ApiKeyCache, ApiKeyStore
 from garrison.gateway.blocklist import Blocklist, MemoryBlocklist, RedisBlocklist
 from garrison.gateway.exchange import Exchange, host_without_port, valid_host
 from garrison.gateway.normalize import TargetRejected, parse_request_target
@@ -27,6 +28,7 @@ from garrison.gateway.proxy import ClientConnection
 from garrison.gateway.runtime import Runtime, build_runtime
 from garrison.gateway.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleResponse
 from garrison.gateway.tls import resolve_certificate, server_context
+from garrison.store.db import create_all, make_engine
 from garrison.telemetry import logging as log
 from garrison.telemetry.accesslog import AccessLog
 from garrison.telemetry.metrics import GatewayMetrics
@@ -77,7 +79,10 @@ class GatewayServer:
         self.loop = loop
         self.source = loaded.source
         self.metrics = GatewayMetrics()
-        self.runtime: Runtime = build_runtime(loaded.config, loop, self.metrics)
+        self.api_keys: ApiKeyCache | None = None
+        self._api_keys_started = False
+        self._ensure_api_keys(loaded.config)
+        self.runtime: Runtime = build_runtime(loaded.config, loop, self.metrics, self.api_keys)
         self.connections: set[ClientConnection] = set()
         self.metrics.open_connections = lambda: len(self.connections)
         self.max_connections = loaded.config.gateway.limits.max_connections
@@ -93,6 +98,18 @@ class GatewayServer:
         self._background: set[asyncio.Task[None]] = set()
         self._log_second = 0
         self._log_prefix = b""
+
+    def _ensure_api_keys(self, config: GarrisonConfig) -> None:
+        """Open the API-key store once some route needs it (then it stays open across reloads)."""
+        if self.api_keys is None and any(route.auth.require == "api_key" for route in config.routes):
+            engine = make_engine(config.gateway.api_keys.database, config.state_dir)
+            self.api_keys = ApiKeyCache(ApiKeyStore(engine), config.gateway.api_keys.refresh_interval)
+
+    async def _start_api_keys(self) -> None:
+        if self.api_keys is not None and not self._api_keys_started:
+            await create_all(self.api_keys.store.engine)
+            await self.api_keys.start()
+            self._api_keys_started = True
 
     @staticmethod
     def _open_access_log(loaded: LoadedConfig) -> AccessLog:
@@ -119,6 +136,7 @@ class GatewayServer:
         self.https_port = main_sock.getsockname()[1]
         if with_side_listeners:
             listeners.update(await self._start_side_listeners())
+        await self._start_api_keys()
         await self.runtime.open()
         self._tasks.append(self.loop.create_task(self._sweep()))
         self.ready = True
@@ -261,7 +279,9 @@ class GatewayServer:
         self._config_mtime = self._mtime()
         try:
             loaded = load_config(self.source)
-            runtime = build_runtime(loaded.config, self.loop, self.metrics)
+            self._ensure_api_keys(loaded.config)
+            await self._start_api_keys()
+            runtime = build_runtime(loaded.config, self.loop, self.metrics, self.api_keys)
         except ConfigError as exc:
             self.metrics.reloads["failure"] += 1
             log.error(
@@ -333,6 +353,9 @@ class GatewayServer:
             task.cancel()
         await self.runtime.close()
         await self.blocklist.stop()
+        if self.api_keys is not None:
+            await self.api_keys.stop()
+            await self.api_keys.store.engine.dispose()
         self.access_log.close()
 
 

@@ -210,6 +210,10 @@ class JwksServer:
     ) -> None:
         assert self._server is not None
         self._server.close()
+        if self._handlers:
+            # Let handlers finish (and close their sockets) before cancelling the ones that hang:
+            # a task cancelled before it first runs never reaches its `finally`.
+            await asyncio.wait(list(self._handlers), timeout=2)
         for task in list(self._handlers):
             task.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)
