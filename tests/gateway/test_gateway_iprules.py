@@ -8,39 +8,20 @@ change nothing.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from typing import Any
 
-from gateway_harness import GatewayProcess, RecordingUpstream, free_port, wait_until
+from gateway_harness import GatewayProcess, RecordingUpstream, free_port, garrison_cli, http_call, wait_until
 
 
 def status_of(gw: GatewayProcess, path: str = "/x", headers: dict[str, str] | None = None) -> int:
-    request = urllib.request.Request(f"http://127.0.0.1:{gw.port}{path}", headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        exc.read()
-        return int(exc.code)
+    return http_call(gw.port, path, headers)[0]
 
 
 def admin(gw: GatewayProcess, method: str, query: str) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(f"http://127.0.0.1:{gw.admin_port}/blocklist?{query}", method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status), json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), json.loads(exc.read())
-
-
-def garrison(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "garrison", *args], capture_output=True, text=True, timeout=30, check=False
-    )
+    status, _, body = http_call(gw.admin_port, f"/blocklist?{query}", method=method)
+    return status, json.loads(body)
 
 
 def test_global_deny_and_route_allow_lists(gateway_factory, upstream: RecordingUpstream) -> None:
@@ -106,16 +87,16 @@ def test_cli_blocks_every_worker(gateway_factory, upstream: RecordingUpstream) -
         upstream, {"gateway": {"workers": 2, "admin": {"listen": f"127.0.0.1:{admin_port}"}}}
     )
     config = str(gw.config_path)
-    result = garrison("block", "127.0.0.1", "--for", "1h", "--reason", "cli test", "-c", config)
+    result = garrison_cli("block", "127.0.0.1", "--for", "1h", "--reason", "cli test", "-c", config)
     assert result.returncode == 0, result.stderr
     assert "blocked" in result.stderr
     # New connections land on either worker (SO_REUSEPORT): every one of them must refuse.
     assert {status_of(gw) for _ in range(30)} == {403}
-    listing = garrison("blocklist", "-c", config)
+    listing = garrison_cli("blocklist", "-c", config)
     assert listing.returncode == 0 and "127.0.0.1" in listing.stdout and "cli test" in listing.stdout
-    assert garrison("unblock", "127.0.0.1", "-c", config).returncode == 0
+    assert garrison_cli("unblock", "127.0.0.1", "-c", config).returncode == 0
     assert {status_of(gw) for _ in range(30)} == {200}
-    bad = garrison("block", "999.1.1.1", "-c", config)
+    bad = garrison_cli("block", "999.1.1.1", "-c", config)
     assert bad.returncode == 1 and "not an IP address" in bad.stderr
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -14,7 +12,7 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from gateway_harness import GatewayProcess, RecordingUpstream
+from gateway_harness import GatewayProcess, RecordingUpstream, http_call
 
 AUDIENCE = "shop-api"
 
@@ -110,14 +108,8 @@ def jwt_gateway(gateway_factory: Any, upstream: RecordingUpstream, issuer: Issue
 
 
 def call(gw: GatewayProcess, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
-    request = urllib.request.Request(f"http://127.0.0.1:{gw.port}{path}", headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            response.read()
-            return int(response.status), {k.lower(): v for k, v in response.headers.items()}
-    except urllib.error.HTTPError as exc:
-        exc.read()
-        return int(exc.code), {k.lower(): v for k, v in exc.headers.items()}
+    status, response_headers, _ = http_call(gw.port, path, headers)
+    return status, response_headers
 
 
 def bearer(token: str, **extra: str) -> dict[str, str]:

@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from gateway_harness import GatewayProcess, RecordingUpstream, free_port, wait_until
+from gateway_harness import GatewayProcess, RecordingUpstream, free_port, http_call, wait_until
 
 
 def call(gw: GatewayProcess, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
-    request = urllib.request.Request(f"http://127.0.0.1:{gw.port}/x", headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            response.read()
-            return int(response.status), {k.lower(): v for k, v in response.headers.items()}
-    except urllib.error.HTTPError as exc:
-        exc.read()
-        return int(exc.code), {k.lower(): v for k, v in exc.headers.items()}
+    status, response_headers, _ = http_call(gw.port, "/x", headers)
+    return status, response_headers
 
 
 def limited(rate: str, **extra: str) -> dict[str, object]:
@@ -124,5 +116,5 @@ def test_redis_going_away_follows_the_fail_mode_and_recovers(
     assert {call(gw)[0] for _ in range(5)} == {status_while_down}
     throwaway_redis.start()
     assert wait_until(lambda: call(gw)[0] == 200 and call(gw)[0] == 200, timeout=5)
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{gw.admin_port}/metrics", timeout=5).read().decode()
+    metrics = http_call(gw.admin_port, "/metrics")[2].decode()
     assert f'outcome="failed_{mode}"' in metrics

@@ -23,8 +23,11 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -816,3 +819,25 @@ __all__ = [
     "tls_client_context",
     "wait_until",
 ]
+
+
+# -- plain HTTP calls and the CLI -------------------------------------------------------------------
+def http_call(
+    port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request over a fresh connection: (status, lower-cased headers, body); 4xx/5xx included."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            body = response.read()
+            return int(response.status), {k.lower(): v for k, v in response.headers.items()}, body
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        return int(exc.code), {k.lower(): v for k, v in exc.headers.items()}, body
+
+
+def garrison_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the `garrison` command line as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "garrison", *args], capture_output=True, text=True, timeout=60, check=False
+    )
