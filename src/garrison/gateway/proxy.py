@@ -351,7 +351,7 @@ class ClientConnection(asyncio.Protocol):
         if limiter is None:
             self._proceed(exchange)
             return
-        # Counted before anything costly (and, once authentication lands, before token checks).
+        # Counted before anything costly, token checks included.
         key = limiter.spec.key
         identity = "" if key == "route" else exchange.client_ip
         if limiter.spec.storage == "memory":
