@@ -412,6 +412,48 @@ class AuthConfig(Strict):
         return self
 
 
+class CorsConfig(Strict):
+    """Cross-origin access from browsers. Preflights are answered by the gateway; real requests
+    still pass the route's authentication."""
+
+    allow_origins: list[str] = Field(
+        min_length=1,
+        description="Exact origins (`https://app.example.com`), or `*` (not with credentials).",
+    )
+    allow_methods: list[str] = Field(
+        default_factory=lambda: ["GET", "HEAD", "POST"], description="Methods a page may use."
+    )
+    allow_headers: list[str] = Field(
+        default_factory=lambda: ["authorization", "content-type"],
+        description="Request headers a page may send.",
+    )
+    expose_headers: list[str] = Field(default_factory=list, description="Response headers a page may read.")
+    allow_credentials: bool = Field(False, description="Let pages send cookies / credentials.")
+    max_age: Duration = Field(600.0, description="How long a browser may cache a preflight answer.")
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[a-z0-9.-]+(:\d{1,5})?", origin.lower()):
+                raise ValueError(f"an origin is scheme://host[:port] or *, got {origin!r}")
+        return value
+
+    @field_validator("allow_methods")
+    @classmethod
+    def _cors_methods(cls, value: list[str]) -> list[str]:
+        for method in value:
+            if not _METHOD_RE.match(method):
+                raise ValueError(f"methods are upper-case tokens such as GET, got {method!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsConfig:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError("`*` cannot be combined with allow_credentials (browsers refuse it)")
+        return self
+
+
 def _check_rate(value: str) -> str:
     from limits import parse
 
@@ -455,6 +497,7 @@ class RouteConfig(Strict):
     )
     auth: AuthConfig = Field(description="Authentication and authorization; required on every route.")
     rate_limit: RateLimitConfig | None = Field(None, description="Rate limit for this route (429).")
+    cors: CorsConfig | None = Field(None, description="CORS for browsers (unset: no CORS headers).")
 
 
 class GarrisonConfig(Strict):

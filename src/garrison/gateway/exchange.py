@@ -84,6 +84,7 @@ class Exchange:
     bytes_out = 0
     extra_response_headers = b""  # e.g. RateLimit-* from the route's rate limiter
     identity_headers = b""  # X-Garrison-* lines for the upstream, once authenticated
+    preflight: bytes | None = None  # head of the gateway's own answer to a CORS preflight
     log_subject = b"null"  # JSON value for the access log
 
     def __init__(
@@ -162,6 +163,9 @@ class ClientHeaders:
         # Lines carrying an API key (X-API-Key, Authorization: ApiKey): forwarded only to routes
         # that do not consume the key themselves, so a Garrison key never reaches an upstream.
         self.api_key_lines: list[bytes] = []
+        self.origin: bytes | None = None  # Origin, for CORS
+        self.cors_method: bytes | None = None  # Access-Control-Request-Method (preflights)
+        self.cors_headers = b""  # Access-Control-Request-Headers
 
 
 def filter_request_headers(raw: list[tuple[bytes, bytes]], allow_underscores: bool) -> ClientHeaders:
@@ -193,6 +197,12 @@ def filter_request_headers(raw: list[tuple[bytes, bytes]], allow_underscores: bo
             result.api_key.append(value)
             result.api_key_lines.append(line)
             continue
+        elif lname == b"origin":
+            result.origin = value
+        elif lname == b"access-control-request-method":
+            result.cors_method = value
+        elif lname == b"access-control-request-headers":
+            result.cors_headers = value
         kept_names.append(lname)
         result.kept.append(line)
     if named_by_connection:

@@ -294,7 +294,13 @@ class ClientConnection(asyncio.Protocol):
             body_mode, length = BODY_NONE, 0
         if length > limits.max_body:
             raise Rejected(413, "payload_too_large")
-        match = runtime.routes.match(target.path, method, self.host_key)
+        announced = headers.cors_method if method == b"OPTIONS" and headers.origin is not None else None
+        preflight = announced is not None
+        # A preflight is routed as the request it announces, so route methods need not list OPTIONS.
+        match = runtime.routes.match(target.path, announced or method, self.host_key)
+        if preflight and not isinstance(match, RouteMiss) and match.payload.cors is None:
+            preflight = False  # not a CORS route: an OPTIONS request like any other
+            match = runtime.routes.match(target.path, method, self.host_key)
         if isinstance(match, RouteMiss):
             allow = b"allow: %s\r\n" % b", ".join(match.allowed) if match.allowed else b""
             raise Rejected(match.status, "not_found" if match.status == 404 else "method_not_allowed", allow)
@@ -323,7 +329,7 @@ class ClientConnection(asyncio.Protocol):
         if headers.api_key_lines and not isinstance(route.auth, ApiKeyRouteAuth):
             credentials = b"".join(headers.api_key_lines)  # not ours to consume: pass them on
         head_rest = b"".join((cache.forwarded_block, credentials, trace, framing, b"\r\n"))
-        return Exchange(
+        exchange = Exchange(
             method=method,
             path=target.path,
             request_line=request_line,
@@ -344,9 +350,23 @@ class ClientConnection(asyncio.Protocol):
             query=target.query,
             expect_continue=headers.expect_continue,
         )
+        cors = route.cors
+        if cors is not None and headers.origin is not None:
+            if preflight:
+                assert headers.cors_method is not None
+                answer = cors.preflight(headers.origin, headers.cors_method, headers.cors_headers)
+                if answer is None:
+                    raise Rejected(403, "forbidden", client_ip=client_ip)
+                exchange.preflight = answer
+            else:
+                exchange.extra_response_headers = cors.response_headers(headers.origin)
+        return exchange
 
     def _start(self, exchange: Exchange) -> None:
         self.active = exchange
+        if exchange.preflight is not None:
+            self._answer_preflight(exchange, exchange.preflight)
+            return
         limiter = exchange.route.rate_limiter
         if limiter is None:
             self._proceed(exchange)
@@ -368,13 +388,13 @@ class ClientConnection(asyncio.Protocol):
 
     def _after_rate_limit(self, exchange: Exchange, decision: RateDecision) -> None:
         headers = b"".join(b"%s: %s\r\n" % pair for pair in rate_limit_headers(decision))
+        exchange.extra_response_headers += headers
         if decision.allowed:
-            exchange.extra_response_headers = headers
             self._proceed(exchange)
         elif decision.storage_error:
-            self._fail_exchange(exchange, 503, "rate_limiter_unavailable", headers)
+            self._fail_exchange(exchange, 503, "rate_limiter_unavailable")
         else:
-            self._fail_exchange(exchange, 429, "too_many_requests", headers)
+            self._fail_exchange(exchange, 429, "too_many_requests")
 
     def _proceed(self, exchange: Exchange) -> None:
         auth = exchange.route.auth
@@ -579,7 +599,21 @@ class ClientConnection(asyncio.Protocol):
                     exchange.target.breaker.release_probe()
 
     # -- finishing ---------------------------------------------------------------------------------
+    def _answer_preflight(self, exchange: Exchange, head: bytes) -> None:
+        """The gateway's own 204 to an allowed CORS preflight; the upstream never sees it."""
+        exchange.status = 204
+        exchange.response_started = exchange.response_done = True
+        if not exchange.request_done:
+            exchange.close_after = True
+        runtime = self.server.runtime
+        close = b"connection: close\r\n" if exchange.close_after or not exchange.keep_alive else b""
+        security = runtime.security_headers + runtime.referrer_policy_line
+        self._write(b"".join((head, security, exchange.trace_lines, close, b"\r\n")))
+        self._finish(exchange)
+
     def _fail_exchange(self, exchange: Exchange, status: int, code: str, extra: bytes = b"") -> None:
+        # CORS and RateLimit-* headers go on refusals too, so a page can read why it was refused.
+        extra += exchange.extra_response_headers
         exchange.status = status
         exchange.response_started = True
         exchange.response_done = True

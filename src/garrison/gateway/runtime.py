@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from garrison.config.model import (
     AuthConfig,
+    CorsConfig,
     GarrisonConfig,
     IpRulesConfig,
     JwtConfig,
@@ -27,6 +28,7 @@ from garrison.gateway.auth.authz import Requirement
 from garrison.gateway.auth.jwks import JwksCache
 from garrison.gateway.auth.jwt import JwtVerifier, TokenCache
 from garrison.gateway.authn import ApiKeyRouteAuth, JwtRouteAuth, RouteAuth
+from garrison.gateway.cors import CorsPolicy
 from garrison.gateway.forwarded import TrustedProxies
 from garrison.gateway.iprules import IpRules
 from garrison.gateway.ratelimit import RateLimiter, RateLimitSpec
@@ -72,6 +74,7 @@ class Route:
     ip_rules: IpRules | None = None
     rate_limiter: RateLimiter | None = None
     auth: RouteAuth | None = None  # None: `require: none`
+    cors: CorsPolicy | None = None
 
 
 @dataclass(eq=False)
@@ -120,6 +123,19 @@ class Runtime:
     def sweep(self, now: float) -> None:
         for service in self.services.values():
             service.sweep(now)
+
+
+def _cors(spec: CorsConfig | None) -> CorsPolicy | None:
+    if spec is None:
+        return None
+    return CorsPolicy.compile(
+        spec.allow_origins,
+        spec.allow_methods,
+        spec.allow_headers,
+        spec.expose_headers,
+        spec.allow_credentials,
+        spec.max_age,
+    )
 
 
 def _jwt(spec: JwtConfig | None) -> tuple[JwksCache | None, JwtVerifier | None]:
@@ -285,6 +301,7 @@ def build_runtime(
             _ip_rules(route_config.ip_rules),
             _rate_limiter(name, route_config.rate_limit, config.gateway.redis.url, metrics),
             _route_auth(route_config.auth, verifier, api_keys),
+            _cors(route_config.cors),
         )
         match = route_config.match
         entries.append(

@@ -17,6 +17,9 @@ from collections.abc import Awaitable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
 from garrison.config.model import BlocklistConfig, GarrisonConfig, parse_listen
 from garrison.gateway.admin import blocklist_api
@@ -107,7 +110,7 @@ class GatewayServer:
 
     async def _start_api_keys(self) -> None:
         if self.api_keys is not None and not self._api_keys_started:
-            await create_all(self.api_keys.store.engine)
+            await create_tables(self.api_keys.store.engine)
             await self.api_keys.start()
             self._api_keys_started = True
 
@@ -362,6 +365,16 @@ class GatewayServer:
 def _utc_now() -> str:
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
+async def create_tables(engine: AsyncEngine) -> None:
+    """Create Garrison's tables if missing. Gateway workers start together: when two race to
+    create the same table, the loser's statement fails, and a second look finds the table there."""
+    try:
+        await create_all(engine)
+    except SQLAlchemyError:
+        await asyncio.sleep(0.2)
+        await create_all(engine)
 
 
 def make_blocklist(spec: BlocklistConfig, redis_url: str | None) -> Blocklist:

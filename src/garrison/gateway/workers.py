@@ -30,9 +30,11 @@ from garrison.gateway.server import (
     GatewayServer,
     address_of,
     bind_socket,
+    create_tables,
     write_ready_file,
 )
 from garrison.gateway.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleResponse
+from garrison.store.db import make_engine
 from garrison.telemetry import logging as log
 
 RESTART_BACKOFF = 1.0
@@ -183,6 +185,13 @@ async def supervise(loaded: LoadedConfig, ready_file: Path | None) -> int:
 async def _supervise(supervisor: WorkerSupervisor, ready_file: Path | None) -> int:
     loop = supervisor.loop
     gateway = supervisor.loaded.config.gateway
+    if any(route.auth.require == "api_key" for route in supervisor.loaded.config.routes):
+        # Create the API-key tables once, before the workers race to do it.
+        engine = make_engine(gateway.api_keys.database, supervisor.loaded.config.state_dir)
+        try:
+            await create_tables(engine)
+        finally:
+            await engine.dispose()
     # Hold the port (bound, not listening) so port 0 resolves once and every worker shares it.
     reserved = bind_socket(gateway.listen, reuse_port=True)
     listen = address_of(reserved)
