@@ -102,17 +102,28 @@ def _run(argv: list[str], timeout: float) -> str:
     except subprocess.TimeoutExpired as exc:
         raise LoadError(f"{argv[0]} ran past {timeout:.0f} s and was killed") from exc
     if done.returncode != 0:
-        raise LoadError(f"{' '.join(argv)} exited with {done.returncode}:\n{done.stderr}{done.stdout}")
+        shown = " ".join("Authorization: <redacted>" if a.startswith("Authorization:") else a for a in argv)
+        raise LoadError(f"{shown} exited with {done.returncode}:\n{done.stderr}{done.stdout}")
     return done.stdout
 
 
-def run_wrk(address: str, seconds: int, prefix: list[str]) -> WrkResult:
+def _header_flags(headers: dict[str, str] | None) -> list[str]:
+    """`-H "Name: value"` for each header (wrk and hey spell it the same way)."""
+    return [flag for name, value in (headers or {}).items() for flag in ("-H", f"{name}: {value}")]
+
+
+def run_wrk(
+    address: str, seconds: int, prefix: list[str], headers: dict[str, str] | None = None
+) -> WrkResult:
     """Saturate address for `seconds` with one wrk thread and WRK_CONNECTIONS keep-alive connections."""
-    argv = [*prefix, "wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency", f"http://{address}/"]
+    argv = [*prefix, "wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency"]
+    argv += [*_header_flags(headers), f"http://{address}/"]
     return parse_wrk(_run(argv, seconds + GRACE))
 
 
-def run_hey(address: str, seconds: int, total_rps: float, prefix: list[str]) -> HeyResult:
+def run_hey(
+    address: str, seconds: int, total_rps: float, prefix: list[str], headers: dict[str, str] | None = None
+) -> HeyResult:
     """Drive address at total_rps for `seconds`; hey's -q is per worker, so divide by HEY_WORKERS."""
     per_worker = f"{total_rps / HEY_WORKERS:.2f}"
     argv = [
@@ -124,6 +135,7 @@ def run_hey(address: str, seconds: int, total_rps: float, prefix: list[str]) -> 
         str(HEY_WORKERS),
         "-q",
         per_worker,
+        *_header_flags(headers),
         f"http://{address}/",
     ]
     return parse_hey(_run(argv, seconds + GRACE))

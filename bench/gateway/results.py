@@ -12,7 +12,7 @@ from statistics import median
 from loadgen import HeyResult, WrkResult
 
 DIRECT = "direct"
-PROXIES = ("nginx", "aiohttp", "garrison")
+PROXIES = ("nginx", "aiohttp", "garrison", "garrison-chain", "garrison-redis")
 RATE_FRACTION = 0.25  # the fixed-rate latency test runs at a quarter of saturation
 RATE_REACHED = 0.95  # below this share of the asked rate, hey could not keep up: say so
 CPU_BOUND = 0.9  # a proxy using less of its core than this under saturation was held back by the client
@@ -21,6 +21,15 @@ CPU_BOUND = 0.9  # a proxy using less of its core than this under saturation was
 MIN_X_NGINX = 0.5
 MIN_X_AIOHTTP = 4.0
 MAX_ADDED_P99_MS = 1.0
+MIN_CHAIN_X_NGINX = 0.4  # the full security chain (IP rules, JWT, rate limit) against plain nginx
+MIN_REDIS_X_PLAIN = 0.75  # Redis-backed limits cost at most 25% of Garrison's throughput
+# (numerator, denominator) of each ratio reported; Garrison's per-CPU-second ratios only for its plain column.
+RATIO_PAIRS = (
+    ("garrison", "nginx"),
+    ("garrison", "aiohttp"),
+    ("garrison-chain", "nginx"),
+    ("garrison-redis", "garrison"),
+)
 
 
 @dataclass
@@ -111,33 +120,41 @@ def summarize_column(column: Column, direct: Column) -> ColumnSummary:
 
 
 def ratios(columns: list[ColumnSummary]) -> dict[str, float]:
-    """Garrison's median req/s over each peer's, and its requests per CPU-second over theirs."""
+    """Each RATIO_PAIRS column's median req/s over its peer's, and requests per CPU-second over theirs."""
     found = {}
     by_name = {c.name: c for c in columns}
-    garrison = by_name.get("garrison")
-    for peer in ("nginx", "aiohttp"):
-        other = by_name.get(peer)
-        if garrison is None or other is None:
+    for name, peer in RATIO_PAIRS:
+        mine, other = by_name.get(name), by_name.get(peer)
+        if mine is None or other is None:
             continue
-        if garrison.rps and other.rps:
-            found[f"garrison/{peer}"] = garrison.rps / other.rps
-        if garrison.rps_per_cpu and other.rps_per_cpu:
-            found[f"garrison/{peer} per CPU-second"] = garrison.rps_per_cpu / other.rps_per_cpu
+        if mine.rps and other.rps:
+            found[f"{name}/{peer}"] = mine.rps / other.rps
+        if mine.rps_per_cpu and other.rps_per_cpu:
+            found[f"{name}/{peer} per CPU-second"] = mine.rps_per_cpu / other.rps_per_cpu
     return found
 
 
 def _ratio_target(
-    found: dict[str, float], garrison: ColumnSummary | None, peer: str, minimum: float
+    found: dict[str, float],
+    by_name: dict[str, ColumnSummary],
+    name: str,
+    peer: str,
+    minimum: float,
+    label: str,
 ) -> Target:
-    label = f"Garrison ≥ {minimum:g}x {peer} throughput"
-    key = f"garrison/{peer}"
-    if garrison is not None and garrison.failure:
-        return Target(label, None, "garrison did not complete the run")
-    if garrison is None or key not in found:
-        return Target(label, None, f"not measured (garrison and {peer} both needed)")
-    if garrison.errors:
-        return Target(label, False, f"{found[key]:.2f}x, but with {garrison.errors} errors")
-    return Target(label, found[key] >= minimum, f"{found[key]:.2f}x")
+    mine, other = by_name.get(name), by_name.get(peer)
+    key = f"{name}/{peer}"
+    for column in (mine, other):
+        if column is not None and column.failure:
+            return Target(
+                label, None, f"{column.name} did not complete the run: {column.failure.splitlines()[0]}"
+            )
+    if mine is None or key not in found:
+        return Target(label, None, f"not measured ({name} and {peer} both needed)")
+    detail = f"{found[key]:.2f}x"
+    if mine.errors:
+        return Target(label, False, f"{detail}, but with {mine.errors} errors")
+    return Target(label, found[key] >= minimum, detail)
 
 
 def _latency_target(garrison: ColumnSummary | None, target_rps: float | None) -> Target:
@@ -156,11 +173,37 @@ def summarize(run: Run) -> Summary:
     direct = run.columns[DIRECT]
     columns = [summarize_column(c, direct) for c in run.columns.values()]
     found = ratios(columns)
-    garrison = next((c for c in columns if c.name == "garrison"), None)
+    by_name = {c.name: c for c in columns}
     targets = [
-        _ratio_target(found, garrison, "nginx", MIN_X_NGINX),
-        _ratio_target(found, garrison, "aiohttp", MIN_X_AIOHTTP),
-        _latency_target(garrison, run.target_rps),
+        _ratio_target(
+            found, by_name, "garrison", "nginx", MIN_X_NGINX, f"Garrison ≥ {MIN_X_NGINX:g}x nginx throughput"
+        ),
+        _ratio_target(
+            found,
+            by_name,
+            "garrison",
+            "aiohttp",
+            MIN_X_AIOHTTP,
+            f"Garrison ≥ {MIN_X_AIOHTTP:g}x aiohttp throughput",
+        ),
+        _latency_target(by_name.get("garrison"), run.target_rps),
+        _ratio_target(
+            found,
+            by_name,
+            "garrison-chain",
+            "nginx",
+            MIN_CHAIN_X_NGINX,
+            f"Garrison with the full chain ≥ {MIN_CHAIN_X_NGINX:g}x nginx throughput",
+        ),
+        _ratio_target(
+            found,
+            by_name,
+            "garrison-redis",
+            "garrison",
+            MIN_REDIS_X_PLAIN,
+            f"Redis-backed limits cost ≤ {1 - MIN_REDIS_X_PLAIN:.0%} of throughput (garrison-redis ≥ "
+            f"{MIN_REDIS_X_PLAIN:g}x garrison)",
+        ),
     ]
     return Summary(columns, found, targets, run.target_rps, run.rate_basis, notes(columns))
 

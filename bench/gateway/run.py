@@ -1,9 +1,11 @@
 """Gateway benchmark: nginx, an aiohttp proxy and Garrison, each in front of the same nginx upstream.
 
-All columns run in ONE invocation and are measured in interleaved rounds (direct, nginx, aiohttp,
-garrison, direct, nginx, ...), so machine noise hits every column alike. See bench/README.md.
+Garrison runs as three columns: plain (`garrison`), with the full security chain (`garrison-chain`:
+IP rules, JWT, rate limit) and with a Redis-backed rate limit (`garrison-redis`). All columns run in
+ONE invocation and are measured in interleaved rounds (direct, nginx, aiohttp, garrison, ...,
+direct, nginx, ...), so machine noise hits every column alike. See bench/README.md.
 
-    .venv/bin/python bench/gateway/run.py [--quick] [--only nginx,aiohttp,garrison] [--markdown]
+    .venv/bin/python bench/gateway/run.py [--quick] [--only nginx,garrison,garrison-chain] [--markdown]
 """
 
 from __future__ import annotations
@@ -25,16 +27,18 @@ from types import FrameType
 
 import report
 import servers
+from issuer import Issuer
 from loadgen import LoadError, run_hey, run_wrk
 from results import DIRECT, PROXIES, Column, Run, Settings, fixed_rate_basis, summarize
 from rich.console import Console
-from servers import Pinning, Server, StartError
+from servers import Pinning, Server, StartError, Unavailable
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "out"
 TOOLS = ("wrk", "nginx", "hey")
 APT_COMMAND = "apt-get install -y wrk nginx-light hey"
 
 Measure = Callable[[str, Server], str]  # runs one measurement, stores it, returns a progress line
+NAME_WIDTH = max(len(name) for name in PROXIES)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -84,11 +88,19 @@ def make_settings(args: argparse.Namespace, pin: Pinning) -> Settings:
     )
 
 
-def start_proxy(name: str, tmp: Path, pin: Pinning, upstream_port: int, loop: str) -> Server:
+def start_proxy(
+    name: str, stack: ExitStack, tmp: Path, pin: Pinning, upstream_port: int, loop: str
+) -> Server:
     if name == "nginx":
         return servers.start_nginx_proxy(tmp, pin, upstream_port)
     if name == "aiohttp":
         return servers.start_aiohttp(tmp, pin, upstream_port, loop)
+    if name == "garrison-chain":
+        issuer = stack.enter_context(Issuer())  # serves the JWKS until the run ends
+        return servers.start_garrison(tmp, pin, upstream_port, servers.chain_variant(issuer))
+    if name == "garrison-redis":
+        servers.check_redis()
+        return servers.start_garrison(tmp, pin, upstream_port, servers.redis_variant())
     return servers.start_garrison(tmp, pin, upstream_port)
 
 
@@ -100,11 +112,18 @@ def start_all(stack: ExitStack, tmp: Path, pin: Pinning, settings: Settings, run
     for name in settings.columns[1:]:
         try:
             live[name] = stack.enter_context(
-                start_proxy(name, tmp, pin, upstream_port, settings.aiohttp_loop)
+                start_proxy(name, stack, tmp, pin, upstream_port, settings.aiohttp_loop)
             )
+        except Unavailable as exc:
+            run.columns[name].failure = f"skipped: {exc}"
+            print(f"{name}: skipped: {exc}", flush=True)
+            continue
         except StartError as exc:
             run.columns[name].failure = f"failed to start: {exc}"
             print(f"{name}: failed to start: {exc}", flush=True)
+            continue
+        if live[name].headers:
+            print(f"{name}: GET / with the bench token: 200; without it: 401", flush=True)
     return live
 
 
@@ -141,9 +160,9 @@ def warm_up(console: Console, run: Run, live: dict[str, Server], settings: Setti
         console.print(f"warm-up: {settings.warmup} s of wrk per column", highlight=False)
 
         def measure(name: str, server: Server) -> str:
-            result = run_wrk(server.address, settings.warmup, pin.client())
+            result = run_wrk(server.address, settings.warmup, pin.client(), server.headers)
             still_alive(server)
-            return f"{name:<9} warm-up {result.rps:>9,.0f} req/s"
+            return f"{name:<{NAME_WIDTH}} warm-up {result.rps:>9,.0f} req/s"
 
         interleave(console, run, live, 1, measure)
 
@@ -155,13 +174,13 @@ def measure_throughput(
 
     def measure(name: str, server: Server) -> str:
         cpu_before, started = server.cpu_seconds(), time.monotonic()
-        result = run_wrk(server.address, settings.duration, pin.client())
+        result = run_wrk(server.address, settings.duration, pin.client(), server.headers)
         cpu = (server.cpu_seconds() - cpu_before) / (time.monotonic() - started)
         still_alive(server)
         run.columns[name].throughput.append(result)
         run.columns[name].cpu.append(cpu)
         return (
-            f"{name:<9} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+            f"{name:<{NAME_WIDTH}} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
             f"p99 {result.p99_ms:6.2f} ms  errors {result.errors}  CPU {cpu:4.0%}"
         )
 
@@ -184,12 +203,12 @@ def measure_latency(
     rate = run.target_rps
 
     def measure(name: str, server: Server) -> str:
-        result = run_hey(server.address, settings.latency_seconds, rate, pin.client())
+        result = run_hey(server.address, settings.latency_seconds, rate, pin.client(), server.headers)
         still_alive(server)
         run.columns[name].latency.append(result)
         errors = result.errors + result.non_2xx
         return (
-            f"{name:<9} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+            f"{name:<{NAME_WIDTH}} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
             f"p99 {result.p99_ms:6.2f} ms  errors {errors}"
         )
 

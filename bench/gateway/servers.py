@@ -17,11 +17,12 @@ import string
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 import yaml
+from issuer import Issuer
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -35,6 +36,10 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 class StartError(Exception):
     """A server under test did not come up; the message carries the tail of its output."""
+
+
+class Unavailable(StartError):
+    """Something a column needs (Redis) is not there: the column is skipped, not failed."""
 
 
 def free_port() -> int:
@@ -74,6 +79,7 @@ class Server:
     def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
         self.name = name
         self.address = ""  # "host:port" once the server answers
+        self.headers: dict[str, str] = {}  # sent with every request: readiness check, wrk and hey
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -129,25 +135,39 @@ def group_cpu_seconds(pgid: int) -> float:
     return ticks / CLOCK_TICKS
 
 
-def answers(address: str) -> bool:
-    """True when GET / at address returns 200 with the upstream's body."""
+def get_status(address: str, headers: dict[str, str]) -> tuple[int, bytes, str] | None:
+    """GET / at address: (status, body, WWW-Authenticate), or None if nothing answered."""
     host, port = address.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=1.0)
     try:
-        conn.request("GET", "/")
+        conn.request("GET", "/", headers=headers)
         response = conn.getresponse()
-        return response.status == 200 and response.read() == EXPECTED_BODY
+        return response.status, response.read(), response.getheader("WWW-Authenticate", "")
     except (OSError, http.client.HTTPException):
-        return False
+        return None
     finally:
         conn.close()
+
+
+def answers(server: Server, address: str) -> bool:
+    """True when GET / (with the server's headers) returns 200 with the upstream's body.
+
+    A 401 or 403 is final: the gateway is up but refuses the benchmark's request (token, IP rules),
+    so waiting longer would only hide why.
+    """
+    got = get_status(address, server.headers)
+    if got is not None and got[0] in (401, 403):
+        status, body, challenge = got
+        detail = f" (WWW-Authenticate: {challenge})" if challenge else ""
+        raise StartError(f"GET / was refused with {status}{detail}: {body[:200]!r}")
+    return got is not None and got[0] == 200 and got[1] == EXPECTED_BODY
 
 
 def wait_until_answers(server: Server, address: str, deadline: float) -> None:
     while time.monotonic() < deadline:
         if not server.alive():
             raise StartError(f"exited with status {server.proc.returncode}:\n{server.output_tail()}")
-        if answers(address):
+        if answers(server, address):
             server.address = address
             return
         time.sleep(0.05)
@@ -202,22 +222,88 @@ def start_aiohttp(tmp: Path, pin: Pinning, upstream_port: int, loop: str) -> Ser
     return started(Server("aiohttp", argv, tmp / "aiohttp.out"), f"127.0.0.1:{port}")
 
 
-def garrison_config(tmp: Path, port: int, upstream_port: int) -> Path:
+@dataclass(frozen=True)
+class GarrisonVariant:
+    """One Garrison column: what its config adds to the plain one, and what every request must carry."""
+
+    name: str  # the column's name; also names its files in the temporary directory
+    gateway: dict[str, object] = field(default_factory=dict)  # merged into `gateway:`
+    route: dict[str, object] = field(default_factory=dict)  # merged into the one route
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+PLAIN = GarrisonVariant("garrison")
+REDIS_URL = "redis://127.0.0.1:6379/0"
+BENCH_AUDIENCE = BENCH_SCOPE = "bench"
+NEVER_LIMITED = "10000000/minute"  # far above anything one core can serve: the limiter counts, never refuses
+
+
+def chain_variant(issuer: Issuer) -> GarrisonVariant:
+    """The full security chain: global IP deny list, JWT with a scope, a memory rate limit per IP."""
+    token = issuer.mint(BENCH_AUDIENCE, BENCH_SCOPE)
+    return GarrisonVariant(
+        "garrison-chain",
+        gateway={
+            "ip_rules": {"deny": ["192.0.2.0/24"]},
+            "jwt": {"issuer": issuer.url, "jwks_url": issuer.jwks_url, "audiences": [BENCH_AUDIENCE]},
+        },
+        route={
+            "auth": {"require": "jwt", "scopes": [BENCH_SCOPE]},
+            "rate_limit": {"rate": NEVER_LIMITED, "key": "ip", "strategy": "fixed_window"},
+        },
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
+def redis_variant() -> GarrisonVariant:
+    """The plain column plus a Redis-backed rate limit on the route (one shared counter)."""
+    return GarrisonVariant(
+        "garrison-redis",
+        gateway={"redis": {"url": REDIS_URL}},
+        route={
+            "rate_limit": {
+                "rate": NEVER_LIMITED,
+                "key": "route",
+                "strategy": "fixed_window",
+                "storage": "redis",
+            }
+        },
+    )
+
+
+def check_redis(host: str = "127.0.0.1", port: int = 6379) -> None:
+    """Raise Unavailable unless a Redis answers PING at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as sock:
+            sock.sendall(b"PING\r\n")
+            reply = sock.recv(64)
+    except OSError as exc:
+        raise Unavailable(f"Redis unreachable at {host}:{port} ({exc})") from None
+    if not reply.startswith(b"+PONG"):
+        raise Unavailable(f"Redis at {host}:{port} answered PING with {reply[:40]!r}")
+
+
+def garrison_config(tmp: Path, port: int, upstream_port: int, variant: GarrisonVariant = PLAIN) -> Path:
+    route: dict[str, object] = {
+        "match": {"path": "/", "prefix": True},
+        "service": "upstream",
+        "auth": {"require": "none"},  # every route must say how it authenticates
+    }
+    route.update(variant.route)
     config = {
-        "state_dir": str(tmp / "state"),
+        "state_dir": str(tmp / f"{variant.name}-state"),
         "gateway": {
             "listen": f"127.0.0.1:{port}",
             "workers": 1,
             "tls": {"insecure_disable": True},  # plaintext, like the other two proxies
-            "admin": {"listen": "127.0.0.1:0"},
-            "access_log": {"path": str(tmp / "access.log")},
+            "admin": {"listen": "127.0.0.1:0"},  # Prometheus /metrics: always collected
+            "access_log": {"path": str(tmp / f"{variant.name}-access.log")},
+            **variant.gateway,
         },
         "services": {"upstream": {"targets": [f"http://127.0.0.1:{upstream_port}"]}},
-        "routes": [
-            {"match": {"path": "/", "prefix": True}, "service": "upstream", "auth": {"require": "none"}}
-        ],
+        "routes": [route],
     }
-    path = tmp / "garrison.yaml"
+    path = tmp / f"{variant.name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -234,16 +320,29 @@ def read_ready_file(server: Server, ready: Path, deadline: float) -> str:
     raise StartError(f"wrote no ready file within {READY_TIMEOUT:.0f} s:\n{server.output_tail()}")
 
 
-def start_garrison(tmp: Path, pin: Pinning, upstream_port: int) -> Server:
+def start_garrison(tmp: Path, pin: Pinning, upstream_port: int, variant: GarrisonVariant = PLAIN) -> Server:
     if not GARRISON_BIN.exists():
         raise StartError(f"{GARRISON_BIN} not found (is the package installed in .venv?)")
-    config = garrison_config(tmp, free_port(), upstream_port)
-    ready = tmp / "garrison-ready.json"
+    config = garrison_config(tmp, free_port(), upstream_port, variant)
+    ready = tmp / f"{variant.name}-ready.json"
     argv = [*pin.proxy(), str(GARRISON_BIN), "gateway", "-c", str(config), "--ready-file", str(ready)]
-    server = Server("garrison", argv, tmp / "garrison.out")
+    server = Server(variant.name, argv, tmp / f"{variant.name}.out")
+    server.headers = dict(variant.headers)
     try:
         address = read_ready_file(server, ready, time.monotonic() + READY_TIMEOUT)
     except BaseException:
         server.stop()
         raise
-    return started(server, address)
+    server = started(server, address)
+    if variant.headers:
+        check_refused_without_headers(server)
+    return server
+
+
+def check_refused_without_headers(server: Server) -> None:
+    """The chain must be enforced: without its Authorization header the same request gets 401."""
+    got = get_status(server.address, {})
+    if got is None or got[0] != 401:
+        server.stop()
+        seen = "no answer" if got is None else f"{got[0]}"
+        raise StartError(f"GET / without a token returned {seen}, expected 401: the chain is not enforced")
