@@ -2,7 +2,8 @@
 
 Feeds a typical keep-alive request and its upstream response through the gateway's real
 ``ClientConnection`` and ``UpstreamConnection`` objects, with stub transports that only count
-writes, and prints microseconds per request: with the access log on and off. It isolates the
+writes, and prints microseconds per request for the plain proxy and for each security step (a JWT route
+with a warm token cache, a memory rate limit), with the access log on and off. It isolates the
 Python work (parsing callbacks, routing, header rewriting, bookkeeping, logging) from system calls
 and the event loop, to tell where a throughput gap in bench/gateway/run.py comes from.
 
@@ -13,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import jwt
 import uvloop
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from garrison.config.loader import parse_config
 from garrison.gateway.proxy import ClientConnection
@@ -39,11 +43,36 @@ gateway:
   listen: 127.0.0.1:0
   tls: {{insecure_disable: true}}
   access_log: {access_log}
+  jwt: {{issuer: "http://issuer.test", jwks_url: "http://127.0.0.1:9/jwks", audiences: [bench]}}
 services:
   api: {{targets: ["http://127.0.0.1:9"]}}
 routes:
-  - {{match: {{path: /api, prefix: true}}, service: api, auth: {{require: none}}}}
+  - match: {{path: /api, prefix: true}}
+    service: api
+    auth: {auth}
+{rate_limit}
 """
+RATE_LIMIT = "    rate_limit: {rate: 10000000/minute, key: ip, strategy: fixed_window}"
+# (label, route auth, route rate limit): the plain proxy, then each security step on its own.
+VARIANTS = (
+    ("plain", "{require: none}", ""),
+    ("jwt", "{require: jwt, scopes: [bench]}", ""),
+    ("rate limit", "{require: none}", RATE_LIMIT),
+    ("jwt + rate limit", "{require: jwt, scopes: [bench]}", RATE_LIMIT),
+)
+
+
+def bench_token() -> tuple[dict[str, Any], str]:
+    """A public JWK and one ES256 access token signed with its key, both made now."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="bench", alg="ES256", use="sig")
+    now = int(time.time())
+    claims = {"iss": "http://issuer.test", "aud": "bench", "sub": "bench", "scope": "bench"}
+    token = jwt.encode(
+        {**claims, "iat": now, "exp": now + 3600}, key, "ES256", headers={"kid": "bench", "typ": "at+jwt"}
+    )
+    return jwk, token
 
 
 class StubTransport:
@@ -64,9 +93,10 @@ class StubTransport:
         return False
 
 
-async def measure(access_log: str, requests: int, state: Path) -> float:
-    loaded = parse_config(CONFIG.format(state=state, access_log=access_log))
-    server = GatewayServer(loaded, asyncio.get_running_loop())
+async def measure(config: str, request: bytes, jwk: dict[str, Any], requests: int) -> float:
+    server = GatewayServer(parse_config(config), asyncio.get_running_loop())
+    assert server.runtime.jwks is not None
+    server.runtime.jwks.load({"keys": [jwk]})  # as if fetched: no network in this measurement
     service = next(iter(server.runtime.services.values()))
     pool = service.pools[service.targets[0]]
     upstream = UpstreamConnection(pool)
@@ -74,9 +104,11 @@ async def measure(access_log: str, requests: int, state: Path) -> float:
     pool.idle.append(upstream)
     client = ClientConnection(server)
     client.connection_made(StubTransport())  # type: ignore[arg-type]
+    client.data_received(request)  # warm the caches (header block, token) like a keep-alive client
+    upstream.data_received(RESPONSE)
     started = time.perf_counter()
     for _ in range(requests):
-        client.data_received(REQUEST)
+        client.data_received(request)
         upstream.data_received(RESPONSE)
     elapsed = time.perf_counter() - started
     server.access_log.close()
@@ -89,11 +121,18 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=50_000)
     args = parser.parse_args()
+    jwk, token = bench_token()
+    request = REQUEST.replace(b"\r\n\r\n", b"\r\nAuthorization: Bearer %s\r\n\r\n" % token.encode())
     with tempfile.TemporaryDirectory() as tmp:
-        log_on = f"{{path: {Path(tmp) / 'access.log'}}}"
-        for label, setting in (("access log on", log_on), ("access log off", "{enabled: false}")):
-            micros = uvloop.run(measure(setting, args.requests, Path(tmp) / "state"))
-            print(f"{label:15} {micros:6.2f} µs of Python per proxied request ({args.requests:,} requests)")
+        state = Path(tmp) / "state"
+        for log_label, log in (
+            ("log on", f"{{path: {Path(tmp) / 'access.log'}}}"),
+            ("log off", "{enabled: false}"),
+        ):
+            for label, auth, rate_limit in VARIANTS:
+                config = CONFIG.format(state=state, access_log=log, auth=auth, rate_limit=rate_limit)
+                micros = uvloop.run(measure(config, request, jwk, args.requests))
+                print(f"{label:17} {log_label:8} {micros:6.2f} µs of Python per proxied request")
 
 
 if __name__ == "__main__":
