@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from gateway_harness import GatewayProcess, RecordingUpstream, free_port, http_call, wait_until
+from gateway_harness import GatewayProcess, RecordingUpstream, ThrowawayRedis, http_call, wait_until
 
 
 def call(gw: GatewayProcess, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
@@ -57,39 +55,6 @@ def test_shared_redis_limit_holds_across_two_gateways(
         statuses = list(pool.map(lambda i: call(first if i % 2 else second)[0], range(120)))
     assert statuses.count(200) == 50
     assert statuses.count(429) == 70
-
-
-class ThrowawayRedis:
-    """A redis-server of the test's own on a free port, to kill and restart mid-run."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed")
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-        )
-        assert wait_until(self._answers, timeout=5), "redis-server did not start"
-
-    def _answers(self) -> bool:
-        import socket
-
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import shutil
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+from gateway_harness import ThrowawayRedis
 
 from garrison.gateway.ratelimit import RateDecision, RateLimiter, RateLimitSpec, rate_limit_headers
 
@@ -265,39 +264,9 @@ def test_unreachable_redis_follows_the_fail_mode(mode: str) -> None:
     assert breaker_state == "open"
 
 
-class _ThrowawayRedis:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed")
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(3)
-            self.process = None
-
-
 @pytest.mark.parametrize("mode", ["open", "closed"])
 def test_redis_killed_mid_run_then_recovers(mode: str) -> None:
-    server = _ThrowawayRedis(_free_port())
+    server = ThrowawayRedis()
     server.start()
 
     async def main() -> None:
@@ -313,7 +282,7 @@ def test_redis_killed_mid_run_then_recovers(mode: str) -> None:
             before = await limiter.hit("a")
             assert before.allowed and not before.storage_error and before.remaining == 999
 
-            server.kill()
+            server.stop()
             during = [await limiter.hit("a") for _ in range(5)]
             assert all(d.storage_error for d in during)
             assert all(d.allowed is (mode == "open") for d in during)
@@ -331,4 +300,4 @@ def test_redis_killed_mid_run_then_recovers(mode: str) -> None:
     try:
         asyncio.run(main())
     finally:
-        server.kill()
+        server.stop()

@@ -18,6 +18,7 @@ import hashlib
 import json
 import random
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httptools
+import pytest
 import yaml
 
 GARRISON = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "garrison"
@@ -841,3 +843,36 @@ def garrison_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "garrison", *args], capture_output=True, text=True, timeout=60, check=False
     )
+
+
+class ThrowawayRedis:
+    """A redis-server of the test's own on a free port, to kill and restart mid-run."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        assert wait_until(self._answers, timeout=5), "redis-server did not start"
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None

@@ -12,7 +12,7 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
 from garrison.gateway.auth.apikeys import ApiKeyCache, extract_api_key
@@ -77,6 +77,10 @@ class JwtRouteAuth:
     verifier: JwtVerifier
     requirement: Requirement
     allow_query: bool
+    # The token cache hands back the same VerifiedToken object for a hot token, so its identity
+    # lines are built once and reused while that object keeps coming back (an `is` check, which
+    # also keeps the object alive: no id() reuse).
+    _last: list[tuple[VerifiedToken, Identity]] = field(default_factory=list)
 
     def bearer(self, authorization: list[bytes], query: bytes) -> str:
         query_token: bytes | None = None
@@ -105,8 +109,13 @@ class JwtRouteAuth:
         return self._authorize(await self.verifier.verify_async(token, time.time()))
 
     def _authorize(self, verified: VerifiedToken) -> Identity:
+        last = self._last
+        if last and last[0][0] is verified:
+            return last[0][1]  # already checked against this route's requirement
         self.requirement.check(verified)
-        return identity_of(verified)
+        identity = identity_of(verified)
+        last[:] = [(verified, identity)]
+        return identity
 
 
 def identity_of(verified: VerifiedToken) -> Identity:
