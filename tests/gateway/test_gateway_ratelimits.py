@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from gateway_harness import GatewayProcess, RecordingUpstream, ThrowawayRedis, http_call, wait_until
+from jwt_issuer import AUDIENCE, Issuer
 
 
 def call(gw: GatewayProcess, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
@@ -83,3 +84,72 @@ def test_redis_going_away_follows_the_fail_mode_and_recovers(
     assert wait_until(lambda: call(gw)[0] == 200 and call(gw)[0] == 200, timeout=5)
     metrics = http_call(gw.admin_port, "/metrics")[2].decode()
     assert f'outcome="failed_{mode}"' in metrics
+
+
+# -- limits keyed by the authenticated client ----------------------------------------------------------
+
+
+@pytest.fixture
+def issuer() -> Iterator[Issuer]:
+    server = Issuer()
+    yield server
+    server.stop()
+
+
+def client_limited(issuer: Issuer, *limits: dict[str, str]) -> dict[str, object]:
+    return {
+        "gateway": {"jwt": {"issuer": issuer.url, "jwks_url": f"{issuer.url}/jwks", "audiences": [AUDIENCE]}},
+        "routes": [
+            {
+                "match": {"path": "/", "prefix": True},
+                "service": "rec",
+                "auth": {"require": "jwt"},
+                "name": "per-client",
+                "rate_limit": list(limits),
+            }
+        ],
+    }
+
+
+def test_client_limits_count_each_client_whatever_its_token_or_address(
+    gateway_factory, upstream: RecordingUpstream, issuer: Issuer
+) -> None:
+    gw = gateway_factory(upstream, client_limited(issuer, {"rate": "3/minute", "key": "client"}))
+    web = [issuer.token(client_id="web", jti=f"web-{i}") for i in range(4)]  # four tokens, one client
+    batch = issuer.token(client_id="batch", sub="svc-batch")
+    statuses = [
+        call(gw, {"Authorization": f"Bearer {t}", "X-Forwarded-For": f"198.51.100.{i}"})[0]
+        for i, t in enumerate(web)
+    ]
+    assert statuses == [200, 200, 200, 429]
+    status, headers = call(gw, {"Authorization": f"Bearer {batch}"})
+    assert status == 200  # another client has its own budget, from the same address
+    assert headers["ratelimit-remaining"] == "2"
+
+
+def test_address_limits_cut_a_flood_of_bad_tokens_before_signature_checks(
+    gateway_factory, upstream: RecordingUpstream, issuer: Issuer
+) -> None:
+    limits = ({"rate": "5/minute", "key": "ip"}, {"rate": "100/minute", "key": "client"})
+    gw = gateway_factory(upstream, client_limited(issuer, *limits))
+    forged = issuer.token()[:-4] + "AAAA"  # a bad signature
+    statuses = [call(gw, {"Authorization": f"Bearer {forged}"})[0] for _ in range(8)]
+    assert statuses == [401] * 5 + [429] * 3
+    refused = gw.wait_access_log(lambda line: line.get("status") == 429)
+    assert refused["subject"] is None  # refused before the token was looked at
+    # A good token from the same address is refused too: the address limit counts it first.
+    status, headers = call(gw, {"Authorization": f"Bearer {issuer.token()}"})
+    assert status == 429 and headers["ratelimit-limit"] == "5"
+
+
+def test_the_tightest_limit_is_the_one_in_the_headers(
+    gateway_factory, upstream: RecordingUpstream, issuer: Issuer
+) -> None:
+    limits = ({"rate": "50/minute", "key": "ip"}, {"rate": "2/minute", "key": "client"})
+    gw = gateway_factory(upstream, client_limited(issuer, *limits))
+    token = {"Authorization": f"Bearer {issuer.token()}"}
+    answers = [call(gw, token) for _ in range(3)]
+    assert [status for status, _ in answers] == [200, 200, 429]
+    first = answers[0][1]
+    assert (first["ratelimit-limit"], first["ratelimit-remaining"]) == ("2", "1")
+    assert answers[2][1]["ratelimit-limit"] == "2" and "retry-after" in answers[2][1]

@@ -152,18 +152,34 @@ def _cross_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
     needs_redis: list[tuple[Any, ...]] = []
     if config.gateway.blocklist.storage == "redis":
         needs_redis.append(("gateway", "blocklist", "storage"))
-    needs_redis += [
-        ("routes", index, "rate_limit", "storage")
-        for index, route in enumerate(config.routes)
-        if route.rate_limit is not None and route.rate_limit.storage == "redis"
-    ]
     for index, route in enumerate(config.routes):
-        if route.auth.require == "jwt" and config.gateway.jwt is None:
-            errors.append(
-                (("routes", index, "auth", "require"), "`require: jwt` needs a `gateway.jwt` section")
-            )
+        for number, limit in enumerate(route.rate_limit or []):
+            if limit.storage == "redis":
+                needs_redis.append(("routes", index, "rate_limit", number, "storage"))
+        errors += _auth_checks(config, index)
+    if config.gateway.mtls is not None and config.gateway.tls.insecure_disable:
+        errors.append((("gateway", "mtls"), "client certificates need TLS (tls.insecure_disable is on)"))
     if needs_redis and not config.gateway.redis.url:
         errors += [(loc, "storage `redis` needs `gateway.redis.url`") for loc in needs_redis]
+    return errors
+
+
+def _auth_checks(config: GarrisonConfig, index: int) -> list[tuple[tuple[Any, ...], str]]:
+    """What a route's auth block needs from the gateway section, and what its limits can count."""
+    route = config.routes[index]
+    require = route.auth.require
+    errors: list[tuple[tuple[Any, ...], str]] = []
+    for kind, section in (("jwt", config.gateway.jwt), ("mtls", config.gateway.mtls)):
+        if require == kind and section is None:
+            errors.append(
+                (("routes", index, "auth", "require"), f"`require: {kind}` needs a `gateway.{kind}` section")
+            )
+    for number, limit in enumerate(route.rate_limit or []):
+        loc = ("routes", index, "rate_limit", number, "key")
+        if limit.key == "client" and require == "none":
+            errors.append((loc, "`key: client` counts authenticated clients; this route has `require: none`"))
+        if limit.key == "api_key" and require != "api_key":
+            errors.append((loc, "`key: api_key` needs `auth: {require: api_key}`"))
     return errors
 
 

@@ -184,6 +184,47 @@ class ApiKeysConfig(Strict):
     )
 
 
+class MtlsClientConfig(Strict):
+    """One client certificate identity: which certificate it is, and the scopes it carries."""
+
+    id: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        description="Client id: sent upstream as X-Garrison-Client, subject `mtls:<id>`.",
+    )
+    uri: str | None = Field(None, description="Matches a certificate with this URI SAN (e.g. SPIFFE ID).")
+    dns: str | None = Field(None, description="Matches a certificate with this DNS SAN.")
+    email: str | None = Field(None, description="Matches a certificate with this e-mail SAN.")
+    common_name: str | None = Field(None, description="Matches a certificate whose subject CN is this.")
+    scopes: list[str] = Field(default_factory=list, description="Scopes this client is granted.")
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> MtlsClientConfig:
+        chosen = [v for v in (self.uri, self.dns, self.email, self.common_name) if v is not None]
+        if len(chosen) != 1:
+            raise ValueError("give exactly one of uri, dns, email, common_name")
+        return self
+
+
+class MtlsConfig(Strict):
+    """Client certificates at the edge (routes with `auth: {require: mtls}`). The gateway asks every
+    TLS client for a certificate; one that is sent must chain to `ca` or the handshake fails."""
+
+    ca: str = Field(description="PEM bundle of the CA(s) that issue client certificates.")
+    clients: list[MtlsClientConfig] = Field(
+        min_length=1, description="Known client certificates; a valid one not listed here is refused."
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> MtlsConfig:
+        ids = [c.id for c in self.clients]
+        selectors = [(c.uri, c.dns, c.email, c.common_name) for c in self.clients]
+        if len(set(ids)) != len(ids):
+            raise ValueError("client ids must be unique")
+        if len(set(selectors)) != len(selectors):
+            raise ValueError("two clients match the same certificate name")
+        return self
+
+
 class GatewayConfig(Strict):
     """The edge gateway: the single entry point of every external request."""
 
@@ -235,6 +276,9 @@ class GatewayConfig(Strict):
         None, description="JWT access-token verification (routes with `require: jwt`)."
     )
     api_keys: ApiKeysConfig = Field(default_factory=ApiKeysConfig, description="API-key storage.")
+    mtls: MtlsConfig | None = Field(
+        None, description="Client certificates at the edge (routes with `require: mtls`)."
+    )
     access_log: AccessLogConfig = Field(default_factory=AccessLogConfig, description="Access log.")
     admin: AdminConfig = Field(default_factory=AdminConfig, description="Admin listener.")
     drain_timeout: Duration = Field(30.0, description="On SIGTERM, how long in-flight requests may finish.")
@@ -389,9 +433,10 @@ class JwtConfig(Strict):
 class AuthConfig(Strict):
     """How a route is authenticated and authorized. Every route must say it."""
 
-    require: Literal["jwt", "api_key", "none"] = Field(
+    require: Literal["jwt", "api_key", "mtls", "none"] = Field(
         description="`jwt`: a valid access token (gateway.jwt); `api_key`: a Garrison API key in "
-        "`Authorization: ApiKey ...` or `X-API-Key`; `none`: anyone (`garrison check` warns)."
+        "`Authorization: ApiKey ...` or `X-API-Key`; `mtls`: a client certificate listed in "
+        "gateway.mtls; `none`: anyone (`garrison check` warns)."
     )
     scopes: list[str] = Field(default_factory=list, description="Scopes the token must all have.")
     scopes_any: list[str] = Field(default_factory=list, description="Scopes of which it needs one.")
@@ -407,8 +452,8 @@ class AuthConfig(Strict):
     def _requirements_need_a_token(self) -> AuthConfig:
         if self.require == "none" and (self.scopes or self.scopes_any or self.roles or self.claims):
             raise ValueError("scopes, roles and claims need `require: jwt` (scopes also `api_key`)")
-        if self.require == "api_key" and (self.roles or self.claims):
-            raise ValueError("API keys carry scopes only: roles and claims need `require: jwt`")
+        if self.require in ("api_key", "mtls") and (self.roles or self.claims):
+            raise ValueError(f"`{self.require}` carries scopes only: roles and claims need `require: jwt`")
         return self
 
 
@@ -470,8 +515,9 @@ class RateLimitConfig(Strict):
     rate: Annotated[str, AfterValidator(_check_rate)] = Field(description="e.g. 100/second, 10/minute.")
     key: Literal["client", "api_key", "ip", "route"] = Field(
         "ip",
-        description="What is counted: the client address (`ip`), the whole route (`route`), or the "
-        "authenticated client / API key (until authentication lands these count by address).",
+        description="What is counted: the client address (`ip`) or the whole route (`route`), both "
+        "before authentication; or, after it, the authenticated client (`client`: the token's "
+        "client_id, else its subject; the API key; the certificate's id) or the API key (`api_key`).",
     )
     strategy: Literal["fixed_window", "moving_window", "sliding_window_counter"] = Field(
         "sliding_window_counter", description="Counting algorithm (the `limits` library's)."
@@ -496,7 +542,18 @@ class RouteConfig(Strict):
         None, description="IP allow/deny lists for this route only, on top of the global ones (403)."
     )
     auth: AuthConfig = Field(description="Authentication and authorization; required on every route.")
-    rate_limit: RateLimitConfig | None = Field(None, description="Rate limit for this route (429).")
+    rate_limit: list[RateLimitConfig] | None = Field(
+        None,
+        description="Rate limits for this route (429): one mapping, or a list of them, all of which "
+        "apply. `ip`/`route` limits count before the credentials are checked (a flood of bad tokens "
+        "costs no signature checks); `client`/`api_key` limits count after.",
+    )
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, dict) else value
+
     cors: CorsConfig | None = Field(None, description="CORS for browsers (unset: no CORS headers).")
 
 

@@ -1,9 +1,13 @@
-"""A route's authentication step: a bearer token (JWT) or a Garrison API key.
+"""A route's authentication step: a bearer token (JWT), a Garrison API key or a client certificate.
 
 ``RouteAuth.authenticate`` runs synchronously on the hot path: a cached token is a dictionary
 lookup, a new one a signature check with a key already in the JWKS cache. Only a token naming a
 ``kid`` the cache does not know needs the network (a rate-limited JWKS refetch); that case raises
 ``NeedsRefetch`` and the proxy finishes it asynchronously with ``authenticate_async``.
+
+A client certificate was verified by the TLS handshake (the server context asks for one and checks
+it against ``gateway.mtls.ca``); ``ClientCertificates`` maps the verified certificate's SAN or CN to
+a configured client, once per connection, and ``MtlsRouteAuth`` checks the route's scopes.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import json
 import math
 import re
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qs
 
 from garrison.gateway.auth.apikeys import ApiKeyCache, extract_api_key
@@ -38,6 +44,7 @@ class Identity:
     """What the upstream and the access log learn about an authenticated caller."""
 
     subject: str
+    client: str  # what `rate_limit: {key: client}` counts: the client id, else the subject
     headers: bytes  # X-Garrison-Subject / -Client / -Scopes lines
     log_subject: bytes  # JSON-encoded, for the access log
 
@@ -128,14 +135,109 @@ def identity_of(verified: VerifiedToken) -> Identity:
         lines.append(b"x-garrison-client: %s\r\n" % verified.client_id.encode())
     if scopes:
         lines.append(b"x-garrison-scopes: %s\r\n" % scopes.encode())
-    return Identity(verified.subject, b"".join(lines), json.dumps(verified.subject).encode())
+    return Identity(
+        verified.subject,
+        verified.client_id or verified.subject,
+        b"".join(lines),
+        json.dumps(verified.subject).encode(),
+    )
 
 
-RouteAuth = JwtRouteAuth | ApiKeyRouteAuth
+class CertificateRefused(AuthError):
+    """403 for a client-certificate route. No WWW-Authenticate: there is no HTTP challenge for TLS."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(error, description, 403)
+
+
+# ssl's names for the SAN kinds a client entry can select on, in the order they are tried.
+_SAN_KINDS = (("URI", "uri"), ("DNS", "dns"), ("email", "email"))
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateClient:
+    id: str
+    token: VerifiedToken  # the client as a token, so routes check scopes with the same Requirement
+    identity: Identity
+
+
+class ClientCertificates:
+    """The configured client certificates, compiled once per config load: (kind, name) -> client."""
+
+    __slots__ = ("_by_name",)
+
+    def __init__(self, clients: Iterable[tuple[str, str, str, Iterable[str]]]) -> None:
+        """``clients``: (id, kind, name, scopes), kind one of uri, dns, email, common_name."""
+        self._by_name: dict[tuple[str, str], CertificateClient] = {}
+        for client_id, kind, name, scopes in clients:
+            token = VerifiedToken(
+                subject=f"mtls:{client_id}",
+                client_id=client_id,
+                scopes=frozenset(scopes),
+                roles=frozenset(),
+                claims={},
+                jti=None,
+                exp=math.inf,
+            )
+            self._by_name[(kind, name)] = CertificateClient(client_id, token, identity_of(token))
+
+    def client_for(self, peercert: Mapping[str, Any] | None) -> CertificateClient:
+        """The client a verified certificate (``SSLObject.getpeercert()``) names, or CertificateRefused.
+
+        Every SAN and the subject CN are looked up; a certificate that names two different clients
+        is refused rather than resolved by an order nobody configured.
+        """
+        if not peercert:
+            raise CertificateRefused(
+                "client_certificate_required", "This route requires a client certificate."
+            )
+        found = {
+            client.id: client
+            for key in _certificate_names(peercert)
+            if (client := self._by_name.get(key)) is not None
+        }
+        if len(found) != 1:
+            raise CertificateRefused("unknown_client_certificate", "This client certificate is not accepted.")
+        return next(iter(found.values()))
+
+
+def _certificate_names(peercert: Mapping[str, Any]) -> list[tuple[str, str]]:
+    names: list[tuple[str, str]] = []
+    for kind, value in peercert.get("subjectAltName", ()):
+        for ssl_kind, ours in _SAN_KINDS:
+            if kind == ssl_kind and isinstance(value, str):
+                names.append((ours, value))
+    for rdn in peercert.get("subject", ()):
+        for attribute, value in rdn:
+            if attribute == "commonName" and isinstance(value, str):
+                names.append(("common_name", value))
+    return names
+
+
+@dataclass(frozen=True, slots=True)
+class MtlsRouteAuth:
+    """`require: mtls`: the connection's verified client certificate, mapped to a configured client."""
+
+    clients: ClientCertificates
+    requirement: Requirement
+
+    def authorize(self, client: CertificateClient) -> Identity:
+        try:
+            self.requirement.check(client.token)
+        except InsufficientScope as exc:
+            raise CertificateRefused(
+                "insufficient_scope", "This client lacks a scope the route requires."
+            ) from exc
+        return client.identity
+
+
+RouteAuth = JwtRouteAuth | ApiKeyRouteAuth | MtlsRouteAuth
 
 
 def challenge(error: AuthError) -> bytes:
     """The WWW-Authenticate header line for a refusal (RFC 6750 §3)."""
+    if isinstance(error, CertificateRefused):
+        return b""
     if isinstance(error, MissingCredentials):
         value = www_authenticate(None)
     else:

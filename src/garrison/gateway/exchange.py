@@ -25,6 +25,7 @@ from garrison.gateway.http1 import (
 STATUS_LINES = {status: status_line(status) for status in range(100, 600)}
 
 if TYPE_CHECKING:
+    from garrison.gateway.ratelimit import RateDecision
     from garrison.gateway.runtime import Route, Runtime
     from garrison.gateway.upstream.pool import UpstreamConnection
     from garrison.gateway.upstream.target import Target
@@ -86,6 +87,8 @@ class Exchange:
     identity_headers = b""  # X-Garrison-* lines for the upstream, once authenticated
     preflight: bytes | None = None  # head of the gateway's own answer to a CORS preflight
     log_subject = b"null"  # JSON value for the access log
+    client = ""  # the authenticated client, what `rate_limit: {key: client}` counts
+    rate_decision: RateDecision | None = None  # the tightest of the route's limits so far
 
     def __init__(
         self,

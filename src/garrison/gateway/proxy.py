@@ -11,13 +11,23 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from time import perf_counter
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
 from garrison.gateway.auth.jwt import AuthError
-from garrison.gateway.authn import ApiKeyRouteAuth, Identity, JwtRouteAuth, NeedsRefetch, challenge
+from garrison.gateway.authn import (
+    ApiKeyRouteAuth,
+    CertificateClient,
+    ClientCertificates,
+    Identity,
+    JwtRouteAuth,
+    MtlsRouteAuth,
+    NeedsRefetch,
+    challenge,
+)
 from garrison.gateway.errors import error_response
 from garrison.gateway.exchange import (
     BODY_CHUNKED,
@@ -98,6 +108,9 @@ class ClientConnection(asyncio.Protocol):
         self.host_lower = b""
         self.host_key = b""
         self.header_cache: _HeaderCache | None = None
+        # The client certificate's configured client, resolved once per connection and per config
+        # (the certificate cannot change on a connection; a reload can change what it maps to).
+        self.certificate_client: tuple[ClientCertificates, CertificateClient | AuthError] | None = None
         # Output is gathered and written once per event, so a response head and its body leave
         # in one write() system call: on loopback the syscall costs more than all our Python.
         self.out: list[bytes] = []
@@ -367,39 +380,88 @@ class ClientConnection(asyncio.Protocol):
         if exchange.preflight is not None:
             self._answer_preflight(exchange, exchange.preflight)
             return
-        limiter = exchange.route.rate_limiter
-        if limiter is None:
-            self._proceed(exchange)
-            return
-        # Counted before anything costly, token checks included.
-        key = limiter.spec.key
-        identity = "" if key == "route" else exchange.client_ip
-        if limiter.spec.storage == "memory":
-            self._after_rate_limit(exchange, limiter.hit_sync(identity))
+        route = exchange.route
+        if route.pre_auth_limits:
+            # Counted before anything costly, token checks included.
+            self._limit(exchange, route.pre_auth_limits, 0, self._proceed)
         else:
-            self.server.spawn(self._rate_limit_shared(exchange, limiter, identity))
+            self._proceed(exchange)
 
-    async def _rate_limit_shared(self, exchange: Exchange, limiter: RateLimiter, identity: str) -> None:
-        decision = await limiter.hit(identity)  # never raises: a Redis failure is in the decision
+    # -- rate limits: each of a route's limits in turn, synchronously while they are in memory ----
+    def _limit(
+        self,
+        exchange: Exchange,
+        limiters: tuple[RateLimiter, ...],
+        index: int,
+        then: Callable[[Exchange], None],
+    ) -> None:
+        while index < len(limiters):
+            limiter = limiters[index]
+            key = limiter.spec.key
+            identity = exchange.client_ip if key == "ip" else ("" if key == "route" else exchange.client)
+            if limiter.spec.storage != "memory":
+                self.server.spawn(self._limit_shared(exchange, limiters, index, then, identity))
+                return
+            if not self._counted(exchange, limiter.hit_sync(identity)):
+                return
+            index += 1
+        self._limits_passed(exchange, limiters, then)
+
+    async def _limit_shared(
+        self,
+        exchange: Exchange,
+        limiters: tuple[RateLimiter, ...],
+        index: int,
+        then: Callable[[Exchange], None],
+        identity: str,
+    ) -> None:
+        decision = await limiters[index].hit(identity)  # never raises: a Redis failure is in the decision
         if exchange is not self.active or self.closed:
             return
-        self._after_rate_limit(exchange, decision)
+        if self._counted(exchange, decision):
+            self._limit(exchange, limiters, index + 1, then)
         self.flush()
 
-    def _after_rate_limit(self, exchange: Exchange, decision: RateDecision) -> None:
-        headers = b"".join(b"%s: %s\r\n" % pair for pair in rate_limit_headers(decision))
-        exchange.extra_response_headers += headers
+    def _counted(self, exchange: Exchange, decision: RateDecision) -> bool:
+        """Keep the tightest decision for the RateLimit-* headers; refuse when a limit is exceeded."""
+        tightest = exchange.rate_decision
+        if not decision.failed_open and (tightest is None or decision.remaining < tightest.remaining):
+            exchange.rate_decision = decision
         if decision.allowed:
-            self._proceed(exchange)
-        elif decision.storage_error:
+            return True
+        exchange.rate_decision = decision
+        self._add_rate_headers(exchange)
+        if decision.storage_error:
             self._fail_exchange(exchange, 503, "rate_limiter_unavailable")
         else:
             self._fail_exchange(exchange, 429, "too_many_requests")
+        return False
 
+    def _limits_passed(
+        self, exchange: Exchange, limiters: tuple[RateLimiter, ...], then: Callable[[Exchange], None]
+    ) -> None:
+        if limiters is exchange.route.post_auth_limits or not exchange.route.post_auth_limits:
+            self._add_rate_headers(exchange)  # the last limit of the request has counted
+        then(exchange)
+
+    @staticmethod
+    def _add_rate_headers(exchange: Exchange) -> None:
+        decision = exchange.rate_decision
+        if decision is not None:
+            headers = b"".join(b"%s: %s\r\n" % pair for pair in rate_limit_headers(decision))
+            exchange.extra_response_headers += headers
+
+    # -- authentication ----------------------------------------------------------------------------
     def _proceed(self, exchange: Exchange) -> None:
         auth = exchange.route.auth
-        if auth is not None:
-            # After the rate limit (a flood of bad tokens is cut before it costs signature checks).
+        if isinstance(auth, MtlsRouteAuth):
+            try:
+                self._authenticated(exchange, auth.authorize(self._certificate_client(auth.clients)))
+            except AuthError as refusal:
+                self._refuse_auth(exchange, refusal)
+                return
+        elif auth is not None:
+            # After the address limits (a flood of bad tokens is cut before it costs signature checks).
             try:
                 identity = auth.authenticate(exchange.authorization, exchange.api_key, exchange.query)
                 self._authenticated(exchange, identity)
@@ -410,7 +472,7 @@ class ClientConnection(asyncio.Protocol):
             except AuthError as refusal:
                 self._refuse_auth(exchange, refusal)
                 return
-        self._forward(exchange)
+        self._after_auth(exchange)
 
     async def _authenticate_later(self, exchange: Exchange, auth: JwtRouteAuth, token: str) -> None:
         try:
@@ -422,14 +484,38 @@ class ClientConnection(asyncio.Protocol):
             return
         if exchange is self.active and not self.closed:
             self._authenticated(exchange, identity)
-            self._forward(exchange)
+            self._after_auth(exchange)
             self.flush()
+
+    def _certificate_client(self, clients: ClientCertificates) -> CertificateClient:
+        cached = self.certificate_client
+        if cached is None or cached[0] is not clients:
+            assert self.transport is not None
+            peercert: dict[str, Any] | None = self.transport.get_extra_info("peercert")
+            try:
+                resolved: CertificateClient | AuthError = clients.client_for(peercert)
+            except AuthError as refusal:
+                resolved = refusal
+            cached = self.certificate_client = (clients, resolved)
+        if isinstance(cached[1], AuthError):
+            raise cached[1]
+        return cached[1]
 
     def _authenticated(self, exchange: Exchange, identity: Identity) -> None:
         exchange.identity_headers = identity.headers
         exchange.log_subject = identity.log_subject
+        exchange.client = identity.client
+
+    def _after_auth(self, exchange: Exchange) -> None:
+        limiters = exchange.route.post_auth_limits
+        if limiters:
+            self._limit(exchange, limiters, 0, self._forward)
+        else:
+            self._forward(exchange)
 
     def _refuse_auth(self, exchange: Exchange, refusal: AuthError) -> None:
+        if exchange.route.post_auth_limits:
+            self._add_rate_headers(exchange)  # the address limits counted; their headers were held back
         self.server.runtime.metrics.reject(refusal.error)
         self._fail_exchange(exchange, refusal.status, refusal.error, challenge(refusal))
 

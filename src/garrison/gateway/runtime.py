@@ -20,6 +20,7 @@ from garrison.config.model import (
     IpRulesConfig,
     JwtConfig,
     LimitsConfig,
+    MtlsConfig,
     RateLimitConfig,
     ServiceConfig,
 )
@@ -27,7 +28,7 @@ from garrison.gateway.auth.apikeys import ApiKeyCache
 from garrison.gateway.auth.authz import Requirement
 from garrison.gateway.auth.jwks import JwksCache
 from garrison.gateway.auth.jwt import JwtVerifier, TokenCache
-from garrison.gateway.authn import ApiKeyRouteAuth, JwtRouteAuth, RouteAuth
+from garrison.gateway.authn import ApiKeyRouteAuth, ClientCertificates, JwtRouteAuth, MtlsRouteAuth, RouteAuth
 from garrison.gateway.cors import CorsPolicy
 from garrison.gateway.forwarded import TrustedProxies
 from garrison.gateway.iprules import IpRules
@@ -72,9 +73,16 @@ class Route:
     service: Service
     stats: RouteStats
     ip_rules: IpRules | None = None
-    rate_limiter: RateLimiter | None = None
+    # Limits keyed by address or route count before authentication, so a flood of bad credentials
+    # is cut before it costs signature checks; limits keyed by client or API key count after it.
+    pre_auth_limits: tuple[RateLimiter, ...] = ()
+    post_auth_limits: tuple[RateLimiter, ...] = ()
     auth: RouteAuth | None = None  # None: `require: none`
     cors: CorsPolicy | None = None
+
+    @property
+    def rate_limiters(self) -> tuple[RateLimiter, ...]:
+        return self.pre_auth_limits + self.post_auth_limits
 
 
 @dataclass(eq=False)
@@ -117,8 +125,8 @@ class Runtime:
             await self.jwks.stop()
         for entry in [*self.routes.exact.values(), *self.routes.prefixes.values()]:
             for route in entry:
-                if route.payload.rate_limiter is not None:
-                    await route.payload.rate_limiter.aclose()
+                for limiter in route.payload.rate_limiters:
+                    await limiter.aclose()
 
     def sweep(self, now: float) -> None:
         for service in self.services.values():
@@ -164,12 +172,38 @@ def _jwt(spec: JwtConfig | None) -> tuple[JwksCache | None, JwtVerifier | None]:
     return jwks, verifier
 
 
+def _client_certificates(spec: MtlsConfig | None) -> ClientCertificates | None:
+    if spec is None:
+        return None
+    entries = []
+    for client in spec.clients:
+        kind, name = next(
+            (kind, value)
+            for kind, value in (
+                ("uri", client.uri),
+                ("dns", client.dns),
+                ("email", client.email),
+                ("common_name", client.common_name),
+            )
+            if value is not None
+        )
+        entries.append((client.id, kind, name, client.scopes))
+    return ClientCertificates(entries)
+
+
 def _route_auth(
-    spec: AuthConfig, verifier: JwtVerifier | None, api_keys: ApiKeyCache | None
+    spec: AuthConfig,
+    verifier: JwtVerifier | None,
+    api_keys: ApiKeyCache | None,
+    certificates: ClientCertificates | None,
 ) -> RouteAuth | None:
     if spec.require == "none":
         return None
     requirement = Requirement(spec.scopes, spec.scopes_any, spec.roles, spec.claims)
+    if spec.require == "mtls":
+        if certificates is None:
+            raise ValueError("a route requires mtls but gateway.mtls is not configured")
+        return MtlsRouteAuth(certificates, requirement)
     if spec.require == "api_key":
         if api_keys is None:
             raise ValueError("a route requires api_key but no API-key store is open")
@@ -180,11 +214,21 @@ def _route_auth(
     return JwtRouteAuth(verifier, requirement, spec.allow_query_token)
 
 
+def _rate_limiters(
+    name: str, specs: list[RateLimitConfig] | None, redis_url: str | None, metrics: GatewayMetrics
+) -> tuple[tuple[RateLimiter, ...], tuple[RateLimiter, ...]]:
+    """The route's limits split into (before authentication, after authentication)."""
+    limiters = [
+        _rate_limiter(name, number, spec, redis_url, metrics) for number, spec in enumerate(specs or [])
+    ]
+    before = tuple(limiter for limiter in limiters if limiter.spec.key in ("ip", "route"))
+    after = tuple(limiter for limiter in limiters if limiter.spec.key not in ("ip", "route"))
+    return before, after
+
+
 def _rate_limiter(
-    name: str, spec: RateLimitConfig | None, redis_url: str | None, metrics: GatewayMetrics
-) -> RateLimiter | None:
-    if spec is None:
-        return None
+    name: str, number: int, spec: RateLimitConfig, redis_url: str | None, metrics: GatewayMetrics
+) -> RateLimiter:
     limiter_spec = RateLimitSpec(
         rate=spec.rate,
         strategy=spec.strategy,
@@ -195,7 +239,8 @@ def _rate_limiter(
     )
     # Counter keys are named by a digest of the route name: stable across reloads and restarts
     # (Redis counters carry on), and free of the ':' the key format reserves.
-    key_name = hashlib.sha256(name.encode()).hexdigest()[:16]
+    # The first limit keeps the key it had when a route could have only one.
+    key_name = hashlib.sha256(name.encode()).hexdigest()[:16] + (f"-{number}" if number else "")
     return RateLimiter(limiter_spec, lambda outcome: metrics.rate_limited(name, outcome), route=key_name)
 
 
@@ -289,18 +334,21 @@ def build_runtime(
         name: _build_service(name, spec, loop, upstream_tls) for name, spec in config.services.items()
     }
     jwks, verifier = _jwt(config.gateway.jwt)
+    certificates = _client_certificates(config.gateway.mtls)
     entries: list[RouteEntry[Route]] = []
     for route_config in config.routes:
         name = route_config.name or route_config.match.path
         service = services[route_config.service]
+        before, after = _rate_limiters(name, route_config.rate_limit, config.gateway.redis.url, metrics)
         route = Route(
             name,
             json.dumps(name).encode(),
             service,
             metrics.route(name, service.name),
             _ip_rules(route_config.ip_rules),
-            _rate_limiter(name, route_config.rate_limit, config.gateway.redis.url, metrics),
-            _route_auth(route_config.auth, verifier, api_keys),
+            before,
+            after,
+            _route_auth(route_config.auth, verifier, api_keys, certificates),
             _cors(route_config.cors),
         )
         match = route_config.match

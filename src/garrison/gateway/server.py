@@ -30,7 +30,7 @@ from garrison.gateway.normalize import TargetRejected, parse_request_target
 from garrison.gateway.proxy import ClientConnection
 from garrison.gateway.runtime import Runtime, build_runtime
 from garrison.gateway.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleResponse
-from garrison.gateway.tls import resolve_certificate, server_context
+from garrison.gateway.tls import ask_for_client_certificates, resolve_certificate, server_context
 from garrison.store.db import create_all, make_engine
 from garrison.telemetry import logging as log
 from garrison.telemetry.accesslog import AccessLog
@@ -130,6 +130,9 @@ class GatewayServer:
         else:
             cert, key = resolve_certificate(gateway.tls, config.state_dir, self.source.parent)
             self.tls_context = server_context(cert, key, gateway.tls.min_version)
+            if gateway.mtls is not None:
+                ca_file = Path(gateway.mtls.ca)
+                ask_for_client_certificates(self.tls_context, self.source.parent / ca_file)
         server = await self.loop.create_server(
             lambda: ClientConnection(self), sock=main_sock, ssl=self.tls_context, backlog=2048
         )
@@ -333,6 +336,8 @@ class GatewayServer:
             changed.append("tls.min_version")
         if before.tls.insecure_disable != after.tls.insecure_disable:
             changed.append("tls.insecure_disable")
+        if (before.mtls and before.mtls.ca) != (after.mtls and after.mtls.ca):
+            changed.append("mtls.ca")  # a context cannot drop a trusted CA: new trust needs a restart
         if not changed:
             return ""
         return f"changes to {', '.join(changed)} take effect after a restart"

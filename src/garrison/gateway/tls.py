@@ -37,6 +37,16 @@ def server_context(cert_file: Path, key_file: Path, min_version: str = "1.2") ->
     return context
 
 
+def ask_for_client_certificates(context: ssl.SSLContext, ca_file: Path) -> None:
+    """Ask every client for a certificate (routes with ``require: mtls`` need one) and verify any
+    that is sent against ``ca_file``: a certificate that does not chain to it, has expired, or is not
+    for client authentication (extended key usage) fails the handshake. A client that sends none
+    still connects; routes that require one refuse its requests with 403."""
+    context.verify_mode = ssl.CERT_OPTIONAL
+    context.load_verify_locations(cafile=ca_file)
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
+
+
 def resolve_certificate(tls: TlsConfig, state_dir: Path, config_dir: Path) -> tuple[Path, Path]:
     """The (certificate, key) files to serve, creating the ``auto`` ones when needed."""
     if tls.cert != "auto":
