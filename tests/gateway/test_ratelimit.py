@@ -301,3 +301,18 @@ def test_redis_killed_mid_run_then_recovers(mode: str) -> None:
         asyncio.run(main())
     finally:
         server.stop()
+
+
+def test_header_lines_match_the_header_pairs() -> None:
+    from garrison.gateway.ratelimit import rate_limit_lines
+
+    now = 1_000.0
+    for decision in (
+        RateDecision(True, 10, 9, now + 30, 0),
+        RateDecision(False, 10, 0, now + 30, 30),
+        RateDecision(False, 10, 0, now, 2, storage_error=True),
+        RateDecision(True, 10, 0, now, 0, failed_open=True, storage_error=True),
+    ):
+        pairs = rate_limit_headers(decision, now)
+        expected = b"".join(b"%s: %s\r\n" % (name.lower(), value) for name, value in pairs)
+        assert rate_limit_lines(decision, now) == expected

@@ -1,30 +1,52 @@
-"""Rate limits: one ``RateLimiter`` per route, counting with the ``limits`` library.
+"""Rate limits: one ``RateLimiter`` per route, counting with the ``limits`` library or in Redis.
 
-Counting is ``limits``' job: its ``MemoryStorage`` (per worker) and its async Redis storage (shared
-by every worker and replica; each hit is one atomic Lua script, so concurrent bursts from many
-processes cannot overshoot). This module adds what the gateway needs around it:
+Memory storage (per worker) is ``limits``' ``MemoryStorage``, called synchronously (``hit_sync``).
+Redis storage is shared by every worker and replica. Around the counting this module adds:
 
 - keys namespaced ``garrison:rl:<route>:<key kind>:<identity>``; an identity longer than 128
   characters is replaced by its SHA-256, so a key never grows with attacker input;
 - a ``RateDecision`` with what the response headers need (limit, remaining, reset, retry-after);
-- a synchronous path for memory storage (``hit_sync``) — the memory strategies never wait;
-- Redis failure handling: every storage call has a deadline, and a ``CircuitBreaker`` stops calling
-  a failing Redis for ``redis_retry_interval`` seconds, after which one probe call at a time tests
-  it again. So a dead Redis costs at most about one connection attempt per second, not one per
-  request, and the limiter recovers on its own when Redis returns. While Redis is failing each
+- Redis failure handling: every round trip has a deadline, and a ``CircuitBreaker`` stops calling
+  a failing Redis for ``redis_retry_interval`` seconds, after which one probe round trip at a time
+  tests it again. So a dead Redis costs at most about one connection attempt per second, not one
+  per request, and the limiter recovers on its own when Redis returns. While Redis is failing each
   decision follows ``on_redis_error``: ``open`` allows (flagged ``failed_open``), ``closed`` refuses
   with ``storage_error`` set, which the caller answers with 503, not 429.
 
-The storage primitives are called directly (``incr``/``acquire_entry``/
-``acquire_sliding_window_entry`` and their window getters — exactly what ``limits.strategies`` call)
-so that the key is ours and a fixed-window hit costs one round trip for the count plus one for the
-reset time.
+Redis hits are batched. ``hit()`` queues the request and awaits its decision; one sender task per
+limiter sends everything queued in ONE round trip: one ``EVALSHA`` of a script that takes every
+queued key with its number of hits, and answers, per key, what each of those hits needs to be
+decided on its own. Hits that arrive while a round trip is under way form the next batch, so under
+load a batch holds whatever arrived during one round trip, and when idle a hit goes out on the next
+event-loop iteration. ``n`` hits on one key cost what one did, and are still decided one by one, in
+queue order, exactly as ``n`` separate hits would be: a fixed window does ``INCRBY n`` and the
+waiters get the counts ``c-n+1 .. c``; the moving window and the sliding-window counter apply
+``limits``' own acquisition rule once per hit, inside the script. A Lua script runs atomically, so
+concurrent batches from many processes cannot overshoot a limit. The window's end (``PTTL``) comes
+back in the same reply: a hit never costs a second round trip.
+
+Why hand-written scripts rather than ``limits``' async Redis storage: its API counts one key per
+call (``incr``, ``acquire_entry``, ``acquire_sliding_window_entry`` each run one script on one key;
+an ``amount`` acquires all or nothing and says nothing per hit), and its window getters are a
+further round trip. Through it every request paid one or two redis-py round trips of its own
+(~100 µs of gateway CPU per hit, measured with bench/gateway/ratelimit_bench.py). The scripts
+below keep ``limits``' key layout and data (a fixed window's counter with a TTL; the moving
+window's list of hit timestamps, newest first, trimmed to the limit; the sliding-window counter's
+``{key}``/``{key}/-1`` pair with millisecond TTLs) and its acquisition rules (the code they follow
+is named in each), so a replica on the per-hit code shares counters with one on this code during a
+rolling upgrade. All of a script's keys are in one call, so this needs one Redis (or a primary
+with replicas), not Redis Cluster, whose scripts may only touch one hash slot.
+
+A hit waits for at most the round trip in flight and then its own, each bounded by
+``redis_timeout``. The breaker sees one outcome per round trip, and every waiter of a failed
+round trip gets the fail-mode decision.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -34,7 +56,6 @@ from typing import Any, Literal, get_args
 import redis.asyncio
 import redis.exceptions
 from limits import RateLimitItem, parse
-from limits.aio.storage import RedisStorage
 from limits.storage import MemoryStorage
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -47,6 +68,7 @@ __all__ = [
     "RateLimitSpec",
     "RateLimiter",
     "rate_limit_headers",
+    "rate_limit_lines",
 ]
 
 Strategy = Literal["fixed_window", "moving_window", "sliding_window_counter"]
@@ -56,9 +78,152 @@ FailMode = Literal["open", "closed"]
 Outcome = Literal["allowed", "limited", "failed_open", "failed_closed"]
 
 MAX_IDENTITY = 128
-WINDOW_CACHE_SIZE = 10_000
+KEY_PREFIX = "garrison:"
+# Keys per script call: bounds how long one call holds Redis (a few µs per key). A flood from
+# many addresses queues more keys than this; the rest go in the next round trip.
+MAX_BATCH_KEYS = 1000
 # Errors that mean "Redis did not answer properly": everything else is a bug and propagates.
 STORAGE_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
+
+# Every script takes the hits on each key as one space-separated string (ARGV[1]) and replies with
+# one space-separated string: redis-py's pure-Python reply parser costs about 2 µs per reply
+# element, bytes.split() a fraction of that (and a Lua number in a list reply loses its fraction).
+# A key of another strategy's type (the route's strategy changed) is dropped and its window starts
+# afresh, rather than failing every request for it until it expires. Any other error fails the
+# whole call, and so every hit of the round trip: such errors are normally Redis-wide (out of
+# memory, a read-only replica), not one key's.
+FIXED_WINDOW_SCRIPT = """
+-- limits' incr_expire.lua for many counters, plus each counter's PTTL.
+-- KEYS[i]: a counter; ARGV[1]: hits per key; ARGV[2]: the window in seconds.
+-- Reply per key: the count after the hits, the window's time to live in milliseconds.
+local window = tonumber(ARGV[2])
+local reply = {}
+local i = 0
+for field in string.gmatch(ARGV[1], '%d+') do
+    i = i + 1
+    local key, hits = KEYS[i], tonumber(field)
+    local count = redis.pcall('incrby', key, hits)
+    if type(count) == 'table' then
+        if string.sub(count.err, 1, 9) ~= 'WRONGTYPE' then return count end
+        redis.call('del', key)
+        count = redis.call('incrby', key, hits)
+    end
+    local ttl = redis.call('pttl', key)
+    if ttl < 0 then
+        redis.call('expire', key, window)
+        ttl = window * 1000
+    end
+    reply[2 * i - 1] = count
+    reply[2 * i] = ttl
+end
+return table.concat(reply, ' ')
+"""
+MOVING_WINDOW_SCRIPT = """
+-- limits' acquire_moving_window.lua once per hit, for many windows, with what its
+-- moving_window.lua counts. A window is a list of hit timestamps, newest first.
+-- KEYS[i]: a window; ARGV[1]: hits per key; ARGV[2]: now (epoch seconds), ARGV[3]: the limit,
+-- ARGV[4]: the window in seconds.
+-- Reply per key: how many of the hits fit (the first ones), how many earlier hits the window
+-- holds, and the oldest of those (now if none).
+local now, limit, window = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local since = now - window
+local reply = {}
+local i = 0
+for field in string.gmatch(ARGV[1], '%d+') do
+    i = i + 1
+    local key, hits = KEYS[i], tonumber(field)
+    local length = redis.pcall('llen', key)
+    if type(length) == 'table' then
+        if string.sub(length.err, 1, 9) ~= 'WRONGTYPE' then return length end
+        redis.call('del', key)
+        length = 0
+    end
+    -- The oldest entry still in the window: a binary search, as moving_window.lua.
+    local low, high, oldest_index = 0, math.min(length, limit) - 1, nil
+    while low <= high do
+        local middle = math.floor((low + high) / 2)
+        local entry = tonumber(redis.call('lindex', key, middle))
+        if entry and entry >= since then
+            oldest_index = middle
+            low = middle + 1
+        else
+            high = middle - 1
+        end
+    end
+    local counted, oldest = 0, now
+    if oldest_index then
+        counted = oldest_index + 1
+        oldest = tonumber(redis.call('lindex', key, oldest_index))
+    end
+    -- Hit number j fits if the entry at index limit - 1 after the j - 1 hits before it were
+    -- pushed (index limit - j now) is missing or outside the window: acquire_moving_window.lua.
+    local accepted = 0
+    while accepted < hits and accepted < limit do
+        local entry = tonumber(redis.call('lindex', key, limit - accepted - 1))
+        if entry and entry >= since then break end
+        accepted = accepted + 1
+    end
+    if accepted > 0 then
+        local entries = {}
+        for j = 1, accepted do entries[j] = ARGV[2] end
+        for j = 1, accepted, 5000 do
+            redis.call('lpush', key, unpack(entries, j, math.min(j + 4999, accepted)))
+        end
+        redis.call('ltrim', key, 0, limit - 1)
+        redis.call('expire', key, window)
+    end
+    reply[3 * i - 2] = accepted
+    reply[3 * i - 1] = counted
+    reply[3 * i] = oldest
+end
+return table.concat(reply, ' ')
+"""
+SLIDING_WINDOW_SCRIPT = """
+-- limits' acquire_sliding_window.lua once per hit, for many limits, with what its
+-- sliding_window.lua reads. Times in milliseconds.
+-- KEYS[2i - 1], KEYS[2i]: one limit's previous and current window counters; ARGV[1]: hits per
+-- limit; ARGV[2]: the limit, ARGV[3]: the window in seconds.
+-- Reply per limit: how many of the hits fit (the first ones), the previous window's count and
+-- time to live, the current window's count before the hits and its time to live.
+local limit, window = tonumber(ARGV[2]), tonumber(ARGV[3]) * 1000
+local reply = {}
+local i = 0
+for field in string.gmatch(ARGV[1], '%d+') do
+    i = i + 1
+    local previous_key, current_key, hits = KEYS[2 * i - 1], KEYS[2 * i], tonumber(field)
+    local current_ttl = tonumber(redis.call('pttl', current_key))
+    if current_ttl > 0 and current_ttl < window then
+        -- The current window has ended: it becomes the previous one.
+        redis.call('rename', current_key, previous_key)
+        redis.call('set', current_key, 0, 'PX', current_ttl + window)
+    end
+    local previous = tonumber(redis.call('get', previous_key)) or 0
+    local previous_ttl = math.max(0, redis.call('pttl', previous_key))
+    local current = tonumber(redis.call('get', current_key)) or 0
+    current_ttl = math.max(0, redis.call('pttl', current_key))
+    local weighted = math.floor(previous * previous_ttl / window) + current
+    local accepted = math.max(0, math.min(hits, limit - weighted))
+    if accepted > 0 then
+        if redis.call('exists', current_key) == 1 then
+            redis.call('incrby', current_key, accepted)
+        else
+            redis.call('set', current_key, accepted, 'PX', window * 2)
+            current_ttl = window * 2
+        end
+    end
+    reply[5 * i - 4] = accepted
+    reply[5 * i - 3] = previous
+    reply[5 * i - 2] = previous_ttl
+    reply[5 * i - 1] = current
+    reply[5 * i] = current_ttl
+end
+return table.concat(reply, ' ')
+"""
+SCRIPTS: dict[Strategy, tuple[str, int]] = {  # script, reply items per key
+    "fixed_window": (FIXED_WINDOW_SCRIPT, 2),
+    "moving_window": (MOVING_WINDOW_SCRIPT, 3),
+    "sliding_window_counter": (SLIDING_WINDOW_SCRIPT, 5),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +236,9 @@ class RateLimitSpec:
     storage: StorageKind = "memory"
     redis_url: str | None = None
     on_redis_error: FailMode = "closed"
-    redis_timeout: float = 0.5  # deadline for one hit's storage calls, seconds
+    redis_timeout: float = 0.5  # deadline for one round trip to Redis, seconds
     redis_retry_interval: float = 1.0  # how long a failing Redis is left alone before a probe
-    redis_max_connections: int = 64  # per limiter (per route) and per worker process
+    redis_max_connections: int = 64  # pool bound per limiter and worker; batching uses one
 
     def __post_init__(self) -> None:
         parse(self.rate)  # raises ValueError on a bad rate string
@@ -110,6 +275,16 @@ class RateDecision:
     failed_open: bool = False
     storage_error: bool = False
 
+    @property
+    def outcome(self) -> Outcome:
+        if self.storage_error:
+            return "failed_open" if self.failed_open else "failed_closed"
+        return "allowed" if self.allowed else "limited"
+
+
+Waiters = list[asyncio.Future[RateDecision]]
+Batch = dict[str, Waiters]  # storage key -> the hits on it, in arrival order
+
 
 def rate_limit_headers(decision: RateDecision, now: float | None = None) -> list[tuple[bytes, bytes]]:
     """``RateLimit-Limit/Remaining/Reset`` (reset as delta seconds), plus ``Retry-After`` when refused.
@@ -127,6 +302,21 @@ def rate_limit_headers(decision: RateDecision, now: float | None = None) -> list
         (b"RateLimit-Reset", str(reset).encode()),
         *refused,
     ]
+
+
+def rate_limit_lines(decision: RateDecision, now: float | None = None) -> bytes:
+    """The same headers as ``rate_limit_headers``, rendered as header lines in one formatting step
+    (this runs on every request of a limited route)."""
+    refused = b"retry-after: %d\r\n" % decision.retry_after if not decision.allowed else b""
+    if decision.storage_error:
+        return refused
+    reset = max(0, math.ceil(decision.reset_at - (time.time() if now is None else now)))
+    return b"ratelimit-limit: %d\r\nratelimit-remaining: %d\r\nratelimit-reset: %d\r\n%s" % (
+        decision.limit,
+        decision.remaining,
+        reset,
+        refused,
+    )
 
 
 def _retry_after(reset_at: float, now: float) -> int:
@@ -172,17 +362,18 @@ class RateLimiter:
         self._metrics = metrics_callback
         self._last_error = ""
         self._error_logged_at = -math.inf
-        self._window_ends: dict[str, float] = {}
         self._memory: MemoryStorage | None = None
         self._pool: redis.asyncio.ConnectionPool | None = None
-        self._redis: RedisStorage | None = None
+        self._client: redis.asyncio.Redis | None = None
         self._breaker: CircuitBreaker | None = None
+        self._pending: Batch = {}  # hits queued for the next round trip
+        self._sender: asyncio.Task[None] | None = None
         if spec.storage == "memory":
             self._memory = MemoryStorage()
         else:
             assert spec.redis_url is not None  # checked by RateLimitSpec
-            # A bounded pool that queues for a free connection (within the hit's deadline) instead
-            # of opening one connection per concurrent request during a burst.
+            # One round trip is in flight at a time: the client holds one connection of the pool
+            # and reconnects it when Redis drops it.
             self._pool = redis.asyncio.BlockingConnectionPool.from_url(
                 spec.redis_url,
                 max_connections=spec.redis_max_connections,
@@ -193,10 +384,11 @@ class RateLimiter:
                 # dropped fails, the retry reconnects. No backoff sleeps on the request path.
                 retry=Retry(NoBackoff(), 1),
             )
-            options: dict[str, Any] = {"connection_pool": self._pool}
-            self._redis = RedisStorage(
-                "async+" + spec.redis_url, implementation="redispy", key_prefix="garrison", **options
-            )
+            script, self._reply_width = SCRIPTS[spec.strategy]
+            # The script object sends EVALSHA, and loads the script when Redis lacks it (NOSCRIPT,
+            # e.g. after a restart).
+            self._client = redis.asyncio.Redis(connection_pool=self._pool, single_connection_client=True)
+            self._script = self._client.register_script(script)
             self._breaker = CircuitBreaker(
                 consecutive_failures=3,
                 open_for=spec.redis_retry_interval,
@@ -220,17 +412,17 @@ class RateLimiter:
         storage = self._memory
         if storage is None:
             raise TypeError("hit_sync needs memory storage; use 'await hit()' with Redis")
-        key = "garrison:" + self.storage_key(identity)
-        limit, expiry, strategy = self.limit, self.expiry, self.spec.strategy
+        key = KEY_PREFIX + self.storage_key(identity)
+        limit, expiry, strategy, now = self.limit, self.expiry, self.spec.strategy, time.time()
         if strategy == "fixed_window":
             count = storage.incr(key, expiry)
-            decision = self._fixed(count, storage.get_expiry(key))
+            decision = self._fixed(count, storage.get_expiry(key), now)
         elif strategy == "moving_window":
             allowed = storage.acquire_entry(key, limit, expiry)
-            decision = self._moving(allowed, *storage.get_moving_window(key, limit, expiry))
+            decision = self._moving(allowed, *storage.get_moving_window(key, limit, expiry), now)
         else:
             allowed = storage.acquire_sliding_window_entry(key, limit, expiry, 1)
-            decision = self._sliding(allowed, storage.get_sliding_window(key, expiry))
+            decision = self._sliding(allowed, storage.get_sliding_window(key, expiry), now)
         if self._metrics is not None:
             self._metrics("allowed" if decision.allowed else "limited")
         return decision
@@ -244,88 +436,158 @@ class RateLimiter:
         breaker = self._breaker
         assert breaker is not None
         loop = asyncio.get_running_loop()
-        if not breaker.allow_request(loop.time()):
+        if breaker.state is not CircuitState.CLOSED and not breaker.would_allow(loop.time()):
             return self._storage_failure(breaker.retry_after(loop.time()))
-        try:
-            async with asyncio.timeout(self.spec.redis_timeout):
-                decision = await self._redis_hit(self.storage_key(identity))
-        except redis.exceptions.ResponseError as exc:
-            # Redis answered, so it is up: an error about one key fails this request's decision
-            # but must not trip the breaker.
-            breaker.record_success(loop.time())
-            self._log_error_throttled(loop.time(), str(exc))
-            return self._storage_failure(1)
-        except STORAGE_ERRORS as exc:
-            self._last_error = type(exc).__name__
-            breaker.record_failure(loop.time())
-            return self._storage_failure(breaker.retry_after(loop.time()))
-        except BaseException:
-            breaker.release_probe()  # cancelled: no verdict on Redis
-            raise
-        breaker.record_success(loop.time())
-        if self._metrics is not None:
-            self._metrics("allowed" if decision.allowed else "limited")
-        return decision
-
-    async def _redis_hit(self, key: str) -> RateDecision:
-        storage = self._redis
-        assert storage is not None
-        limit, expiry, strategy = self.limit, self.expiry, self.spec.strategy
-        if strategy == "fixed_window":
-            try:
-                count = await storage.incr(key, expiry)
-            except redis.exceptions.ResponseError as exc:
-                # WRONGTYPE: a moving window's list under this key, left by a config that used
-                # that strategy on this route. Start this key's window afresh rather than failing
-                # every request for it until the old key expires.
-                if "WRONGTYPE" not in str(exc):
-                    raise
-                await storage.clear(key)
-                count = await storage.incr(key, expiry)
-            return self._fixed(count, await self._window_end(key, count))
-        if strategy == "moving_window":
-            try:
-                allowed = await storage.acquire_entry(key, limit, expiry)
-            except redis.exceptions.ResponseError as exc:
-                if "WRONGTYPE" not in str(exc):  # a fixed window's counter: see above
-                    raise
-                await storage.clear(key)
-                allowed = await storage.acquire_entry(key, limit, expiry)
-            return self._moving(allowed, *await storage.get_moving_window(key, limit, expiry))
-        allowed = await storage.acquire_sliding_window_entry(key, limit, expiry, 1)
-        return self._sliding(allowed, await storage.get_sliding_window(key, expiry))
-
-    async def _window_end(self, key: str, count: int) -> float:
-        """When the fixed window of ``key`` ends, remembered locally to save a round trip per hit.
-
-        The hit that opens a window (count 1) knows its end; any later hit in this process reuses
-        it until it passes. Another process's window costs one TTL read, then it is remembered too.
-        """
-        now = time.time()
-        if count == 1:
-            end = now + self.expiry
+        waiter: asyncio.Future[RateDecision] = loop.create_future()
+        key = self.storage_key(identity)
+        waiters = self._pending.get(key)
+        if waiters is None:
+            self._pending[key] = [waiter]
         else:
-            end = self._window_ends.get(key, 0.0)
-            if end > now:
-                return end
-            assert self._redis is not None
-            end = await self._redis.get_expiry(key)
-        ends = self._window_ends
-        if len(ends) >= WINDOW_CACHE_SIZE and key not in ends:
-            del ends[next(iter(ends))]  # oldest first: dicts keep insertion order
-        ends[key] = end
-        return end
+            waiters.append(waiter)
+        sender = self._sender
+        if sender is None or sender.done():  # done: cancelled before it ran (loop shutdown)
+            self._sender = loop.create_task(self._send_batches())
+        return await waiter
 
     async def aclose(self) -> None:
-        """Close the Redis connections (a no-op for memory storage)."""
+        """Close the Redis connections (a no-op for memory storage); queued hits fail over."""
+        sender = self._sender
+        if sender is not None and not sender.done():
+            sender.cancel()
+            await asyncio.wait({sender})
+        self._sender = None
+        pending, self._pending = self._pending, {}
+        self._fail(pending, 1)
+        if self._client is not None:
+            await self._client.aclose()  # gives its connection back to the pool, which closes it
         if self._pool is not None:
             await self._pool.aclose()
 
+    # -- Redis batches ---------------------------------------------------------------------------
+
+    async def _send_batches(self) -> None:
+        """Send queued hits, one round trip at a time, until none are left."""
+        try:
+            while self._pending:
+                await self._send(self._take_batch())
+        finally:
+            self._sender = None
+
+    def _take_batch(self) -> Batch:
+        pending = self._pending
+        if len(pending) <= MAX_BATCH_KEYS:
+            self._pending = {}
+            return pending
+        batch = dict(itertools.islice(pending.items(), MAX_BATCH_KEYS))
+        for key in batch:
+            del pending[key]
+        return batch
+
+    async def _send(self, batch: Batch) -> None:
+        """One round trip for ``batch``: every waiter gets a decision (or, for a bug, the exception)."""
+        breaker = self._breaker
+        assert breaker is not None
+        loop = asyncio.get_running_loop()
+        if not breaker.allow_request(loop.time()):
+            self._fail(batch, breaker.retry_after(loop.time()))
+            return
+        keys, args = self._script_arguments(batch)
+        try:
+            async with asyncio.timeout(self.spec.redis_timeout):
+                reply = await self._script(keys, args)
+        except redis.exceptions.ResponseError as exc:
+            # Redis answered, so it is up: a script error fails this batch's decisions but must
+            # not trip the breaker.
+            breaker.record_success(loop.time())
+            self._log_error_throttled(loop.time(), str(exc))
+            self._fail(batch, 1)
+            return
+        except STORAGE_ERRORS as exc:
+            self._last_error = type(exc).__name__
+            breaker.record_failure(loop.time())
+            self._fail(batch, breaker.retry_after(loop.time()))
+            return
+        except asyncio.CancelledError:
+            breaker.release_probe()  # aclose(): no verdict on Redis
+            self._fail(batch, 1)
+            raise
+        except Exception as exc:
+            breaker.release_probe()
+            self._raise_in(batch, exc)
+            return
+        breaker.record_success(loop.time())
+        try:
+            self._decide(batch, reply)
+        except Exception as exc:
+            self._raise_in(batch, exc)
+
+    def _script_arguments(self, batch: Batch) -> tuple[list[str], list[Any]]:
+        hits = " ".join([str(len(waiters)) for waiters in batch.values()])
+        strategy = self.spec.strategy
+        if strategy == "fixed_window":
+            return [KEY_PREFIX + key for key in batch], [hits, self.expiry]
+        if strategy == "moving_window":
+            return [KEY_PREFIX + key for key in batch], [hits, time.time(), self.limit, self.expiry]
+        keys: list[str] = []
+        for key in batch:  # limits' layout: both counters in one hash slot, "{key}/-1" and "{key}"
+            current = f"{KEY_PREFIX}{{{key}}}"
+            keys += (current + "/-1", current)
+        return keys, [hits, self.limit, self.expiry]
+
+    def _decide(self, batch: Batch, reply: Any) -> None:
+        """Each waiter's decision from the script's reply: the hits on a key in queue order."""
+        width = self._reply_width
+        fields = reply.split() if isinstance(reply, bytes | str) else []
+        if len(fields) != width * len(batch):
+            raise RuntimeError(f"rate limit script replied {reply!r:.80} to {len(batch)} keys")
+        now, strategy, settle = time.time(), self.spec.strategy, self._settle
+        for index, waiters in enumerate(batch.values()):
+            item = fields[width * index : width * index + width]
+            if strategy == "fixed_window":
+                count, ttl = int(item[0]), int(item[1])
+                reset_at, first = now + ttl / 1000, count - len(waiters) + 1
+                for number, waiter in enumerate(waiters):
+                    settle(waiter, self._fixed(first + number, reset_at, now))
+            elif strategy == "moving_window":
+                accepted, counted, window_start = int(item[0]), int(item[1]), float(item[2])
+                for number, waiter in enumerate(waiters, 1):
+                    settle(waiter, self._moving(number <= accepted, window_start, counted + number, now))
+            else:
+                accepted, previous, previous_ttl, current, current_ttl = map(int, item)
+                for number, waiter in enumerate(waiters, 1):
+                    stats = (
+                        previous,
+                        previous_ttl / 1000,
+                        current + min(number, accepted),
+                        current_ttl / 1000,
+                    )
+                    settle(waiter, self._sliding(number <= accepted, stats, now))
+
+    def _settle(self, waiter: asyncio.Future[RateDecision], decision: RateDecision) -> None:
+        if self._metrics is not None:
+            self._metrics(decision.outcome)
+        if not waiter.done():  # a cancelled waiter's hit still counted
+            waiter.set_result(decision)
+
+    def _fail(self, batch: Batch, retry_after: int) -> None:
+        decision = self._failure_decision(retry_after)
+        for waiters in batch.values():
+            for waiter in waiters:
+                self._settle(waiter, decision)
+
+    @staticmethod
+    def _raise_in(batch: Batch, exc: Exception) -> None:
+        """A bug: every waiter that has no decision yet raises it, as an unbatched hit would."""
+        for waiters in batch.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+
     # -- decisions -------------------------------------------------------------------------------
 
-    def _fixed(self, count: int, reset_at: float) -> RateDecision:
+    def _fixed(self, count: int, reset_at: float, now: float) -> RateDecision:
         allowed = count <= self.limit
-        now = time.time()
         return RateDecision(
             allowed,
             self.limit,
@@ -334,8 +596,7 @@ class RateLimiter:
             0 if allowed else _retry_after(reset_at, now),
         )
 
-    def _moving(self, allowed: bool, window_start: float, count: int) -> RateDecision:
-        now = time.time()
+    def _moving(self, allowed: bool, window_start: float, count: int, now: float) -> RateDecision:
         # The oldest counted hit leaves the window at window_start + expiry; with an empty window
         # (window_start is then "now") that is a full period away, which is still a correct bound.
         reset_at = window_start + self.expiry
@@ -344,8 +605,7 @@ class RateLimiter:
             allowed, self.limit, remaining, reset_at, 0 if allowed else _retry_after(reset_at, now)
         )
 
-    def _sliding(self, allowed: bool, stats: tuple[int, float, int, float]) -> RateDecision:
-        now = time.time()
+    def _sliding(self, allowed: bool, stats: tuple[int, float, int, float], now: float) -> RateDecision:
         remaining, reset_at = _sliding_stats(self.limit, self.expiry, stats, now)
         if not allowed:
             remaining = 0
@@ -353,10 +613,8 @@ class RateLimiter:
             allowed, self.limit, remaining, reset_at, 0 if allowed else _retry_after(reset_at, now)
         )
 
-    def _storage_failure(self, retry_after: int) -> RateDecision:
+    def _failure_decision(self, retry_after: int) -> RateDecision:
         fail_open = self.spec.on_redis_error == "open"
-        if self._metrics is not None:
-            self._metrics("failed_open" if fail_open else "failed_closed")
         return RateDecision(
             allowed=fail_open,
             limit=self.limit,
@@ -366,6 +624,12 @@ class RateLimiter:
             failed_open=fail_open,
             storage_error=True,
         )
+
+    def _storage_failure(self, retry_after: int) -> RateDecision:
+        decision = self._failure_decision(retry_after)
+        if self._metrics is not None:
+            self._metrics(decision.outcome)
+        return decision
 
     def _log_error_throttled(self, now: float, message: str) -> None:
         if now - self._error_logged_at >= self.spec.redis_retry_interval:
