@@ -96,7 +96,7 @@ def up(
     raise typer.Exit(run_up(config, demo=demo, console=err))
 
 
-def _admin_call(config: Path, method: str, query: dict[str, str]) -> dict[str, object]:
+def _admin_call(config: Path, method: str, path: str, query: dict[str, str]) -> dict[str, object]:
     """One call to the running gateway's admin API (`gateway.admin.listen` in the config)."""
     import urllib.error
     import urllib.parse
@@ -116,7 +116,7 @@ def _admin_call(config: Path, method: str, query: dict[str, str]) -> dict[str, o
         raise typer.Exit(2)
     host = "127.0.0.1" if host in ("0.0.0.0", "localhost") else ("::1" if host == "::" else host)
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    url = f"http://{authority}/blocklist?{urllib.parse.urlencode(query)}"
+    url = f"http://{authority}{path}?{urllib.parse.urlencode(query)}"
     request = urllib.request.Request(url, method=method)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
@@ -140,7 +140,7 @@ def block(
     config: ConfigOption = Path("garrison.yaml"),
 ) -> None:
     """Block a client address at the running gateway (every worker; every replica with Redis)."""
-    answer = _admin_call(config, "POST", {"ip": ip, "for": duration, "reason": reason})
+    answer = _admin_call(config, "POST", "/blocklist", {"ip": ip, "for": duration, "reason": reason})
     entry = answer["blocked"]
     assert isinstance(entry, dict)
     until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(entry["until"])))
@@ -153,7 +153,7 @@ def unblock(
     config: ConfigOption = Path("garrison.yaml"),
 ) -> None:
     """Lift a block at the running gateway."""
-    answer = _admin_call(config, "DELETE", {"ip": ip})
+    answer = _admin_call(config, "DELETE", "/blocklist", {"ip": ip})
     err.print("[green]unblocked[/green]" if answer.get("unblocked") else f"{ip} was not blocked")
 
 
@@ -162,7 +162,7 @@ def blocklist(config: ConfigOption = Path("garrison.yaml")) -> None:
     """List the blocks in force at the running gateway."""
     from rich.table import Table
 
-    answer = _admin_call(config, "GET", {})
+    answer = _admin_call(config, "GET", "/blocklist", {})
     entries = answer.get("blocked") or []
     assert isinstance(entries, list)
     table = Table(title=f"{len(entries)} blocked address(es)", title_justify="left")
@@ -171,6 +171,46 @@ def blocklist(config: ConfigOption = Path("garrison.yaml")) -> None:
     for entry in entries:
         until = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(entry["until"])))
         table.add_row(entry["ip"], until, entry["reason"])
+    Console().print(table)
+
+
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
+
+
+@app.command()
+def revoke(
+    jti: Annotated[str, typer.Argument(help="The token's `jti` claim (every token carrying it is refused).")],
+    until: Annotated[
+        float | None, typer.Option(help="Until when, in epoch seconds: the token's `exp`.")
+    ] = None,
+    duration: Annotated[
+        str | None, typer.Option("--for", help="Or for how long: 30s, 10m, 2h (at most 1 day).")
+    ] = None,
+    config: ConfigOption = Path("garrison.yaml"),
+) -> None:
+    """Revoke an access token at the running gateway (every worker; every replica with Redis)."""
+    if (until is None) == (duration is None):
+        err.print("give exactly one of --until EPOCH (the token's exp) or --for DURATION (such as 10m)")
+        raise typer.Exit(2)
+    query = {"jti": jti, "until": str(until)} if until is not None else {"jti": jti, "for": str(duration)}
+    entry = _admin_call(config, "POST", "/revocations", query)["revoked"]
+    assert isinstance(entry, dict)
+    err.print(f"[green]revoked[/green] {entry['jti']} until {_utc(entry['until'])} UTC")
+
+
+@app.command()
+def revocations(config: ConfigOption = Path("garrison.yaml")) -> None:
+    """List the token revocations in force at the running gateway."""
+    from rich.table import Table
+
+    entries = _admin_call(config, "GET", "/revocations", {}).get("revoked") or []
+    assert isinstance(entries, list)
+    table = Table(title=f"{len(entries)} revoked token(s)", title_justify="left")
+    for column in ("jti", "until (UTC)"):
+        table.add_column(column)
+    for entry in entries:
+        table.add_row(entry["jti"], _utc(entry["until"]))
     Console().print(table)
 
 

@@ -152,6 +152,8 @@ def _cross_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
     needs_redis: list[tuple[Any, ...]] = []
     if config.gateway.blocklist.storage == "redis":
         needs_redis.append(("gateway", "blocklist", "storage"))
+    if config.gateway.revocations.storage == "redis":
+        needs_redis.append(("gateway", "revocations", "storage"))
     for index, route in enumerate(config.routes):
         for number, limit in enumerate(route.rate_limit or []):
             if limit.storage == "redis":

@@ -1,23 +1,36 @@
-"""The admin API's blocklist endpoint, shared by a single gateway and the worker supervisor.
+"""The admin API's write endpoints, shared by a single gateway and the worker supervisor.
 
 ``GET /blocklist`` lists the blocks in force; ``POST /blocklist?ip=A&for=15m&reason=R`` blocks an
-address (the hook automated responses use); ``DELETE /blocklist?ip=A`` lifts a block. Parameters
-travel in the query string because the admin listener accepts no request bodies. The listener is
-on loopback by default and has no authentication of its own: whoever can reach it can block.
+address (the hook automated responses use); ``DELETE /blocklist?ip=A`` lifts a block.
+
+``GET /revocations`` lists the revoked token ids; ``POST /revocations?jti=J&until=EPOCH`` (the
+token's ``exp``) or ``POST /revocations?jti=J&for=10m`` makes every token carrying that ``jti`` fail
+with 401 ``invalid_token``, cached or not.
+
+Parameters travel in the query string because the admin listener accepts no request bodies. The
+listener is on loopback by default and has no authentication of its own: whoever can reach it can
+block and revoke.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
 from garrison.config.units import parse_duration
-from garrison.gateway.blocklist import Blocklist, BlocklistUnavailable
+from garrison.gateway.blocklist import Blocklist
+from garrison.gateway.revocations import Revocations
+from garrison.gateway.shared_set import SharedSetUnavailable
 from garrison.gateway.simplehttp import SimpleResponse
 
 JSON = b"application/json"
 MAX_BLOCK_SECONDS = 365 * 24 * 3600.0
+
+Handler = Callable[[bytes, dict[str, str]], Awaitable[SimpleResponse | None]]
 
 
 def _json(status: int, payload: Any) -> SimpleResponse:
@@ -32,9 +45,21 @@ def _query(raw: bytes) -> dict[str, str]:
     return {key: values[-1] for key, values in parsed.items()}
 
 
-async def blocklist_api(blocklist: Blocklist, method: bytes, query: bytes) -> SimpleResponse:
+async def _answer(handler: Handler, method: bytes, query: bytes, store: str, allow: bytes) -> SimpleResponse:
+    """Run ``handler``; bad input is 400, an unreachable shared store 503, an unknown method 405."""
     try:
-        params = _query(query)
+        response = await handler(method, _query(query))
+    except ValueError as exc:
+        return _json(400, {"error": str(exc)})
+    except SharedSetUnavailable:
+        return _json(503, {"error": f"the shared {store} store is unreachable; nothing was changed"})
+    if response is None:
+        return SimpleResponse(405, b"method not allowed\n", headers=b"allow: %s\r\n" % allow)
+    return response
+
+
+async def blocklist_api(blocklist: Blocklist, method: bytes, query: bytes) -> SimpleResponse:
+    async def handle(method: bytes, params: dict[str, str]) -> SimpleResponse | None:
         if method in (b"GET", b"HEAD"):
             entries = [{"ip": e.ip, "until": e.until, "reason": e.reason} for e in blocklist.entries()]
             return _json(200, {"blocked": entries})
@@ -49,8 +74,40 @@ async def blocklist_api(blocklist: Blocklist, method: bytes, query: bytes) -> Si
             return _json(200, {"blocked": {"ip": entry.ip, "until": entry.until, "reason": entry.reason}})
         if method == b"DELETE":
             return _json(200, {"unblocked": await blocklist.unblock(ip)})
-    except ValueError as exc:
-        return _json(400, {"error": str(exc)})
-    except BlocklistUnavailable:
-        return _json(503, {"error": "the shared blocklist store is unreachable; nothing was changed"})
-    return SimpleResponse(405, b"method not allowed\n", headers=b"allow: GET, POST, DELETE\r\n")
+        return None
+
+    return await _answer(handle, method, query, "blocklist", b"GET, POST, DELETE")
+
+
+def _revocation_until(params: dict[str, str]) -> float:
+    """Epoch seconds from ``until`` (the token's exp) or ``for`` (a duration from now), exactly one."""
+    if ("until" in params) == ("for" in params):
+        raise ValueError("give either `until` (epoch seconds: the token's exp) or `for` (such as 10m)")
+    if "for" in params:
+        seconds = parse_duration(params["for"])
+        if not seconds > 0:
+            raise ValueError("`for` must be positive")
+        return time.time() + seconds
+    try:
+        until = float(params["until"])
+    except ValueError:
+        raise ValueError("`until` must be epoch seconds, such as the token's exp") from None
+    if not math.isfinite(until):
+        raise ValueError("`until` must be epoch seconds, such as the token's exp")
+    return until
+
+
+async def revocations_api(revocations: Revocations, method: bytes, query: bytes) -> SimpleResponse:
+    async def handle(method: bytes, params: dict[str, str]) -> SimpleResponse | None:
+        if method in (b"GET", b"HEAD"):
+            entries = [{"jti": r.jti, "until": r.until} for r in revocations.entries()]
+            return _json(200, {"revoked": entries})
+        if method == b"POST":
+            jti = params.get("jti")
+            if not jti:
+                raise ValueError("the `jti` parameter is required")
+            revocation = await revocations.revoke(jti, _revocation_until(params))
+            return _json(200, {"revoked": {"jti": revocation.jti, "until": revocation.until}})
+        return None
+
+    return await _answer(handle, method, query, "revocation", b"GET, POST")

@@ -21,13 +21,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
-from garrison.config.model import BlocklistConfig, GarrisonConfig, parse_listen
-from garrison.gateway.admin import blocklist_api
+from garrison.config.model import BlocklistConfig, GarrisonConfig, RevocationsConfig, parse_listen
+from garrison.gateway.admin import blocklist_api, revocations_api
 from garrison.gateway.auth.apikeys import ApiKeyCache, ApiKeyStore
 from garrison.gateway.blocklist import Blocklist, MemoryBlocklist, RedisBlocklist
 from garrison.gateway.exchange import Exchange, host_without_port, valid_host
 from garrison.gateway.normalize import TargetRejected, parse_request_target
 from garrison.gateway.proxy import ClientConnection
+from garrison.gateway.revocations import MemoryRevocations, RedisRevocations, Revocations
 from garrison.gateway.runtime import Runtime, build_runtime
 from garrison.gateway.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleResponse
 from garrison.gateway.tls import ask_for_client_certificates, resolve_certificate, server_context
@@ -85,7 +86,12 @@ class GatewayServer:
         self.api_keys: ApiKeyCache | None = None
         self._api_keys_started = False
         self._ensure_api_keys(loaded.config)
-        self.runtime: Runtime = build_runtime(loaded.config, loop, self.metrics, self.api_keys)
+        # Created before the first runtime, whose token cache reads it; kept across reloads.
+        gateway = loaded.config.gateway
+        self.revocations = make_revocations(gateway.revocations, gateway.redis.url)
+        self.runtime: Runtime = build_runtime(
+            loaded.config, loop, self.metrics, self.api_keys, revocations=self.revocations
+        )
         self.connections: set[ClientConnection] = set()
         self.metrics.open_connections = lambda: len(self.connections)
         self.max_connections = loaded.config.gateway.limits.max_connections
@@ -133,6 +139,7 @@ class GatewayServer:
             if gateway.mtls is not None:
                 ca_file = Path(gateway.mtls.ca)
                 ask_for_client_certificates(self.tls_context, self.source.parent / ca_file)
+        await self.revocations.start()  # before serving: a revoked token is never let in at start
         server = await self.loop.create_server(
             lambda: ClientConnection(self), sock=main_sock, ssl=self.tls_context, backlog=2048
         )
@@ -169,6 +176,8 @@ class GatewayServer:
         path, _, query = request.target.partition(b"?")
         if path == b"/blocklist":
             return blocklist_api(self.blocklist, request.method, query)
+        if path == b"/revocations":
+            return revocations_api(self.revocations, request.method, query)
         if request.method not in (b"GET", b"HEAD"):
             return SimpleResponse(405, b"method not allowed\n", headers=b"allow: GET, HEAD\r\n")
         if path == b"/metrics":
@@ -287,7 +296,9 @@ class GatewayServer:
             loaded = load_config(self.source)
             self._ensure_api_keys(loaded.config)
             await self._start_api_keys()
-            runtime = build_runtime(loaded.config, self.loop, self.metrics, self.api_keys)
+            runtime = build_runtime(
+                loaded.config, self.loop, self.metrics, self.api_keys, revocations=self.revocations
+            )
         except ConfigError as exc:
             self.metrics.reloads["failure"] += 1
             log.error(
@@ -327,9 +338,10 @@ class GatewayServer:
     @staticmethod
     def _needs_restart(old: Runtime, new: Runtime) -> str:
         before, after = old.config.gateway, new.config.gateway
+        stores = ("blocklist", "revocations", "redis")  # created once per process, kept across reloads
         changed = [
             key
-            for key in ("listen", "workers", "admin", "redirect_http", "access_log", "blocklist", "redis")
+            for key in ("listen", "workers", "admin", "redirect_http", "access_log", *stores)
             if getattr(before, key) != getattr(after, key)
         ]
         if before.tls.min_version != after.tls.min_version:
@@ -361,6 +373,7 @@ class GatewayServer:
             task.cancel()
         await self.runtime.close()
         await self.blocklist.stop()
+        await self.revocations.stop()
         if self.api_keys is not None:
             await self.api_keys.stop()
             await self.api_keys.store.engine.dispose()
@@ -387,6 +400,13 @@ def make_blocklist(spec: BlocklistConfig, redis_url: str | None) -> Blocklist:
         assert redis_url is not None  # the loader refuses `redis` storage without a URL
         return RedisBlocklist(redis_url, spec.prefix)
     return MemoryBlocklist()
+
+
+def make_revocations(spec: RevocationsConfig, redis_url: str | None) -> Revocations:
+    if spec.storage == "redis":
+        assert redis_url is not None  # the loader refuses `redis` storage without a URL
+        return RedisRevocations(redis_url, spec.prefix)
+    return MemoryRevocations()
 
 
 def write_ready_file(path: Path | None, listeners: dict[str, str]) -> None:

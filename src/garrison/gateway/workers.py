@@ -97,7 +97,7 @@ class WorkerSupervisor:
 
     async def admin_handler(self, request: SimpleRequest) -> SimpleResponse:
         path = request.target.split(b"?", 1)[0]
-        if path == b"/blocklist":
+        if path in (b"/blocklist", b"/revocations"):
             return await self.fan_out(request)
         if request.method not in (b"GET", b"HEAD"):
             return SimpleResponse(405, b"method not allowed\n", headers=b"allow: GET, HEAD\r\n")
@@ -112,7 +112,8 @@ class WorkerSupervisor:
         return SimpleResponse(404, b"not found\n")
 
     async def fan_out(self, request: SimpleRequest) -> SimpleResponse:
-        """Apply an admin request to every worker (each may hold its own in-memory blocklist)."""
+        """Apply an admin request to every worker (each may hold its own in-memory blocklist and
+        revocations)."""
         answers = await asyncio.gather(
             *(self._ask(i, request.method, request.target) for i in range(self.count))
         )

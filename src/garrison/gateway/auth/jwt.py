@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
@@ -323,6 +323,17 @@ def _verified(claims: dict[str, Any], exp: float) -> VerifiedToken:
 # -- revocation and the verified-token cache ---------------------------------------------------------
 
 
+class RevocationCheck(Protocol):
+    """What the token cache asks on every hit: is this jti revoked at ``now``?
+
+    Synchronous and O(1), because it runs on the hot path. ``RevocationList`` (one process, fed by
+    ``TokenCache.revoke_jti``) implements it, and so do the shared feeds of gateway/revocations.py
+    (fed by the admin API and by an identity provider through Redis).
+    """
+
+    def is_revoked(self, jti: str, now: float) -> bool: ...
+
+
 class RevocationList:
     """Revoked ``jti`` values, each until a time (normally the token's exp). Bounded in entries.
 
@@ -365,12 +376,12 @@ class TokenCache:
 
     An entry lives no longer than its token's ``exp``. A hit whose jti is revoked raises
     ``TokenRejected("revoked")``. A cache belongs to ONE verifier (its issuer, audiences and typ rule
-    decided what "verified" means); share the ``RevocationList`` between caches instead.
+    decided what "verified" means); share the revocations (a ``RevocationCheck``) between caches instead.
     """
 
-    def __init__(self, max_entries: int = 10_000, revocations: RevocationList | None = None) -> None:
+    def __init__(self, max_entries: int = 10_000, revocations: RevocationCheck | None = None) -> None:
         self.max_entries = max_entries
-        self.revocations = revocations if revocations is not None else RevocationList()
+        self.revocations: RevocationCheck = revocations if revocations is not None else RevocationList()
         self._entries: OrderedDict[bytes, VerifiedToken] = OrderedDict()
         self._owner: object | None = None
 
@@ -383,6 +394,9 @@ class TokenCache:
         self._owner = owner
 
     def revoke_jti(self, jti: str, until: float, now: float | None = None) -> None:
+        """Revoke in this cache's own ``RevocationList``; a shared feed is written through its ``revoke``."""
+        if not isinstance(self.revocations, RevocationList):
+            raise TypeError("this cache reads a shared revocation feed: revoke through the feed")
         self.revocations.revoke(jti, until, now)
 
     def get(self, token: str, now: float) -> VerifiedToken | None:
