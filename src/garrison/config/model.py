@@ -138,7 +138,7 @@ class IpRulesConfig(Strict):
 
 
 class RedisConfig(Strict):
-    """The Redis that gateway workers and replicas share (blocklist, rate-limit counters)."""
+    """The Redis that gateway workers and replicas share (blocklist, revocations, rate-limit counters)."""
 
     url: str | None = Field(None, pattern=r"^rediss?://", description="redis://host:port/db, or unset.")
 
@@ -154,6 +154,20 @@ class BlocklistConfig(Strict):
     )
     prefix: str = Field(
         "garrison:blocklist", pattern=r"^[A-Za-z0-9:_-]{1,64}$", description="Redis key prefix."
+    )
+
+
+class RevocationsConfig(Strict):
+    """Revoked access tokens by `jti` (admin API `/revocations`, `garrison revoke JTI --for 10m`)."""
+
+    storage: Literal["memory", "redis"] = Field(
+        "memory",
+        description="`redis` follows the revocations that any gateway or the identity provider writes "
+        "to `gateway.redis` (see gateway.md, Token revocation); `memory` keeps them per gateway "
+        "(with `workers: N` the supervisor applies each one to every worker).",
+    )
+    prefix: str = Field(
+        "garrison:revoked", pattern=r"^[A-Za-z0-9:_-]{1,64}$", description="Redis key prefix."
     )
 
 
@@ -182,6 +196,13 @@ class ApiKeysConfig(Strict):
     refresh_interval: Duration = Field(
         1.0, gt=0, description="How often each gateway re-reads the keys (revocation delay)."
     )
+
+
+class ResponseCacheConfig(Strict):
+    """The memory shared by every route's response cache (`routes[].cache`), per worker."""
+
+    max_size: Size = Field(64 * 1024 * 1024, description="Memory for cached responses; LRU beyond it.")
+    max_entry_size: Size = Field(1024 * 1024, description="Largest response (headers + body) cached.")
 
 
 class MtlsClientConfig(Strict):
@@ -269,6 +290,9 @@ class GatewayConfig(Strict):
     blocklist: BlocklistConfig = Field(
         default_factory=BlocklistConfig, description="Dynamic blocklist (403)."
     )
+    revocations: RevocationsConfig = Field(
+        default_factory=RevocationsConfig, description="Access-token revocation (401)."
+    )
     redis: RedisConfig = Field(
         default_factory=RedisConfig, description="Shared state for workers and replicas."
     )
@@ -276,6 +300,9 @@ class GatewayConfig(Strict):
         None, description="JWT access-token verification (routes with `require: jwt`)."
     )
     api_keys: ApiKeysConfig = Field(default_factory=ApiKeysConfig, description="API-key storage.")
+    cache: ResponseCacheConfig = Field(
+        default_factory=ResponseCacheConfig, description="Response cache memory (routes with `cache`)."
+    )
     mtls: MtlsConfig | None = Field(
         None, description="Client certificates at the edge (routes with `require: mtls`)."
     )
@@ -532,6 +559,16 @@ class RateLimitConfig(Strict):
     )
 
 
+class RouteCacheConfig(Strict):
+    """Cache GET/HEAD responses of this route in the gateway. Keyed by host, path, query, the headers
+    the response's Vary names, and the authenticated subject: one caller never gets another's answer.
+    `Cache-Control: no-store`, `private`, `no-cache` and `Set-Cookie` responses are never stored."""
+
+    ttl: Duration = Field(
+        gt=0, description="How long a response is served from the cache (an upstream max-age can shorten it)."
+    )
+
+
 class RouteConfig(Strict):
     """A route: a match, the service it goes to, and (in later sections) its security chain."""
 
@@ -555,6 +592,7 @@ class RouteConfig(Strict):
         return [value] if isinstance(value, dict) else value
 
     cors: CorsConfig | None = Field(None, description="CORS for browsers (unset: no CORS headers).")
+    cache: RouteCacheConfig | None = Field(None, description="Response caching (unset: none).")
 
 
 class GarrisonConfig(Strict):

@@ -88,6 +88,10 @@ class JwtRouteAuth:
     # lines are built once and reused while that object keeps coming back (an `is` check, which
     # also keeps the object alive: no id() reuse).
     _last: list[tuple[VerifiedToken, Identity]] = field(default_factory=list)
+    # The Authorization values of the last request that passed, with its result: a keep-alive
+    # client repeating the same header skips extraction and hashing (exp and revocation are still
+    # checked on every request).
+    _memo: list[tuple[list[bytes], VerifiedToken, Identity]] = field(default_factory=list)
 
     def bearer(self, authorization: list[bytes], query: bytes) -> str:
         query_token: bytes | None = None
@@ -103,6 +107,15 @@ class JwtRouteAuth:
 
     def authenticate(self, authorization: list[bytes], api_key: list[bytes], query: bytes) -> Identity:
         """The caller's identity, or AuthError (401/400/403), or NeedsRefetch."""
+        memo, cache = self._memo, self.verifier.cache
+        if memo and cache is not None and memo[0][0] == authorization and b"access_token=" not in query:
+            _, verified, identity = memo[0]
+            now = time.time()
+            if now < verified.exp and not (
+                verified.jti is not None and cache.revocations.is_revoked(verified.jti, now)
+            ):
+                return identity
+            memo.clear()  # expired or revoked: the full path below says which
         token = self.bearer(authorization, query)
         try:
             verified = self.verifier.verify(token, time.time())
@@ -110,7 +123,10 @@ class JwtRouteAuth:
             if exc.reason == "kid_unknown":
                 raise NeedsRefetch(token) from None
             raise
-        return self._authorize(verified)
+        identity = self._authorize(verified)
+        if authorization and cache is not None:
+            memo[:] = [(authorization, verified, identity)]
+        return identity
 
     async def authenticate_async(self, token: str) -> Identity:
         return self._authorize(await self.verifier.verify_async(token, time.time()))

@@ -25,6 +25,7 @@ from garrison.gateway.http1 import (
 STATUS_LINES = {status: status_line(status) for status in range(100, 600)}
 
 if TYPE_CHECKING:
+    from garrison.gateway.cache import CacheFill, CacheRequest, ResponseCache
     from garrison.gateway.ratelimit import RateDecision
     from garrison.gateway.runtime import Route, Runtime
     from garrison.gateway.upstream.pool import UpstreamConnection
@@ -89,6 +90,12 @@ class Exchange:
     log_subject = b"null"  # JSON value for the access log
     client = ""  # the authenticated client, what `rate_limit: {key: client}` counts
     rate_decision: RateDecision | None = None  # the tightest of the route's limits so far
+    # Response caching, on routes with `cache`: the request's raw headers, its cache key and the
+    # cache it will be stored in (a miss), and the entry being filled while the body streams.
+    request_headers: list[tuple[bytes, bytes]] | None = None
+    cache_request: CacheRequest | None = None
+    cache: ResponseCache | None = None
+    cache_fill: CacheFill | None = None
 
     def __init__(
         self,

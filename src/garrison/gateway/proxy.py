@@ -28,11 +28,13 @@ from garrison.gateway.authn import (
     NeedsRefetch,
     challenge,
 )
+from garrison.gateway.cache import X_CACHE_MISS, CachedResponse, CacheRequest
 from garrison.gateway.errors import error_response
 from garrison.gateway.exchange import (
     BODY_CHUNKED,
     BODY_LENGTH,
     BODY_NONE,
+    STATUS_LINES,
     ClientHeaders,
     Exchange,
     Rejected,
@@ -46,7 +48,7 @@ from garrison.gateway.exchange import (
 )
 from garrison.gateway.http1 import LAST_CHUNK, chunk
 from garrison.gateway.normalize import TargetRejected, parse_request_target
-from garrison.gateway.ratelimit import RateDecision, RateLimiter, rate_limit_headers
+from garrison.gateway.ratelimit import RateDecision, RateLimiter, rate_limit_lines
 from garrison.gateway.router import RouteMiss
 from garrison.gateway.upstream.retry import IDEMPOTENT_METHODS
 
@@ -363,6 +365,8 @@ class ClientConnection(asyncio.Protocol):
             query=target.query,
             expect_continue=headers.expect_continue,
         )
+        if route.cache_ttl is not None and (method == b"GET" or method == b"HEAD"):
+            exchange.request_headers = raw  # for the cache's Vary and Cache-Control, read after auth
         cors = route.cors
         if cors is not None and headers.origin is not None:
             if preflight:
@@ -448,8 +452,7 @@ class ClientConnection(asyncio.Protocol):
     def _add_rate_headers(exchange: Exchange) -> None:
         decision = exchange.rate_decision
         if decision is not None:
-            headers = b"".join(b"%s: %s\r\n" % pair for pair in rate_limit_headers(decision))
-            exchange.extra_response_headers += headers
+            exchange.extra_response_headers += rate_limit_lines(decision)
 
     # -- authentication ----------------------------------------------------------------------------
     def _proceed(self, exchange: Exchange) -> None:
@@ -520,6 +523,8 @@ class ClientConnection(asyncio.Protocol):
         self._fail_exchange(exchange, refusal.status, refusal.error, challenge(refusal))
 
     def _forward(self, exchange: Exchange) -> None:
+        if exchange.route.cache_ttl is not None and self._answered_from_cache(exchange):
+            return
         # 1xx responses are not for HTTP/1.0 clients (RFC 9110 §15.2).
         if exchange.expect_continue and exchange.has_body and exchange.http11 and not exchange.request_done:
             self._write(CONTINUE)
@@ -604,6 +609,10 @@ class ClientConnection(asyncio.Protocol):
                 exchange, status, headers, chunked, runtime.security_headers, runtime.referrer_policy_line
             )
         )
+        if exchange.cache is not None and exchange.cache_request is not None:
+            ttl = exchange.route.cache_ttl
+            assert ttl is not None
+            exchange.cache_fill = exchange.cache.start_fill(exchange.cache_request, status, headers, ttl)
 
     def on_upstream_body(self, data: bytes) -> None:
         exchange = self.active
@@ -611,6 +620,9 @@ class ClientConnection(asyncio.Protocol):
             return
         exchange.bytes_out += len(data)
         self.out.append(chunk(data) if exchange.rechunk else data)
+        fill = exchange.cache_fill
+        if fill is not None and not fill.add(data):
+            exchange.cache_fill = None  # too large to cache
 
     def on_upstream_complete(self, keep_alive: bool) -> None:
         exchange = self.active
@@ -620,6 +632,9 @@ class ClientConnection(asyncio.Protocol):
         exchange.target.in_flight -= 1
         if exchange.rechunk:
             self._write(LAST_CHUNK)
+        if exchange.cache_fill is not None:
+            exchange.cache_fill.commit()  # the whole body arrived
+            exchange.cache_fill = None
         if conn is not None:
             if keep_alive and exchange.request_done:
                 conn.pool.release(conn)
@@ -647,6 +662,7 @@ class ClientConnection(asyncio.Protocol):
         assert target is not None
         target.in_flight -= 1
         target.breaker.record_failure(self.loop.time())
+        exchange.cache_fill = None  # a body cut short is never cached
         service = exchange.route.service
         self.server.runtime.metrics.upstream_error(service.name, target.url, reason)
         if exchange.response_started:
@@ -683,6 +699,58 @@ class ClientConnection(asyncio.Protocol):
                 exchange.target.in_flight -= 1
                 if not exchange.response_started:
                     exchange.target.breaker.release_probe()
+
+    # -- the response cache -------------------------------------------------------------------------
+    def _answered_from_cache(self, exchange: Exchange) -> bool:
+        """Serve a fresh cached response (True), or arrange for the upstream's answer to be stored."""
+        runtime = self.server.runtime
+        cache = runtime.response_cache
+        if cache is None or exchange.request_headers is None:
+            return False  # a reload removed caching since this request was routed
+        # The subject is part of the key: an authenticated caller only ever sees its own entries.
+        subject = b"" if exchange.log_subject == b"null" else exchange.log_subject
+        request = CacheRequest.from_headers(
+            exchange.method, exchange.host, exchange.path, exchange.query, subject, exchange.request_headers
+        )
+        entry = cache.lookup(request)
+        if entry is None:
+            exchange.cache_request = request
+            exchange.cache = cache
+            exchange.extra_response_headers += X_CACHE_MISS
+            runtime.metrics.cache_lookup(exchange.route.name, "miss")
+            return False
+        runtime.metrics.cache_lookup(exchange.route.name, "hit")
+        self._replay(exchange, entry)
+        return True
+
+    def _replay(self, exchange: Exchange, entry: CachedResponse) -> None:
+        runtime = self.server.runtime
+        exchange.status = entry.status
+        exchange.response_started = exchange.response_done = True
+        if not exchange.request_done:
+            exchange.close_after = True  # the request body would have to be drained
+        if exchange.close_after or not exchange.keep_alive:
+            connection = b"connection: close\r\n"
+        else:
+            connection = b"" if exchange.http11 else b"connection: keep-alive\r\n"
+        body = b"" if exchange.method == b"HEAD" else entry.body
+        exchange.bytes_out = len(body)
+        self._write(
+            b"".join(
+                (
+                    STATUS_LINES[entry.status],
+                    entry.replay_headers(self.loop.time()),
+                    runtime.security_headers,
+                    exchange.extra_response_headers,
+                    b"" if entry.has_referrer_policy else runtime.referrer_policy_line,
+                    exchange.trace_lines,
+                    connection,
+                    b"\r\n",
+                    body,
+                )
+            )
+        )
+        self._finish(exchange)
 
     # -- finishing ---------------------------------------------------------------------------------
     def _answer_preflight(self, exchange: Exchange, head: bytes) -> None:

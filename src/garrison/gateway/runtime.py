@@ -27,8 +27,9 @@ from garrison.config.model import (
 from garrison.gateway.auth.apikeys import ApiKeyCache
 from garrison.gateway.auth.authz import Requirement
 from garrison.gateway.auth.jwks import JwksCache
-from garrison.gateway.auth.jwt import JwtVerifier, TokenCache
+from garrison.gateway.auth.jwt import JwtVerifier, RevocationCheck, TokenCache
 from garrison.gateway.authn import ApiKeyRouteAuth, ClientCertificates, JwtRouteAuth, MtlsRouteAuth, RouteAuth
+from garrison.gateway.cache import ResponseCache
 from garrison.gateway.cors import CorsPolicy
 from garrison.gateway.forwarded import TrustedProxies
 from garrison.gateway.iprules import IpRules
@@ -79,6 +80,7 @@ class Route:
     post_auth_limits: tuple[RateLimiter, ...] = ()
     auth: RouteAuth | None = None  # None: `require: none`
     cors: CorsPolicy | None = None
+    cache_ttl: float | None = None  # seconds; None: responses of this route are not cached
 
     @property
     def rate_limiters(self) -> tuple[RateLimiter, ...]:
@@ -96,6 +98,8 @@ class Runtime:
     referrer_policy_line: bytes  # added unless the upstream set its own
     metrics: GatewayMetrics
     jwks: JwksCache | None = None
+    # One per runtime: a reload starts empty, so a changed ttl or route never serves old entries.
+    response_cache: ResponseCache | None = None
     # Copied out of the config so the hot path does one attribute lookup, not four.
     limits: LimitsConfig = field(init=False)
     preserve_host: bool = field(init=False)
@@ -146,7 +150,9 @@ def _cors(spec: CorsConfig | None) -> CorsPolicy | None:
     )
 
 
-def _jwt(spec: JwtConfig | None) -> tuple[JwksCache | None, JwtVerifier | None]:
+def _jwt(
+    spec: JwtConfig | None, revocations: RevocationCheck | None
+) -> tuple[JwksCache | None, JwtVerifier | None]:
     if spec is None:
         return None, None
     if spec.jwks_url:
@@ -167,7 +173,7 @@ def _jwt(spec: JwtConfig | None) -> tuple[JwksCache | None, JwtVerifier | None]:
         spec.audiences,
         leeway=spec.leeway,
         require_typ=spec.require_typ,
-        cache=TokenCache(),
+        cache=TokenCache(revocations=revocations),  # the server's feed: it outlives reloads
     )
     return jwks, verifier
 
@@ -242,6 +248,13 @@ def _rate_limiter(
     # The first limit keeps the key it had when a route could have only one.
     key_name = hashlib.sha256(name.encode()).hexdigest()[:16] + (f"-{number}" if number else "")
     return RateLimiter(limiter_spec, lambda outcome: metrics.rate_limited(name, outcome), route=key_name)
+
+
+def _response_cache(config: GarrisonConfig, loop: asyncio.AbstractEventLoop) -> ResponseCache | None:
+    if not any(route.cache is not None for route in config.routes):
+        return None
+    spec = config.gateway.cache
+    return ResponseCache(spec.max_size, spec.max_entry_size, clock=loop.time)
 
 
 def _ip_rules(spec: IpRulesConfig | None) -> IpRules | None:
@@ -327,13 +340,15 @@ def build_runtime(
     loop: asyncio.AbstractEventLoop,
     metrics: GatewayMetrics,
     api_keys: ApiKeyCache | None = None,
+    *,
+    revocations: RevocationCheck | None = None,
 ) -> Runtime:
     """Compile a validated config. Raises ValueError for what validation could not see."""
     upstream_tls = ssl.create_default_context()
     services = {
         name: _build_service(name, spec, loop, upstream_tls) for name, spec in config.services.items()
     }
-    jwks, verifier = _jwt(config.gateway.jwt)
+    jwks, verifier = _jwt(config.gateway.jwt, revocations)
     certificates = _client_certificates(config.gateway.mtls)
     entries: list[RouteEntry[Route]] = []
     for route_config in config.routes:
@@ -350,6 +365,7 @@ def build_runtime(
             after,
             _route_auth(route_config.auth, verifier, api_keys, certificates),
             _cors(route_config.cors),
+            route_config.cache.ttl if route_config.cache is not None else None,
         )
         match = route_config.match
         entries.append(
@@ -371,7 +387,10 @@ def build_runtime(
         referrer_policy_line=f"referrer-policy: {config.gateway.referrer_policy}\r\n".encode(),
         metrics=metrics,
         jwks=jwks,
+        response_cache=_response_cache(config, loop),
     )
+    cache = runtime.response_cache
+    metrics.cache_bytes = (lambda: cache.size_bytes) if cache is not None else (lambda: 0)
     metrics.circuit_states = lambda: (
         (service.name, target.url, target.breaker.state.value)
         for service in runtime.services.values()

@@ -49,6 +49,8 @@ class GatewayMetrics(Collector):
         self.rejected: dict[str, int] = {}
         self.reloads: dict[str, int] = {"success": 0, "failure": 0}
         self.rate_limit_outcomes: dict[tuple[str, str], int] = {}
+        self.cache_lookups: dict[tuple[str, str], int] = {}
+        self.cache_bytes: Callable[[], int] = lambda: 0
         self.open_connections: Callable[[], int] = lambda: 0
         self.circuit_states: Callable[[], Iterable[tuple[str, str, str]]] = lambda: ()
         self.registry = CollectorRegistry(auto_describe=False)
@@ -68,6 +70,10 @@ class GatewayMetrics(Collector):
     def rate_limited(self, route: str, outcome: str) -> None:
         key = (route, outcome)
         self.rate_limit_outcomes[key] = self.rate_limit_outcomes.get(key, 0) + 1
+
+    def cache_lookup(self, route: str, result: str) -> None:
+        key = (route, result)
+        self.cache_lookups[key] = self.cache_lookups.get(key, 0) + 1
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -99,6 +105,17 @@ class GatewayMetrics(Collector):
         for (route, outcome), count in self.rate_limit_outcomes.items():
             limited.add_metric([route, outcome], count)
         yield limited
+        lookups = CounterMetricFamily(
+            "garrison_gateway_cache_lookups",
+            "Response-cache lookups (hit, miss).",
+            labels=["route", "result"],
+        )
+        for (route, result), count in self.cache_lookups.items():
+            lookups.add_metric([route, result], count)
+        yield lookups
+        yield GaugeMetricFamily(
+            "garrison_gateway_cache_bytes", "Bytes held by the response cache.", value=self.cache_bytes()
+        )
         reloads = CounterMetricFamily("garrison_gateway_config_reloads", "Config reloads.", labels=["result"])
         for result, count in self.reloads.items():
             reloads.add_metric([result], count)
