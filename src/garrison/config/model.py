@@ -595,6 +595,63 @@ class RouteConfig(Strict):
     cache: RouteCacheConfig | None = Field(None, description="Response caching (unset: none).")
 
 
+class IdentityKeysConfig(Strict):
+    """ES256 signing keys: encrypted at rest, rotated on a schedule, announced before use."""
+
+    rotation_interval: Duration = Field(
+        30 * 86400.0,
+        gt=0,
+        description="A new signing key takes over this often (`garrison identity rotate-keys` too).",
+    )
+    publish_ahead: Duration = Field(
+        900.0,
+        gt=0,
+        description="How long a new key is in the JWKS before it signs anything (longer than every "
+        "relying party's JWKS cache).",
+    )
+
+
+class LockoutConfig(Strict):
+    """Brute-force protection for passwords and one-time codes."""
+
+    max_failures: int = Field(5, ge=1, le=100, description="Failed attempts per account before it locks.")
+    ip_max_failures: int = Field(50, ge=1, le=10000, description="Failed attempts per client address.")
+    window: Duration = Field(900.0, gt=0, description="Failures older than this are forgotten.")
+    lock_for: Duration = Field(900.0, gt=0, description="How long a locked account or address stays locked.")
+
+
+class IdentityConfig(Strict):
+    """The OAuth 2.0 / OpenID Connect identity provider (`garrison identity`)."""
+
+    listen: ListenAddress = Field("127.0.0.1:9443", description="Address of the identity provider.")
+    issuer: str = Field(
+        "https://localhost:9443",
+        pattern=r"^https?://[^/?#]+(/[^?#]*)?$",
+        description="The issuer URL: what `iss` says and where clients reach the provider.",
+    )
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS of the identity listener.")
+    database: str | None = Field(
+        None,
+        pattern=r"^(postgres(ql)?(\+asyncpg)?|sqlite(\+aiosqlite)?)://",
+        description="A PostgreSQL URL; unset: SQLite at state_dir/garrison.db.",
+    )
+    access_token_audience: str = Field(
+        "garrison", min_length=1, description="`aud` of access tokens (what gateway.jwt.audiences accepts)."
+    )
+    access_token_ttl: Duration = Field(300.0, gt=0, le=86400, description="Access-token lifetime.")
+    id_token_ttl: Duration = Field(300.0, gt=0, le=86400, description="ID-token lifetime.")
+    refresh_token_ttl: Duration = Field(
+        30 * 86400.0, gt=0, description="Refresh-token family lifetime (rotation does not extend it)."
+    )
+    code_ttl: Duration = Field(60.0, gt=0, le=600, description="Authorization-code lifetime.")
+    session_ttl: Duration = Field(8 * 3600.0, gt=0, description="Single sign-on session lifetime.")
+    keys: IdentityKeysConfig = Field(default_factory=IdentityKeysConfig, description="Signing keys.")
+    lockout: LockoutConfig = Field(default_factory=LockoutConfig, description="Brute-force protection.")
+    mfa_roles: list[str] = Field(
+        default_factory=list, description="Users with any of these roles must use a one-time code."
+    )
+
+
 class GarrisonConfig(Strict):
     """The whole of garrison.yaml."""
 
@@ -603,6 +660,9 @@ class GarrisonConfig(Strict):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="The edge gateway.")
     services: dict[str, ServiceConfig] = Field(default_factory=dict, description="Services by name.")
     routes: list[RouteConfig] = Field(default_factory=list, description="Routes, in any order.")
+    identity: IdentityConfig | None = Field(
+        None, description="The identity provider; when set, gateway.jwt defaults to trusting it."
+    )
 
     @field_validator("trust_domain")
     @classmethod
