@@ -214,6 +214,10 @@ def revocations(config: ConfigOption = Path("garrison.yaml")) -> None:
     Console().print(table)
 
 
+from garrison.identity.cli import identity_app  # noqa: E402 - a sub-application, registered here
+
+app.add_typer(identity_app, name="identity")
+
 apikey_app = typer.Typer(
     help="Manage API keys for routes with `auth: {require: api_key}` (stored as SHA-256 digests).",
     no_args_is_help=True,

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from garrison.config.model import GarrisonConfig, parse_listen
+from garrison.config.model import GarrisonConfig, parse_listen, with_derived_defaults
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ def _warnings(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
     return warnings
 
 
-def parse_config(text: str, filename: str = "garrison.yaml") -> LoadedConfig:
+def parse_config(text: str, filename: str = "garrison.yaml", base_dir: Path | None = None) -> LoadedConfig:
     """Parse and validate config text; raise ConfigError listing every problem."""
     try:
         node = yaml.compose(text, Loader=_UniqueKeyLoader)
@@ -226,6 +226,9 @@ def parse_config(text: str, filename: str = "garrison.yaml") -> LoadedConfig:
         config = GarrisonConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(filename, _pydantic_problems(exc, lines)) from None
+    if base_dir is not None and not config.state_dir.is_absolute():
+        config = config.model_copy(update={"state_dir": (base_dir / config.state_dir).resolve()})
+    config = with_derived_defaults(config)
     errors = _cross_checks(config)
     if errors:
         raise ConfigError(
@@ -242,10 +245,6 @@ def load_config(path: str | Path) -> LoadedConfig:
         text = source.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(source), [Problem("", f"cannot read the file: {exc.strerror}")]) from None
-    loaded = parse_config(text, str(source))
-    state_dir = loaded.config.state_dir
-    if not state_dir.is_absolute():
-        state_dir = (source.parent / state_dir).resolve()
-        loaded.config = loaded.config.model_copy(update={"state_dir": state_dir})
+    loaded = parse_config(text, str(source), base_dir=source.parent)
     loaded.source = source.resolve()
     return loaded

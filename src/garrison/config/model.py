@@ -455,6 +455,11 @@ class JwtConfig(Strict):
     min_refetch_interval: Duration = Field(
         10.0, gt=0, description="Least time between fetches triggered by unknown `kid`s."
     )
+    ca: str | None = Field(
+        None,
+        description="PEM bundle that verifies the issuer's TLS certificate (a private CA); unset: the "
+        "system's trust store.",
+    )
 
 
 class AuthConfig(Strict):
@@ -678,3 +683,19 @@ class GarrisonConfig(Strict):
             if not _NAME_RE.match(name):
                 raise ValueError(f"service names are lower-case identifiers, got {name!r}")
         return value
+
+
+def with_derived_defaults(config: GarrisonConfig) -> GarrisonConfig:
+    """Defaults that depend on other sections: with an `identity` section and no `gateway.jwt`, the
+    gateway verifies this provider's access tokens (and trusts its `auto` CA for the JWKS fetch)."""
+    identity = config.identity
+    if identity is None or config.gateway.jwt is not None:
+        return config
+    auto_ca = identity.tls.cert == "auto" and not identity.tls.insecure_disable
+    jwt = JwtConfig(
+        issuer=identity.issuer,
+        jwks_url=identity.issuer + "/jwks",
+        audiences=[identity.access_token_audience],
+        ca=str(config.state_dir / "identity" / "tls" / "ca.pem") if auto_ca else None,
+    )
+    return config.model_copy(update={"gateway": config.gateway.model_copy(update={"jwt": jwt})})

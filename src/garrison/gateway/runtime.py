@@ -155,17 +155,20 @@ def _jwt(
 ) -> tuple[JwksCache | None, JwtVerifier | None]:
     if spec is None:
         return None, None
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=spec.ca) if spec.ca else True
     if spec.jwks_url:
         jwks = JwksCache(
             jwks_uri=spec.jwks_url,
             refresh_interval=spec.refresh_interval,
             min_refetch_interval=spec.min_refetch_interval,
+            verify=verify,
         )
     else:
         jwks = JwksCache(
             issuer=spec.issuer,
             refresh_interval=spec.refresh_interval,
             min_refetch_interval=spec.min_refetch_interval,
+            verify=verify,
         )
     verifier = JwtVerifier(
         jwks,

@@ -1,0 +1,275 @@
+"""`garrison identity`: assemble the provider (stores, keys, Authlib server, web app) and serve it.
+
+Startup order matters: tables exist, the key-encryption key is loaded, a signing key exists and the
+client directory is in memory before the listener accepts its first connection, so the first token
+request never waits on (or fails for) something still loading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import uvicorn
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import await_only
+
+from garrison.config.loader import LoadedConfig
+from garrison.config.model import GarrisonConfig, IdentityConfig
+from garrison.gateway.auth.jwks import JwksCache
+from garrison.gateway.auth.jwt import JwtVerifier, TokenCache
+from garrison.gateway.revocations import MemoryRevocations, RedisRevocations, Revocations
+from garrison.gateway.tls import resolve_certificate, server_context
+from garrison.identity import tables
+from garrison.identity.authserver import AccessTokenGenerator, TokenInspector, build_server
+from garrison.identity.clients import ClientDirectory, ClientStore
+from garrison.identity.crypto import KeyEncryption
+from garrison.identity.keys import SigningKeys
+from garrison.identity.web import HttpRequest, HttpResponse, IdentityApp, json_response
+from garrison.store.db import create_all, make_engine
+from garrison.telemetry import logging as log
+
+
+@dataclass
+class Provider:
+    """Everything a running provider holds, for the web handlers and for shutdown."""
+
+    config: IdentityConfig
+    engine: AsyncEngine
+    keys: SigningKeys
+    directory: ClientDirectory
+    revocations: Revocations
+    jwks_cache: JwksCache
+    app: IdentityApp | None = None  # set once the Authlib server around this provider is built
+
+    def revoke_sync(self, jti: str, exp: float) -> None:
+        """Called by Authlib's revocation endpoint (inside greenlet_spawn)."""
+        await_only(self.revoke(jti, exp))
+
+    async def revoke(self, jti: str, exp: float) -> None:
+        until = datetime.fromtimestamp(exp, UTC)
+        with contextlib.suppress(IntegrityError):  # already revoked
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    insert(tables.revoked_tokens).values(
+                        jti=jti, expires_at=until, revoked_at=datetime.now(UTC)
+                    )
+                )
+        if exp > time.time():
+            await self.revocations.revoke(jti, exp)  # with Redis: published to every gateway
+
+    async def load_revocations(self) -> None:
+        now = datetime.now(UTC)
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(tables.revoked_tokens.c.jti, tables.revoked_tokens.c.expires_at).where(
+                        tables.revoked_tokens.c.expires_at > now
+                    )
+                )
+            ).all()
+        for jti, until in rows:
+            await self.revocations.revoke(jti, until.timestamp())
+
+    def refresh_jwks(self) -> None:
+        self.jwks_cache.load(self.keys.public_jwks())
+
+
+def make_revocations(config: GarrisonConfig) -> Revocations:
+    redis_url = config.gateway.redis.url
+    if redis_url and config.gateway.revocations.storage == "redis":
+        return RedisRevocations(redis_url, config.gateway.revocations.prefix)
+    return MemoryRevocations()
+
+
+async def open_provider(config: GarrisonConfig, base_url: str) -> Provider:
+    identity = config.identity
+    assert identity is not None
+    engine = make_engine(identity.database, config.state_dir)
+    await create_all(engine)
+    kek = KeyEncryption.load(config.state_dir)
+    keys = SigningKeys(
+        engine,
+        kek,
+        publish_ahead=identity.keys.publish_ahead,
+        rotation_interval=identity.keys.rotation_interval,
+        max_token_lifetime=max(identity.access_token_ttl, identity.id_token_ttl),
+    )
+    await keys.ensure()  # the first key, or the next one when due; then the keys are in memory
+    directory = ClientDirectory(ClientStore(engine, kek))
+    await directory.start()
+    revocations = make_revocations(config)
+    await revocations.start()
+    jwks_cache = JwksCache(jwks_uri=identity.issuer + "/jwks")  # loaded locally, never fetched
+    verifier = JwtVerifier(
+        jwks_cache, identity.issuer, [identity.access_token_audience], leeway=30, cache=TokenCache()
+    )
+    provider = Provider(identity, engine, keys, directory, revocations, jwks_cache)
+    provider.refresh_jwks()
+    generator = AccessTokenGenerator(
+        identity.issuer, identity.access_token_audience, identity.access_token_ttl, keys
+    )
+    inspector = TokenInspector(verifier, revocations.is_revoked)
+    server = build_server(identity.issuer, directory, engine, generator, inspector, provider.revoke_sync)
+    provider.app = IdentityApp(server, base_url, hsts=base_url.startswith("https://"))
+    _routes(provider)
+    await provider.load_revocations()
+    return provider
+
+
+def _routes(provider: Provider) -> None:
+    app = provider.app
+    assert app is not None
+    identity = provider.config
+
+    async def metadata(request: HttpRequest) -> HttpResponse:
+        return json_response(200, discovery_document(identity), [("cache-control", "public, max-age=300")])
+
+    async def jwks(request: HttpRequest) -> HttpResponse:
+        # Cacheable for far less than identity.keys.publish_ahead: a new key is seen before it signs.
+        return json_response(200, provider.keys.public_jwks(), [("cache-control", "public, max-age=60")])
+
+    async def token(request: HttpRequest) -> HttpResponse:
+        return await app.token(request)
+
+    async def introspect(request: HttpRequest) -> HttpResponse:
+        return await app.endpoint("introspection", request)
+
+    async def revoke(request: HttpRequest) -> HttpResponse:
+        return await app.endpoint("revocation", request)
+
+    async def live(request: HttpRequest) -> HttpResponse:
+        return json_response(200, {"status": "ok"})
+
+    app.route("GET", "/.well-known/openid-configuration", metadata)
+    app.route("GET", "/.well-known/oauth-authorization-server", metadata)
+    app.route("GET", "/jwks", jwks)
+    app.route("POST", "/token", token)
+    app.route("POST", "/introspect", introspect)
+    app.route("POST", "/revoke", revoke)
+    app.route("GET", "/live", live)
+
+
+def discovery_document(identity: IdentityConfig) -> dict[str, Any]:
+    """RFC 8414 / OpenID Connect Discovery metadata: only what this provider really supports."""
+    issuer = identity.issuer
+    auth_methods = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+    return {
+        "issuer": issuer,
+        "token_endpoint": f"{issuer}/token",
+        "jwks_uri": f"{issuer}/jwks",
+        "introspection_endpoint": f"{issuer}/introspect",
+        "revocation_endpoint": f"{issuer}/revoke",
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": ["code"],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "RS256", "PS256", "EdDSA"],
+        "introspection_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": True,
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+    }
+
+
+def bind(listen: str) -> socket.socket:
+    from garrison.config.model import parse_listen
+
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def tls_context(config: GarrisonConfig, config_dir: Path) -> ssl.SSLContext | None:
+    identity = config.identity
+    assert identity is not None
+    if identity.tls.insecure_disable:
+        log.warn(
+            "identity.tls.disabled", message="TLS is OFF: the identity provider serves plaintext (insecure)"
+        )
+        return None
+    cert, key = resolve_certificate(identity.tls, config.state_dir / "identity", config_dir)
+    return server_context(cert, key, identity.tls.min_version)
+
+
+async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
+    config = loaded.config
+    identity = config.identity
+    if identity is None:
+        log.error("identity.not_configured", message="garrison.yaml has no `identity` section")
+        return 2
+    sock = bind(identity.listen)
+    address = sock.getsockname()
+    if urlsplit(identity.issuer).port == 0:
+        # `issuer: http://127.0.0.1:0` with `listen: ...:0` (tests, benchmarks): the issuer is wherever
+        # the listener landed.
+        parts = urlsplit(identity.issuer)
+        issuer = urlunsplit((parts.scheme, f"{parts.hostname}:{address[1]}", parts.path, "", ""))
+        identity = identity.model_copy(update={"issuer": issuer.rstrip("/")})
+        config = config.model_copy(update={"identity": identity})
+    context = tls_context(config, Path(loaded.source).parent)
+    provider = await open_provider(config, identity.issuer)
+    assert provider.app is not None
+    uv_config = uvicorn.Config(
+        provider.app,
+        loop="none",  # serve on the running (uvloop) loop
+        ssl_context_factory=(lambda _config, _default: context) if context is not None else None,
+        http="httptools",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        limit_concurrency=10_000,
+        timeout_keep_alive=30,
+        h11_max_incomplete_event_size=16 * 1024,
+    )
+    server = uvicorn.Server(uv_config)  # SIGINT/SIGTERM: finish in-flight requests, then stop
+    maintenance = asyncio.create_task(_maintain(provider), name="identity-maintenance")
+    listening = (
+        f"{address[0]}:{address[1]}" if sock.family == socket.AF_INET else f"[{address[0]}]:{address[1]}"
+    )
+
+    async def announce() -> None:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        log.log("identity.listening", address=listening, issuer=identity.issuer)
+        if ready_file is not None:
+            ready_file.write_text(json.dumps({"identity": listening, "issuer": identity.issuer}))
+
+    announcer = asyncio.create_task(announce())
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        for task in (maintenance, announcer):
+            task.cancel()
+        await provider.directory.stop()
+        await provider.revocations.stop()
+        await provider.engine.dispose()
+    return 0
+
+
+async def _maintain(provider: Provider) -> None:
+    """Key schedule and JWKS refresh, every few seconds."""
+    while True:
+        await asyncio.sleep(5.0)
+        try:
+            await provider.keys.maintain_once()
+            provider.refresh_jwks()
+        except Exception as exc:  # keep serving with the keys we have; say so
+            log.warn("identity.keys.maintenance_failed", error=type(exc).__name__)
