@@ -11,7 +11,16 @@ import asyncio
 import contextlib
 import json
 
-DEMO_HEADERS = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "traceparent")
+DEMO_HEADERS = (
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+    "traceparent",
+    "x-garrison-subject",  # set by the gateway once a caller is authenticated
+    "x-garrison-client",
+    "x-garrison-scopes",
+)
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import signal
-import ssl
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -61,7 +59,8 @@ def _wait_ready(component: Component, probe: tuple[str, int] | None = None) -> N
             code = component.process.returncode if component.process else None
             raise RuntimeError(f"{component.name} exited with code {code} while starting (see its log above)")
         if component.ready_file is not None and component.ready_file.exists():
-            component.listeners = json.loads(component.ready_file.read_text())["listeners"]
+            ready = json.loads(component.ready_file.read_text())
+            component.listeners = ready.get("listeners") or {"identity": ready["identity"]}
             return
         if probe is not None and _port_open(*probe):
             component.listeners = {"http": f"{probe[0]}:{probe[1]}"}
@@ -93,28 +92,6 @@ def _demo_component(loaded: LoadedConfig) -> tuple[Component, tuple[str, int]]:
     host, port = target.hostname or "127.0.0.1", target.port or 80
     argv = [sys.executable, str(script), "--host", host, "--port", str(port)]
     return Component("demo upstream", argv), (host, port)
-
-
-def _try_demo_request(loaded: LoadedConfig, gateway: Component, console: Console) -> None:
-    """Send one request through the gateway, as the README's curl line would, and show it."""
-    config = loaded.config
-    port = gateway.listeners["gateway"].rpartition(":")[2]
-    scheme = "http" if config.gateway.tls.insecure_disable else "https"
-    url = f"{scheme}://localhost:{port}/api/hello?from=garrison-up"
-    context = None
-    ca = config.state_dir / "tls" / "ca.pem"
-    if scheme == "https":
-        context = ssl.create_default_context(cafile=str(ca) if ca.exists() else None)
-    try:
-        with urllib.request.urlopen(url, context=context, timeout=5) as response:  # noqa: S310 - our own URL
-            body = response.read().decode()
-            console.print(f"[green]GET {url} -> {response.status}[/green]")
-            console.print(body.strip())
-    except OSError as exc:
-        console.print(f"[red]demo request failed:[/red] {exc}")
-        return
-    curl_ca = f"--cacert {ca} " if scheme == "https" and config.gateway.tls.cert == "auto" else ""
-    console.print(f"\nTry it yourself:  [bold]curl -i {curl_ca}{url}[/bold]", soft_wrap=True)
 
 
 def _table(components: list[Component]) -> Table:
@@ -153,6 +130,18 @@ def run_up(config_path: Path, demo: bool, console: Console) -> int:
             upstream.start()
             with console.status("starting the demo upstream…"):
                 _wait_ready(upstream, probe)
+        if loaded.config.identity is not None:
+            # Before the gateway: the gateway fetches the provider's JWKS before it serves.
+            identity = Component(
+                "identity",
+                [sys.executable, "-m", "garrison", "identity", "-c", str(loaded.source), "--ready-file",
+                 str(run_dir / "up-identity.ready")],
+                ready_file=run_dir / "up-identity.ready",
+            )  # fmt: skip
+            components.append(identity)
+            identity.start()
+            with console.status("starting the identity provider (keys and certificates on first run)…"):
+                _wait_ready(identity)
         gateway = Component(
             "gateway",
             [sys.executable, "-m", "garrison", "gateway", "-c", str(loaded.source), "--ready-file",
@@ -165,7 +154,10 @@ def run_up(config_path: Path, demo: bool, console: Console) -> int:
             _wait_ready(gateway)
         console.print(_table(components))
         if demo:
-            _try_demo_request(loaded, gateway, console)
+            from garrison import demo as demo_flows
+
+            demo_flows.open_route(loaded.config, gateway.listeners["gateway"], console)
+            demo_flows.protected_route(loaded.config, gateway.listeners["gateway"], console)
         console.print("\nPress Ctrl-C to stop.")
         while not stopping:
             for component in components:

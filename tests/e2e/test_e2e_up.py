@@ -21,13 +21,15 @@ def free_port() -> int:
 
 def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     shutil.copy(ROOT / "examples" / "demo_upstream.py", tmp_path / "demo_upstream.py")
-    ports = {name: free_port() for name in ("gateway", "admin", "redirect", "demo")}
+    ports = {name: free_port() for name in ("gateway", "admin", "redirect", "demo", "identity")}
     config = (ROOT / "examples" / "garrison.yaml").read_text()
     for old, new in (
         ("127.0.0.1:8443", f"127.0.0.1:{ports['gateway']}"),
         ("127.0.0.1:9901", f"127.0.0.1:{ports['admin']}"),
         ("127.0.0.1:8080", f"127.0.0.1:{ports['redirect']}"),
         ("127.0.0.1:7001", f"127.0.0.1:{ports['demo']}"),
+        ("127.0.0.1:9443", f"127.0.0.1:{ports['identity']}"),
+        ("https://localhost:9443", f"https://localhost:{ports['identity']}"),
         ("state_dir: ../.garrison", f"state_dir: {tmp_path / 'state'}"),
     ):
         assert old in config
@@ -51,6 +53,12 @@ def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             assert f"gateway 127.0.0.1:{ports['gateway']}" in text
             assert "-> 200" in text and '"service": "demo"' in text  # one request went through
             assert "curl -i --cacert" in text
+            # A service got a token from the identity provider and called the protected route with it.
+            assert f"identity 127.0.0.1:{ports['identity']}" in text
+            assert "/token -> 200 (client_credentials" in text
+            assert "/api/orders/42 without a token -> 401" in text
+            assert "/api/orders/42 with the token -> 200" in text
+            assert '"x-garrison-scopes": "orders:read"' in text
             proc.send_signal(signal.SIGINT)
             assert proc.wait(20) == 0
         finally:
@@ -58,6 +66,6 @@ def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
                 proc.kill()
                 proc.wait()
     assert "stopped." in output.read_text()
-    for port in (ports["gateway"], ports["demo"]):
+    for port in (ports["gateway"], ports["demo"], ports["identity"]):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"

@@ -29,12 +29,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from garrison.identity.crypto import KeyEncryption
 from garrison.identity.tables import clients, roles
+from garrison.identity.users import RoleStore
 from garrison.telemetry import logging as log
 
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 GRANT_TYPES = ("client_credentials", "authorization_code", "refresh_token")
 SECRET_PURPOSE = "client-secret"  # noqa: S105 - the digest label, not a secret
-_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,55}")  # leaves room for the "client:" role prefix
 _SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,128}")  # RFC 6749 scope-token
 
 
@@ -81,7 +82,7 @@ def _check_registration(
     name: str, grant_types: Sequence[str], auth_method: str, redirect_uris: Sequence[str], jwks: Any
 ) -> None:
     if not _NAME.fullmatch(name):
-        raise ClientError("client names are 1-100 characters: lower-case letters, digits, '.', '_', '-'")
+        raise ClientError("client names are 1-56 characters: lower-case letters, digits, '.', '_', '-'")
     unknown = sorted(set(grant_types) - set(GRANT_TYPES))
     if not grant_types or unknown:
         raise ClientError(f"grant types must be some of {', '.join(GRANT_TYPES)}; got {unknown or 'none'}")
@@ -211,23 +212,15 @@ class ClientStore:
         return records, {name: frozenset(scopes) for name, scopes in role_rows}
 
     async def put_role(self, name: str, scopes: Iterable[str], description: str = "") -> None:
-        scope_list = sorted(set(scopes))
-        bad = [scope for scope in scope_list if not _SCOPE.fullmatch(scope)]
-        if not _NAME.fullmatch(name) or bad:
-            raise ClientError("role names are like client names; scopes are RFC 6749 scope tokens")
-        now = _now()
-        async with self.engine.begin() as conn:
-            await conn.execute(delete(roles).where(roles.c.name == name))
-            await conn.execute(
-                insert(roles).values(
-                    name=name, scopes=scope_list, description=description, created_at=now, updated_at=now
-                )
-            )
+        """Roles are users.RoleStore's; a client's own scopes role (``client:<name>``, a name no
+        user-made role can take) is the only one written here directly."""
+        try:
+            await RoleStore(self.engine).put(name, scopes, description)
+        except ValueError as exc:
+            raise ClientError(str(exc)) from None
 
     async def delete_role(self, name: str) -> bool:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(delete(roles).where(roles.c.name == name))
-        return bool(result.rowcount)
+        return await RoleStore(self.engine).delete(name)
 
 
 def _record(row: Any) -> ClientRecord:
