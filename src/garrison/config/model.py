@@ -655,6 +655,11 @@ class IdentityConfig(Strict):
     mfa_roles: list[str] = Field(
         default_factory=list, description="Users with any of these roles must use a one-time code."
     )
+    revocation_push: list[Annotated[str, Field(pattern=r"^https?://")]] | None = Field(
+        None,
+        description="Gateway admin URLs told about each revoked token (without Redis). Unset: this "
+        "file's gateway admin listener when it has routes and `gateway.revocations.storage: memory`.",
+    )
 
 
 class GarrisonConfig(Strict):
@@ -689,7 +694,18 @@ def with_derived_defaults(config: GarrisonConfig) -> GarrisonConfig:
     """Defaults that depend on other sections: with an `identity` section and no `gateway.jwt`, the
     gateway verifies this provider's access tokens (and trusts its `auto` CA for the JWKS fetch)."""
     identity = config.identity
-    if identity is None or config.gateway.jwt is not None:
+    if identity is None:
+        return config
+    if identity.revocation_push is None:
+        admin = config.gateway.admin.listen
+        local = (
+            bool(config.routes)
+            and config.gateway.revocations.storage == "memory"
+            and not admin.endswith(":0")
+        )
+        identity = identity.model_copy(update={"revocation_push": [f"http://{admin}"] if local else []})
+        config = config.model_copy(update={"identity": identity})
+    if config.gateway.jwt is not None:
         return config
     auto_ca = identity.tls.cert == "auto" and not identity.tls.insecure_disable
     jwt = JwtConfig(

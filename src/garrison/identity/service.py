@@ -35,6 +35,7 @@ from garrison.identity import tables
 from garrison.identity.authserver import AccessTokenGenerator, TokenInspector, build_server
 from garrison.identity.clients import ClientDirectory, ClientStore
 from garrison.identity.crypto import KeyEncryption
+from garrison.identity.feed import GatewayPush
 from garrison.identity.keys import SigningKeys
 from garrison.identity.web import HttpRequest, HttpResponse, IdentityApp, json_response
 from garrison.store.db import create_all, make_engine
@@ -51,6 +52,7 @@ class Provider:
     directory: ClientDirectory
     revocations: Revocations
     jwks_cache: JwksCache
+    push: GatewayPush
     app: IdentityApp | None = None  # set once the Authlib server around this provider is built
 
     def revoke_sync(self, jti: str, exp: float) -> None:
@@ -68,6 +70,7 @@ class Provider:
                 )
         if exp > time.time():
             await self.revocations.revoke(jti, exp)  # with Redis: published to every gateway
+            self.push.publish(jti, exp)  # without Redis: told to the configured gateways' admin APIs
 
     async def load_revocations(self) -> None:
         now = datetime.now(UTC)
@@ -115,7 +118,9 @@ async def open_provider(config: GarrisonConfig, base_url: str) -> Provider:
     verifier = JwtVerifier(
         jwks_cache, identity.issuer, [identity.access_token_audience], leeway=30, cache=TokenCache()
     )
-    provider = Provider(identity, engine, keys, directory, revocations, jwks_cache)
+    push = GatewayPush(identity.revocation_push or [])
+    await push.start()
+    provider = Provider(identity, engine, keys, directory, revocations, jwks_cache, push)
     provider.refresh_jwks()
     generator = AccessTokenGenerator(
         identity.issuer, identity.access_token_audience, identity.access_token_ttl, keys
@@ -260,6 +265,7 @@ async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
             task.cancel()
         await provider.directory.stop()
         await provider.revocations.stop()
+        await provider.push.stop()
         await provider.engine.dispose()
     return 0
 
