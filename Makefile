@@ -27,6 +27,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/gateway/run.py
+	$(BIN)/python bench/identity/run.py
 
 clean:
 	rm -rf $(VENV) .garrison .pytest_cache .mypy_cache .ruff_cache
