@@ -1,23 +1,30 @@
-"""A real `garrison identity` process for tests: its config, its CLI, and a fresh PostgreSQL database."""
+"""A real `garrison identity` process for tests: its config, its CLI, a fresh PostgreSQL database, and a
+browser without JavaScript (cookies and forms, no automatic redirects) for the sign-in pages."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import secrets
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx
 import yaml
 
 GARRISON = Path(sys.executable).parent / "garrison"
+T = TypeVar("T")
 
 
 def identity_config(directory: Path, database: str | None = None, **overrides: Any) -> dict[str, Any]:
@@ -47,14 +54,95 @@ class IdentityProcess:
         self.issuer = ""
         self.address = ""
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(GARRISON), "identity", *args, "-c", str(self.config_path)],
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
+            input=stdin,
         )
+
+    def create_role(self, name: str, *scopes: str) -> None:
+        result = self.cli("role", "create", name, *(arg for scope in scopes for arg in ("--scope", scope)))
+        assert result.returncode == 0, result.stderr
+
+    def create_user(self, username: str, password: str, *roles: str, email: str | None = None) -> str:
+        """A user through `garrison identity user create`; returns its user_id (the `sub`)."""
+        args = ["user", "create", username, "--password-stdin"]
+        args += [arg for role in roles for arg in ("--role", role)]
+        if email:
+            args += ["--email", email]
+        result = self.cli(*args, stdin=password + "\n")
+        assert result.returncode == 0, result.stderr
+        return result.stderr.rsplit("(sub ", 1)[1].split(")", 1)[0]
+
+    def run_stores(self, work: Callable[[Any, Any], Awaitable[T]]) -> T:
+        """``work(engine, kek)`` against this provider's database and key-encryption key (what the CLI
+        cannot do yet: TOTP with a scripted code, clients with post-logout redirect URIs)."""
+        from garrison.identity.crypto import KeyEncryption
+        from garrison.store.db import create_all, make_engine
+
+        identity = self.config["identity"]
+        state_dir = Path(self.config["state_dir"])
+
+        async def main() -> T:
+            engine = make_engine(identity.get("database"), state_dir)
+            try:
+                await create_all(engine)
+                return await work(engine, KeyEncryption.load(state_dir))
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(main())
+
+    def enroll_totp(self, user_id: str) -> tuple[str, list[str]]:
+        """A confirmed authenticator for the user: its base32 seed and ten recovery codes."""
+        import pyotp
+
+        from garrison.identity.mfa import MfaStore
+
+        async def work(engine: Any, kek: Any) -> tuple[str, list[str]]:
+            store = MfaStore(engine, kek)
+            secret, _ = await store.begin_enrollment(user_id)
+            assert await store.confirm_enrollment(user_id, pyotp.TOTP(secret).now())
+            return secret, await store.issue_recovery_codes(user_id)
+
+        return self.run_stores(work)
+
+    def create_web_client(
+        self,
+        name: str,
+        redirect_uris: list[str],
+        *,
+        scopes: list[str],
+        auth_method: str = "client_secret_basic",
+        post_logout_redirect_uris: list[str] | None = None,
+        require_mfa: bool = False,
+        grants: tuple[str, ...] = ("authorization_code", "refresh_token"),
+    ) -> dict[str, Any]:
+        """A client of the browser flow; ``client_id``, ``client_secret`` (None for public clients) and
+        ``redirect_uri`` (the first)."""
+        from garrison.identity.clients import ClientStore
+
+        async def work(engine: Any, kek: Any) -> Any:
+            return await ClientStore(engine, kek).create(
+                name,
+                grant_types=grants,
+                auth_method=auth_method,
+                scopes=scopes,
+                redirect_uris=redirect_uris,
+                post_logout_redirect_uris=post_logout_redirect_uris or [],
+                require_mfa=require_mfa,
+            )
+
+        created = self.run_stores(work)
+        return {
+            "client_id": created.record.client_id,
+            "client_secret": created.secret,
+            "redirect_uri": redirect_uris[0],
+        }
 
     def create_client(self, name: str, *args: str) -> dict[str, Any]:
         result = self.cli("client", "create", "--name", name, "--json", *args)
@@ -136,3 +224,88 @@ def postgres_database(server_url: str) -> Iterator[str]:
         yield f"{base}/{name}"
     finally:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# -- the browser side -------------------------------------------------------------------------------------
+
+
+def pkce() -> tuple[str, str]:
+    """A fresh ``(code_verifier, S256 code_challenge)``."""
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+class _Form(HTMLParser):
+    """The first form of a page: its action and its hidden fields (entities already decoded)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.action: str | None = None
+        self.hidden: dict[str, str] = {}
+        self._in_form = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = {name: value or "" for name, value in attrs}
+        if tag == "form" and self.action is None:
+            self.action, self._in_form = attributes.get("action", ""), True
+        elif tag == "input" and self._in_form and attributes.get("type") == "hidden":
+            self.hidden[attributes["name"]] = attributes.get("value", "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._in_form = False
+
+
+def page_form(page: httpx.Response) -> tuple[str, dict[str, str]]:
+    parser = _Form()
+    parser.feed(page.text)
+    assert parser.action is not None, f"no form on the page:\n{page.text[:500]}"
+    return urljoin(str(page.url), parser.action), parser.hidden
+
+
+def page_kind(page: httpx.Response) -> str:
+    """Which page this is ("login", "mfa", "consent", "logout"), from its form's action."""
+    if page.status_code in (301, 302, 303):
+        return "redirect"
+    if "<form" not in page.text:
+        return "page"
+    return urlsplit(page_form(page)[0]).path.rsplit("/", 1)[-1]
+
+
+def redirect_params(response: httpx.Response) -> dict[str, str]:
+    """The query parameters of a redirect's Location (each once)."""
+    assert response.status_code == 302, f"{response.status_code}: {response.text[:500]}"
+    query = parse_qs(urlsplit(response.headers["location"]).query, keep_blank_values=True)
+    assert all(len(values) == 1 for values in query.values())
+    return {name: values[0] for name, values in query.items()}
+
+
+class Browser:
+    """A browser without JavaScript: keeps cookies, submits forms, never follows redirects by itself."""
+
+    def __init__(self, issuer: str) -> None:
+        self.issuer = issuer
+        self.http = httpx.Client(follow_redirects=False, timeout=20)
+
+    def __enter__(self) -> Browser:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+
+    def authorize(self, **params: str) -> httpx.Response:
+        return self.http.get(self.issuer + "/authorize", params=params)
+
+    def submit(self, page: httpx.Response, **fields: str) -> httpx.Response:
+        """Post the page's form: its hidden fields (CSRF token included) plus ``fields``."""
+        action, hidden = page_form(page)
+        return self.http.post(action, data={**hidden, **fields})
+
+    def sign_in(self, page: httpx.Response, username: str, password: str) -> httpx.Response:
+        assert page_kind(page) == "login", page.text[:500]
+        return self.submit(page, username=username, password=password)
+
+    def allow(self, page: httpx.Response) -> httpx.Response:
+        """Consent if asked; otherwise the page is already the answer."""
+        return self.submit(page, decision="allow") if page_kind(page) == "consent" else page

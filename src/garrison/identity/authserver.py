@@ -9,19 +9,21 @@ Authlib is synchronous; the web adapter runs each call inside SQLAlchemy's ``gre
 few callbacks that need the database (``private_key_jwt`` replay checks, refresh tokens, codes) use
 the async engine through ``await_only`` without blocking the event loop or needing threads. The
 client_credentials path touches no database at all: the client comes from memory and the access
-token is a signed JWT that is not stored.
+token is a signed JWT that is not stored. The user-facing grants (authorization code, refresh token,
+OpenID Connect) live in grants.py and oidc.py and are added to this server by ``grants.install``.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from authlib.oauth2 import AuthorizationServer, OAuth2Request
-from authlib.oauth2.rfc6749 import ClientMixin, TokenMixin, grants
+from authlib.oauth2.rfc6749 import ClientMixin, InvalidScopeError, TokenMixin, grants
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oauth2.rfc7009 import RevocationEndpoint
@@ -38,6 +40,9 @@ from garrison.gateway.auth.jwt import JwtVerifier, TokenRejected, VerifiedToken
 from garrison.identity.clients import ClientDirectory, ClientRecord
 from garrison.identity.tables import assertion_jtis
 from garrison.telemetry import logging as log
+
+if TYPE_CHECKING:
+    from garrison.identity.grants import EndUser, UserGrants
 
 TOKEN_ENDPOINT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 
@@ -78,11 +83,20 @@ class IdentityRequest(OAuth2Request):  # type: ignore[misc]
         return self._form
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EndpointResponse:
     status: int
     body: Any  # dict (JSON) or str
     headers: list[tuple[str, str]]
+
+    @property
+    def location(self) -> str | None:
+        """The redirect target; Authlib's RFC 9207 extension reads and rewrites it to add ``iss``."""
+        return next((value for name, value in self.headers if name.lower() == "location"), None)
+
+    @location.setter
+    def location(self, value: str) -> None:
+        self.headers = [(n, v) for n, v in self.headers if n.lower() != "location"] + [("Location", value)]
 
 
 # -- clients ---------------------------------------------------------------------------------------------
@@ -101,8 +115,19 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
     def get_client_id(self) -> str:
         return self.record.client_id
 
+    @property
+    def client_id(self) -> str:
+        return self.record.client_id
+
+    @property
+    def client_metadata(self) -> dict[str, Any]:
+        """The registered metadata Authlib's OIDC endpoints read (RP-initiated logout)."""
+        return {"post_logout_redirect_uris": list(self.record.post_logout_redirect_uris)}
+
     def get_default_redirect_uri(self) -> str | None:
-        return self.record.redirect_uris[0] if self.record.redirect_uris else None
+        # Only an unambiguous default: with several registered, the request must name one (RFC 6749 §3.1.2.3).
+        uris = self.record.redirect_uris
+        return uris[0] if len(uris) == 1 else None
 
     def allowed_scopes(self) -> frozenset[str]:
         return self.directory.allowed_scopes(self.record.roles)
@@ -143,19 +168,57 @@ class SigningKeySource(Protocol):
     def public_jwks(self, now: float | None = None) -> dict[str, Any]: ...
 
 
+REFRESH_TOKEN_PREFIX = "grt_"  # noqa: S105 - a prefix that makes leaked refresh tokens easy to scan for
+
+
+def new_refresh_token(**_: Any) -> str:
+    """256 random bits; only ``kek.digest(token, "refresh-token")`` is stored (families.py)."""
+    return REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
 class AccessTokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
-    """RFC 9068 access tokens (``typ: at+jwt``), ES256, signed by the current key (its kid in the header)."""
+    """RFC 9068 access tokens (``typ: at+jwt``), ES256, signed by the current key (its kid in the header),
+    and opaque refresh tokens for the grants that ask for one."""
 
     def __init__(self, issuer: str, audience: str, ttl: float, keys: SigningKeySource) -> None:
-        super().__init__(issuer, alg="ES256", expires_generator=lambda client, grant_type: int(ttl))
+        super().__init__(
+            issuer,
+            alg="ES256",
+            refresh_token_generator=new_refresh_token,
+            expires_generator=lambda client, grant_type: int(ttl),
+        )
         self.audience = audience
         self.keys = keys
+
+    def generate(
+        self,
+        grant_type: str,
+        client: OAuthClient,
+        user: EndUser | None = None,
+        scope: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        # Authlib reads an empty scope as "everything the client may have". Right for client_credentials;
+        # for a user's token it would hand out scopes the user never had, so an empty one is refused.
+        if user is not None and not (scope and client.get_allowed_scope(scope)):
+            raise InvalidScopeError()
+        token: dict[str, Any] = super().generate(
+            grant_type, client, user, scope, expires_in, include_refresh_token
+        )
+        return token
 
     def get_jwks(self) -> KeySet:
         return self.keys.signing_jwk()
 
     def get_audiences(self, client: Any, user: Any, scope: Any) -> str:
         return self.audience
+
+    def get_auth_time(self, user: EndUser | None) -> int | None:
+        return int(user.auth_time.timestamp()) if user is not None and user.auth_time else None
+
+    def get_amr(self, user: EndUser | None) -> list[str] | None:
+        return list(user.amr) if user is not None and user.amr else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +296,10 @@ class Introspection(IntrospectionEndpoint):  # type: ignore[misc]
 
 
 class Revocation(RevocationEndpoint):  # type: ignore[misc]
-    CLIENT_AUTH_METHODS = list(TOKEN_ENDPOINT_AUTH_METHODS)
+    """RFC 7009. An access token is revoked by jti; a refresh token revokes its whole family (every
+    refresh and access token of that grant, §2.1). Public clients revoke with their client_id alone."""
+
+    CLIENT_AUTH_METHODS = [*TOKEN_ENDPOINT_AUTH_METHODS, "none"]
 
     def __init__(
         self, server: IdentityServer, inspector: TokenInspector, revoke: Callable[[str, float], None]
@@ -242,12 +308,20 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
         self.inspector = inspector
         self.revoke = revoke
 
-    def query_token(self, token_string: str, token_type_hint: str | None) -> AccessTokenInfo | None:
+    def query_token(self, token_string: str, token_type_hint: str | None) -> Any:
+        stores = self.server.user_grants
+        if stores is not None and token_string.startswith(REFRESH_TOKEN_PREFIX) and len(token_string) <= 128:
+            return await_only(stores.families.lookup_refresh(token_string))
         return self.inspector.inspect(token_string)
 
-    def revoke_token(self, token: AccessTokenInfo, request: Any) -> None:
-        if token.verified.jti is not None and not token.revoked:
-            self.revoke(token.verified.jti, token.verified.exp)
+    def revoke_token(self, token: Any, request: Any) -> None:
+        if isinstance(token, AccessTokenInfo):
+            if token.verified.jti is not None and not token.revoked:
+                self.revoke(token.verified.jti, token.verified.exp)
+            return
+        stores = self.server.user_grants
+        assert stores is not None  # a refresh token was found through them
+        await_only(stores.families.revoke_family(token.family_id, "revoked_by_client"))
 
 
 class AssertionAuth(JWTBearerClientAssertion):  # type: ignore[misc]
@@ -296,6 +370,7 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
         super().__init__(scopes_supported=None)
         self.issuer = issuer
         self.directory = directory
+        self.user_grants: UserGrants | None = None  # the stores of the user-facing grants (grants.install)
 
     def query_client(self, client_id: str) -> OAuthClient | None:
         if not isinstance(client_id, str):

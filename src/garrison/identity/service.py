@@ -3,6 +3,9 @@
 Startup order matters: tables exist, the key-encryption key is loaded, a signing key exists and the
 client directory is in memory before the listener accepts its first connection, so the first token
 request never waits on (or fails for) something still loading.
+
+Routes: the OAuth endpoints (/token, /introspect, /revoke), OpenID Connect (/authorize and its pages
+/login, /mfa, /consent; /userinfo; /logout) and metadata (discovery, /jwks, /live).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import json
 import socket
 import ssl
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,11 +36,20 @@ from garrison.gateway.auth.jwt import JwtVerifier, TokenCache
 from garrison.gateway.revocations import MemoryRevocations, RedisRevocations, Revocations
 from garrison.gateway.tls import resolve_certificate, server_context
 from garrison.identity import tables
-from garrison.identity.authserver import AccessTokenGenerator, TokenInspector, build_server
+from garrison.identity.authserver import AccessTokenGenerator, IdentityServer, TokenInspector, build_server
 from garrison.identity.clients import ClientDirectory, ClientStore
 from garrison.identity.crypto import KeyEncryption
+from garrison.identity.families import TokenFamilies
 from garrison.identity.feed import GatewayPush
+from garrison.identity.flows import BrowserFlows
+from garrison.identity.grants import UserGrants, install
 from garrison.identity.keys import SigningKeys
+from garrison.identity.logout import LogoutFlow
+from garrison.identity.mfa import MfaStore
+from garrison.identity.oidc import EndSession, Issuer, OpenIdCode, UserInfoClaims, discovery_document
+from garrison.identity.sessions import Browser, BrowserCookies, ConsentStore, CsrfGuard, SessionStore
+from garrison.identity.throttle import Throttle
+from garrison.identity.users import UserStore
 from garrison.identity.web import HttpRequest, HttpResponse, IdentityApp, json_response
 from garrison.store.db import create_all, make_engine
 from garrison.telemetry import logging as log
@@ -54,6 +67,7 @@ class Provider:
     jwks_cache: JwksCache
     push: GatewayPush
     app: IdentityApp | None = None  # set once the Authlib server around this provider is built
+    purgers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)  # forget what expired
 
     def revoke_sync(self, jti: str, exp: float) -> None:
         """Called by Authlib's revocation endpoint (inside greenlet_spawn)."""
@@ -128,9 +142,46 @@ async def open_provider(config: GarrisonConfig, base_url: str) -> Provider:
     inspector = TokenInspector(verifier, revocations.is_revoked)
     server = build_server(identity.issuer, directory, engine, generator, inspector, provider.revoke_sync)
     provider.app = IdentityApp(server, base_url, hsts=base_url.startswith("https://"))
+    _user_flows(provider, server, inspector, kek)
     _routes(provider)
     await provider.load_revocations()
     return provider
+
+
+def _user_flows(
+    provider: Provider, server: IdentityServer, inspector: TokenInspector, kek: KeyEncryption
+) -> None:
+    """Authorization code + PKCE, refresh rotation, OpenID Connect, and the pages in front of them."""
+    identity, engine, app = provider.config, provider.engine, provider.app
+    assert app is not None
+    families = TokenFamilies(
+        engine,
+        kek,
+        code_ttl=identity.code_ttl,
+        refresh_ttl=identity.refresh_token_ttl,
+        revoke=provider.revoke,
+    )
+    grants = UserGrants(families, UserStore(engine, kek), provider.directory)
+    install(server, grants, [OpenIdCode(identity.issuer, identity.id_token_ttl, provider.keys, families)])
+    server.register_extension(Issuer(identity.issuer))
+    server.register_endpoint(UserInfoClaims(inspector, server, grants))
+    server.register_endpoint(EndSession(provider.keys, identity.issuer))
+    cookies = BrowserCookies(secure=app.base_url.startswith("https://"), session_ttl=identity.session_ttl)
+    browser = Browser(cookies, CsrfGuard(kek), SessionStore(engine, kek, identity.session_ttl))
+    throttle = Throttle(engine, identity.lockout)
+    flows = BrowserFlows(
+        app,
+        server,
+        grants,
+        browser,
+        mfa=MfaStore(engine, kek),
+        throttle=throttle,
+        consents=ConsentStore(engine),
+        mfa_roles=identity.mfa_roles,
+    )
+    flows.install()
+    LogoutFlow(app, server, browser).install()
+    provider.purgers += [families.purge, browser.sessions.purge, throttle.purge]
 
 
 def _routes(provider: Provider) -> None:
@@ -154,6 +205,9 @@ def _routes(provider: Provider) -> None:
     async def revoke(request: HttpRequest) -> HttpResponse:
         return await app.endpoint("revocation", request)
 
+    async def userinfo(request: HttpRequest) -> HttpResponse:
+        return await app.endpoint("userinfo", request)
+
     async def live(request: HttpRequest) -> HttpResponse:
         return json_response(200, {"status": "ok"})
 
@@ -163,30 +217,9 @@ def _routes(provider: Provider) -> None:
     app.route("POST", "/token", token)
     app.route("POST", "/introspect", introspect)
     app.route("POST", "/revoke", revoke)
+    app.route("GET", "/userinfo", userinfo)
+    app.route("POST", "/userinfo", userinfo)
     app.route("GET", "/live", live)
-
-
-def discovery_document(identity: IdentityConfig) -> dict[str, Any]:
-    """RFC 8414 / OpenID Connect Discovery metadata: only what this provider really supports."""
-    issuer = identity.issuer
-    auth_methods = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
-    return {
-        "issuer": issuer,
-        "token_endpoint": f"{issuer}/token",
-        "jwks_uri": f"{issuer}/jwks",
-        "introspection_endpoint": f"{issuer}/introspect",
-        "revocation_endpoint": f"{issuer}/revoke",
-        "grant_types_supported": ["client_credentials"],
-        "response_types_supported": ["code"],
-        "token_endpoint_auth_methods_supported": auth_methods,
-        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "RS256", "PS256", "EdDSA"],
-        "introspection_endpoint_auth_methods_supported": auth_methods,
-        "revocation_endpoint_auth_methods_supported": auth_methods,
-        "code_challenge_methods_supported": ["S256"],
-        "authorization_response_iss_parameter_supported": True,
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["ES256"],
-    }
 
 
 def bind(listen: str) -> socket.socket:
@@ -271,11 +304,21 @@ async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
 
 
 async def _maintain(provider: Provider) -> None:
-    """Key schedule and JWKS refresh, every few seconds."""
+    """Key schedule and JWKS refresh every few seconds; expired codes, families, sessions and throttle
+    counters forgotten every minute."""
+    rounds = 0
     while True:
         await asyncio.sleep(5.0)
+        rounds += 1
         try:
             await provider.keys.maintain_once()
             provider.refresh_jwks()
         except Exception as exc:  # keep serving with the keys we have; say so
             log.warn("identity.keys.maintenance_failed", error=type(exc).__name__)
+        if rounds % 12:
+            continue
+        for purge in provider.purgers:
+            try:
+                await purge()
+            except Exception as exc:  # expired rows only cost space; try again next time
+                log.warn("identity.purge_failed", error=type(exc).__name__)

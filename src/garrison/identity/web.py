@@ -4,7 +4,8 @@ Thin on purpose: it turns an HTTP request into an ``IdentityRequest``, hands it 
 ``greenlet_spawn``, see authserver.py), and writes what comes back with the security headers every
 Garrison response carries. What it checks itself: bodies are bounded (64 KiB) and must be
 ``application/x-www-form-urlencoded`` on the OAuth endpoints, and a parameter sent twice is refused
-(RFC 6749 §3.1, §3.2), so no component can read a different copy of it than another.
+(RFC 6749 §3.1, §3.2), so no component can read a different copy of it than another. The HTML pages
+(pages.py) bring their own, stricter, Content-Security-Policy.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 from sqlalchemy.util import greenlet_spawn
@@ -21,6 +22,7 @@ from garrison.identity.authserver import EndpointResponse, Headers, IdentityRequ
 
 MAX_BODY = 64 * 1024
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
+T = TypeVar("T")
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -42,6 +44,15 @@ class HttpRequest:
     client_ip: str
     form: dict[str, str] = field(default_factory=dict)
 
+    def cookie(self, name: str) -> str | None:
+        """The first cookie called ``name`` (RFC 6265 §5.4 sends the most specific first)."""
+        header: str = self.headers.get("cookie", "")
+        for pair in header.split(";"):
+            key, sep, value = pair.strip().partition("=")
+            if sep and key == name:
+                return value.strip().strip('"')
+        return None
+
 
 @dataclass(slots=True)
 class HttpResponse:
@@ -56,6 +67,26 @@ Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
 def json_response(status: int, payload: Any, headers: list[tuple[str, str]] | None = None) -> HttpResponse:
     return HttpResponse(status, json.dumps(payload, separators=(",", ":")).encode(), headers=headers or [])
+
+
+async def call_authlib(function: Callable[..., T], *args: Any) -> T:
+    """Run a (synchronous) Authlib call in a greenlet, so its callbacks can ``await_only`` the database.
+
+    Authlib raises ValueError while building an error whose description quotes a request parameter
+    with characters RFC 6749 §5.2 forbids there (quotes, backslashes, non-ASCII): a malformed request,
+    answered as one (400), never a redirect and never a 500. Other ValueErrors are bugs and propagate.
+    """
+    try:
+        return await greenlet_spawn(function, *args)
+    except ValueError as exc:
+        if "forbidden characters" not in str(exc):
+            raise
+        raise BadRequest(400, "invalid_request", "A parameter holds characters OAuth 2.0 forbids.") from None
+
+
+def redirect(location: str, headers: list[tuple[str, str]] | None = None) -> HttpResponse:
+    """A 302 to ``location``: only ever a URI Authlib validated (an exact registered redirect URI)."""
+    return HttpResponse(302, b"", "text/plain; charset=utf-8", [("location", location), *(headers or [])])
 
 
 def parse_params(raw: str) -> dict[str, str]:
@@ -154,7 +185,7 @@ class IdentityApp:
             headers.append((b"content-type", response.content_type.encode()))
         if "cache-control" not in names:
             headers.append((b"cache-control", b"no-store"))
-        if response.content_type == "application/json" and "content-security-policy" not in names:
+        if "content-security-policy" not in names:  # HTML pages set a policy of their own
             headers.append((b"content-security-policy", JSON_CSP.encode()))
         headers += [(k.encode(), v.encode()) for k, v in self.common_headers]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -167,18 +198,25 @@ class IdentityApp:
         url = self.base_url + request.path + (f"?{query}" if query else "")
         return IdentityRequest(request.method, url, request.headers, request.form, request.query)
 
+    def authorization_request(self, request: HttpRequest, params: dict[str, str]) -> IdentityRequest:
+        """An authorization request with ``params``: the query of GET /authorize, or the same parameters
+        carried through the login, second-factor and consent forms."""
+        query = urlencode(params)
+        url = self.base_url + "/authorize" + (f"?{query}" if query else "")
+        return IdentityRequest("GET", url, request.headers, {}, params)
+
     async def token(self, request: HttpRequest) -> HttpResponse:
-        result = await greenlet_spawn(self.server.create_token_response, self.oauth_request(request))
-        return _from_endpoint(result)
+        result = await call_authlib(self.server.create_token_response, self.oauth_request(request))
+        return from_endpoint(result)
 
     async def endpoint(self, name: str, request: HttpRequest) -> HttpResponse:
-        result = await greenlet_spawn(self.server.create_endpoint_response, name, self.oauth_request(request))
+        result = await call_authlib(self.server.create_endpoint_response, name, self.oauth_request(request))
         if result is None:
             return json_response(200, {"active": False} if name == "introspection" else {})
-        return _from_endpoint(result)
+        return from_endpoint(result)
 
 
-def _from_endpoint(result: EndpointResponse) -> HttpResponse:
+def from_endpoint(result: EndpointResponse) -> HttpResponse:
     body = result.body if isinstance(result.body, str) else json.dumps(result.body, separators=(",", ":"))
     return HttpResponse(result.status, body.encode(), headers=[(k.lower(), v) for k, v in result.headers])
 
