@@ -136,6 +136,9 @@ def client_create(
         Path | None, typer.Option(help="The client's public JWKS (for private_key_jwt).")
     ] = None,
     redirect_uri: Annotated[list[str] | None, typer.Option(help="An exact redirect URI (repeat).")] = None,
+    post_logout_redirect_uri: Annotated[
+        list[str] | None, typer.Option(help="An exact URI to return to after logout (repeat).")
+    ] = None,
     require_mfa: Annotated[bool, typer.Option(help="Users signing in to it must use MFA.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")] = False,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Path of garrison.yaml.")] = None,
@@ -158,6 +161,7 @@ def client_create(
             scopes=scope or [],
             roles_=role or [],
             redirect_uris=redirect_uri or [],
+            post_logout_redirect_uris=post_logout_redirect_uri or [],
             jwks=jwks,
             require_mfa=require_mfa,
         )
