@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import ssl
 import time
@@ -240,6 +241,9 @@ def tls_context(config: GarrisonConfig, config_dir: Path) -> ssl.SSLContext | No
         log.warn(
             "identity.tls.disabled", message="TLS is OFF: the identity provider serves plaintext (insecure)"
         )
+        # The operator chose plaintext explicitly (and is warned above): Authlib's own transport check
+        # would only re-parse every request URL to refuse what was already decided.
+        os.environ["AUTHLIB_INSECURE_TRANSPORT"] = "1"
         return None
     cert, key = resolve_certificate(identity.tls, config.state_dir / "identity", config_dir)
     return server_context(cert, key, identity.tls.min_version)
