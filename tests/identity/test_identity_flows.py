@@ -747,6 +747,11 @@ def locking(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         idp.create_role("staff", "orders:read")
         world.users["erin"] = idp.create_user("erin", PASSWORD, "staff")
         world.clients["web"] = idp.create_web_client("web", [APP], scopes=["openid", "orders:read"])
+        world.users["frank"] = idp.create_user("frank", PASSWORD, "staff")
+        world.totp["frank"], world.recovery["frank"] = idp.enroll_totp(world.users["frank"])
+        world.clients["secure"] = idp.create_web_client(
+            "secure", [APP], scopes=["openid", "orders:read"], require_mfa=True
+        )
         yield world
 
 
@@ -774,6 +779,32 @@ def test_parallel_password_guessing_locks_the_account(locking: World) -> None:
             assert time.monotonic() < deadline, "the account stayed locked"
             time.sleep(0.5)
         assert page_kind(answer) in ("consent", "redirect")  # signed in at last
+
+
+def test_parallel_code_guessing_locks_the_second_factor(locking: World) -> None:
+    idp, secure = locking.idp, locking.clients["secure"]
+    with Browser(idp.issuer) as browser:
+        page = browser.sign_in(
+            browser.authorize(**authorize_params(secure, pkce()[1], scope="openid")), "frank", PASSWORD
+        )
+        assert page_kind(page) == "mfa"
+        action, hidden = page_form(page)
+        cookies = "; ".join(f"{name}={value}" for name, value in browser.http.cookies.items())
+        right = next_totp(locking.totp["frank"])
+        wrong = [f"{(int(right) + n) % 1_000_000:06d}" for n in range(1, 31)]
+
+        def guess(code: str) -> int:
+            return httpx.post(
+                action, data={**hidden, "code": code}, headers={"cookie": cookies}, timeout=30
+            ).status_code
+
+        with ThreadPoolExecutor(30) as pool:
+            assert set(pool.map(guess, wrong)) == {401}
+        # At most max_failures codes were ever checked; now even the right code is refused.
+        log = idp.stderr_text()
+        assert log.count('"identity.mfa.failed"') <= 5 and '"identity.mfa.refused"' in log
+        refused = browser.submit(page, code=right)
+        assert refused.status_code == 401 and page_kind(refused) == "mfa"
 
 
 def test_codes_expire_after_code_ttl(locking: World) -> None:

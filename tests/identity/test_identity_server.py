@@ -214,6 +214,9 @@ def test_private_key_jwt_tricks_are_refused(idp: IdentityProcess, keyed: tuple[s
     ]
     for signed in forged:
         assert refused_client(idp.post("/token", assertion_form(signed))), signed[:40]
+    for kid in ("nope", "../../etc/passwd", "c1' OR '1'='1"):
+        tricked = pyjwt.encode({**base, "jti": uuid.uuid4().hex}, key, "ES256", headers={"kid": kid})
+        assert refused_client(idp.post("/token", assertion_form(tricked))), kid
     missing_jti = pyjwt.encode(base, key, "ES256", headers={"kid": "c1"})
     assert refused_client(idp.post("/token", assertion_form(missing_jti)))
 
