@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from garrison.gateway.cache import (
-    ENTRY_OVERHEAD,
-    CacheControl,
-    CachedResponse,
-    CacheRequest,
-    ResponseCache,
-    parse_cache_control,
-)
+from garrison.gateway.cache import ENTRY_OVERHEAD, CachedResponse, ResponseCache
+from garrison.gateway.cache_policy import CacheControl, CacheRequest, parse_cache_control
 
 Headers = list[tuple[bytes, bytes]]
 TTL = 5.0

@@ -25,7 +25,8 @@ from garrison.gateway.http1 import (
 STATUS_LINES = {status: status_line(status) for status in range(100, 600)}
 
 if TYPE_CHECKING:
-    from garrison.gateway.cache import CacheFill, CacheRequest, ResponseCache
+    from garrison.gateway.cache import CacheFill, ResponseCache
+    from garrison.gateway.cache_policy import CacheRequest
     from garrison.gateway.ratelimit import RateDecision
     from garrison.gateway.runtime import Route, Runtime
     from garrison.gateway.upstream.pool import UpstreamConnection

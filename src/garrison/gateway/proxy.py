@@ -28,7 +28,8 @@ from garrison.gateway.authn import (
     NeedsRefetch,
     challenge,
 )
-from garrison.gateway.cache import X_CACHE_MISS, CachedResponse, CacheRequest
+from garrison.gateway.cache import X_CACHE_MISS, CachedResponse
+from garrison.gateway.cache_policy import CacheRequest
 from garrison.gateway.errors import error_response
 from garrison.gateway.exchange import (
     BODY_CHUNKED,
