@@ -1,4 +1,5 @@
-"""Shared fixtures: a recording upstream and real gateway processes (see tests/helpers/gateway_harness.py)."""
+"""Shared fixtures: a recording upstream and real gateway processes (see tests/helpers/gateway_harness.py),
+PostgreSQL and Redis, and ``backend`` for tests on the SQL store (see tests/helpers/db_backend.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 
+from db_backend import backend  # noqa: F401  (the fixture: SQLite, or a fresh PostgreSQL schema per test)
 from gateway_harness import (
     GatewayProcess,
     RecordingUpstream,

@@ -5,18 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
+from db_backend import Backend
 from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from garrison.gateway.auth.apikeys import (
     KEY_LENGTH,
@@ -29,52 +26,13 @@ from garrison.gateway.auth.apikeys import (
     generate_api_key,
     parse_api_key,
 )
-from garrison.store.db import create_all, make_engine
 
 
-@dataclass
-class Backend:
-    name: str
-    url: str | None
-    state_dir: Path
-    schema: str | None = None
-
-    def engine(self) -> AsyncEngine:
-        return make_engine(self.url, self.state_dir, schema=self.schema)
-
-    @asynccontextmanager
-    async def store(self) -> AsyncIterator[ApiKeyStore]:
-        """A store on an engine of its own (as another process would have), disposed at the end."""
-        engine = self.engine()
-        try:
-            await create_all(engine)
-            yield ApiKeyStore(engine)
-        finally:
-            await engine.dispose()
-
-
-async def _postgres(url: str, statement: str) -> None:
-    engine = make_engine(url, Path("unused"))
-    try:
-        async with engine.begin() as connection:
-            await connection.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """SQLite in tmp_path, or a fresh PostgreSQL schema of this test's own (dropped at the end)."""
-    if request.param == "sqlite":
-        yield Backend("sqlite", None, tmp_path)
-        return
-    url: str = request.getfixturevalue("postgres_url")
-    schema = f"garrison_test_{secrets.token_hex(6)}"
-    asyncio.run(_postgres(url, f"CREATE SCHEMA {schema}"))
-    try:
-        yield Backend("postgresql", url, tmp_path, schema)
-    finally:
-        asyncio.run(_postgres(url, f"DROP SCHEMA {schema} CASCADE"))
+@asynccontextmanager
+async def open_store(backend: Backend) -> AsyncIterator[ApiKeyStore]:
+    """A store on an engine of its own (as another process would have), disposed at the end."""
+    async with backend.tables() as engine:
+        yield ApiKeyStore(engine)
 
 
 def _other_secret(key: str) -> str:
@@ -167,7 +125,7 @@ def test_record_has_no_digest_field() -> None:
 
 def test_create_verify_list(backend: Backend) -> None:
     async def main() -> None:
-        async with backend.store() as store:
+        async with open_store(backend) as store:
             key, record = await store.create("ci", ["orders:read", "orders:write", "orders:read"])
             assert record.name == "ci" and record.scopes == ("orders:read", "orders:write")
             assert record.expires_at is None and record.revoked_at is None
@@ -191,7 +149,7 @@ def test_create_verify_list(backend: Backend) -> None:
 
 def test_revoke_by_prefix_and_by_name(backend: Backend) -> None:
     async def main() -> None:
-        async with backend.store() as store:
+        async with open_store(backend) as store:
             old_key, old = await store.create("ci", ["a"])
             new_key, new = await store.create("ci", ["a"])
             other_key, other = await store.create("billing", ["b"])
@@ -232,7 +190,7 @@ def test_revoke_by_prefix_and_by_name(backend: Backend) -> None:
 
 def test_expire_and_expires_in(backend: Backend) -> None:
     async def main() -> None:
-        async with backend.store() as store:
+        async with open_store(backend) as store:
             key, record = await store.create("temp", ["a"], expires_in=3600)
             assert record.expires_at is not None
             assert timedelta(minutes=59) < record.expires_at - record.created_at <= timedelta(hours=1)
@@ -263,7 +221,7 @@ def test_expire_and_expires_in(backend: Backend) -> None:
 
 def test_malformed_keys_never_reach_the_database(backend: Backend) -> None:
     async def main() -> None:
-        async with backend.store() as store:
+        async with open_store(backend) as store:
             key, _ = await store.create("ci", [])
             statements: list[str] = []
 
@@ -282,7 +240,7 @@ def test_malformed_keys_never_reach_the_database(backend: Backend) -> None:
 
 def test_digest_never_listed_or_shown(backend: Backend) -> None:
     async def main() -> None:
-        async with backend.store() as store:
+        async with open_store(backend) as store:
             key, record = await store.create("ci", ["orders:read"])
             digest = digest_api_key(key)
             secret = key[len("gk_") + 8 + 1 :]
@@ -301,7 +259,7 @@ def test_digest_never_listed_or_shown(backend: Backend) -> None:
 
 def test_fifty_concurrent_verifies(backend: Backend) -> None:
     async def main() -> None:
-        async with backend.store() as store:
+        async with open_store(backend) as store:
             good = [(await store.create(f"k{i}", ["s"]))[0] for i in range(5)]
             revoked_key, revoked = await store.create("revoked", [])
             await store.revoke(revoked.prefix)
@@ -322,7 +280,7 @@ def test_fifty_concurrent_verifies(backend: Backend) -> None:
 
 def test_cache_lookup_is_sync_and_checks_the_digest(backend: Backend) -> None:
     async def main() -> None:
-        async with backend.store() as store:
+        async with open_store(backend) as store:
             key, record = await store.create("ci", ["orders:read"])
             soon_key, _ = await store.create("soon", [], expires_in=0.3)
             cache = ApiKeyCache(store, refresh_interval=0.1)
@@ -355,7 +313,11 @@ def test_revocation_elsewhere_reaches_another_worker_within_two_seconds(backend:
     """Worker A and worker B each have an engine and a cache; the CLI revokes through a third engine."""
 
     async def main() -> None:
-        async with backend.store() as cli, backend.store() as worker_a, backend.store() as worker_b:
+        async with (
+            open_store(backend) as cli,
+            open_store(backend) as worker_a,
+            open_store(backend) as worker_b,
+        ):
             key, record = await cli.create("ci", ["orders:read"])
             caches = [ApiKeyCache(worker_a), ApiKeyCache(worker_b)]  # default 1 s polling
             for cache in caches:
@@ -380,7 +342,7 @@ def test_revocation_elsewhere_reaches_another_worker_within_two_seconds(backend:
 
 def test_cache_fails_closed_when_the_database_stays_unreadable(backend: Backend) -> None:
     async def main() -> None:
-        async with backend.store() as store:
+        async with open_store(backend) as store:
             key, _ = await store.create("ci", [])
             cache = ApiKeyCache(store, refresh_interval=0.05, max_staleness=0.5)
             await cache.start()
@@ -399,7 +361,7 @@ def test_cache_fails_closed_when_the_database_stays_unreadable(backend: Backend)
 
 def test_cache_staleness_uses_the_injected_clock(backend: Backend) -> None:
     async def main() -> None:
-        async with backend.store() as store:
+        async with open_store(backend) as store:
             key, _ = await store.create("ci", [])
             now = [1_000.0]
             cache = ApiKeyCache(store, max_staleness=30.0, clock=lambda: now[0])

@@ -3,55 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 import stat
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from db_backend import Backend
 from sqlalchemy import Column, Integer, MetaData, Table, select, text
 from sqlalchemy.exc import SQLAlchemyError, StatementError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 import garrison.gateway.auth.apikeys  # noqa: F401  (registers api_keys on the shared metadata)
 from garrison.store.db import UTCDateTime, create_all, make_engine, safe_url
-
-
-@dataclass
-class Backend:
-    name: str
-    url: str | None
-    state_dir: Path
-    schema: str | None = None
-
-    def engine(self) -> AsyncEngine:
-        return make_engine(self.url, self.state_dir, schema=self.schema)
-
-
-async def _postgres(url: str, statement: str) -> None:
-    engine = make_engine(url, Path("unused"))
-    try:
-        async with engine.begin() as connection:
-            await connection.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """SQLite in tmp_path, or a fresh PostgreSQL schema of this test's own (dropped at the end)."""
-    if request.param == "sqlite":
-        yield Backend("sqlite", None, tmp_path / "state")
-        return
-    url: str = request.getfixturevalue("postgres_url")
-    schema = f"garrison_test_{secrets.token_hex(6)}"
-    asyncio.run(_postgres(url, f"CREATE SCHEMA {schema}"))
-    try:
-        yield Backend("postgresql", url, tmp_path / "state", schema)
-    finally:
-        asyncio.run(_postgres(url, f"DROP SCHEMA {schema} CASCADE"))
 
 
 def _mode(path: Path) -> int:
