@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from statistics import median
 
-from loadgen import HeyResult, WrkResult
+from common.loadgen import WrkResult
+from common.results import CPU_BOUND, Target, Timing, add_ratios, median_or_none, throughput_figures
+from loadgen import HeyResult
 
 DIRECT = "direct"
 PROXIES = ("nginx", "aiohttp", "garrison", "garrison-chain", "garrison-redis")
 RATE_FRACTION = 0.25  # the fixed-rate latency test runs at a quarter of saturation
 RATE_REACHED = 0.95  # below this share of the asked rate, hey could not keep up: say so
-CPU_BOUND = 0.9  # a proxy using less of its core than this under saturation was held back by the client
 
 # The issue's targets for Garrison's gateway.
 MIN_X_NGINX = 0.5
@@ -70,13 +71,6 @@ class ColumnSummary:
 
 
 @dataclass(frozen=True)
-class Target:
-    label: str
-    passed: bool | None  # None: could not be evaluated in this run
-    detail: str
-
-
-@dataclass(frozen=True)
 class Summary:
     columns: list[ColumnSummary]
     ratios: dict[str, float]
@@ -89,48 +83,36 @@ class Summary:
         return next((c for c in self.columns if c.name == name), None)
 
 
-def _median(values: list[float]) -> float | None:
-    return median(values) if values else None
-
-
 def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
 def summarize_column(column: Column, direct: Column) -> ColumnSummary:
-    p50 = _median([h.p50_ms for h in column.latency])
-    p99 = _median([h.p99_ms for h in column.latency])
+    p50 = median_or_none([h.p50_ms for h in column.latency])
+    p99 = median_or_none([h.p99_ms for h in column.latency])
+    direct_p50 = median_or_none([h.p50_ms for h in direct.latency])
+    direct_p99 = median_or_none([h.p99_ms for h in direct.latency])
     return ColumnSummary(
         name=column.name,
-        rps=_median([w.rps for w in column.throughput]),
-        p50_ms=_median([w.p50_ms for w in column.throughput]),
-        p99_ms=_median([w.p99_ms for w in column.throughput]),
-        errors=sum(w.errors for w in column.throughput),
-        rounds=[w.rps for w in column.throughput],
-        cpu=_median(column.cpu),
-        rps_per_cpu=_median([w.rps / c for w, c in zip(column.throughput, column.cpu, strict=True) if c]),
+        **throughput_figures(column.throughput, column.cpu),
         fixed_p50_ms=p50,
         fixed_p99_ms=p99,
-        fixed_rps=_median([h.rps for h in column.latency]),
+        fixed_rps=median_or_none([h.rps for h in column.latency]),
         fixed_errors=sum(h.errors + h.non_2xx for h in column.latency),
-        added_p50_ms=None if column is direct else _minus(p50, _median([h.p50_ms for h in direct.latency])),
-        added_p99_ms=None if column is direct else _minus(p99, _median([h.p99_ms for h in direct.latency])),
+        added_p50_ms=None if column is direct else _minus(p50, direct_p50),
+        added_p99_ms=None if column is direct else _minus(p99, direct_p99),
         failure=column.failure,
     )
 
 
 def ratios(columns: list[ColumnSummary]) -> dict[str, float]:
     """Each RATIO_PAIRS column's median req/s over its peer's, and requests per CPU-second over theirs."""
-    found = {}
+    found: dict[str, float] = {}
     by_name = {c.name: c for c in columns}
     for name, peer in RATIO_PAIRS:
         mine, other = by_name.get(name), by_name.get(peer)
-        if mine is None or other is None:
-            continue
-        if mine.rps and other.rps:
-            found[f"{name}/{peer}"] = mine.rps / other.rps
-        if mine.rps_per_cpu and other.rps_per_cpu:
-            found[f"{name}/{peer} per CPU-second"] = mine.rps_per_cpu / other.rps_per_cpu
+        if mine is not None and other is not None:
+            add_ratios(found, f"{name}/{peer}", mine, other)
     return found
 
 
@@ -233,10 +215,7 @@ def fixed_rate_basis(run: Run) -> tuple[str, float] | None:
 
 
 @dataclass(frozen=True)
-class Settings:
-    duration: int  # seconds per wrk run
-    rounds: int
-    warmup: int  # seconds of wrk against each column before the measured rounds
+class Settings(Timing):
     latency_seconds: int  # seconds per hey run
     columns: list[str]  # "direct" first, then the selected proxies in round order
     pinning: str  # how processes were placed on cores, in words

@@ -12,28 +12,29 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import shutil
-import signal
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
+
+# Run as a script, Python puts bench/gateway/ on sys.path, not bench/: add bench/ so that the code this
+# benchmark shares with bench/identity/ imports as the package `common` (bench/common/).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import report
 import servers
+from common import cli
+from common.loadgen import LoadError
+from common.processes import ServerDied, StartError, Unavailable, still_alive, with_cpu_share
+from common.render import progress_line, say, to_json
 from issuer import Issuer
-from loadgen import LoadError, run_hey, run_wrk
+from loadgen import run_hey, run_wrk
 from results import DIRECT, PROXIES, Column, Run, Settings, fixed_rate_basis, summarize
 from rich.console import Console
-from servers import Pinning, Server, StartError, Unavailable
+from servers import Pinning, Server
 
-OUT_DIR = Path(__file__).resolve().parent.parent / "out"
 TOOLS = ("wrk", "nginx", "hey")
 APT_COMMAND = "apt-get install -y wrk nginx-light hey"
 
@@ -42,48 +43,26 @@ NAME_WIDTH = max(len(name) for name in PROXIES)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of wrk per column before round 1")
+    parser = cli.new_parser(__doc__)
+    cli.add_timing_arguments(parser, "seconds of wrk per column before round 1")
     parser.add_argument("--latency-duration", type=int, help="seconds per hey run (default: --duration)")
-    parser.add_argument("--quick", action="store_true", help="3 s x 1 round, 1 s warm-up")
-    parser.add_argument("--only", default=",".join(PROXIES), help="proxies to measure, comma-separated")
+    cli.add_selection_arguments(parser, PROXIES, "proxies")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin processes to cores")
     parser.add_argument("--aiohttp-loop", choices=["uvloop", "asyncio"], default="uvloop")
-    parser.add_argument("--markdown", action="store_true", help="also print a snippet for bench/RESULTS.md")
-    parser.add_argument(
-        "--json", type=Path, help="where to write results (default bench/out/gateway-<date>.json)"
-    )
+    cli.add_output_arguments(parser, "gateway")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.duration, args.rounds, args.warmup = 3, 1, 1
-    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = sorted(set(args.only) - set(PROXIES))
-    if unknown or not args.only:
-        parser.error(f"--only takes names from {', '.join(PROXIES)}; got {', '.join(unknown) or 'none'}")
-    if min(args.duration, args.rounds) < 1 or args.warmup < 0:
-        parser.error("--duration and --rounds must be at least 1, --warmup at least 0")
+    cli.settle_arguments(parser, args, PROXIES)
     return args
 
 
-def pinning(requested: bool) -> Pinning:
-    """Pin when asked and possible: cores 0 and 1 available to us and taskset installed."""
-    return Pinning(requested and {0, 1} <= os.sched_getaffinity(0) and shutil.which("taskset") is not None)
-
-
 def make_settings(args: argparse.Namespace, pin: Pinning) -> Settings:
-    requested_but_off = args.pin and not pin.enabled
-    placement = pin.describe() + (" (needs cores 0 and 1 and taskset)" if requested_but_off else "")
     return Settings(
         duration=args.duration,
         rounds=args.rounds,
         warmup=args.warmup,
         latency_seconds=args.latency_duration or args.duration,
         columns=[DIRECT, *(name for name in PROXIES if name in args.only)],
-        pinning=placement,
+        pinning=pin.describe(args.pin),
         aiohttp_loop=args.aiohttp_loop,
     )
 
@@ -127,16 +106,6 @@ def start_all(stack: ExitStack, tmp: Path, pin: Pinning, settings: Settings, run
     return live
 
 
-class ServerDied(Exception):
-    """The server under test exited while it was being measured."""
-
-
-def still_alive(server: Server) -> None:
-    """Raise ServerDied if the server exited: figures measured against a dying process are not kept."""
-    if not server.alive():
-        raise ServerDied(f"died during the run (status {server.proc.returncode}):\n{server.output_tail()}")
-
-
 def interleave(console: Console, run: Run, live: dict[str, Server], rounds: int, measure: Measure) -> None:
     """Rounds of one measurement per column, in column order; a column that breaks leaves the rounds."""
     for number in range(1, rounds + 1):
@@ -152,7 +121,7 @@ def interleave(console: Console, run: Run, live: dict[str, Server], rounds: int,
             except LoadError as exc:
                 column.failure = f"measurement failed: {exc}"
                 line = f"{name}: measurement failed"
-            console.print(f"  round {number}/{rounds}  {line}", highlight=False, markup=False)
+            say(console, f"  round {number}/{rounds}  {line}")
 
 
 def warm_up(console: Console, run: Run, live: dict[str, Server], settings: Settings, pin: Pinning) -> None:
@@ -173,16 +142,12 @@ def measure_throughput(
     console.print(f"throughput: wrk for {settings.duration} s per column per round", highlight=False)
 
     def measure(name: str, server: Server) -> str:
-        cpu_before, started = server.cpu_seconds(), time.monotonic()
-        result = run_wrk(server.address, settings.duration, pin.client(), server.headers)
-        cpu = (server.cpu_seconds() - cpu_before) / (time.monotonic() - started)
+        measured = (server.address, settings.duration, pin.client(), server.headers)
+        result, cpu = with_cpu_share(server, run_wrk, *measured)
         still_alive(server)
         run.columns[name].throughput.append(result)
         run.columns[name].cpu.append(cpu)
-        return (
-            f"{name:<{NAME_WIDTH}} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
-            f"p99 {result.p99_ms:6.2f} ms  errors {result.errors}  CPU {cpu:4.0%}"
-        )
+        return progress_line(name, NAME_WIDTH, result, result.errors, cpu)
 
     interleave(console, run, live, settings.rounds, measure)
 
@@ -206,23 +171,9 @@ def measure_latency(
         result = run_hey(server.address, settings.latency_seconds, rate, pin.client(), server.headers)
         still_alive(server)
         run.columns[name].latency.append(result)
-        errors = result.errors + result.non_2xx
-        return (
-            f"{name:<{NAME_WIDTH}} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
-            f"p99 {result.p99_ms:6.2f} ms  errors {errors}"
-        )
+        return progress_line(name, NAME_WIDTH, result, result.errors + result.non_2xx)
 
     interleave(console, run, live, settings.rounds, measure)
-
-
-def write_json(path: Path, document: dict[str, object]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-    return path
-
-
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the ExitStack, which stops every server
 
 
 def measure_all(console: Console, run: Run, settings: Settings, pin: Pinning) -> None:
@@ -235,19 +186,17 @@ def measure_all(console: Console, run: Run, settings: Settings, pin: Pinning) ->
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        print(f"missing {', '.join(missing)}; install with:\n  {APT_COMMAND}", file=sys.stderr)
+    if cli.missing_tools(TOOLS, APT_COMMAND):
         return 2
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    console = Console(width=None if sys.stdout.isatty() else 140)
-    pin = pinning(args.pin)
+    cli.exit_on_sigterm()
+    console = cli.console(140)
+    pin = Pinning.if_possible(args.pin)
     settings = make_settings(args, pin)
     now = datetime.now().astimezone()
     machine = report.machine_info()
     header = report.header_lines(now.isoformat(timespec="seconds"), machine, settings)
     for line in header:
-        console.print(line, highlight=False, markup=False)
+        say(console, line)
     run = Run({name: Column(name) for name in settings.columns})
     try:
         measure_all(console, run, settings, pin)
@@ -259,9 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     summary = summarize(run)
     report.print_report(console, summary)
-    document = report.to_json(now.isoformat(), machine, settings, summary, dataclasses.asdict(run))
-    path = write_json(args.json or OUT_DIR / f"gateway-{now:%Y-%m-%d-%H%M%S}.json", document)
-    console.print(f"results written to {path}", highlight=False, markup=False)
+    document = to_json(now.isoformat(), machine, settings, summary, dataclasses.asdict(run))
+    cli.write_results(console, args.json, "gateway", now, document)
     if args.markdown:
         print(report.markdown(summary, header))
     return 0

@@ -1,27 +1,22 @@
 """The processes under test: start each on a free loopback port, wait until it answers, stop it.
 
-Every server runs in its own process group (``start_new_session``) so that stopping it also stops
-whatever it forked (nginx's worker, Garrison's workers). Output goes to a log file in the run's
-temporary directory, never to a pipe that could fill up and stall the server mid-benchmark.
+Process groups, readiness polling, stopping and CPU accounting live in common.processes; here is what
+each column runs: the nginx upstream and proxy, the aiohttp proxy, and Garrison in its three configurations.
 """
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import os
-import signal
 import socket
 import string
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import yaml
+from common import processes
+from common.processes import StartError, Unavailable, free_port, wait_for
 from issuer import Issuer
 
 HERE = Path(__file__).resolve().parent
@@ -30,109 +25,27 @@ REPO = HERE.parent.parent
 GARRISON_BIN = REPO / ".venv" / "bin" / "garrison"
 EXPECTED_BODY = b'{"ok":true}'
 READY_TIMEOUT = 20.0
-STOP_TIMEOUT = 5.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-class StartError(Exception):
-    """A server under test did not come up; the message carries the tail of its output."""
+class Pinning(processes.Pinning):
+    """The proxy under test alone on core 0; the load generator and the upstream on core 1."""
 
-
-class Unavailable(StartError):
-    """Something a column needs (Redis) is not there: the column is skipped, not failed."""
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (bind port 0, read it, close)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class Pinning:
-    """CPU placement: the proxy under test alone on core 0; the load generator and the upstream on core 1."""
-
-    enabled: bool
-
-    def proxy(self) -> list[str]:
-        return ["taskset", "-c", "0"] if self.enabled else []
-
-    def client(self) -> list[str]:
-        return ["taskset", "-c", "1"] if self.enabled else []
+    PINNED = (
+        "pinned: proxy under test on core 0; wrk/hey and the upstream nginx on core 1 "
+        "(so in the direct column wrk and the upstream share core 1)"
+    )
 
     def upstream(self) -> list[str]:
         return self.client()
 
-    def describe(self) -> str:
-        if not self.enabled:
-            return "pinning off: the scheduler places every process"
-        return (
-            "pinned: proxy under test on core 0; wrk/hey and the upstream nginx on core 1 "
-            "(so in the direct column wrk and the upstream share core 1)"
-        )
 
-
-class Server:
-    """One started process group whose output is captured to a file."""
+class Server(processes.Server):
+    """A started column: its process group, where it answers, and what every request to it carries."""
 
     def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
-        self.name = name
+        super().__init__(name, argv, log_path)
         self.address = ""  # "host:port" once the server answers
         self.headers: dict[str, str] = {}  # sent with every request: readiness check, wrk and hey
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def cpu_seconds(self) -> float:
-        """CPU time (user + system) used so far by the live processes of this server's group."""
-        return group_cpu_seconds(self.proc.pid)
-
-    def output_tail(self, lines: int = 15) -> str:
-        self._log.flush()
-        text = self.log_path.read_text(errors="replace").strip()
-        return "\n".join(text.splitlines()[-lines:]) or "(no output)"
-
-    def stop(self) -> None:
-        """SIGTERM the group, SIGKILL it if the leader is still there after STOP_TIMEOUT."""
-        if self._log.closed:
-            return  # already stopped
-        self._signal_group(signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self._signal_group(signal.SIGKILL)
-            self.proc.wait(STOP_TIMEOUT)
-        self._log.close()
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)  # pgid == pid: the server leads its own session
-
-
-def group_cpu_seconds(pgid: int) -> float:
-    ticks = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()  # after "pid (comm)": field 3 onwards
-        except OSError:
-            continue  # exited while we looked
-        if int(fields[2]) == pgid:  # field 5, pgrp
-            ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15, utime and stime
-    return ticks / CLOCK_TICKS
 
 
 def get_status(address: str, headers: dict[str, str]) -> tuple[int, bytes, str] | None:
@@ -163,21 +76,14 @@ def answers(server: Server, address: str) -> bool:
     return got is not None and got[0] == 200 and got[1] == EXPECTED_BODY
 
 
-def wait_until_answers(server: Server, address: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise StartError(f"exited with status {server.proc.returncode}:\n{server.output_tail()}")
-        if answers(server, address):
-            server.address = address
-            return
-        time.sleep(0.05)
-    raise StartError(f"did not answer GET / within {READY_TIMEOUT:.0f} s:\n{server.output_tail()}")
-
-
 def started(server: Server, address: str) -> Server:
     """Wait for server to answer at address; stop it and raise StartError if it does not."""
+
+    def answered() -> str | None:
+        return address if answers(server, address) else None
+
     try:
-        wait_until_answers(server, address, time.monotonic() + READY_TIMEOUT)
+        server.address = wait_for(server, answered, "did not answer GET /", READY_TIMEOUT)
     except BaseException:
         server.stop()
         raise
@@ -210,14 +116,14 @@ def start_upstream(tmp: Path, pin: Pinning) -> Server:
 def start_nginx_proxy(tmp: Path, pin: Pinning, upstream_port: int) -> Server:
     port = free_port()
     conf = render_nginx("nginx-proxy.conf", tmp, port=port, upstream_port=upstream_port)
-    return start_nginx("nginx", conf, tmp, pin.proxy(), port)
+    return start_nginx("nginx", conf, tmp, pin.server(), port)
 
 
 def start_aiohttp(tmp: Path, pin: Pinning, upstream_port: int, loop: str) -> Server:
     port = free_port()
     script = HERE / "aiohttp_proxy.py"
     upstream = f"http://127.0.0.1:{upstream_port}"
-    argv = [*pin.proxy(), sys.executable, str(script), "--listen", f"127.0.0.1:{port}"]
+    argv = [*pin.server(), sys.executable, str(script), "--listen", f"127.0.0.1:{port}"]
     argv += ["--upstream", upstream, "--loop", loop]
     return started(Server("aiohttp", argv, tmp / "aiohttp.out"), f"127.0.0.1:{port}")
 
@@ -308,16 +214,12 @@ def garrison_config(tmp: Path, port: int, upstream_port: int, variant: GarrisonV
     return path
 
 
-def read_ready_file(server: Server, ready: Path, deadline: float) -> str:
+def ready_address(ready: Path) -> str | None:
     """The gateway's "host:port" from the JSON ready file Garrison writes once it listens."""
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise StartError(f"exited with status {server.proc.returncode}:\n{server.output_tail()}")
-        try:
-            return str(json.loads(ready.read_text())["listeners"]["gateway"])
-        except (OSError, ValueError, KeyError, TypeError):
-            time.sleep(0.05)  # not written yet, or written half-way
-    raise StartError(f"wrote no ready file within {READY_TIMEOUT:.0f} s:\n{server.output_tail()}")
+    try:
+        return str(json.loads(ready.read_text())["listeners"]["gateway"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not written yet, or written half-way
 
 
 def start_garrison(tmp: Path, pin: Pinning, upstream_port: int, variant: GarrisonVariant = PLAIN) -> Server:
@@ -325,11 +227,11 @@ def start_garrison(tmp: Path, pin: Pinning, upstream_port: int, variant: Garriso
         raise StartError(f"{GARRISON_BIN} not found (is the package installed in .venv?)")
     config = garrison_config(tmp, free_port(), upstream_port, variant)
     ready = tmp / f"{variant.name}-ready.json"
-    argv = [*pin.proxy(), str(GARRISON_BIN), "gateway", "-c", str(config), "--ready-file", str(ready)]
+    argv = [*pin.server(), str(GARRISON_BIN), "gateway", "-c", str(config), "--ready-file", str(ready)]
     server = Server(variant.name, argv, tmp / f"{variant.name}.out")
     server.headers = dict(variant.headers)
     try:
-        address = read_ready_file(server, ready, time.monotonic() + READY_TIMEOUT)
+        address = wait_for(server, lambda: ready_address(ready), "wrote no ready file", READY_TIMEOUT)
     except BaseException:
         server.stop()
         raise

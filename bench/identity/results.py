@@ -7,9 +7,9 @@ Summary.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from statistics import median
 
-from loadgen import WrkResult
+from common.results import CPU_BOUND, Target, Timing, add_ratios, throughput_figures
+from loadgen import PostResult
 
 GARRISON = "garrison"
 PEER = "oidc-provider"
@@ -19,7 +19,6 @@ INTROSPECT_SAME = "introspect-same"
 INTROSPECT_ROTATING = "introspect-rotating"
 WORKLOADS = (TOKEN, INTROSPECT_SAME, INTROSPECT_ROTATING)
 INTROSPECTION = (INTROSPECT_SAME, INTROSPECT_ROTATING)
-CPU_BOUND = 0.9  # a server using less of its core than this under saturation was held back by the client
 
 # The issue's targets for Garrison's identity provider, on one core.
 MIN_TOKENS_PER_S = 1500.0
@@ -39,7 +38,7 @@ def workload_label(workload: str, rotating: int) -> str:
 class Cell:
     """One provider under one workload: a wrk result and the server's CPU share per round."""
 
-    throughput: list[WrkResult] = field(default_factory=list)
+    throughput: list[PostResult] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
 
 
@@ -71,13 +70,6 @@ class CellSummary:
 
 
 @dataclass(frozen=True)
-class Target:
-    label: str
-    passed: bool | None  # None: could not be evaluated in this run
-    detail: str
-
-
-@dataclass(frozen=True)
 class Summary:
     cells: list[CellSummary]
     ratios: dict[str, float]
@@ -88,38 +80,19 @@ class Summary:
         return next((c for c in self.cells if c.workload == workload and c.provider == provider), None)
 
 
-def _median(values: list[float]) -> float | None:
-    return median(values) if values else None
-
-
 def summarize_cell(workload: str, provider: ProviderRun, cell: Cell) -> CellSummary:
-    pairs = zip(cell.throughput, cell.cpu, strict=True)
-    return CellSummary(
-        workload=workload,
-        provider=provider.name,
-        rps=_median([w.rps for w in cell.throughput]),
-        p50_ms=_median([w.p50_ms for w in cell.throughput]),
-        p99_ms=_median([w.p99_ms for w in cell.throughput]),
-        errors=sum(w.errors for w in cell.throughput),
-        rounds=[w.rps for w in cell.throughput],
-        cpu=_median(cell.cpu),
-        rps_per_cpu=_median([w.rps / c for w, c in pairs if c]),
-        failure=provider.failure,
-    )
+    figures = throughput_figures(cell.throughput, cell.cpu)
+    return CellSummary(workload=workload, provider=provider.name, **figures, failure=provider.failure)
 
 
 def ratios(summary_cells: list[CellSummary]) -> dict[str, float]:
     """Per workload: Garrison's median req/s over oidc-provider's, and the same per CPU-second."""
-    found = {}
+    found: dict[str, float] = {}
     for workload in WORKLOADS:
         mine = next((c for c in summary_cells if (c.workload, c.provider) == (workload, GARRISON)), None)
         peer = next((c for c in summary_cells if (c.workload, c.provider) == (workload, PEER)), None)
-        if mine is None or peer is None:
-            continue
-        if mine.rps and peer.rps:
-            found[f"{workload} {GARRISON}/{PEER}"] = mine.rps / peer.rps
-        if mine.rps_per_cpu and peer.rps_per_cpu:
-            found[f"{workload} {GARRISON}/{PEER} per CPU-second"] = mine.rps_per_cpu / peer.rps_per_cpu
+        if mine is not None and peer is not None:
+            add_ratios(found, f"{workload} {GARRISON}/{PEER}", mine, peer)
     return found
 
 
@@ -216,10 +189,7 @@ def notes(summary_cells: list[CellSummary]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Settings:
-    duration: int  # seconds per wrk run
-    rounds: int
-    warmup: int  # seconds of wrk per provider and workload before the measured rounds
+class Settings(Timing):
     rotating: int  # how many tokens the rotating introspection cycles through
     providers: list[str]  # in round order
     pinned: bool

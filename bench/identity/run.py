@@ -11,23 +11,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import shlex
-import shutil
-import signal
 import sys
 import tempfile
-import time
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from urllib.parse import urlencode
+
+# Run as a script, Python puts bench/identity/ on sys.path, not bench/: add bench/ so that the code this
+# benchmark shares with bench/gateway/ imports as the package `common` (bench/common/).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import report
 import servers
-from loadgen import LoadError, Workload, WrkResult, run_wrk
+from common import cli
+from common.loadgen import LoadError
+from common.processes import ServerDied, StartError, Unavailable, still_alive, with_cpu_share
+from common.render import progress_line, say, to_json
+from loadgen import Workload, run_wrk
 from oauth import OAuthError, check_provider, introspection_tokens
 from results import (
     INTROSPECT_SAME,
@@ -42,9 +44,8 @@ from results import (
     summarize,
 )
 from rich.console import Console
-from servers import Pinning, Provider, StartError, Unavailable
+from servers import Pinning, Provider
 
-OUT_DIR = Path(__file__).resolve().parent.parent / "out"
 APT_COMMAND = "apt-get install -y wrk"
 TOKEN_EXPECT = '"access_token"%s*:%s*"'  # Lua patterns for post.lua
 ACTIVE_EXPECT = '"active"%s*:%s*true'
@@ -52,44 +53,20 @@ WIDTH = max(len(w) for w in WORKLOADS) + 1 + max(len(p) for p in PROVIDERS)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument(
-        "--warmup", type=int, default=2, help="seconds of wrk per provider and workload first"
-    )
-    parser.add_argument("--quick", action="store_true", help="3 s x 1 round, 1 s warm-up")
-    parser.add_argument("--only", default=",".join(PROVIDERS), help="providers to measure, comma-separated")
+    parser = cli.new_parser(__doc__)
+    cli.add_timing_arguments(parser, "seconds of wrk per provider and workload first")
+    cli.add_selection_arguments(parser, PROVIDERS, "providers")
     parser.add_argument(
         "--tokens", type=int, default=100, help="tokens the rotating introspection cycles through"
     )
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin processes to cores")
-    parser.add_argument("--markdown", action="store_true", help="also print a snippet for bench/RESULTS.md")
-    parser.add_argument(
-        "--json", type=Path, help="where to write results (default bench/out/identity-<date>.json)"
-    )
+    cli.add_output_arguments(parser, "identity")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.duration, args.rounds, args.warmup = 3, 1, 1
-    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = sorted(set(args.only) - set(PROVIDERS))
-    if unknown or not args.only:
-        parser.error(f"--only takes names from {', '.join(PROVIDERS)}; got {', '.join(unknown) or 'none'}")
-    if min(args.duration, args.rounds) < 1 or args.warmup < 0 or not 1 <= args.tokens <= 1000:
-        parser.error("--duration and --rounds must be at least 1, --warmup at least 0, --tokens 1 to 1000")
+    cli.settle_arguments(parser, args, PROVIDERS, 1 <= args.tokens <= 1000, ", --tokens 1 to 1000")
     return args
 
 
-def pinning(requested: bool) -> Pinning:
-    """Pin when asked and possible: cores 0 and 1 available to us and taskset installed."""
-    return Pinning(requested and {0, 1} <= os.sched_getaffinity(0) and shutil.which("taskset") is not None)
-
-
 def make_settings(args: argparse.Namespace, pin: Pinning) -> Settings:
-    requested_but_off = args.pin and not pin.enabled
-    placement = pin.describe() + (" (needs cores 0 and 1 and taskset)" if requested_but_off else "")
     return Settings(
         duration=args.duration,
         rounds=args.rounds,
@@ -97,7 +74,7 @@ def make_settings(args: argparse.Namespace, pin: Pinning) -> Settings:
         rotating=args.tokens,
         providers=[name for name in PROVIDERS if name in args.only],
         pinned=pin.enabled,
-        pinning=placement,
+        pinning=pin.describe(args.pin),
     )
 
 
@@ -113,7 +90,7 @@ class Bench:
         self.live: dict[str, Provider] = {}
 
     def say(self, text: str) -> None:
-        self.console.print(text, highlight=False, markup=False)
+        say(self.console, text)
 
     def fail(self, name: str, why: str) -> None:
         self.run.providers[name].failure = why
@@ -156,19 +133,14 @@ class Bench:
     def measure(self, workload: str, name: str, seconds: int, record: bool) -> str:
         provider = self.live[name]
         load = self.workload(workload, provider)
-        cpu_before, started = provider.server.cpu_seconds(), time.monotonic()
-        result = run_wrk(provider.address, seconds, self.pin.client(), load, self.scratch)
-        cpu = (provider.server.cpu_seconds() - cpu_before) / (time.monotonic() - started)
-        if not provider.still_alive():
-            server = provider.server
-            raise StartError(
-                f"died during the run (status {server.proc.returncode}):\n{server.output_tail()}"
-            )
+        measured = (provider.address, seconds, self.pin.client(), load, self.scratch)
+        result, cpu = with_cpu_share(provider.server, run_wrk, *measured)
+        still_alive(provider.server)
         if record:
             cell = self.run.cells[workload][name]
             cell.throughput.append(result)
             cell.cpu.append(cpu)
-        return progress(workload, name, result, cpu)
+        return progress_line(f"{workload} {name}", WIDTH, result, result.errors, cpu)
 
     def rounds(self, count: int, seconds: int, record: bool, title: str) -> None:
         for number in range(1, count + 1):
@@ -176,20 +148,13 @@ class Bench:
                 for name in list(self.live):
                     try:
                         line = self.measure(workload, name, seconds, record)
-                    except StartError as exc:
+                    except ServerDied as exc:
                         self.fail(name, str(exc))
                         line = f"{workload} {name}: died; this round's figures are dropped"
                     except (LoadError, OAuthError) as exc:
                         self.fail(name, f"measurement failed: {exc}")
                         line = f"{workload} {name}: measurement failed"
                     self.say(f"  {title} {number}/{count}  {line}")
-
-
-def progress(workload: str, name: str, result: WrkResult, cpu: float) -> str:
-    return (
-        f"{workload + ' ' + name:<{WIDTH}} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
-        f"p99 {result.p99_ms:6.2f} ms  errors {result.errors}  CPU {cpu:4.0%}"
-    )
 
 
 def measure_all(console: Console, run: Run, settings: Settings, pin: Pinning) -> None:
@@ -204,24 +169,13 @@ def measure_all(console: Console, run: Run, settings: Settings, pin: Pinning) ->
             bench.rounds(settings.rounds, settings.duration, record=True, title="round")
 
 
-def write_json(path: Path, document: dict[str, object]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-    return path
-
-
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the ExitStack, which stops every server
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if shutil.which("wrk") is None:
-        print(f"missing wrk; install with:\n  {APT_COMMAND}", file=sys.stderr)
+    if cli.missing_tools(("wrk",), APT_COMMAND):
         return 2
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    pin = pinning(args.pin)
+    cli.exit_on_sigterm()
+    console = cli.console(160)
+    pin = Pinning.if_possible(args.pin)
     settings = make_settings(args, pin)
     now = datetime.now().astimezone()
     run = Run(
@@ -237,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     machine = report.machine_info()
     header = report.header_lines(now.isoformat(timespec="seconds"), machine, settings)
     for line in header:
-        console.print(line, highlight=False, markup=False)
+        say(console, line)
     if PEER in run.providers and run.providers[PEER].failure:
-        console.print(f"{PEER}: {run.providers[PEER].failure}", highlight=False, markup=False)
+        say(console, f"{PEER}: {run.providers[PEER].failure}")
     try:
         measure_all(console, run, settings, pin)
     except KeyboardInterrupt:
@@ -248,9 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(run, pin.enabled)
     checks = {name: p.checks for name, p in run.providers.items()}
     report.print_report(console, summary, checks, settings.rotating)
-    document = report.to_json(now.isoformat(), machine, settings, summary, dataclasses.asdict(run))
-    path = write_json(args.json or OUT_DIR / f"identity-{now:%Y-%m-%d-%H%M%S}.json", document)
-    console.print(f"results written to {path}", highlight=False, markup=False)
+    document = to_json(now.isoformat(), machine, settings, summary, dataclasses.asdict(run))
+    cli.write_results(console, args.json, "identity", now, document)
     if args.markdown:
         command = shlex.join([".venv/bin/python", "bench/identity/run.py", *(argv or sys.argv[1:])])
         print(report.markdown(summary, header, settings.rotating, command))

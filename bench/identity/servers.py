@@ -1,9 +1,8 @@
 """The two identity providers under test: install (oidc-provider), start, wait until ready, stop.
 
-Every server runs in its own process group (``start_new_session``) so that stopping it also stops what
-it started. Output goes to a log file in the run's temporary directory, never to a pipe that could fill
-up and stall the server mid-benchmark. Once a provider serves, oauth.check_provider() checks a sample
-of what the benchmark will send before anything is measured.
+Process groups, readiness polling, stopping and CPU accounting live in common.processes. Once a
+provider serves, oauth.check_provider() checks a sample of what the benchmark will send before anything
+is measured.
 """
 
 from __future__ import annotations
@@ -13,16 +12,13 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import yaml
+from common import processes
+from common.processes import Server, StartError, Unavailable, free_port, wait_for
 from oauth import basic_authorization
 
 HERE = Path(__file__).resolve().parent
@@ -30,10 +26,8 @@ REPO = HERE.parent.parent
 OIDC_DIR = HERE / "oidc-provider"
 GARRISON_BIN = REPO / ".venv" / "bin" / "garrison"
 READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 5.0
 INSTALL_TIMEOUT = 300.0
 CLI_TIMEOUT = 60.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SCOPE = "api"
 ACCESS_TOKEN_TTL = 300
 TOKEN_BODY = f"grant_type=client_credentials&scope={SCOPE}"
@@ -42,104 +36,11 @@ TOKEN_BODY = f"grant_type=client_credentials&scope={SCOPE}"
 OIDC_OPAQUE_RESOURCE = "urn:garrison-bench:api-opaque"
 
 
-class StartError(Exception):
-    """A provider did not come up; the message carries the tail of its output."""
+class Pinning(processes.Pinning):
+    """The provider under test alone on core 0 (all its threads); wrk on core 1."""
 
-
-class Unavailable(StartError):
-    """Something a provider needs (node, npm) is not there: it is skipped, not failed."""
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (bind port 0, read it, close)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class Pinning:
-    """CPU placement: the provider under test alone on core 0; wrk on core 1."""
-
-    enabled: bool
-
-    def server(self) -> list[str]:
-        return ["taskset", "-c", "0"] if self.enabled else []
-
-    def client(self) -> list[str]:
-        return ["taskset", "-c", "1"] if self.enabled else []
-
-    def describe(self) -> str:
-        if not self.enabled:
-            return "pinning off: the scheduler places every process (figures are not one-core figures)"
-        return "pinned: provider under test on core 0 (all its threads); wrk on core 1"
-
-
-class Server:
-    """One started process group whose output is captured to a file."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-        )
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def cpu_seconds(self) -> float:
-        """CPU time (user + system) used so far by the live processes of this server's group."""
-        return group_cpu_seconds(self.proc.pid)
-
-    def output(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def output_tail(self, lines: int = 15) -> str:
-        return "\n".join(self.output().strip().splitlines()[-lines:]) or "(no output)"
-
-    def stop(self) -> None:
-        """SIGTERM the group, SIGKILL it if the leader is still there after STOP_TIMEOUT."""
-        if self._log.closed:
-            return  # already stopped
-        self._signal_group(signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self._signal_group(signal.SIGKILL)
-            self.proc.wait(STOP_TIMEOUT)
-        self._log.close()
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)  # pgid == pid: the server leads its own session
-
-
-def group_cpu_seconds(pgid: int) -> float:
-    ticks = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()  # after "pid (comm)": field 3 onwards
-        except OSError:
-            continue  # exited while we looked
-        if int(fields[2]) == pgid:  # field 5, pgrp
-            ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15, utime and stime
-    return ticks / CLOCK_TICKS
+    PINNED = "pinned: provider under test on core 0 (all its threads); wrk on core 1"
+    UNPINNED = "pinning off: the scheduler places every process (figures are not one-core figures)"
 
 
 @dataclass
@@ -157,22 +58,6 @@ class Provider:
     introspection_path: str = "/introspect"
     jwks: dict[str, object] = field(default_factory=dict)
     checks: list[str] = field(default_factory=list)  # what the start-up checks saw, for the report
-
-    def still_alive(self) -> bool:
-        return self.server.alive()
-
-
-def _wait_for(server: Server, read: Callable[[], str | None], what: str) -> str:
-    """Poll read() (the address, or None) until it answers, the server exits, or time runs out."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise StartError(f"exited with status {server.proc.returncode}:\n{server.output_tail()}")
-        found = read()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise StartError(f"{what} within {READY_TIMEOUT:.0f} s:\n{server.output_tail()}")
 
 
 # --- oidc-provider ---------------------------------------------------------------------------------
@@ -226,7 +111,9 @@ def start_oidc_provider(tmp: Path, pin: Pinning) -> Provider:
     argv = [*pin.server(), "node", str(OIDC_DIR / "server.mjs"), "--port", "0"]
     server = Server("oidc-provider", argv, tmp / "oidc-provider.out", env)
     try:
-        address = _wait_for(server, lambda: _oidc_ready_address(server), "printed no ready line")
+        address = wait_for(
+            server, lambda: _oidc_ready_address(server), "printed no ready line", READY_TIMEOUT
+        )
     except BaseException:
         server.stop()
         raise
@@ -310,7 +197,9 @@ def start_garrison(tmp: Path, pin: Pinning) -> Provider:
     argv = [*pin.server(), str(GARRISON_BIN), "identity", "-c", str(config), "--ready-file", str(ready)]
     server = Server("garrison", argv, tmp / "garrison.out")
     try:
-        address = _wait_for(server, lambda: _garrison_ready_address(ready), "wrote no ready file")
+        address = wait_for(
+            server, lambda: _garrison_ready_address(ready), "wrote no ready file", READY_TIMEOUT
+        )
     except StartError as exc:
         server.stop()
         if "No such command" in str(exc) or "No such option" in str(exc):
