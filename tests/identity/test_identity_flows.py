@@ -816,3 +816,35 @@ def test_codes_expire_after_code_ttl(locking: World) -> None:
         grant = Grant(redirect_params(page)["code"], verifier, params, {})
     time.sleep(1.5)  # identity.code_ttl is 1 s here
     assert oauth_error(exchange(idp, web, grant)) == "invalid_grant"
+
+
+# -- behind a proxy -----------------------------------------------------------------------------------------
+
+
+def test_the_throttle_sees_the_client_a_trusted_proxy_names(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Behind the gateway every connection comes from the gateway: with identity.trusted_proxies the
+    per-address limit counts the forwarded client, so one guesser cannot lock everyone out."""
+    lockout = {"max_failures": 100, "ip_max_failures": 3, "window": 300, "lock_for": 300}
+    with provider(request, tmp_path, "sqlite", lockout=lockout, trusted_proxies=["127.0.0.0/8"]) as idp:
+        world = World(idp)
+        idp.create_role("staff", "orders:read")
+        world.users["gina"] = idp.create_user("gina", PASSWORD, "staff")
+        web = idp.create_web_client("web", [APP], scopes=["openid", "orders:read"])
+        with Browser(idp.issuer) as browser:
+            page = browser.authorize(**authorize_params(web, pkce()[1], scope="openid"))
+            action, hidden = page_form(page)
+            cookie = "garrison_csrf=" + browser.http.cookies["garrison_csrf"]
+
+            def attempt(address: str, password: str) -> httpx.Response:
+                form = {**hidden, "username": "gina", "password": password}
+                headers = {"cookie": cookie, "x-forwarded-for": address}
+                return httpx.post(action, data=form, headers=headers, timeout=30)
+
+            for _ in range(4):
+                assert attempt("198.51.100.7", "not the password").status_code == 401
+            log = idp.stderr_text()
+            assert '"ip":"198.51.100.7"' in log and '"locked":"ip"' in log  # the forwarded guesser is locked
+            # Another client behind the same proxy is not: the right password works for it.
+            assert attempt("203.0.113.9", PASSWORD).status_code in (200, 302, 303)

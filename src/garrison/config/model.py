@@ -655,6 +655,11 @@ class IdentityConfig(Strict):
     mfa_roles: list[str] = Field(
         default_factory=list, description="Users with any of these roles must use a one-time code."
     )
+    trusted_proxies: list[Cidr] = Field(
+        default_factory=list,
+        description="Proxies (CIDRs, e.g. the gateway) whose X-Forwarded-For the provider believes for "
+        "the client address (throttling, audit). Empty: the TCP peer is the client.",
+    )
     revocation_push: list[Annotated[str, Field(pattern=r"^https?://")]] | None = Field(
         None,
         description="Gateway admin URLs told about each revoked token (without Redis). Unset: this "

@@ -34,6 +34,7 @@ from garrison.config.loader import LoadedConfig
 from garrison.config.model import GarrisonConfig, IdentityConfig
 from garrison.gateway.auth.jwks import JwksCache
 from garrison.gateway.auth.jwt import JwtVerifier, TokenCache
+from garrison.gateway.forwarded import TrustedProxies
 from garrison.gateway.revocations import MemoryRevocations, RedisRevocations, Revocations
 from garrison.gateway.tls import resolve_certificate, server_context
 from garrison.identity import tables
@@ -142,7 +143,12 @@ async def open_provider(config: GarrisonConfig, base_url: str) -> Provider:
     )
     inspector = TokenInspector(verifier, revocations.is_revoked)
     server = build_server(identity.issuer, directory, engine, generator, inspector, provider.revoke_sync)
-    provider.app = IdentityApp(server, base_url, hsts=base_url.startswith("https://"))
+    provider.app = IdentityApp(
+        server,
+        base_url,
+        hsts=base_url.startswith("https://"),
+        trusted=TrustedProxies(identity.trusted_proxies),
+    )
     _user_flows(provider, server, inspector, kek)
     _routes(provider)
     await provider.load_revocations()

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from sqlalchemy.util import greenlet_spawn
 
+from garrison.gateway.forwarded import TrustedProxies
 from garrison.identity.authserver import EndpointResponse, Headers, IdentityRequest, IdentityServer
 
 MAX_BODY = 64 * 1024
@@ -106,8 +107,14 @@ def parse_params(raw: str) -> dict[str, str]:
 class IdentityApp:
     """ASGI application: routes by exact path and method, nothing else."""
 
-    def __init__(self, server: IdentityServer, base_url: str, hsts: bool) -> None:
+    def __init__(
+        self, server: IdentityServer, base_url: str, hsts: bool, trusted: TrustedProxies | None = None
+    ) -> None:
         self.server = server
+        # Who the client is, for the per-address throttle and the audit log: the TCP peer, or the
+        # X-Forwarded-For entry a trusted proxy (identity.trusted_proxies) vouches for, walked from
+        # the right like the gateway does.
+        self.trusted = trusted if trusted is not None else TrustedProxies([])
         self.base_url = base_url.rstrip("/")
         self.routes: dict[tuple[str, str], Handler] = {}
         self.common_headers = [
@@ -146,8 +153,11 @@ class IdentityApp:
 
     async def _read(self, scope: Scope, receive: Receive) -> HttpRequest:
         headers = Headers()
+        forwarded_for: list[bytes] = []
         for name, value in scope["headers"]:
             key = name.decode("latin-1").lower()
+            if key == "x-forwarded-for":
+                forwarded_for.append(value)
             if key in headers and key in ("authorization", "content-type", "content-length", "cookie"):
                 raise BadRequest(400, "invalid_request", f"Header {key!r} is repeated.")
             headers[key] = value.decode("latin-1")
@@ -160,13 +170,14 @@ class IdentityApp:
             if not message.get("more_body"):
                 break
         client = scope.get("client") or ("", 0)
+        client_ip = self.trusted.resolve_client(str(client[0]), forwarded_for)
         request = HttpRequest(
             method=scope["method"],
             path=scope["path"],
             query=parse_params(scope.get("query_string", b"").decode("latin-1")),
             headers=headers,
             body=bytes(body),
-            client_ip=str(client[0]),
+            client_ip=client_ip,
         )
         if request.method == "POST" and body:
             content_type = headers.get("content-type", "").split(";")[0].strip().lower()
