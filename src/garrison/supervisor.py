@@ -94,6 +94,13 @@ def _demo_component(loaded: LoadedConfig) -> tuple[Component, tuple[str, int]]:
     return Component("demo upstream", argv), (host, port)
 
 
+def _garrison_component(command: str, loaded: LoadedConfig, run_dir: Path) -> Component:
+    """``garrison COMMAND -c FILE --ready-file ...``, exactly as it runs in production."""
+    ready = run_dir / f"up-{command}.ready"
+    argv = [sys.executable, "-m", "garrison", command, "-c", str(loaded.source), "--ready-file", str(ready)]
+    return Component(command, argv, ready_file=ready)
+
+
 def _table(components: list[Component]) -> Table:
     table = Table(title="Garrison is up", title_justify="left")
     table.add_column("component")
@@ -132,22 +139,12 @@ def run_up(config_path: Path, demo: bool, console: Console) -> int:
                 _wait_ready(upstream, probe)
         if loaded.config.identity is not None:
             # Before the gateway: the gateway fetches the provider's JWKS before it serves.
-            identity = Component(
-                "identity",
-                [sys.executable, "-m", "garrison", "identity", "-c", str(loaded.source), "--ready-file",
-                 str(run_dir / "up-identity.ready")],
-                ready_file=run_dir / "up-identity.ready",
-            )  # fmt: skip
+            identity = _garrison_component("identity", loaded, run_dir)
             components.append(identity)
             identity.start()
             with console.status("starting the identity provider (keys and certificates on first run)…"):
                 _wait_ready(identity)
-        gateway = Component(
-            "gateway",
-            [sys.executable, "-m", "garrison", "gateway", "-c", str(loaded.source), "--ready-file",
-             str(run_dir / "up-gateway.ready")],
-            ready_file=run_dir / "up-gateway.ready",
-        )  # fmt: skip
+        gateway = _garrison_component("gateway", loaded, run_dir)
         components.append(gateway)
         gateway.start()
         with console.status("starting the gateway (creating TLS certificates on first run)…"):

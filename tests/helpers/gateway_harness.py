@@ -474,6 +474,20 @@ def base_config(directory: Path, upstream_port: int) -> dict[str, Any]:
     }
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float) -> int | None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; the exit code (None if never started)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
 class GatewayProcess:
     """A ``garrison gateway`` process started on port 0; stopped with SIGTERM (then SIGKILL)."""
 
@@ -514,17 +528,7 @@ class GatewayProcess:
         return self
 
     def stop(self) -> int | None:
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        return proc.returncode
+        return stop_process(self.proc, grace=5.0)
 
     # addresses
     def _port(self, name: str) -> int:
@@ -819,6 +823,7 @@ __all__ = [
     "payload",
     "running_gateway",
     "sha256",
+    "stop_process",
     "tls_client_context",
     "wait_until",
 ]

@@ -8,7 +8,6 @@ import base64
 import hashlib
 import json
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx
 import yaml
+from gateway_harness import stop_process
 
 GARRISON = Path(sys.executable).parent / "garrison"
 T = TypeVar("T")
@@ -180,17 +180,7 @@ class IdentityProcess:
         return self
 
     def stop(self) -> int | None:
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        return proc.returncode
+        return stop_process(self.proc, grace=10.0)
 
     def stderr_text(self) -> str:
         return self.stderr_path.read_text()
