@@ -80,7 +80,7 @@ def _load(config: Path) -> Any:
     return loaded
 
 
-def _with_stores(ctx: typer.Context, config: Path | None, work: Callable[[Any], Awaitable[T]]) -> T:
+def with_stores(ctx: typer.Context, config: Path | None, work: Callable[[Any], Awaitable[T]]) -> T:
     """Open the provider's database for ``work(stores)`` and close it."""
     from garrison.identity.clients import ClientStore
     from garrison.identity.crypto import KeyEncryption
@@ -95,7 +95,7 @@ def _with_stores(ctx: typer.Context, config: Path | None, work: Callable[[Any], 
         try:
             await create_all(engine)
             kek = KeyEncryption.load(settings.state_dir)
-            stores = _Stores(settings, engine, kek, ClientStore(engine, kek))
+            stores = Stores(settings, engine, kek, ClientStore(engine, kek))
             return await work(stores)
         finally:
             await engine.dispose()
@@ -104,14 +104,14 @@ def _with_stores(ctx: typer.Context, config: Path | None, work: Callable[[Any], 
 
 
 @dataclass(frozen=True)
-class _Stores:
+class Stores:
     config: GarrisonConfig
     engine: AsyncEngine
     kek: KeyEncryption
     clients: ClientStore
 
 
-def _fail(message: str) -> typer.Exit:
+def fail(message: str) -> typer.Exit:
     err.print(f"[red]{message}[/red]")
     return typer.Exit(1)
 
@@ -151,9 +151,9 @@ def client_create(
         try:
             jwks = json.loads(jwks_file.read_text())
         except (OSError, ValueError) as exc:
-            raise _fail(f"cannot read the JWKS file: {exc}") from None
+            raise fail(f"cannot read the JWKS file: {exc}") from None
 
-    async def work(stores: _Stores) -> Any:
+    async def work(stores: Stores) -> Any:
         return await stores.clients.create(
             name,
             grant_types=grant or ["client_credentials"],
@@ -167,9 +167,9 @@ def client_create(
         )
 
     try:
-        created = _with_stores(ctx, config, work)
+        created = with_stores(ctx, config, work)
     except ClientError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     record = created.record
     if as_json:
         sys.stdout.write(json.dumps({"client_id": record.client_id, "client_secret": created.secret}) + "\n")
@@ -187,10 +187,10 @@ def client_list(
 ) -> None:
     """List clients (never their secrets)."""
 
-    async def work(stores: _Stores) -> Any:
+    async def work(stores: Stores) -> Any:
         return await stores.clients.load()
 
-    records, role_scopes = _with_stores(ctx, config, work)
+    records, role_scopes = with_stores(ctx, config, work)
     table = Table(title=f"{len(records)} client(s)", title_justify="left")
     for column in ("name", "client_id", "auth", "grants", "scopes (from roles)"):
         table.add_column(column)
@@ -210,11 +210,11 @@ def client_delete(
 ) -> None:
     """Delete a client: its credentials stop working within about a second."""
 
-    async def work(stores: _Stores) -> bool:
+    async def work(stores: Stores) -> bool:
         return await stores.clients.delete(name)
 
-    if not _with_stores(ctx, config, work):
-        raise _fail(f"no client named {name!r}; see `garrison identity client list`")
+    if not with_stores(ctx, config, work):
+        raise fail(f"no client named {name!r}; see `garrison identity client list`")
     err.print(f"[green]deleted[/green] {name}")
 
 
@@ -232,13 +232,13 @@ def role_create(
     """Create or replace a role."""
     from garrison.identity.clients import ClientError
 
-    async def work(stores: _Stores) -> None:
+    async def work(stores: Stores) -> None:
         await stores.clients.put_role(name, scope or [], description)
 
     try:
-        _with_stores(ctx, config, work)
+        with_stores(ctx, config, work)
     except ClientError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     err.print(f"[green]saved[/green] role {name}: {' '.join(sorted(set(scope or []))) or '(no scopes)'}")
 
 
@@ -249,10 +249,10 @@ def role_list(
 ) -> None:
     """List roles and their scopes."""
 
-    async def work(stores: _Stores) -> Any:
+    async def work(stores: Stores) -> Any:
         return await stores.clients.load()
 
-    _, role_scopes = _with_stores(ctx, config, work)
+    _, role_scopes = with_stores(ctx, config, work)
     table = Table(title=f"{len(role_scopes)} role(s)", title_justify="left")
     table.add_column("role")
     table.add_column("scopes")
@@ -269,11 +269,11 @@ def role_delete(
 ) -> None:
     """Delete a role (clients and users that had it lose its scopes)."""
 
-    async def work(stores: _Stores) -> bool:
+    async def work(stores: Stores) -> bool:
         return await stores.clients.delete_role(name)
 
-    if not _with_stores(ctx, config, work):
-        raise _fail(f"no role named {name!r}")
+    if not with_stores(ctx, config, work):
+        raise fail(f"no role named {name!r}")
     err.print(f"[green]deleted[/green] role {name}")
 
 
@@ -288,7 +288,7 @@ def rotate_keys(
     """Announce a new signing key now; it signs after `identity.keys.publish_ahead`."""
     from garrison.identity.keys import SigningKeys
 
-    async def work(stores: _Stores) -> Any:
+    async def work(stores: Stores) -> Any:
         identity = stores.config.identity
         assert identity is not None  # _load refused a config without one
         keys = SigningKeys(
@@ -301,7 +301,7 @@ def rotate_keys(
         await keys.ensure()
         return await keys.rotate()
 
-    rotation = _with_stores(ctx, config, work)
+    rotation = with_stores(ctx, config, work)
     key = rotation.key
     when = key.activates_at.strftime("%Y-%m-%d %H:%M:%S UTC")
     if rotation.created:
@@ -310,179 +310,6 @@ def rotate_keys(
         err.print(f"key {key.kid} is already announced and signs from {when}; nothing changed")
 
 
-# -- users -----------------------------------------------------------------------------------------------
+from garrison.identity.cli_users import user_app  # noqa: E402 - registered after the shared helpers
 
-user_app = typer.Typer(help="People who sign in (argon2id passwords, TOTP, roles).", no_args_is_help=True)
 identity_app.add_typer(user_app, name="user")
-
-ConfigFlag = Annotated[Path | None, typer.Option("--config", "-c", help="Path of garrison.yaml.")]
-
-
-def _read_password(from_stdin: bool) -> str:
-    """From standard input (scripts) or a hidden prompt typed twice; never from the command line,
-    where it would land in shell history and the process list."""
-    if from_stdin:
-        return sys.stdin.readline().rstrip("\n")
-    first = typer.prompt("Password", hide_input=True)
-    if typer.prompt("Again", hide_input=True) != first:
-        raise _fail("the two passwords differ; nothing changed")
-    return str(first)
-
-
-def _user_id(stores: _Stores, username: str) -> Awaitable[Any]:
-    from garrison.identity.users import UserStore
-
-    return UserStore(stores.engine, stores.kek).get_by_username(username)
-
-
-@user_app.command("create")
-def user_create(
-    ctx: typer.Context,
-    username: Annotated[str, typer.Argument(help="Login name (lower-case).")],
-    email: Annotated[str | None, typer.Option(help="E-mail address (the `email` claim).")] = None,
-    role: Annotated[list[str] | None, typer.Option(help="A role whose scopes the user may receive.")] = None,
-    password_stdin: Annotated[bool, typer.Option(help="Read the password from standard input.")] = False,
-    config: ConfigFlag = None,
-) -> None:
-    """Create a user (at least 12 characters of password, stored as argon2id)."""
-    from garrison.identity.users import UserExists, UserStore
-
-    password = _read_password(password_stdin)
-
-    async def work(stores: _Stores) -> Any:
-        return await UserStore(stores.engine, stores.kek).create(username, password, email, role or [])
-
-    try:
-        user = _with_stores(ctx, config, work)
-    except (UserExists, ValueError) as exc:
-        raise _fail(str(exc)) from None
-    err.print(f"[green]created[/green] user {user.username} (sub {user.user_id})")
-
-
-@user_app.command("set-password")
-def user_set_password(
-    ctx: typer.Context,
-    username: Annotated[str, typer.Argument(help="Login name.")],
-    password_stdin: Annotated[bool, typer.Option(help="Read the password from standard input.")] = False,
-    config: ConfigFlag = None,
-) -> None:
-    """Set a new password."""
-    from garrison.identity.users import UserStore
-
-    password = _read_password(password_stdin)
-
-    async def work(stores: _Stores) -> bool:
-        users = UserStore(stores.engine, stores.kek)
-        user = await users.get_by_username(username)
-        if user is None:
-            return False
-        await users.set_password(user.user_id, password)
-        return True
-
-    try:
-        found = _with_stores(ctx, config, work)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-    if not found:
-        raise _fail(f"no user {username!r}; see `garrison identity user list`")
-    err.print(f"[green]password set[/green] for {username}")
-
-
-@user_app.command("enroll-totp")
-def user_enroll_totp(
-    ctx: typer.Context,
-    username: Annotated[str, typer.Argument(help="Login name.")],
-    replace: Annotated[bool, typer.Option(help="Replace an authenticator already confirmed.")] = False,
-    config: ConfigFlag = None,
-) -> None:
-    """Start TOTP enrolment: prints the otpauth:// URI for an authenticator app and one-time
-    recovery codes, then asks for a code from the app to confirm."""
-    from garrison.identity.mfa import MfaError, MfaStore
-
-    async def begin(stores: _Stores) -> tuple[str, str, list[str]] | None:
-        user = await _user_id(stores, username)
-        if user is None:
-            return None
-        mfa = MfaStore(stores.engine, stores.kek)
-        _, uri = await mfa.begin_enrollment(user.user_id, replace=replace)
-        codes = await mfa.issue_recovery_codes(user.user_id)
-        return user.user_id, uri, codes
-
-    try:
-        started = _with_stores(ctx, config, begin)
-    except MfaError as exc:
-        raise _fail(str(exc)) from None
-    if started is None:
-        raise _fail(f"no user {username!r}; see `garrison identity user list`")
-    user_id, uri, codes = started
-    err.print("Add this to an authenticator app (or render it as a QR code):")
-    sys.stdout.write(uri + "\n")
-    err.print("Recovery codes, each usable once; store them now:")
-    sys.stdout.write("\n".join(codes) + "\n")
-    code = str(typer.prompt("Code from the app"))
-
-    async def confirm(stores: _Stores) -> bool:
-        return await MfaStore(stores.engine, stores.kek).confirm_enrollment(user_id, code)
-
-    if not _with_stores(ctx, config, confirm):
-        raise _fail("that code does not match; run enroll-totp again with --replace")
-    err.print(f"[green]TOTP enrolled[/green] for {username}")
-
-
-def _set_disabled(ctx: typer.Context, config: Path | None, username: str, disabled: bool) -> None:
-    from garrison.identity.users import UserStore
-
-    async def work(stores: _Stores) -> bool:
-        users = UserStore(stores.engine, stores.kek)
-        user = await users.get_by_username(username)
-        if user is None:
-            return False
-        await (users.disable(user.user_id) if disabled else users.enable(user.user_id))
-        return True
-
-    if not _with_stores(ctx, config, work):
-        raise _fail(f"no user {username!r}; see `garrison identity user list`")
-    err.print(f"[green]{'disabled' if disabled else 'enabled'}[/green] {username}")
-
-
-@user_app.command("disable")
-def user_disable(
-    ctx: typer.Context,
-    username: Annotated[str, typer.Argument(help="Login name.")],
-    config: ConfigFlag = None,
-) -> None:
-    """Disable a user: no sign-in, no password or code check succeeds."""
-    _set_disabled(ctx, config, username, True)
-
-
-@user_app.command("enable")
-def user_enable(
-    ctx: typer.Context,
-    username: Annotated[str, typer.Argument(help="Login name.")],
-    config: ConfigFlag = None,
-) -> None:
-    """Enable a disabled user again."""
-    _set_disabled(ctx, config, username, False)
-
-
-@user_app.command("list")
-def user_list(ctx: typer.Context, config: ConfigFlag = None) -> None:
-    """List users (never password hashes or TOTP seeds)."""
-    from garrison.identity.users import UserStore
-
-    async def work(stores: _Stores) -> Any:
-        return await UserStore(stores.engine, stores.kek).list()
-
-    users = _with_stores(ctx, config, work)
-    table = Table(title=f"{len(users)} user(s)", title_justify="left")
-    for column in ("username", "sub", "roles", "MFA", "status"):
-        table.add_column(column)
-    for user in users:
-        table.add_row(
-            user.username,
-            user.user_id,
-            " ".join(user.roles),
-            "TOTP" if user.mfa_enrolled else "-",
-            "disabled" if user.disabled else "active",
-        )
-    Console().print(table)
