@@ -18,8 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from garrison.identity.crypto import KeyEncryption, KeyEncryptionError
 from garrison.identity.mfa import MfaError, MfaStore, mfa_required
+from garrison.identity.roles import RoleStore
 from garrison.identity.tables import recovery_codes, users
-from garrison.identity.users import RoleStore, UserExists, UserNotFound, UserStore
+from garrison.identity.users import UserExists, UserNotFound, UserStore
 
 if TYPE_CHECKING:
     from conftest import Backend

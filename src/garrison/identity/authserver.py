@@ -2,8 +2,9 @@
 
 Authlib does the protocol (RFC 6749 grants, RFC 7009 revocation, RFC 7662 introspection, RFC 7523
 ``private_key_jwt``, RFC 9068 JWT access tokens); this module supplies what Authlib leaves to the
-framework: finding clients (``ClientDirectory``, in memory), signing keys (``SigningKeys``), the
-request/response adapters, and what a token endpoint must remember.
+framework: finding clients (``ClientDirectory``, in memory), signing keys (``SigningKeys``), and what
+a token endpoint must remember. Its neighbours hold the rest: the request/response adapters
+(adapter.py), introspection and revocation (endpoints.py) and ``private_key_jwt`` (client_auth.py).
 
 Authlib is synchronous; the web adapter runs each call inside SQLAlchemy's ``greenlet_spawn`` so the
 few callbacks that need the database (``private_key_jwt`` replay checks, refresh tokens, codes) use
@@ -16,87 +17,25 @@ OpenID Connect) live in grants.py and oidc.py and are added to this server by ``
 from __future__ import annotations
 
 import secrets
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
-from authlib.oauth2 import AuthorizationServer, OAuth2Request
-from authlib.oauth2.rfc6749 import ClientMixin, InvalidScopeError, TokenMixin, grants
-from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from authlib.oauth2 import AuthorizationServer
+from authlib.oauth2.rfc6749 import ClientMixin, InvalidScopeError, grants
 from authlib.oauth2.rfc6749.util import scope_to_list
-from authlib.oauth2.rfc7009 import RevocationEndpoint
-from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
-from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from joserfc.jwk import KeySet
-from sqlalchemy import insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only
 
-from garrison.gateway.auth.jwt import JwtVerifier, TokenRejected, VerifiedToken
+from garrison.identity.adapter import EndpointResponse, IdentityRequest
+from garrison.identity.client_auth import TOKEN_ENDPOINT_AUTH_METHODS, AssertionAuth
 from garrison.identity.clients import ClientDirectory, ClientRecord
-from garrison.identity.tables import assertion_jtis
+from garrison.identity.endpoints import REFRESH_TOKEN_PREFIX, Introspection, Revocation, TokenInspector
 from garrison.telemetry import logging as log
 
 if TYPE_CHECKING:
     from garrison.identity.grants import EndUser, UserGrants
-
-TOKEN_ENDPOINT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
-
-
-# -- the framework side: requests and responses ------------------------------------------------------
-
-
-class Headers(dict[str, str]):
-    """Request headers with case-insensitive ``get`` (Authlib reads ``Authorization``)."""
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return super().get(key.lower(), default)
-
-    def __getitem__(self, key: str) -> str:
-        return super().__getitem__(key.lower())
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and super().__contains__(key.lower())
-
-
-class IdentityRequest(OAuth2Request):  # type: ignore[misc]
-    """One HTTP request as Authlib sees it. Token-endpoint parameters come from the form body only."""
-
-    def __init__(
-        self, method: str, url: str, headers: Headers, form: Mapping[str, str], args: Mapping[str, str]
-    ) -> None:
-        super().__init__(method=method, uri=url, headers=headers)
-        self._form = dict(form)
-        self._args = dict(args)
-        self.payload = BasicOAuth2Payload(self._form if method == "POST" else self._args)
-
-    @property
-    def args(self) -> dict[str, str]:
-        return self._args
-
-    @property
-    def form(self) -> dict[str, str]:
-        return self._form
-
-
-@dataclass(slots=True)
-class EndpointResponse:
-    status: int
-    body: Any  # dict (JSON) or str
-    headers: list[tuple[str, str]]
-
-    @property
-    def location(self) -> str | None:
-        """The redirect target; Authlib's RFC 9207 extension reads and rewrites it to add ``iss``."""
-        return next((value for name, value in self.headers if name.lower() == "location"), None)
-
-    @location.setter
-    def location(self, value: str) -> None:
-        self.headers = [(n, v) for n, v in self.headers if n.lower() != "location"] + [("Location", value)]
 
 
 # -- clients ---------------------------------------------------------------------------------------------
@@ -168,9 +107,6 @@ class SigningKeySource(Protocol):
     def public_jwks(self, now: float | None = None) -> dict[str, Any]: ...
 
 
-REFRESH_TOKEN_PREFIX = "grt_"  # noqa: S105 - a prefix that makes leaked refresh tokens easy to scan for
-
-
 def new_refresh_token(**_: Any) -> str:
     """256 random bits; only ``kek.digest(token, "refresh-token")`` is stored (families.py)."""
     return REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -224,147 +160,6 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
 
     def get_amr(self, user: EndUser | None) -> list[str] | None:
         return list(user.amr) if user is not None and user.amr else None
-
-
-@dataclass(frozen=True, slots=True)
-class AccessTokenInfo(TokenMixin):  # type: ignore[misc]
-    """A verified JWT access token, as Authlib's ``TokenMixin`` (introspection, revocation)."""
-
-    verified: VerifiedToken
-    revoked: bool
-
-    def check_client(self, client: OAuthClient) -> bool:
-        return self.verified.client_id == client.get_client_id()
-
-    def get_scope(self) -> str:
-        return " ".join(sorted(self.verified.scopes))
-
-    def get_expires_in(self) -> int:
-        return max(0, int(self.verified.exp - time.time()))
-
-    def is_expired(self) -> bool:
-        return time.time() >= self.verified.exp
-
-    def is_revoked(self) -> bool:
-        return self.revoked
-
-
-# -- endpoints -------------------------------------------------------------------------------------------
-
-
-class TokenInspector:
-    """Verifies this provider's own access tokens (the gateway's strict verifier, on our own JWKS)."""
-
-    def __init__(self, verifier: JwtVerifier, is_revoked: Callable[[str, float], bool]) -> None:
-        self.verifier = verifier
-        self.is_revoked = is_revoked
-
-    def inspect(self, token: str) -> AccessTokenInfo | None:
-        now = time.time()
-        try:
-            verified = self.verifier.verify(token, now)
-        except TokenRejected:
-            return None  # not ours, invalid, expired or revoked: inactive (RFC 7662 §2.2)
-        revoked = verified.jti is not None and self.is_revoked(verified.jti, now)
-        return AccessTokenInfo(verified, revoked)
-
-
-class Introspection(IntrospectionEndpoint):  # type: ignore[misc]
-    CLIENT_AUTH_METHODS = list(TOKEN_ENDPOINT_AUTH_METHODS)
-
-    def __init__(self, server: IdentityServer, inspector: TokenInspector) -> None:
-        super().__init__(server=server)
-        self.inspector = inspector
-
-    def query_token(self, token_string: str, token_type_hint: str | None) -> AccessTokenInfo | None:
-        return self.inspector.inspect(token_string)
-
-    def check_permission(self, token: AccessTokenInfo, client: OAuthClient, request: Any) -> bool:
-        # A client may introspect its own tokens; a resource server needs the introspect scope.
-        return token.check_client(client) or "garrison:introspect" in client.allowed_scopes()
-
-    def introspect_token(self, token: AccessTokenInfo) -> dict[str, Any]:
-        verified = token.verified
-        payload: dict[str, Any] = {
-            "active": True,
-            "token_type": "Bearer",
-            "client_id": verified.client_id,
-            "scope": token.get_scope(),
-            "sub": verified.subject,
-            "exp": int(verified.exp),
-            "iss": self.server.issuer,
-        }
-        for claim in ("aud", "iat", "jti"):
-            if claim in verified.claims:
-                payload[claim] = verified.claims[claim]
-        return payload
-
-
-class Revocation(RevocationEndpoint):  # type: ignore[misc]
-    """RFC 7009. An access token is revoked by jti; a refresh token revokes its whole family (every
-    refresh and access token of that grant, §2.1). Public clients revoke with their client_id alone."""
-
-    CLIENT_AUTH_METHODS = [*TOKEN_ENDPOINT_AUTH_METHODS, "none"]
-
-    def __init__(
-        self, server: IdentityServer, inspector: TokenInspector, revoke: Callable[[str, float], None]
-    ) -> None:
-        super().__init__(server=server)
-        self.inspector = inspector
-        self.revoke = revoke
-
-    def query_token(self, token_string: str, token_type_hint: str | None) -> Any:
-        stores = self.server.user_grants
-        if stores is not None and token_string.startswith(REFRESH_TOKEN_PREFIX) and len(token_string) <= 128:
-            return await_only(stores.families.lookup_refresh(token_string))
-        return self.inspector.inspect(token_string)
-
-    def revoke_token(self, token: Any, request: Any) -> None:
-        if isinstance(token, AccessTokenInfo):
-            if token.verified.jti is not None and not token.revoked:
-                self.revoke(token.verified.jti, token.verified.exp)
-            return
-        stores = self.server.user_grants
-        assert stores is not None  # a refresh token was found through them
-        await_only(stores.families.revoke_family(token.family_id, "revoked_by_client"))
-
-
-class AssertionAuth(JWTBearerClientAssertion):  # type: ignore[misc]
-    """``private_key_jwt`` (RFC 7523): the client's own JWKS, ``aud`` = issuer or token endpoint, and
-    each ``jti`` accepted once (remembered in the database until the assertion expires)."""
-
-    CLIENT_AUTH_METHOD = "private_key_jwt"
-
-    def __init__(self, server: IdentityServer, engine: AsyncEngine) -> None:
-        super().__init__(validate_jti=True, leeway=30)
-        self.server = server
-        self.engine = engine
-
-    def get_audiences(self) -> list[str]:
-        return [self.server.issuer, self.server.issuer + "/token"]
-
-    def resolve_client_public_key(self, client: OAuthClient) -> KeySet:
-        return KeySet.import_key_set(cast(Any, client.record.jwks or {"keys": []}))
-
-    def validate_jti(self, claims: Mapping[str, Any], jti: str) -> bool:
-        if not isinstance(jti, str) or not 0 < len(jti) <= 255:
-            return False
-        exp = claims.get("exp")
-        expires = datetime.fromtimestamp(
-            float(exp) if isinstance(exp, int | float) else time.time() + 300, UTC
-        )
-        return bool(await_only(self._remember(str(claims["sub"]), jti, expires)))
-
-    async def _remember(self, client_id: str, jti: str, expires: datetime) -> bool:
-        try:
-            async with self.engine.begin() as conn:
-                await conn.execute(
-                    insert(assertion_jtis).values(client_id=client_id, jti=jti, expires_at=expires)
-                )
-        except IntegrityError:
-            log.warn("identity.assertion.replayed", client_id=client_id)
-            return False
-        return True
 
 
 # -- the server ------------------------------------------------------------------------------------------
@@ -429,12 +224,8 @@ class ClientCredentials(grants.ClientCredentialsGrant):  # type: ignore[misc]
 
 __all__ = [
     "AccessTokenGenerator",
-    "EndpointResponse",
-    "Headers",
-    "IdentityRequest",
     "IdentityServer",
     "OAuthClient",
     "SigningKeySource",
-    "TokenInspector",
     "build_server",
 ]

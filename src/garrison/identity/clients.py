@@ -28,8 +28,8 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from garrison.identity.crypto import KeyEncryption
+from garrison.identity.roles import RoleStore
 from garrison.identity.tables import clients, roles
-from garrison.identity.users import RoleStore
 from garrison.telemetry import logging as log
 
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
@@ -212,7 +212,7 @@ class ClientStore:
         return records, {name: frozenset(scopes) for name, scopes in role_rows}
 
     async def put_role(self, name: str, scopes: Iterable[str], description: str = "") -> None:
-        """Roles are users.RoleStore's; a client's own scopes role (``client:<name>``, a name no
+        """Roles are roles.RoleStore's; a client's own scopes role (``client:<name>``, a name no
         user-made role can take) is the only one written here directly."""
         try:
             await RoleStore(self.engine).put(name, scopes, description)

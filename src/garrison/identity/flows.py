@@ -30,7 +30,8 @@ from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oidc.core.errors import ConsentRequiredError, InteractionRequiredError, LoginRequiredError
 
 from garrison.identity import pages
-from garrison.identity.authserver import IdentityRequest, IdentityServer, OAuthClient
+from garrison.identity.adapter import IdentityRequest
+from garrison.identity.authserver import IdentityServer, OAuthClient
 from garrison.identity.grants import EndUser, UserGrants, user_scope
 from garrison.identity.mfa import MfaStore, mfa_required
 from garrison.identity.sessions import Browser, ConsentStore, LoginSession

@@ -28,7 +28,8 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7636.challenge import compare_s256_code_challenge
 from sqlalchemy.util import await_only
 
-from garrison.identity.authserver import TOKEN_ENDPOINT_AUTH_METHODS, IdentityServer, OAuthClient
+from garrison.identity.authserver import IdentityServer, OAuthClient
+from garrison.identity.client_auth import TOKEN_ENDPOINT_AUTH_METHODS
 from garrison.identity.clients import ClientDirectory
 from garrison.identity.families import CodeRecord, RefreshRecord, TokenFamilies
 from garrison.identity.users import UserNotFound, UserStore

@@ -21,7 +21,8 @@ from authlib.oauth2.rfc6749 import OAuth2Error
 from authlib.oidc.rpinitiated import EndSessionRequest
 
 from garrison.identity import pages
-from garrison.identity.authserver import IdentityRequest, IdentityServer
+from garrison.identity.adapter import IdentityRequest
+from garrison.identity.authserver import IdentityServer
 from garrison.identity.sessions import Browser
 from garrison.identity.web import HttpRequest, HttpResponse, IdentityApp, call_authlib, redirect
 from garrison.telemetry import logging as log

@@ -26,12 +26,8 @@ from joserfc.jwk import KeySet
 from sqlalchemy.util import await_only
 
 from garrison.config.model import IdentityConfig
-from garrison.identity.authserver import (
-    AccessTokenInfo,
-    IdentityServer,
-    SigningKeySource,
-    TokenInspector,
-)
+from garrison.identity.authserver import IdentityServer, SigningKeySource
+from garrison.identity.endpoints import AccessTokenInfo, TokenInspector
 from garrison.identity.families import TokenFamilies
 from garrison.identity.grants import IDENTITY_SCOPES, EndUser, UserGrants
 

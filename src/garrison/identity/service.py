@@ -38,9 +38,10 @@ from garrison.gateway.forwarded import TrustedProxies
 from garrison.gateway.revocations import MemoryRevocations, RedisRevocations, Revocations
 from garrison.gateway.tls import resolve_certificate, server_context
 from garrison.identity import tables
-from garrison.identity.authserver import AccessTokenGenerator, IdentityServer, TokenInspector, build_server
+from garrison.identity.authserver import AccessTokenGenerator, IdentityServer, build_server
 from garrison.identity.clients import ClientDirectory, ClientStore
 from garrison.identity.crypto import KeyEncryption
+from garrison.identity.endpoints import TokenInspector
 from garrison.identity.families import TokenFamilies
 from garrison.identity.feed import GatewayPush
 from garrison.identity.flows import BrowserFlows

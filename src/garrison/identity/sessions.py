@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from garrison.identity import pages
 from garrison.identity.crypto import KeyEncryption
 from garrison.identity.tables import consents, sessions
 from garrison.identity.web import HttpRequest, HttpResponse
+from garrison.store.db import dialect_insert
 from garrison.telemetry import logging as log
 
 SESSION_PURPOSE = "session"
@@ -157,7 +157,7 @@ class ConsentStore:
         merged = sorted(await self.granted(user_id, client_id) | set(scopes))
         now = _utcnow()
         async with self.engine.begin() as conn:
-            upsert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            upsert = dialect_insert(conn.dialect.name)
             statement = upsert(consents).values(
                 user_id=user_id, client_id=client_id, scopes=merged, granted_at=now
             )

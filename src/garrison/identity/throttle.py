@@ -32,14 +32,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy import case, delete, literal, null, or_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from garrison.identity.tables import throttle as throttle_table
-from garrison.store.db import UTCDateTime
+from garrison.store.db import UTCDateTime, dialect_insert
 from garrison.telemetry import logging as log
 
 IP_PREFIX = "ip:"
@@ -122,11 +121,6 @@ def _bounded(prefix: str, value: str) -> str:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _dialect_insert(connection: AsyncConnection) -> Any:
-    """The dialect's ``insert`` (SQLite or PostgreSQL), which has ``on_conflict_do_update``."""
-    return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
 
 
 class Throttle:
@@ -221,7 +215,7 @@ class Throttle:
             table.c.locked_until.is_not(None),
             table.c.window_start <= now - timedelta(seconds=self.settings.window),
         )
-        insert = _dialect_insert(connection)(table).values(
+        insert = dialect_insert(connection.dialect.name)(table).values(
             key=key, failures=1, window_start=now, locked_until=None
         )
         statement = insert.on_conflict_do_update(

@@ -1,4 +1,4 @@
-"""Users and roles of the identity provider: accounts, argon2id passwords, and the scopes roles grant.
+"""Users of the identity provider: accounts and argon2id passwords (their roles are roles.py's).
 
 - ``user_id`` (the token ``sub``) is 128 random bits, url-safe: it says nothing about the user and is
   never handed to anyone else, whatever happens to the username.
@@ -13,8 +13,6 @@
 - Passwords are normalised to Unicode NFKC before hashing (NIST SP 800-63B §5.1.1.2), so the same
   password typed on two keyboards matches.
 - ``User`` carries no password hash at all, so none can reach a log, a repr or a template.
-- Roles map to scopes: a client or user only receives the scopes its roles allow
-  (``RoleStore.scopes_for``); a role that does not exist grants nothing.
 """
 
 from __future__ import annotations
@@ -31,13 +29,12 @@ from typing import Any
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import Row, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Row, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from garrison.identity.crypto import KeyEncryption
-from garrison.identity.tables import roles as roles_table
+from garrison.identity.roles import check_roles
 from garrison.identity.tables import users as users_table
 from garrison.telemetry import logging as log
 
@@ -46,8 +43,6 @@ USERNAME_MAX = 100
 PASSWORD_MIN = 12
 PASSWORD_MAX = 1024
 _USERNAME = re.compile(r"[a-z0-9._@-]{1,100}")
-_ROLE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # as role names in clients.py, within the column
-_SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,128}")  # RFC 6749 §3.3 scope-token
 _EMAIL = re.compile(r"[^\s@]{1,64}@[^\s@]{1,252}")
 
 
@@ -80,15 +75,6 @@ class User:
     updated_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class Role:
-    name: str
-    scopes: tuple[str, ...]
-    description: str
-    created_at: datetime
-    updated_at: datetime
-
-
 def normalize_username(username: str) -> str:
     """The stored form of a username (lower-cased); raises ValueError when it breaks the rules."""
     lowered = username.lower()
@@ -109,16 +95,6 @@ def check_password(password: str, username: str) -> str:
     if normalized.casefold() == username.casefold():
         raise ValueError("the password must not be the username")
     return normalized
-
-
-def check_roles(roles: Iterable[str]) -> list[str]:
-    if isinstance(roles, str):
-        raise ValueError("roles must be a list of role names")
-    names = list(dict.fromkeys(roles))
-    for name in names:
-        if not isinstance(name, str) or not _ROLE.fullmatch(name):
-            raise ValueError(f"invalid role name {name!r}: 1-64 of a-z 0-9 . _ - (first a letter or digit)")
-    return names
 
 
 def _check_email(email: str | None) -> str | None:
@@ -290,77 +266,3 @@ class UserStore:
             )
         if result.rowcount != 1:
             raise UserNotFound("no such user")
-
-
-def _dialect_insert(connection: AsyncConnection) -> Any:
-    """The dialect's ``insert`` (SQLite or PostgreSQL), which has ``on_conflict_do_update``."""
-    return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-
-
-class RoleStore:
-    """Roles in ``identity_roles``: a name, the scopes it allows, a description."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-
-    async def put(self, name: str, scopes: Iterable[str], description: str = "") -> Role:
-        """Create the role or replace its scopes and description."""
-        (name,) = check_roles([name])
-        clean_scopes = _check_scopes(scopes)
-        if len(description) > 200:
-            raise ValueError("a role description has at most 200 characters")
-        now = _utcnow()
-        async with self.engine.begin() as connection:
-            insert = _dialect_insert(connection)(roles_table).values(
-                name=name, scopes=clean_scopes, description=description, created_at=now, updated_at=now
-            )
-            await connection.execute(
-                insert.on_conflict_do_update(
-                    index_elements=[roles_table.c.name],
-                    set_={"scopes": clean_scopes, "description": description, "updated_at": now},
-                )
-            )
-            row = (await connection.execute(select(roles_table).where(roles_table.c.name == name))).one()
-        return _role(row)
-
-    async def delete(self, name: str) -> bool:
-        """Remove the role; users and clients that still name it receive nothing from it."""
-        async with self.engine.begin() as connection:
-            result = await connection.execute(delete(roles_table).where(roles_table.c.name == name))
-        return bool(result.rowcount)
-
-    async def list(self) -> builtins.list[Role]:
-        async with self.engine.connect() as connection:
-            rows = await connection.execute(select(roles_table).order_by(roles_table.c.name))
-            return [_role(row) for row in rows]
-
-    async def scopes_for(self, roles: Iterable[str]) -> frozenset[str]:
-        """Every scope any of ``roles`` allows; unknown roles allow none."""
-        names = [name for name in dict.fromkeys(roles) if isinstance(name, str)]
-        if not names:
-            return frozenset()
-        async with self.engine.connect() as connection:
-            rows = await connection.execute(select(roles_table.c.scopes).where(roles_table.c.name.in_(names)))
-            return frozenset(scope for (scopes,) in rows for scope in scopes)
-
-
-def _check_scopes(scopes: Iterable[str]) -> list[str]:
-    if isinstance(scopes, str):
-        raise ValueError("scopes must be a list of strings")
-    names = list(dict.fromkeys(scopes))
-    for scope in names:
-        if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
-            raise ValueError(
-                f"invalid scope {scope!r}: printable ASCII without spaces, quotes or backslashes"
-            )
-    return names
-
-
-def _role(row: Row[Any]) -> Role:
-    return Role(
-        name=row.name,
-        scopes=tuple(row.scopes),
-        description=row.description,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )

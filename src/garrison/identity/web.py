@@ -19,7 +19,8 @@ from urllib.parse import parse_qsl, urlencode
 from sqlalchemy.util import greenlet_spawn
 
 from garrison.gateway.forwarded import TrustedProxies
-from garrison.identity.authserver import EndpointResponse, Headers, IdentityRequest, IdentityServer
+from garrison.identity.adapter import EndpointResponse, Headers, IdentityRequest
+from garrison.identity.authserver import IdentityServer
 
 MAX_BODY = 64 * 1024
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'"

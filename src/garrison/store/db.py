@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -100,6 +101,14 @@ def _sqlite_engine(url: URL) -> AsyncEngine:
             cursor.close()
 
     return engine
+
+
+def dialect_insert(dialect_name: str) -> Any:
+    """The dialect's ``insert`` (SQLite or PostgreSQL), which has ``on_conflict_do_update``.
+
+    ``dialect_name`` is ``connection.dialect.name``; anything but ``"postgresql"`` gets SQLite's.
+    """
+    return postgresql.insert if dialect_name == "postgresql" else sqlite.insert
 
 
 async def create_all(engine: AsyncEngine) -> None:
