@@ -71,6 +71,7 @@ def gateway(
 ) -> None:
     """Run the edge gateway (reload: SIGHUP or edit the file; stop: SIGTERM drains)."""
     from garrison.config.loader import ConfigError
+    from garrison.gateway.admin_auth import AdminTokenError
     from garrison.gateway.main import run
 
     try:
@@ -78,8 +79,8 @@ def gateway(
     except ConfigError as exc:
         err.print(f"[red]cannot start[/red]: {exc}\nRun `garrison check -c {config}` for details.")
         raise typer.Exit(2) from None
-    except OSError as exc:
-        # Typically the port is taken or a certificate file is unreadable.
+    except (OSError, AdminTokenError) as exc:
+        # Typically the port is taken, or a certificate or the admin token file is unreadable.
         err.print(f"[red]cannot start[/red]: {exc}")
         raise typer.Exit(2) from None
     raise typer.Exit(code)
@@ -97,29 +98,41 @@ def up(
 
 
 def _admin_call(config: Path, method: str, path: str, query: dict[str, str]) -> dict[str, object]:
-    """One call to the running gateway's admin API (`gateway.admin.listen` in the config)."""
+    """One call to the running gateway's admin API (`gateway.admin.listen` in the config), with the
+    admin token from `gateway.admin.token_file` (default state_dir/admin.token)."""
     import urllib.error
     import urllib.parse
     import urllib.request
 
     from garrison.config.loader import ConfigError, load_config
     from garrison.config.model import parse_listen
+    from garrison.gateway.admin_auth import (
+        AdminTokenError,
+        admin_client_context,
+        admin_token_path,
+        read_admin_token,
+    )
 
     try:
         loaded = load_config(config)
-    except ConfigError as exc:
+        token = read_admin_token(admin_token_path(loaded.config))
+    except (ConfigError, AdminTokenError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    host, port = parse_listen(loaded.config.gateway.admin.listen)
+    admin = loaded.config.gateway.admin
+    host, port = parse_listen(admin.listen)
     if port == 0:
         err.print("gateway.admin.listen uses port 0; set a fixed port to reach the admin API.")
         raise typer.Exit(2)
     host = "127.0.0.1" if host in ("0.0.0.0", "localhost") else ("::1" if host == "::" else host)
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    url = f"http://{authority}{path}?{urllib.parse.urlencode(query)}"
-    request = urllib.request.Request(url, method=method)
+    scheme = "https" if admin.tls is not None else "http"
+    url = f"{scheme}://{authority}{path}?{urllib.parse.urlencode(query)}"
+    headers = {"Authorization": f"Bearer {token}"}
+    request = urllib.request.Request(url, method=method, headers=headers)  # noqa: S310 - http(s) only
+    context = admin_client_context(admin, loaded.source.parent)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310
             return dict(json.loads(response.read()))
     except urllib.error.HTTPError as exc:
         detail = json.loads(exc.read() or b"{}").get("error", exc.reason)

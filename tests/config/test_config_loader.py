@@ -245,7 +245,7 @@ def test_bad_sizes(written: str, message: str) -> None:
     [
         ("10 sec", "not a duration: '10 sec'"),
         ("10S", "not a duration"),
-        ("1d", "not a duration"),
+        ("1w", "not a duration"),
         ("ms", "not a duration"),
         ("-5", "cannot be negative"),
         ("false", "expected a duration"),
@@ -483,13 +483,21 @@ def test_insecure_disable_produces_a_warning() -> None:
     assert "plaintext" in loaded.warnings[0].message
 
 
-def test_admin_listener_off_loopback_produces_a_warning() -> None:
-    loaded = ok(
+def test_admin_listener_off_loopback_without_tls_is_an_error() -> None:
+    problem = only_problem(
         VALID.replace(
             "  listen: 127.0.0.1:8443\n", "  listen: 127.0.0.1:8443\n  admin: {listen: 0.0.0.0:9901}\n"
         )
     )
-    assert [w.path for w in loaded.warnings] == ["gateway.admin.listen"]
+    assert problem.path == "gateway.admin.listen"
+    assert "gateway.admin.tls" in problem.message
+
+
+def test_admin_listener_off_loopback_with_tls_is_accepted() -> None:
+    admin = "  admin: {listen: 0.0.0.0:9901, tls: {cert: admin.pem, key: admin.key}}\n"
+    loaded = ok(VALID.replace("  listen: 127.0.0.1:8443\n", "  listen: 127.0.0.1:8443\n" + admin))
+    assert loaded.warnings == []
+    assert loaded.config.gateway.admin.tls is not None
 
 
 # -- load_config: files ------------------------------------------------------------------------------------
@@ -577,7 +585,7 @@ def test_check_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
         f"error {config_file}:3: gateway.limits.max_body: not a size: '1XB' "
         "(use e.g. 512, 16KiB, 1MiB, 10MB)",
         f"error {config_file}:3: gateway.limits.header_timeout: not a duration: '10 sec' "
-        "(use e.g. 500ms, 10s, 5m, 1h)",
+        "(use e.g. 500ms, 10s, 5m, 1h, 7d)",
         f"error {config_file}:5: routes[0].match.pathh: unknown key "
         "(check the spelling; unknown keys are never ignored)",
     ]

@@ -42,7 +42,11 @@ def test_a_token_revoked_at_the_provider_is_refused_by_the_gateway(
     config = identity_config(tmp_path / "idp")
     shared: dict[str, Any] = {}
     if feed == "push":
+        # The provider has a state dir of its own: it is told where the gateway's admin token is.
+        token_file = str(tmp_path / "gateway-admin.token")
         config["identity"]["revocation_push"] = [f"http://127.0.0.1:{admin_port}"]
+        config["identity"]["revocation_push_token_file"] = token_file
+        shared = {"admin": {"listen": f"127.0.0.1:{admin_port}", "token_file": token_file}}
     else:
         prefix = f"garrison:test:{uuid.uuid4().hex[:8]}"
         shared = {
@@ -54,7 +58,8 @@ def test_a_token_revoked_at_the_provider_is_refused_by_the_gateway(
     try:
         service = idp.create_client("orders-client", "--scope", "orders:read")
         overrides = protected_routes(idp.issuer)
-        overrides["gateway"].update({"admin": {"listen": f"127.0.0.1:{admin_port}"}, **shared})
+        overrides["gateway"].update({"admin": {"listen": f"127.0.0.1:{admin_port}"}})
+        overrides["gateway"].update(shared)
         gateway = gateway_factory(upstream, overrides)
         token = idp.token(service).json()["access_token"]
         assert status_with(gateway.port, token) == 200  # accepted, and now in the gateway's token cache

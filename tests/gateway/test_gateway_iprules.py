@@ -20,7 +20,7 @@ def status_of(gw: GatewayProcess, path: str = "/x", headers: dict[str, str] | No
 
 
 def admin(gw: GatewayProcess, method: str, query: str) -> tuple[int, dict[str, Any]]:
-    status, _, body = http_call(gw.admin_port, f"/blocklist?{query}", method=method)
+    status, _, body = http_call(gw.admin_port, f"/blocklist?{query}", gw.admin_headers(), method=method)
     return status, json.loads(body)
 
 

@@ -52,7 +52,7 @@ def status(gw: GatewayProcess, token: str) -> int:
 
 
 def admin(gw: GatewayProcess, method: str, query: str) -> tuple[int, dict[str, Any]]:
-    code, _, body = http_call(gw.admin_port, f"/revocations?{query}", method=method)
+    code, _, body = http_call(gw.admin_port, f"/revocations?{query}", gw.admin_headers(), method=method)
     return code, json.loads(body) if body.startswith(b"{") else {}
 
 

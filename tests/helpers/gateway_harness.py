@@ -543,6 +543,15 @@ class GatewayProcess:
         return self._port("admin")
 
     @property
+    def admin_token(self) -> str:
+        """The admin token the gateway created (0600) under its state dir."""
+        return (self.state_dir / "admin.token").read_text().strip()
+
+    def admin_headers(self) -> dict[str, str]:
+        """What an authorized admin call sends: the token, and the listener's own address as Host."""
+        return {"Authorization": f"Bearer {self.admin_token}", "Host": f"127.0.0.1:{self.admin_port}"}
+
+    @property
     def redirect_port(self) -> int:
         return self._port("redirect")
 

@@ -163,7 +163,24 @@ def _cross_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
         errors.append((("gateway", "mtls"), "client certificates need TLS (tls.insecure_disable is on)"))
     if needs_redis and not config.gateway.redis.url:
         errors += [(loc, "storage `redis` needs `gateway.redis.url`") for loc in needs_redis]
+    errors += _admin_checks(config)
     return errors
+
+
+def _admin_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
+    """An admin listener off loopback must not take its credential in clear (admin_auth.py)."""
+    admin = config.gateway.admin
+    host = parse_listen(admin.listen)[0]
+    if host == "localhost" or ipaddress.ip_address(host).is_loopback or admin.tls is not None:
+        return []
+    return [
+        (
+            ("gateway", "admin", "listen"),
+            "the admin listener is not on loopback: add gateway.admin.tls (cert, key, and optionally "
+            "client_ca) so the admin credential never crosses the network in clear, or listen on "
+            "127.0.0.1",
+        )
+    ]
 
 
 def _auth_checks(config: GarrisonConfig, index: int) -> list[tuple[tuple[Any, ...], str]]:
@@ -194,9 +211,6 @@ def _warnings(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
                 "TLS is OFF: the gateway serves plaintext HTTP (insecure)",
             )
         )
-    admin_host = parse_listen(config.gateway.admin.listen)[0]
-    if admin_host != "localhost" and not ipaddress.ip_address(admin_host).is_loopback:
-        warnings.append((("gateway", "admin", "listen"), "the admin listener is not on loopback"))
     for index, route in enumerate(config.routes):
         if route.auth.require == "none":
             warnings.append(
@@ -205,6 +219,26 @@ def _warnings(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
     if not config.routes:
         warnings.append((("routes",), "no routes: the gateway will answer 404 to everything"))
     return warnings
+
+
+def _resolve_paths(config: GarrisonConfig, base_dir: Path) -> GarrisonConfig:
+    """``state_dir`` and the admin token files, relative to the config file's directory."""
+
+    def resolved(path: str | Path) -> Path:
+        return Path(path) if Path(path).is_absolute() else (base_dir / path).resolve()
+
+    config = config.model_copy(update={"state_dir": resolved(config.state_dir)})
+    admin = config.gateway.admin
+    if admin.token_file is not None:
+        admin = admin.model_copy(update={"token_file": str(resolved(admin.token_file))})
+        gateway = config.gateway.model_copy(update={"admin": admin})
+        config = config.model_copy(update={"gateway": gateway})
+    identity = config.identity
+    if identity is not None and identity.revocation_push_token_file is not None:
+        token_file = str(resolved(identity.revocation_push_token_file))
+        identity = identity.model_copy(update={"revocation_push_token_file": token_file})
+        config = config.model_copy(update={"identity": identity})
+    return config
 
 
 def parse_config(text: str, filename: str = "garrison.yaml", base_dir: Path | None = None) -> LoadedConfig:
@@ -226,8 +260,8 @@ def parse_config(text: str, filename: str = "garrison.yaml", base_dir: Path | No
         config = GarrisonConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(filename, _pydantic_problems(exc, lines)) from None
-    if base_dir is not None and not config.state_dir.is_absolute():
-        config = config.model_copy(update={"state_dir": (base_dir / config.state_dir).resolve()})
+    if base_dir is not None:
+        config = _resolve_paths(config, base_dir)
     config = with_derived_defaults(config)
     errors = _cross_checks(config)
     if errors:

@@ -155,6 +155,21 @@ class BlocklistConfig(Strict):
     prefix: str = Field(
         "garrison:blocklist", pattern=r"^[A-Za-z0-9:_-]{1,64}$", description="Redis key prefix."
     )
+    max_entries: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Most addresses blocked at once; a block beyond it is refused (507, counted in "
+        "`garrison_gateway_admin_refused_total`) until blocks expire or are lifted. Renewing a "
+        "block already in force is always allowed.",
+    )
+    max_duration: Duration = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        le=365 * 24 * 3600.0,
+        description="Longest block the admin API accepts (at most 365d). Lasting bans belong in "
+        "`ip_rules.deny`, where they are reviewed with the config.",
+    )
 
 
 class RevocationsConfig(Strict):
@@ -169,6 +184,14 @@ class RevocationsConfig(Strict):
     prefix: str = Field(
         "garrison:revoked", pattern=r"^[A-Za-z0-9:_-]{1,64}$", description="Redis key prefix."
     )
+    max_entries: int = Field(
+        100_000,
+        ge=1,
+        le=10_000_000,
+        description="Most token revocations in force at once; a new one beyond it is refused (507, "
+        "counted in `garrison_gateway_admin_refused_total`). Revocations last at most a day (or "
+        "until the token's `exp`), so the set drains by itself.",
+    )
 
 
 class AccessLogConfig(Strict):
@@ -178,10 +201,47 @@ class AccessLogConfig(Strict):
     path: str = Field("-", description="File to append to; `-` is standard output.")
 
 
+class AdminTlsConfig(Strict):
+    """TLS for the admin listener (required when it is not on loopback)."""
+
+    cert: str = Field(description="Path of the PEM certificate chain the admin listener serves.")
+    key: str = Field(description="Path of its PEM private key.")
+    client_ca: str | None = Field(
+        None,
+        description="PEM CA file: a client certificate that chains to it is an admin credential "
+        "(as the admin token is). Use a CA of its own for administrators.",
+    )
+
+
 class AdminConfig(Strict):
-    """The admin listener: Prometheus /metrics, /live and /ready. Keep it off the public network."""
+    """The admin listener: /metrics, /live, /ready and the blocklist and revocation APIs.
+
+    Changes need the admin token (or a client certificate); reads are open on loopback only."""
 
     listen: ListenAddress = Field("127.0.0.1:9901", description="Address of the admin listener.")
+    token_file: str | None = Field(
+        None,
+        description="File holding the admin token (`Authorization: Bearer`), created 0600 with 256 "
+        "random bits when missing. Unset: state_dir/admin.token. The CLI reads it from here.",
+    )
+    tls: AdminTlsConfig | None = Field(
+        None,
+        description="Serve the admin listener over TLS. Required when `listen` is not on loopback, "
+        "so the credential never crosses a network in clear.",
+    )
+    hosts: list[str] = Field(
+        default_factory=list,
+        description="DNS names the admin listener answers to in `Host` (IP literals of the listener, "
+        "and localhost on loopback, always work). Any other Host is refused (DNS rebinding).",
+    )
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _HOSTNAME_RE.match(name) or name.startswith("*"):
+                raise ValueError(f"admin hosts are lower-case DNS names without wildcards, got {name!r}")
+        return value
 
 
 class ApiKeysConfig(Strict):
@@ -665,6 +725,11 @@ class IdentityConfig(Strict):
         description="Gateway admin URLs told about each revoked token (without Redis). Unset: this "
         "file's gateway admin listener when it has routes and `gateway.revocations.storage: memory`.",
     )
+    revocation_push_token_file: str | None = Field(
+        None,
+        description="The admin token file of the gateways in `revocation_push`. Unset: this file's "
+        "gateway admin token (`gateway.admin.token_file`).",
+    )
 
 
 class GarrisonConfig(Strict):
@@ -707,6 +772,7 @@ def with_derived_defaults(config: GarrisonConfig) -> GarrisonConfig:
             bool(config.routes)
             and config.gateway.revocations.storage == "memory"
             and not admin.endswith(":0")
+            and config.gateway.admin.tls is None  # TLS admin listeners are off loopback: configure the URL
         )
         identity = identity.model_copy(update={"revocation_push": [f"http://{admin}"] if local else []})
         config = config.model_copy(update={"identity": identity})

@@ -21,9 +21,9 @@ _SIZE_UNITS = {
     "mib": 1024**2,
     "gib": 1024**3,
 }
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 
 
 def parse_size(value: Any) -> int:
@@ -43,7 +43,7 @@ def parse_size(value: Any) -> int:
 
 
 def parse_duration(value: Any) -> float:
-    """``500ms`` -> 0.5, ``10s`` -> 10.0, ``5m`` -> 300.0. Bare numbers are seconds."""
+    """``500ms`` -> 0.5, ``10s`` -> 10.0, ``5m`` -> 300.0, ``7d`` -> 604800.0. Bare numbers are seconds."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 10s or 500ms")
     if isinstance(value, int | float):
@@ -54,7 +54,7 @@ def parse_duration(value: Any) -> float:
         raise ValueError("expected a duration such as 10s or 500ms")
     match = _DURATION_RE.match(value)
     if match is None:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 10s, 5m, 1h)")
+        raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 10s, 5m, 1h, 7d)")
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 

@@ -7,9 +7,14 @@ address (the hook automated responses use); ``DELETE /blocklist?ip=A`` lifts a b
 token's ``exp``) or ``POST /revocations?jti=J&for=10m`` makes every token carrying that ``jti`` fail
 with 401 ``invalid_token``, cached or not.
 
-Parameters travel in the query string because the admin listener accepts no request bodies. The
-listener is on loopback by default and has no authentication of its own: whoever can reach it can
-block and revoke.
+Parameters travel in the query string because the admin listener accepts no request bodies. Who may
+call these is decided before they run (admin_auth.py: the admin token or a client certificate for
+every change, Host and Origin checks for every request).
+
+Both sets are bounded, since whoever holds the credential (or an automated response gone wrong) must
+not be able to grow them without limit: a block lasts at most ``gateway.blocklist.max_duration``, a
+revocation at most a day; a new member beyond ``max_entries`` is refused with 507 and counted in
+``garrison_gateway_admin_refused_total`` (renewing a member in force is always allowed).
 """
 
 from __future__ import annotations
@@ -24,11 +29,11 @@ from urllib.parse import parse_qs
 from garrison.config.units import parse_duration
 from garrison.gateway.blocklist import Blocklist
 from garrison.gateway.revocations import Revocations
-from garrison.gateway.shared_set import SharedSetUnavailable
+from garrison.gateway.shared_set import SharedSetFull, SharedSetUnavailable
 from garrison.gateway.simplehttp import SimpleResponse
 
 JSON = b"application/json"
-MAX_BLOCK_SECONDS = 365 * 24 * 3600.0
+MAX_BLOCK_SECONDS = 365 * 24 * 3600.0  # the most `gateway.blocklist.max_duration` may be
 
 Handler = Callable[[bytes, dict[str, str]], Awaitable[SimpleResponse | None]]
 
@@ -45,12 +50,22 @@ def _query(raw: bytes) -> dict[str, str]:
     return {key: values[-1] for key, values in parsed.items()}
 
 
-async def _answer(handler: Handler, method: bytes, query: bytes, store: str, allow: bytes) -> SimpleResponse:
-    """Run ``handler``; bad input is 400, an unreachable shared store 503, an unknown method 405."""
+# (set, reason) -> count of changes refused for the set's own limits; read by the metrics collector.
+Refusals = dict[tuple[str, str], int]
+
+
+async def _answer(
+    handler: Handler, method: bytes, query: bytes, store: str, allow: bytes, refusals: Refusals
+) -> SimpleResponse:
+    """Run ``handler``; bad input is 400, a full set 507, an unreachable shared store 503, an unknown
+    method 405."""
     try:
         response = await handler(method, _query(query))
     except ValueError as exc:
         return _json(400, {"error": str(exc)})
+    except SharedSetFull as exc:
+        refusals[(store, "full")] = refusals.get((store, "full"), 0) + 1
+        return _json(507, {"error": f"{exc}: lift entries or raise max_entries"})
     except SharedSetUnavailable:
         return _json(503, {"error": f"the shared {store} store is unreachable; nothing was changed"})
     if response is None:
@@ -58,7 +73,9 @@ async def _answer(handler: Handler, method: bytes, query: bytes, store: str, all
     return response
 
 
-async def blocklist_api(blocklist: Blocklist, method: bytes, query: bytes) -> SimpleResponse:
+async def blocklist_api(
+    blocklist: Blocklist, method: bytes, query: bytes, max_seconds: float, refusals: Refusals
+) -> SimpleResponse:
     async def handle(method: bytes, params: dict[str, str]) -> SimpleResponse | None:
         if method in (b"GET", b"HEAD"):
             entries = [{"ip": e.ip, "until": e.until, "reason": e.reason} for e in blocklist.entries()]
@@ -68,15 +85,17 @@ async def blocklist_api(blocklist: Blocklist, method: bytes, query: bytes) -> Si
             raise ValueError("the `ip` parameter is required")
         if method == b"POST":
             seconds = parse_duration(params.get("for", "15m"))
-            if not 0 < seconds <= MAX_BLOCK_SECONDS:
-                raise ValueError("`for` must be between 1s and 365 days")
+            if not 0 < seconds <= max_seconds:
+                raise ValueError(
+                    f"`for` must be positive and at most {max_seconds:g}s (gateway.blocklist.max_duration)"
+                )
             entry = await blocklist.block(ip, seconds, params.get("reason", "")[:200])
             return _json(200, {"blocked": {"ip": entry.ip, "until": entry.until, "reason": entry.reason}})
         if method == b"DELETE":
             return _json(200, {"unblocked": await blocklist.unblock(ip)})
         return None
 
-    return await _answer(handle, method, query, "blocklist", b"GET, POST, DELETE")
+    return await _answer(handle, method, query, "blocklist", b"GET, POST, DELETE", refusals)
 
 
 def _revocation_until(params: dict[str, str]) -> float:
@@ -97,7 +116,9 @@ def _revocation_until(params: dict[str, str]) -> float:
     return until
 
 
-async def revocations_api(revocations: Revocations, method: bytes, query: bytes) -> SimpleResponse:
+async def revocations_api(
+    revocations: Revocations, method: bytes, query: bytes, refusals: Refusals
+) -> SimpleResponse:
     async def handle(method: bytes, params: dict[str, str]) -> SimpleResponse | None:
         if method in (b"GET", b"HEAD"):
             entries = [{"jti": r.jti, "until": r.until} for r in revocations.entries()]
@@ -110,4 +131,4 @@ async def revocations_api(revocations: Revocations, method: bytes, query: bytes)
             return _json(200, {"revoked": {"jti": revocation.jti, "until": revocation.until}})
         return None
 
-    return await _answer(handle, method, query, "revocation", b"GET, POST")
+    return await _answer(handle, method, query, "revocations", b"GET, POST", refusals)

@@ -36,6 +36,7 @@ from garrison.gateway.iprules import canonical_ip
 from garrison.gateway.shared_set import (
     Member,
     SharedSet,
+    SharedSetFull,
     SharedSetOwner,
     SharedSetUnavailable,
     WireFormat,
@@ -80,8 +81,9 @@ def _spellings(ip: str) -> tuple[str, ...]:
 class Blocklist(ABC):
     """Blocks by address with an expiry. ``is_blocked`` is synchronous and O(1)."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, max_entries: int = 10_000) -> None:
         self._clock = clock
+        self.max_entries = max_entries  # blocks in force at once; ``block`` raises SharedSetFull beyond
         self._until: dict[str, float] = {}  # every spelling -> expiry
         self._entries: dict[str, BlockEntry] = {}  # canonical address -> entry
 
@@ -141,6 +143,8 @@ class MemoryBlocklist(Blocklist):
     async def block(self, ip: str, seconds: float, reason: str) -> BlockEntry:
         self.prune()
         entry = BlockEntry(_validated(ip, seconds), self._clock() + seconds, reason[:MAX_REASON])
+        if entry.ip not in self._entries and len(self._entries) >= self.max_entries:
+            raise SharedSetFull("blocklist", self.max_entries)
         self._apply_block(entry)
         return entry
 
@@ -167,8 +171,9 @@ class RedisBlocklist(SharedSetOwner, Blocklist):
         resync_interval: float = 5.0,
         timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
+        max_entries: int = 10_000,
     ) -> None:
-        super().__init__(clock)
+        super().__init__(clock, max_entries)
         self.prefix = prefix
         self._shared = SharedSet(
             redis_url,
@@ -181,6 +186,7 @@ class RedisBlocklist(SharedSetOwner, Blocklist):
             resync_interval=resync_interval,
             timeout=timeout,
             clock=clock,
+            max_members=max_entries,
         )
 
     def __repr__(self) -> str:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from garrison.gateway.shared_set import (
     Member,
     SharedSet,
+    SharedSetFull,
     SharedSetOwner,
     SharedSetUnavailable,
     WireFormat,
@@ -83,8 +84,9 @@ def _checked_until(jti: str, until: float, now: float) -> float:
 class Revocations(ABC):
     """Revoked jti values with an expiry. ``is_revoked`` is synchronous and O(1)."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, max_entries: int = 100_000) -> None:
         self._clock = clock
+        self.max_entries = max_entries  # revocations in force; ``revoke`` raises SharedSetFull beyond
         self._until: dict[str, float] = {}  # jti -> epoch seconds
 
     def __len__(self) -> int:
@@ -141,6 +143,8 @@ class MemoryRevocations(Revocations):
 
     async def _record(self, member: Member) -> None:
         self.prune()
+        if member.name not in self._until and len(self._until) >= self.max_entries:
+            raise SharedSetFull("revocation list", self.max_entries)
         self.member_added(member)
 
 
@@ -155,8 +159,9 @@ class RedisRevocations(SharedSetOwner, Revocations):
         resync_interval: float = 5.0,
         timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
+        max_entries: int = 100_000,
     ) -> None:
-        super().__init__(clock)
+        super().__init__(clock, max_entries)
         self.prefix = prefix
         self._shared = SharedSet(
             redis_url,
@@ -169,6 +174,7 @@ class RedisRevocations(SharedSetOwner, Revocations):
             resync_interval=resync_interval,
             timeout=timeout,
             clock=clock,
+            max_members=max_entries,
         )
 
     def __repr__(self) -> str:

@@ -23,6 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
 from garrison.config.model import BlocklistConfig, GarrisonConfig, RevocationsConfig, parse_listen
 from garrison.gateway.admin import blocklist_api, revocations_api
+from garrison.gateway.admin_auth import (
+    AdminGuard,
+    admin_guard,
+    admin_server_context,
+    admin_token_path,
+    load_or_create_admin_token,
+)
+from garrison.gateway.admin_auth import Handler as AdminHandler
 from garrison.gateway.auth.apikeys import ApiKeyCache, ApiKeyStore
 from garrison.gateway.blocklist import Blocklist, MemoryBlocklist, RedisBlocklist
 from garrison.gateway.exchange import Exchange, host_without_port, valid_host
@@ -71,6 +79,18 @@ def bind_socket(address: str, reuse_port: bool) -> socket.socket:
     sock.bind((host, port))
     sock.setblocking(False)
     return sock
+
+
+def open_admin_listener(
+    config: GarrisonConfig, source: Path, handler: AdminHandler
+) -> tuple[socket.socket, AdminGuard, ssl.SSLContext | None]:
+    """Bind the admin listener and wrap ``handler`` in its guard (admin_auth.py), creating the admin
+    token file on first use. Raises AdminTokenError for an unusable token file."""
+    token = load_or_create_admin_token(admin_token_path(config))
+    context = admin_server_context(config.gateway.admin, source.parent)
+    sock = bind_socket(config.gateway.admin.listen, reuse_port=False)
+    host, port = sock.getsockname()[:2]
+    return sock, admin_guard(handler, config, (host, port), token), context
 
 
 def address_of(sock: socket.socket) -> str:
@@ -158,8 +178,12 @@ class GatewayServer:
     async def _start_side_listeners(self) -> dict[str, str]:
         gateway = self.runtime.config.gateway
         listeners = {}
-        admin_sock = bind_socket(gateway.admin.listen, reuse_port=False)
-        admin = await self.loop.create_server(lambda: SimpleHttpProtocol(self.admin_handler), sock=admin_sock)
+        config = self.runtime.config
+        admin_sock, guard, admin_tls = open_admin_listener(config, self.source, self.admin_handler)
+        self.metrics.admin_denied = guard.denied
+        admin = await self.loop.create_server(
+            lambda: SimpleHttpProtocol(guard), sock=admin_sock, ssl=admin_tls
+        )
         self.servers.append(admin)
         listeners["admin"] = address_of(admin_sock)
         if gateway.redirect_http and not gateway.tls.insecure_disable:
@@ -175,9 +199,11 @@ class GatewayServer:
     def admin_handler(self, request: SimpleRequest) -> SimpleResponse | Awaitable[SimpleResponse]:
         path, _, query = request.target.partition(b"?")
         if path == b"/blocklist":
-            return blocklist_api(self.blocklist, request.method, query)
+            max_seconds = self.runtime.config.gateway.blocklist.max_duration
+            refused = self.metrics.admin_refused
+            return blocklist_api(self.blocklist, request.method, query, max_seconds, refused)
         if path == b"/revocations":
-            return revocations_api(self.revocations, request.method, query)
+            return revocations_api(self.revocations, request.method, query, self.metrics.admin_refused)
         if request.method not in (b"GET", b"HEAD"):
             return SimpleResponse(405, b"method not allowed\n", headers=b"allow: GET, HEAD\r\n")
         if path == b"/metrics":
@@ -398,15 +424,15 @@ async def create_tables(engine: AsyncEngine) -> None:
 def make_blocklist(spec: BlocklistConfig, redis_url: str | None) -> Blocklist:
     if spec.storage == "redis":
         assert redis_url is not None  # the loader refuses `redis` storage without a URL
-        return RedisBlocklist(redis_url, spec.prefix)
-    return MemoryBlocklist()
+        return RedisBlocklist(redis_url, spec.prefix, max_entries=spec.max_entries)
+    return MemoryBlocklist(max_entries=spec.max_entries)
 
 
 def make_revocations(spec: RevocationsConfig, redis_url: str | None) -> Revocations:
     if spec.storage == "redis":
         assert redis_url is not None  # the loader refuses `redis` storage without a URL
-        return RedisRevocations(redis_url, spec.prefix)
-    return MemoryRevocations()
+        return RedisRevocations(redis_url, spec.prefix, max_entries=spec.max_entries)
+    return MemoryRevocations(max_entries=spec.max_entries)
 
 
 def write_ready_file(path: Path | None, listeners: dict[str, str]) -> None:

@@ -43,7 +43,15 @@ from redis.asyncio.client import Pipeline
 
 from garrison.telemetry import logging as log
 
-__all__ = ["LocalCopy", "Member", "SharedSet", "SharedSetOwner", "SharedSetUnavailable", "WireFormat"]
+__all__ = [
+    "LocalCopy",
+    "Member",
+    "SharedSet",
+    "SharedSetFull",
+    "SharedSetOwner",
+    "SharedSetUnavailable",
+    "WireFormat",
+]
 
 _REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 
@@ -62,8 +70,40 @@ return #expired
 """
 
 
+# Adds one member unless that would take the set past its cap, and publishes the change, in one
+# atomic step: two gateways adding at once cannot both squeeze past the cap (a MULTI cannot branch
+# on what it reads). A member already in force may always be renewed. KEYS: the sorted set, then the
+# payload hash if any; ARGV: member, until, now, cap, extend_only ("1"/"0"), message, channel, payload.
+_ADD_CAPPED = """
+local current = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local live = current and tonumber(current) > tonumber(ARGV[3])
+if not live and redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[3], '+inf') >= tonumber(ARGV[4]) then
+  return 0
+end
+if ARGV[5] == '1' then
+  redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+end
+if KEYS[2] then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[8])
+end
+redis.call('PUBLISH', ARGV[7], ARGV[6])
+return 1
+"""
+
+
 class SharedSetUnavailable(Exception):
     """The shared store could not record a change; nothing was changed."""
+
+
+class SharedSetFull(Exception):
+    """The set holds its cap of members in force; nothing was changed (renewals are still allowed)."""
+
+    def __init__(self, what: str, cap: int) -> None:
+        super().__init__(f"the {what} is full ({cap} entries in force); nothing was changed")
+        self.what = what
+        self.cap = cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +155,14 @@ class SharedSet:
         resync_interval: float = 5.0,
         timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
+        max_members: int = 100_000,
     ) -> None:
         """``what`` names the set in logs, task names and errors; ``valid`` vets a published member
-        (a message from anyone who can PUBLISH must not plant arbitrary keys)."""
-        if not resync_interval > 0 or not timeout > 0:
-            raise ValueError("resync_interval and timeout must be > 0")
+        (a message from anyone who can PUBLISH must not plant arbitrary keys); ``max_members`` caps
+        the members in force that ``add`` may create (``SharedSetFull`` beyond it)."""
+        if not resync_interval > 0 or not timeout > 0 or max_members < 1:
+            raise ValueError("resync_interval, timeout and max_members must be > 0")
+        self.max_members = max_members
         self.prefix = prefix
         self.wire = wire
         self.what = what
@@ -136,6 +179,7 @@ class SharedSet:
             redis_url, socket_connect_timeout=timeout, socket_timeout=timeout, decode_responses=True
         )
         self._prune_script = self._redis.register_script(_PRUNE)
+        self._add_script = self._redis.register_script(_ADD_CAPPED)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._resync_lock = asyncio.Lock()
@@ -169,18 +213,29 @@ class SharedSet:
     # -- writes ----------------------------------------------------------------------------------
 
     async def add(self, member: Member) -> None:
-        """Store and publish ``member``, then apply it locally (raises ``unavailable``, changing nothing)."""
+        """Store and publish ``member``, then apply it locally. Raises ``unavailable`` or
+        ``SharedSetFull``, having changed nothing."""
         wire = self.wire
         message: dict[str, object] = {"op": wire.add, wire.member: member.name, "until": member.until}
         if wire.payload is not None:
             message[wire.payload] = member.payload
-
-        def changes(pipe: Pipeline) -> None:
-            pipe.zadd(self._until_key, {member.name: member.until}, gt=wire.extend_only)
-            if self._payload_key is not None:
-                pipe.hset(self._payload_key, member.name, member.payload)
-
-        await self._write(changes, message)
+        keys = [self._until_key] if self._payload_key is None else [self._until_key, self._payload_key]
+        args: list[str | int] = [
+            member.name,
+            repr(member.until),
+            repr(self._clock()),
+            self.max_members,
+            "1" if wire.extend_only else "0",
+            json.dumps(message),
+            self.channel,
+            member.payload,
+        ]
+        try:
+            added = await self._add_script(keys=keys, args=args)
+        except _REDIS_ERRORS as exc:
+            raise self._unavailable(f"the {self.what} store is unavailable") from exc
+        if not added:
+            raise SharedSetFull(self.what, self.max_members)
         self._local.member_added(member)
 
     async def remove(self, name: str) -> bool:

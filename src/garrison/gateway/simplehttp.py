@@ -22,6 +22,7 @@ class SimpleRequest:
     method: bytes
     target: bytes
     headers: dict[bytes, bytes]  # lower-cased names; a repeated header keeps the first value
+    peer_certificate: bool = False  # a TLS client certificate was sent and verified in the handshake
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +50,14 @@ class SimpleHttpProtocol(asyncio.Protocol):
         self.done = False
         self.task: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.peer_certificate = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        # Only a context that asks for certificates (the admin listener's `client_ca`) gets one, and
+        # OpenSSL has verified it by now: an unverifiable certificate fails the handshake.
+        self.peer_certificate = bool(transport.get_extra_info("peercert"))
         self.timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, self._timed_out)
 
     def _timed_out(self) -> None:
@@ -87,7 +92,7 @@ class SimpleHttpProtocol(asyncio.Protocol):
         if self.headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in self.headers:
             self._respond(SimpleResponse(400, b"request bodies are not accepted here\n"))
             return
-        request = SimpleRequest(self.parser.get_method(), self.url, self.headers)
+        request = SimpleRequest(self.parser.get_method(), self.url, self.headers, self.peer_certificate)
         try:
             response = self.handler(request)
         except Exception:  # a handler bug answers 500 rather than killing the listener

@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import uvloop
@@ -31,11 +32,13 @@ from garrison.gateway.server import (
     address_of,
     bind_socket,
     create_tables,
+    open_admin_listener,
     write_ready_file,
 )
 from garrison.gateway.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleResponse
 from garrison.store.db import make_engine
 from garrison.telemetry import logging as log
+from garrison.telemetry.metrics import admin_denied_family
 
 RESTART_BACKOFF = 1.0
 
@@ -50,6 +53,7 @@ class WorkerSupervisor:
         self.run_dir = Path(tempfile.mkdtemp(prefix="garrison-gw-"))
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
+        self.admin_denied: dict[str, int] = {}  # the admin guard's refusals, by reason
         # Used for the redirect listener and the shared security headers; never serves the main port.
         self.shell = GatewayServer(loaded, loop)
 
@@ -137,7 +141,8 @@ class WorkerSupervisor:
 
     async def gather_metrics(self) -> bytes:
         texts = await asyncio.gather(*(self._fetch(i) for i in range(self.count)))
-        return merge_worker_metrics(texts)
+        # The guard runs here, in front of the workers: its refusals are the supervisor's own.
+        return merge_worker_metrics(texts, [admin_denied_family(self.admin_denied)])
 
     async def _fetch(self, index: int) -> str:
         try:
@@ -160,9 +165,10 @@ class _Merged(Collector):
         return self.families
 
 
-def merge_worker_metrics(texts: list[str]) -> bytes:
-    """One exposition from many workers' expositions, each sample labelled with its worker."""
-    merged: dict[str, Metric] = {}
+def merge_worker_metrics(texts: list[str], own: Sequence[Metric] = ()) -> bytes:
+    """One exposition from many workers' expositions, each sample labelled with its worker, and the
+    supervisor's ``own`` families (names no worker exposes) as they are."""
+    merged: dict[str, Metric] = {family.name: family for family in own}
     for index, text in enumerate(texts):
         for family in text_string_to_metric_families(text):
             target = merged.get(family.name)
@@ -206,8 +212,11 @@ async def _supervise(supervisor: WorkerSupervisor, ready_file: Path | None) -> i
         supervisor.stopping = True
         supervisor.signal_all(signal.SIGTERM)
         return 1
-    admin_sock = bind_socket(gateway.admin.listen, reuse_port=False)
-    admin = await loop.create_server(lambda: SimpleHttpProtocol(supervisor.admin_handler), sock=admin_sock)
+    admin_sock, guard, admin_tls = open_admin_listener(
+        supervisor.loaded.config, supervisor.loaded.source, supervisor.admin_handler
+    )
+    supervisor.admin_denied = guard.denied
+    admin = await loop.create_server(lambda: SimpleHttpProtocol(guard), sock=admin_sock, ssl=admin_tls)
     listeners = {"gateway": listen, "admin": address_of(admin_sock)}
     servers = [admin]
     if gateway.redirect_http and not gateway.tls.insecure_disable:

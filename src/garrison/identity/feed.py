@@ -6,15 +6,20 @@ gateway sees it within milliseconds; this push is for the one-machine setup (`ga
 gateways without Redis. It is best effort with a few quick retries: a gateway that is down misses the
 push, and honours the token until its `exp` (minutes) — which is why the Redis feed is the one to
 use across replicas. Failures are logged, never raised into the revocation request.
+
+Each push carries the gateways' admin token (``Authorization: Bearer``), read from its 0600 file at
+every push, so a gateway that creates or replaces its token later is still reached.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 
 import httpx
 
+from garrison.gateway.admin_auth import AdminTokenError, read_admin_token
 from garrison.telemetry import logging as log
 
 ATTEMPTS = 3
@@ -22,8 +27,9 @@ TIMEOUT = 2.0
 
 
 class GatewayPush:
-    def __init__(self, admin_urls: Sequence[str]) -> None:
+    def __init__(self, admin_urls: Sequence[str], token_file: Path) -> None:
         self.admin_urls = [url.rstrip("/") for url in admin_urls]
+        self.token_file = token_file
         self._client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -46,10 +52,17 @@ class GatewayPush:
 
     async def _push(self, url: str, jti: str, until: float) -> None:
         assert self._client is not None
+        try:
+            token = read_admin_token(self.token_file)
+        except AdminTokenError as exc:
+            log.warn("identity.revocation.push_failed", gateway=url, error=str(exc))
+            return
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 response = await self._client.post(
-                    f"{url}/revocations", params={"jti": jti, "until": f"{until:.3f}"}
+                    f"{url}/revocations",
+                    params={"jti": jti, "until": f"{until:.3f}"},
+                    headers={"authorization": f"Bearer {token}"},
                 )
                 if response.status_code == 200:
                     return

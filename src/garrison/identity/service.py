@@ -32,10 +32,12 @@ from sqlalchemy.util import await_only
 
 from garrison.config.loader import LoadedConfig
 from garrison.config.model import GarrisonConfig, IdentityConfig
+from garrison.gateway.admin_auth import admin_token_path
 from garrison.gateway.auth.jwks import JwksCache
 from garrison.gateway.auth.jwt import JwtVerifier, TokenCache
 from garrison.gateway.forwarded import TrustedProxies
 from garrison.gateway.revocations import MemoryRevocations, RedisRevocations, Revocations
+from garrison.gateway.shared_set import SharedSetFull
 from garrison.gateway.tls import resolve_certificate, server_context
 from garrison.identity import tables
 from garrison.identity.authserver import AccessTokenGenerator, IdentityServer, build_server
@@ -86,7 +88,12 @@ class Provider:
                     )
                 )
         if exp > time.time():
-            await self.revocations.revoke(jti, exp)  # with Redis: published to every gateway
+            try:
+                await self.revocations.revoke(jti, exp)  # with Redis: published to every gateway
+            except SharedSetFull as exc:
+                # The provider's own record (introspection) holds; the gateways honour the token
+                # until its exp. Loud, because it means someone is filling the revocation set.
+                log.error("identity.revocation.set_full", cap=exc.cap)
             self.push.publish(jti, exp)  # without Redis: told to the configured gateways' admin APIs
 
     async def load_revocations(self) -> None:
@@ -109,8 +116,9 @@ class Provider:
 def make_revocations(config: GarrisonConfig) -> Revocations:
     redis_url = config.gateway.redis.url
     if redis_url and config.gateway.revocations.storage == "redis":
-        return RedisRevocations(redis_url, config.gateway.revocations.prefix)
-    return MemoryRevocations()
+        spec = config.gateway.revocations
+        return RedisRevocations(redis_url, spec.prefix, max_entries=spec.max_entries)
+    return MemoryRevocations(max_entries=config.gateway.revocations.max_entries)
 
 
 async def open_provider(config: GarrisonConfig, base_url: str) -> Provider:
@@ -135,7 +143,10 @@ async def open_provider(config: GarrisonConfig, base_url: str) -> Provider:
     verifier = JwtVerifier(
         jwks_cache, identity.issuer, [identity.access_token_audience], leeway=30, cache=TokenCache()
     )
-    push = GatewayPush(identity.revocation_push or [])
+    push_token = identity.revocation_push_token_file
+    push = GatewayPush(
+        identity.revocation_push or [], Path(push_token) if push_token else admin_token_path(config)
+    )
     await push.start()
     provider = Provider(identity, engine, keys, directory, revocations, jwks_cache, push)
     provider.refresh_jwks()

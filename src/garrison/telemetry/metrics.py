@@ -9,7 +9,7 @@ families only when Prometheus scrapes.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -53,6 +53,10 @@ class GatewayMetrics(Collector):
         self.cache_bytes: Callable[[], int] = lambda: 0
         self.open_connections: Callable[[], int] = lambda: 0
         self.circuit_states: Callable[[], Iterable[tuple[str, str, str]]] = lambda: ()
+        self.admin_refused: dict[tuple[str, str], int] = {}  # (set, reason) -> count (admin.py)
+        # reason -> count of admin requests the guard refused; None where no guard runs (a worker
+        # under `workers: N`, whose supervisor guards the listener and reports these itself).
+        self.admin_denied: Mapping[str, int] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -132,6 +136,9 @@ class GatewayMetrics(Collector):
         yield GaugeMetricFamily(
             "garrison_gateway_open_connections", "Open client connections.", value=self.open_connections()
         )
+        yield admin_refused_family(self.admin_refused)
+        if self.admin_denied is not None:
+            yield admin_denied_family(self.admin_denied)
 
     def _request_families(self) -> Iterable[CounterMetricFamily | HistogramMetricFamily]:
         requests = CounterMetricFamily(
@@ -161,6 +168,28 @@ class GatewayMetrics(Collector):
             bytes_in.add_metric([stats.route], stats.bytes_in)
             bytes_out.add_metric([stats.route], stats.bytes_out)
         yield from (requests, latency, bytes_in, bytes_out)
+
+
+def admin_refused_family(refused: Mapping[tuple[str, str], int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(
+        "garrison_gateway_admin_refused",
+        "Admin changes refused by a set's own limits (reason `full`: max_entries in force).",
+        labels=["set", "reason"],
+    )
+    for (name, reason), count in refused.items():
+        family.add_metric([name, reason], count)
+    return family
+
+
+def admin_denied_family(denied: Mapping[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(
+        "garrison_gateway_admin_denied",
+        "Admin requests refused before they ran (reason: host, origin, credential).",
+        labels=["reason"],
+    )
+    for reason, count in denied.items():
+        family.add_metric([reason], count)
+    return family
 
 
 def _bound(value: float) -> str:
