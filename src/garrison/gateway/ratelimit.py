@@ -203,6 +203,13 @@ class RateLimiter:
 
     ``identity`` is the value of the spec's key kind: the client id, the API key's lookup id (never
     the secret key itself), the client IP, or anything constant for ``route``.
+
+    ``clock`` gives epoch seconds; every ``reset_at`` is on it. Windows are measured where they are
+    kept: Redis hands back time-to-live figures (relative, on Redis's own clock) and ``limits``'
+    ``MemoryStorage`` reads ``time.time()`` itself, so a decision places what the storage reports
+    relative to now onto ``clock()``. Tests inject a fixed clock to check reset and retry-after
+    exactly; in production it must be the wall clock, as the moving window's Redis entries are
+    timestamps that every replica compares.
     """
 
     def __init__(
@@ -211,6 +218,7 @@ class RateLimiter:
         metrics_callback: Callable[[Outcome], None] | None = None,
         *,
         route: str = "_",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not route or ":" in route:
             raise ValueError("a rate limit route name must be non-empty and contain no ':'")
@@ -219,6 +227,7 @@ class RateLimiter:
         self.limit = self.item.amount
         self.expiry = self.item.get_expiry()
         self.route = route
+        self._clock = clock
         self._namespace = f"rl:{route}:{spec.key}:"
         self._metrics = metrics_callback
         self._last_error = ""
@@ -274,14 +283,17 @@ class RateLimiter:
         if storage is None:
             raise TypeError("hit_sync needs memory storage; use 'await hit()' with Redis")
         key = KEY_PREFIX + self.storage_key(identity)
-        limit, expiry, strategy, now = self.limit, self.expiry, self.spec.strategy, time.time()
+        limit, expiry, strategy, now = self.limit, self.expiry, self.spec.strategy, self._clock()
+        # The storage's absolute times are on time.time(): shifted onto an injected clock.
+        shift = 0.0 if self._clock is time.time else now - time.time()
         if strategy == "fixed_window":
             count = storage.incr(key, expiry)
-            decision = self._fixed(count, storage.get_expiry(key), now)
+            decision = self._fixed(count, storage.get_expiry(key) + shift, now)
         elif strategy == "moving_window":
             allowed = storage.acquire_entry(key, limit, expiry)
-            decision = self._moving(allowed, *storage.get_moving_window(key, limit, expiry), now)
-        else:
+            window_start, count = storage.get_moving_window(key, limit, expiry)
+            decision = self._moving(allowed, window_start + shift, count, now)
+        else:  # the storage reports times to live: relative already
             allowed = storage.acquire_sliding_window_entry(key, limit, expiry, 1)
             decision = self._sliding(allowed, storage.get_sliding_window(key, expiry), now)
         if self._metrics is not None:
@@ -389,7 +401,7 @@ class RateLimiter:
         if strategy == "fixed_window":
             return [KEY_PREFIX + key for key in batch], [hits, self.expiry]
         if strategy == "moving_window":
-            return [KEY_PREFIX + key for key in batch], [hits, time.time(), self.limit, self.expiry]
+            return [KEY_PREFIX + key for key in batch], [hits, self._clock(), self.limit, self.expiry]
         keys: list[str] = []
         for key in batch:  # limits' layout: both counters in one hash slot, "{key}/-1" and "{key}"
             current = f"{KEY_PREFIX}{{{key}}}"
@@ -402,7 +414,7 @@ class RateLimiter:
         fields = reply.split() if isinstance(reply, bytes | str) else []
         if len(fields) != width * len(batch):
             raise RuntimeError(f"rate limit script replied {reply!r:.80} to {len(batch)} keys")
-        now, strategy, settle = time.time(), self.spec.strategy, self._settle
+        now, strategy, settle = self._clock(), self.spec.strategy, self._settle
         for index, waiters in enumerate(batch.values()):
             item = fields[width * index : width * index + width]
             if strategy == "fixed_window":
@@ -480,7 +492,7 @@ class RateLimiter:
             allowed=fail_open,
             limit=self.limit,
             remaining=0,
-            reset_at=time.time() + retry_after,
+            reset_at=self._clock() + retry_after,
             retry_after=0 if fail_open else retry_after,
             failed_open=fail_open,
             storage_error=True,
