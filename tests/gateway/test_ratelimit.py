@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing
 import socket
 import time
@@ -43,6 +44,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+NOW = 1_800_000_000.0  # the injected clock's time: decisions are checked against it exactly
+
+
+def _clock() -> float:
+    return NOW
+
+
 def _check_window(decisions: list[RateDecision], limit: int, period: int) -> None:
     allowed, refused = decisions[:limit], decisions[limit:]
     assert all(d.allowed for d in allowed)
@@ -52,7 +60,7 @@ def _check_window(decisions: list[RateDecision], limit: int, period: int) -> Non
         assert not decision.allowed and not decision.storage_error
         assert decision.remaining == 0
         assert 1 <= decision.retry_after <= period
-        assert time.time() < decision.reset_at <= time.time() + period + 1
+        assert NOW < decision.reset_at <= NOW + period
 
 
 # -- memory ------------------------------------------------------------------------------------------
@@ -60,7 +68,7 @@ def _check_window(decisions: list[RateDecision], limit: int, period: int) -> Non
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_memory_allows_exactly_n_then_refuses(strategy: str) -> None:
-    limiter = RateLimiter(RateLimitSpec(rate="5/minute", strategy=strategy), route="r")  # type: ignore[arg-type]
+    limiter = RateLimiter(RateLimitSpec(rate="5/minute", strategy=strategy), route="r", clock=_clock)  # type: ignore[arg-type]
     decisions = [limiter.hit_sync("10.0.0.1") for _ in range(7)]
     _check_window(decisions, 5, 60)
     # Another identity has its own window; the async path gives the same answers.
@@ -148,7 +156,7 @@ def test_headers_without_storage() -> None:
 def test_redis_allows_exactly_n_then_refuses(strategy: str, redis_url: str, route: str) -> None:
     async def main() -> list[RateDecision]:
         spec = RateLimitSpec(rate="5/minute", strategy=strategy, storage="redis", redis_url=redis_url)  # type: ignore[arg-type]
-        limiter = RateLimiter(spec, route=route)
+        limiter = RateLimiter(spec, route=route, clock=_clock)
         try:
             return [await limiter.hit("10.0.0.1") for _ in range(7)]
         finally:
@@ -160,6 +168,65 @@ def test_redis_allows_exactly_n_then_refuses(strategy: str, redis_url: str, rout
             key.startswith(f"garrison:rl:{route}:ip:".encode()) or b"{" in key
             for key in client.keys(f"*{route}*")
         )
+
+
+def test_redis_sliding_window_first_decision(redis_url: str, route: str) -> None:
+    """Issue 7, item 4: the first hit of a window resets a whole window away, not "now".
+
+    The first hit creates the counter with a TTL of exactly two windows; ``ttl % window`` made that
+    a reset of 0 and a Retry-After of 1 for hits refused in the same millisecond. The seven hits go
+    in one round trip (one script run, one Redis millisecond), so the figures are exact.
+    """
+
+    async def main() -> tuple[RateDecision, list[RateDecision]]:
+        spec = RateLimitSpec(
+            rate="5/minute", strategy="sliding_window_counter", storage="redis", redis_url=redis_url
+        )
+        limiter = RateLimiter(spec, route=route, clock=_clock)
+        try:
+            first = await limiter.hit("fresh")
+            return first, list(await asyncio.gather(*(limiter.hit("burst") for _ in range(7))))
+        finally:
+            await limiter.aclose()
+
+    first, burst = asyncio.run(main())
+    assert first.allowed and first.remaining == 4 and first.reset_at == NOW + 60
+    assert (b"RateLimit-Reset", b"60") in rate_limit_headers(first, NOW)
+    assert [d.allowed for d in burst] == [True] * 5 + [False] * 2
+    assert [d.reset_at for d in burst] == [NOW + 60] * 7
+    assert [d.retry_after for d in burst] == [0] * 5 + [60] * 2
+    assert rate_limit_headers(burst[-1], NOW)[-1] == (b"Retry-After", b"60")
+
+
+@pytest.mark.parametrize(
+    ("stats", "reset_in"),
+    [
+        ((0, 0.0, 1, 120.0), 60.0),  # first hit of a fresh window: the counter's TTL is 2 windows
+        ((0, 0.0, 5, 120.0), 60.0),  # full in the same millisecond: capacity only at the window's end
+        ((0, 0.0, 3, 90.0), 30.0),  # half way through the window
+        ((6, 28.0, 0, 88.0), 8.0),  # the previous window still counts 2.8 hits: 2 in 0.8 * 10 s
+        ((6, 30.0, 2, 90.0), 0.0),  # a share of exactly 3 hits is below 3 the next instant
+        ((4, 12.0, 1, 72.0), 12.0),  # a share under 1 hit is gone at the current window's end
+    ],
+)
+def test_sliding_stats_reset(stats: tuple[int, float, int, float], reset_in: float) -> None:
+    """Both storages feed this: Redis TTLs, and ``limits``' memory figures (a current TTL of two
+    windows at an epoch-aligned window start, the same first-hit case)."""
+    from garrison.gateway.ratelimit import _sliding_stats
+
+    _, reset_at = _sliding_stats(5, 60, stats, NOW)
+    assert reset_at - NOW == pytest.approx(reset_in)
+
+
+def test_memory_sliding_window_first_decision() -> None:
+    """The memory path puts the same window end on the injected clock (memory windows are aligned
+    to the epoch, so that end is anywhere up to a window away), and refusals wait for it."""
+    limiter = RateLimiter(RateLimitSpec(rate="5/minute", strategy="sliding_window_counter"), clock=_clock)
+    decisions = [limiter.hit_sync("a") for _ in range(7)]
+    reset_at = decisions[0].reset_at
+    assert NOW < reset_at <= NOW + 60
+    assert all(d.reset_at == pytest.approx(reset_at, abs=0.01) for d in decisions)
+    assert [d.retry_after for d in decisions[5:]] == [math.ceil(reset_at - NOW)] * 2
 
 
 def test_redis_strategy_change_reuses_the_key(redis_url: str, route: str) -> None:

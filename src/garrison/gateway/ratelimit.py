@@ -187,14 +187,30 @@ def _retry_after(reset_at: float, now: float) -> int:
 def _sliding_stats(
     limit: int, expiry: int, stats: tuple[int, float, int, float], now: float
 ) -> tuple[int, float]:
-    """(remaining, reset_at) from a sliding-window counter, as ``limits``' ``get_window_stats``."""
+    """(remaining, reset_at) from a sliding-window counter's two windows.
+
+    ``stats`` is (previous count, seconds until the previous window has slid out, current count,
+    seconds until the current counter expires). Both storages keep the current counter for two
+    windows from its window's start (Redis: its TTL, set to ``2 * expiry`` by the first hit;
+    memory: ``limits`` computes the same figure), so the current window ends ``current_ttl -
+    expiry`` from now. Not ``current_ttl % expiry``, as ``limits``' ``get_window_stats`` has it:
+    that is 0 on the first hit of a window, when the TTL is exactly ``2 * expiry``, and tells
+    clients to come back at once (issue 7, item 4).
+
+    Capacity comes back at the earlier of: the previous window's weighted share dropping below
+    its current whole number of hits (the weight falls linearly to 0 over the previous window's
+    remaining time), and the current window's end (after which its hits weigh less than 1).
+    """
     previous, previous_ttl, current, current_ttl = stats
     weighted = previous * previous_ttl / expiry + current
     remaining = max(0, limit - math.floor(weighted))
     if not (previous or current):
         return remaining, now
-    previous_in = previous_ttl % (expiry / previous) if previous else math.inf
-    current_in = current_ttl % expiry if current else math.inf
+    previous_in = math.inf
+    if previous:
+        share = previous * previous_ttl / expiry  # hits the previous window still counts for
+        previous_in = (share - math.floor(share)) * expiry / previous
+    current_in = max(0.0, current_ttl - expiry) if current else math.inf
     return remaining, now + min(previous_in, current_in)
 
 
