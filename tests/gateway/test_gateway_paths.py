@@ -119,8 +119,19 @@ def test_query_is_passed_through_unchanged(gw: GatewayProcess, upstream: Recordi
     assert (line["path"], line["route"]) == ("/admin/x", "admin")
 
 
-@pytest.mark.parametrize("target", REFUSED, ids=[t.decode() for t in REFUSED])
-def test_ambiguous_paths_are_refused(gw: GatewayProcess, upstream: RecordingUpstream, target: bytes) -> None:
+# Issue 7, item 5: routed to the open /public route and forwarded as they were, these reach
+# /admin/x at an upstream that decodes the path once more (and then resolves the dot segments).
+DOUBLE_ENCODED = [
+    b"/public/%252e%252e/admin/x",
+    b"/public/..%252fadmin/x",
+    b"/public/%252E%252E%252Fadmin/x",
+    b"/public/..%255cadmin/x",
+    b"/public/%25252e%25252e/admin/x",
+    b"/public/%25%32%65%25%32%65/admin/x",
+]
+
+
+def _assert_refused(gw: GatewayProcess, upstream: RecordingUpstream, target: bytes) -> None:
     with RawClient(gw.port) as client:
         client.send(b"GET %s HTTP/1.1\r\nHost: test.local\r\n\r\n" % target)
         response = client.read_response()
@@ -129,6 +140,18 @@ def test_ambiguous_paths_are_refused(gw: GatewayProcess, upstream: RecordingUpst
         assert target not in response.body
         assert client.closed_by_peer(1.0)
     assert upstream.settle() == []
+
+
+@pytest.mark.parametrize("target", REFUSED, ids=[t.decode() for t in REFUSED])
+def test_ambiguous_paths_are_refused(gw: GatewayProcess, upstream: RecordingUpstream, target: bytes) -> None:
+    _assert_refused(gw, upstream, target)
+
+
+@pytest.mark.parametrize("target", DOUBLE_ENCODED, ids=[t.decode() for t in DOUBLE_ENCODED])
+def test_double_encoded_traversal_never_reaches_the_upstream(
+    gw: GatewayProcess, upstream: RecordingUpstream, target: bytes
+) -> None:
+    _assert_refused(gw, upstream, target)
 
 
 def test_overlong_target_is_refused(gw: GatewayProcess, upstream: RecordingUpstream) -> None:

@@ -59,6 +59,12 @@ NORMALIZED = [
     (b"/caf%c3%a9", b"/caf%C3%A9"),
     (b"/%2561", b"/%2561"),
     (b"/%25", b"/%25"),
+    # rule 4's second sentence refuses only what a further decoding turns into ".", "/", "\\", ";"
+    # or a control character: other double encodings are data, kept as they are
+    (b"/a%2520b", b"/a%2520b"),
+    (b"/%2541%253F%2523", b"/%2541%253F%2523"),
+    (b"/%25%25/%25.", b"/%25%25/%25."),
+    (b"/%252", b"/%252"),
     (b"/a%20b", b"/a%20b"),
     # rule 5: encoded reserved characters are data
     (b"/a%23b%3fc", b"/a%23b%3Fc"),
@@ -139,6 +145,21 @@ REJECTED = [
     (b"/a%0Ab", 400),
     (b"/a%1f", 400),
     (b"/a%7F", 400),
+    # rule 4: encodings of ".", "/", "\\", ";" and control characters behind "%25" (issue 7, item 5)
+    (b"/public/%252e%252e/admin/x", 400),
+    (b"/public/..%252fadmin/x", 400),
+    *((b"/a/%25" + pair + b"b", 400) for pair in (b"2e", b"2E", b"2f", b"2F", b"5c", b"5C")),
+    (b"/public/%252e%252E", 400),  # a dot inside a segment too: one rule, no guessing
+    (b"/a/%25252e%25252e/b", 400),  # triple encoding
+    (b"/a/%2525252f", 400),
+    (b"/a/%25%32%65/b", 400),  # the "2e" spelt with escapes of unreserved digits (decoded by rule 3)
+    (b"/a/%25%32e", 400),
+    (b"/a/%253b", 400),
+    (b"/a/%253B", 400),
+    (b"/a/%2500", 400),
+    (b"/a/%251f", 400),
+    (b"/a/%257F", 400),
+    (b"http://h/public/%252e%252e/admin", 400),
     (b"/a b", 400),
     (b"/a\x00b", 400),
     (b"/caf\xc3\xa9", 400),
@@ -200,7 +221,7 @@ def test_request_target_is_frozen() -> None:
 _TOKENS = [
     b"/", b"//", b".", b"..", b"a", b"B", b"~", b"-", b":", b"@", b"!", b"%", b"%2e", b"%2E", b"%41",
     b"%61", b"%2f", b"%5C", b"%3b", b"%25", b"%23", b"%3f", b"%c3", b"%7e", b"%00", b"%7f", b"%g", b";",
-    b"\\", b"?", b"#", b" ", b"\xff", b"zqx",
+    b"\\", b"?", b"#", b" ", b"\xff", b"zqx", b"2e", b"2F", b"5c", b"3B", b"25", b"%32", b"%65",
 ]  # fmt: skip
 _PATHLIKE = st.lists(st.sampled_from(_TOKENS), max_size=20).map(lambda parts: b"/" + b"".join(parts))
 _ABSOLUTE = st.tuples(
@@ -210,6 +231,7 @@ _ABSOLUTE = st.tuples(
 ).map(b"".join)
 TARGETS = st.binary(max_size=64) | _PATHLIKE | _ABSOLUTE
 
+_REENCODED = re.compile(rb"%25(?:25)*(?:2[eEfF]|5[cC]|3[bB]|[01][0-9a-fA-F]|7[fF])")
 _DOT_SEGMENT = re.compile(rb"(?:^|/)\.\.?(?:/|$)")
 _UNRESERVED_ESCAPE = re.compile(rb"%(2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
 
@@ -249,6 +271,7 @@ def test_output_path_is_canonical(raw: bytes) -> None:
     assert _DOT_SEGMENT.search(path) is None
     for forbidden in (b"%2F", b"%2f", b"%5C", b"%5c", b"\\", b";", b"%3B", b"%3b", b"#"):
         assert forbidden not in path
+    assert _REENCODED.search(path) is None, "a further decoding must not yield a rule-4 or dot escape"
     assert re.search(rb"%[0-9A-Fa-f]?[a-f]", path) is None, "hex in escapes must be upper-case"
     decoded = _UNRESERVED_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), path)
     assert _DOT_SEGMENT.search(decoded) is None

@@ -21,6 +21,11 @@ Rules (the gateway's documented behaviour):
    and encoded ``%3B`` (path parameters, which upstreams such as Tomcat strip), encoded control
    characters ``%00``-``%1F`` and ``%7F``, and any raw byte outside the RFC 3986 pchar set plus ``/``
    (only ALPHA DIGIT ``-._~!$&'()*+,=:@/`` and ``%`` escapes may appear raw in a path).
+   Also rejected, because an upstream that decodes the path once more would meet them: ``%25``
+   followed by the hex digits of ``.``, ``/``, ``\\``, ``;`` or a control character, after any
+   number of further ``25`` (``%252e``, ``%252F``, ``%255c``, ``%253B``, ``%2500``, ``%25252e``),
+   checked after the decoding of rule 3, so ``%25%32%65`` is refused too. ``/public/%252e%252e/admin``
+   would otherwise be routed to ``/public`` and served as ``/admin`` by such an upstream.
 5. ``%23`` (``#``), ``%3F`` (``?``) and the other encoded reserved characters stay encoded: they are data.
 6. Repeated slashes merge: ``//admin`` is ``/admin``, ``/a///b`` is ``/a/b``.
 7. Dot segments ``.`` and ``..`` are removed as in RFC 3986 section 5.2.4, after the decoding of rule 3;
@@ -58,6 +63,9 @@ _SEG = rb"[A-Za-z0-9\-_~!$&'()*+,=:@][A-Za-z0-9\-._~!$&'()*+,=:@]*"
 _FAST_PATH = re.compile(rb"/(?:" + _SEG + rb"(?:/" + _SEG + rb")*/?)?")
 _FAST_TARGET = re.compile(rb"(" + _FAST_PATH.pattern + rb")(?:\?([\x21\x22\x24-\x7e]*))?")
 _AUTHORITY_END = re.compile(rb"[/?]")
+# Rule 4, second sentence: what one more decoding turns into a rule-4 escape or a dot. Searched in
+# the output of rule 3, where "%25" is always spelt upper-case and what follows it is plain text.
+_REENCODED = re.compile(rb"%25(?:25)*(?:2[EeFf]|5[Cc]|3[Bb]|[01][0-9A-Fa-f]|7[Ff])")
 
 
 def _escape_tables() -> tuple[dict[bytes, bytes], frozenset[bytes]]:
@@ -193,7 +201,11 @@ def _normalize_slow(raw_path: bytes) -> bytes:
     if raw_path[:1] != b"/":
         raise TargetRejected("path must start with /")
     _check_path_bytes(raw_path)
-    decoded = _decode_unreserved(raw_path) if b"%" in raw_path else raw_path
+    if b"%" not in raw_path:
+        return _remove_dot_segments(raw_path)
+    decoded = _decode_unreserved(raw_path)
+    if b"%25" in decoded and _REENCODED.search(decoded) is not None:
+        raise TargetRejected("double-encoded dot, slash, backslash, semicolon or control character in path")
     return _remove_dot_segments(decoded)
 
 
