@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import ssl
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from gateway_harness import (
     GatewayProcess,
     RawClient,
@@ -19,6 +21,7 @@ from gateway_harness import (
     forwarded_params,
     get,
     tls_client_context,
+    wait_until,
 )
 
 HSTS = b"max-age=31536000; includeSubDomains"
@@ -213,11 +216,24 @@ def test_redirect_refuses_hostile_hosts(gw: GatewayProcess, host_lines: bytes) -
     assert location is None
 
 
+@pytest.mark.parametrize(
+    "host", [b"evil.example", b"evil.example:443", b"localhost.evil.example", b"127.0.0.1", b"[::1]"]
+)
+def test_redirect_refuses_hosts_the_config_does_not_name(gw: GatewayProcess, host: bytes) -> None:
+    """Issue 7, item 8: ``Host: evil.example`` was redirected to ``https://evil.example:PORT``.
+
+    Only ``public_host``, route hosts and ``tls.server_names`` (here the default, localhost) are."""
+    status, location, everything = redirect(gw, b"GET /p HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+    assert status == 400
+    assert location is None
+    assert host not in everything
+
+
 def test_redirect_host_cannot_inject_headers(gw: GatewayProcess) -> None:
-    """``evil.com\\r\\nx: y`` on the wire is two header fields: no byte of the second reaches the answer."""
-    status, location, everything = redirect(gw, b"GET /p HTTP/1.1\r\nHost: evil.com\r\nx: y\r\n\r\n")
+    """``localhost\\r\\nx: y`` on the wire is two header fields: no byte of the second reaches the answer."""
+    status, location, everything = redirect(gw, b"GET /p HTTP/1.1\r\nHost: localhost\r\nx: y\r\n\r\n")
     assert status == 308
-    assert location is not None and location.startswith(b"https://evil.com:") and location.endswith(b"/p")
+    assert location == b"https://localhost:%d/p" % gw.port
     assert b"\r" not in location and b"\n" not in location
     assert b"x: y" not in everything
 
@@ -239,6 +255,37 @@ def test_redirect_uses_public_host(gateway_factory, module_upstream: RecordingUp
     status, location, _ = redirect(gw, b"GET /x HTTP/1.1\r\nHost: evil.com\r\n\r\n")
     assert status == 308
     assert location is not None and location.startswith(b"https://shop.example:")
+
+
+def test_redirect_under_workers_names_route_hosts_and_follows_reloads(
+    gateway_factory, module_upstream: RecordingUpstream
+) -> None:
+    """With ``workers: 2`` the supervisor owns the redirect listener: the same host check, the
+    workers' shared HTTPS port, and new names after a reload (SIGHUP)."""
+    route = {
+        "match": {"path": "/", "prefix": True, "hosts": ["shop.example", "*.apps.example"]},
+        "service": "rec",
+        "auth": {"require": "none"},
+        "name": "shop",
+    }
+    tls = {"cert": "auto", "insecure_disable": False, "server_names": ["gw.example"]}
+    overrides = {"gateway": {"workers": 2, "tls": tls, "redirect_http": "127.0.0.1:0"}, "routes": [route]}
+    gw = gateway_factory(module_upstream, overrides)
+    for host in (b"shop.example", b"x.apps.example", b"gw.example"):
+        status, location, _ = redirect(gw, b"GET /p?q HTTP/1.1\r\nHost: %s:8080\r\n\r\n" % host)
+        assert (status, location) == (308, b"https://%s:%d/p?q" % (host, gw.port))
+    for host in (b"evil.example", b"localhost", b"apps.example", b"new.example"):
+        status, location, _ = redirect(gw, b"GET /p HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+        assert (status, location) == (400, None), host
+
+    route["match"]["hosts"] = ["shop.example", "new.example"]  # type: ignore[index]
+    gw.config_path.write_text(yaml.safe_dump(gw.config, sort_keys=False))
+    assert gw.proc is not None
+    gw.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "gateway.redirect.reloaded" in gw.stderr_text())
+    status, location, _ = redirect(gw, b"GET /p HTTP/1.1\r\nHost: new.example\r\n\r\n")
+    assert (status, location) == (308, b"https://new.example:%d/p" % gw.port)
+    assert redirect(gw, b"GET /p HTTP/1.1\r\nHost: x.apps.example\r\n\r\n")[:2] == (400, None)
 
 
 SIDE_LISTENER_REQUEST_TIMEOUT = 10.0  # simplehttp.REQUEST_TIMEOUT: fixed, not gateway.limits.header_timeout

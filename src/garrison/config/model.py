@@ -317,8 +317,8 @@ class GatewayConfig(Strict):
     )
     public_host: str | None = Field(
         None,
-        description="Host name used in HTTPS redirects; if unset the request's Host is used "
-        "when it is a valid host name.",
+        description="Host name used in every HTTPS redirect. If unset, the request's host is used "
+        "only when a route's `match.hosts` or `tls.server_names` names it; any other gets 400.",
     )
     hsts: HstsConfig = Field(default_factory=HstsConfig, description="Strict-Transport-Security.")
     referrer_policy: Literal[

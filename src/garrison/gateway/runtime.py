@@ -34,6 +34,7 @@ from garrison.gateway.cors import CorsPolicy
 from garrison.gateway.forwarded import TrustedProxies
 from garrison.gateway.iprules import IpRules
 from garrison.gateway.ratelimit import RateLimiter, RateLimitSpec
+from garrison.gateway.redirect import HttpsRedirect
 from garrison.gateway.router import RouteEntry, RouteTable
 from garrison.gateway.upstream.balancer import Balancer, make_balancer
 from garrison.gateway.upstream.circuit import CircuitBreaker, CircuitState
@@ -106,6 +107,7 @@ class Runtime:
     allow_underscores: bool = field(init=False)
     ip_rules: IpRules | None = field(init=False)  # global; None when both lists are empty
     unmatched: RouteStats = field(init=False)  # requests refused before a route was chosen
+    redirect: HttpsRedirect = field(init=False)  # the plaintext listener's hosts
 
     def __post_init__(self) -> None:
         self.unmatched = self.metrics.route("(refused)", "(none)")
@@ -113,6 +115,7 @@ class Runtime:
         self.preserve_host = self.config.gateway.preserve_host
         self.allow_underscores = self.config.gateway.allow_underscores_in_headers
         self.ip_rules = _ip_rules(self.config.gateway.ip_rules)
+        self.redirect = HttpsRedirect.from_config(self.config)
 
     async def open(self) -> None:
         """Fetch what must be there before the first request (the JWKS); then start health checks."""

@@ -33,8 +33,7 @@ from garrison.gateway.admin_auth import (
 from garrison.gateway.admin_auth import Handler as AdminHandler
 from garrison.gateway.auth.apikeys import ApiKeyCache, ApiKeyStore
 from garrison.gateway.blocklist import Blocklist, MemoryBlocklist, RedisBlocklist
-from garrison.gateway.exchange import Exchange, host_without_port, valid_host
-from garrison.gateway.normalize import TargetRejected, parse_request_target
+from garrison.gateway.exchange import Exchange
 from garrison.gateway.proxy import ClientConnection
 from garrison.gateway.revocations import MemoryRevocations, RedisRevocations, Revocations
 from garrison.gateway.runtime import Runtime, build_runtime
@@ -216,26 +215,9 @@ class GatewayServer:
         return SimpleResponse(404, b"not found\n")
 
     def redirect_handler(self, request: SimpleRequest) -> SimpleResponse:
-        """308 to the same path over HTTPS. The host is the configured one, or a validated Host."""
-        gateway = self.runtime.config.gateway
-        try:
-            target = parse_request_target(request.target)
-        except TargetRejected:
-            return SimpleResponse(400, b"bad request\n")
-        host = (gateway.public_host or "").encode() or host_without_port(
-            request.headers.get(b"host", b"").lower()
-        )
-        if not host or not valid_host(host):
-            return SimpleResponse(400, b"bad request\n")
-        port = self.https_port  # the bound port: with `listen: ...:0` the configured one says 0
-        authority = host if port == 443 else b"%s:%d" % (host, port)
-        location = b"https://%s%s%s%s" % (
-            authority,
-            target.path,
-            b"?" if target.has_query else b"",
-            target.query,
-        )
-        return SimpleResponse(308, b"", headers=b"location: %s\r\n" % location)
+        """308 to the same target over HTTPS, on a host the config names (see redirect.py)."""
+        # The bound port: with `listen: ...:0` the configured one says 0.
+        return self.runtime.redirect.answer(request, self.https_port)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run per-request async work (a new upstream connection, a Redis rate-limit hit).

@@ -4,7 +4,9 @@ Each worker binds the listening port itself with SO_REUSEPORT, so the kernel spr
 connections over them with no hand-off through the supervisor. The supervisor owns what must
 exist once: the admin listener (it gathers every worker's metrics over a private Unix socket and
 labels them ``worker="i"``), the HTTPS redirect listener, signals (SIGHUP is passed on, SIGTERM
-drains every worker), and restarting a worker that dies.
+drains every worker), and restarting a worker that dies. The redirect listener's host names come
+from the config, so the supervisor reloads them when the workers reload theirs (SIGHUP, and a
+change of the file while ``watch_config`` is on).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from garrison.config.loader import LoadedConfig
+from garrison.config.loader import ConfigError, LoadedConfig, load_config
+from garrison.gateway.redirect import HttpsRedirect
 from garrison.gateway.server import (
     PROMETHEUS_TEXT,
+    WATCH_INTERVAL,
     WORKER_ENV,
     GatewayServer,
     address_of,
@@ -56,6 +60,9 @@ class WorkerSupervisor:
         self.admin_denied: dict[str, int] = {}  # the admin guard's refusals, by reason
         # Used for the redirect listener and the shared security headers; never serves the main port.
         self.shell = GatewayServer(loaded, loop)
+        self._config_mtime = _mtime(loaded.source)
+        gateway = loaded.config.gateway  # whether the listener exists is fixed until a restart
+        self.serves_redirect = bool(gateway.redirect_http) and not gateway.tls.insecure_disable
 
     def metrics_socket(self, index: int) -> Path:
         return self.run_dir / f"worker-{index}.sock"
@@ -98,6 +105,30 @@ class WorkerSupervisor:
         for process in self.processes.values():
             if process.returncode is None:
                 process.send_signal(signum)
+
+    def reload(self) -> None:
+        """SIGHUP: every worker reloads; the redirect listener here takes the new host names."""
+        self.signal_all(signal.SIGHUP)
+        if self.serves_redirect:
+            self.reload_redirect()
+
+    def reload_redirect(self) -> None:
+        """A file that does not load keeps the names in use, as the workers keep their config."""
+        self._config_mtime = _mtime(self.loaded.source)
+        try:
+            config = load_config(self.loaded.source).config
+        except (ConfigError, ValueError, OSError):
+            return  # the workers log why
+        self.shell.runtime.redirect = HttpsRedirect.from_config(config)
+        log.log("gateway.redirect.reloaded", public_host=config.gateway.public_host)
+
+    async def follow_config(self) -> None:
+        """With ``watch_config``, reload the redirect names when the file changes (the workers
+        watch the same file for their own config)."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            if _mtime(self.loaded.source) != self._config_mtime:
+                self.reload_redirect()
 
     async def admin_handler(self, request: SimpleRequest) -> SimpleResponse:
         path = request.target.split(b"?", 1)[0]
@@ -155,6 +186,13 @@ class WorkerSupervisor:
             return ""
         _, _, body = data.partition(b"\r\n\r\n")
         return body.decode("utf-8", "replace")
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 class _Merged(Collector):
@@ -219,7 +257,7 @@ async def _supervise(supervisor: WorkerSupervisor, ready_file: Path | None) -> i
     admin = await loop.create_server(lambda: SimpleHttpProtocol(guard), sock=admin_sock, ssl=admin_tls)
     listeners = {"gateway": listen, "admin": address_of(admin_sock)}
     servers = [admin]
-    if gateway.redirect_http and not gateway.tls.insecure_disable:
+    if supervisor.serves_redirect and gateway.redirect_http:
         shell = supervisor.shell
         security = shell.runtime.security_headers + shell.runtime.referrer_policy_line
         redirect_sock = bind_socket(gateway.redirect_http, reuse_port=False)
@@ -230,10 +268,12 @@ async def _supervise(supervisor: WorkerSupervisor, ready_file: Path | None) -> i
         )
         listeners["redirect"] = address_of(redirect_sock)
     watchers = [loop.create_task(supervisor.watch(i, listen)) for i in range(supervisor.count)]
+    if supervisor.serves_redirect and gateway.watch_config:
+        watchers.append(loop.create_task(supervisor.follow_config()))
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: supervisor.signal_all(signal.SIGHUP))
+    loop.add_signal_handler(signal.SIGHUP, supervisor.reload)
     log.log("gateway.listening", listeners=listeners, workers=supervisor.count, pid=os.getpid())
     write_ready_file(ready_file, listeners)
     await stop.wait()
