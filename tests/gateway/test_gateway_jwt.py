@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -173,3 +174,17 @@ def test_gateway_started_before_its_issuer_answers_503_until_the_keys_arrive(
         assert "keeping 0 keys" not in gw.stderr_text()
     finally:
         issuer.stop()
+
+
+def test_reload_while_the_issuer_is_down_keeps_the_keys(
+    gateway_factory: Any, upstream: RecordingUpstream, issuer: Issuer
+) -> None:
+    gw = jwt_gateway(gateway_factory, upstream, issuer)
+    assert call(gw, "/orders/1", bearer(issuer.token()))[0] == 200
+    issuer.stop()
+    assert gw.proc is not None
+    gw.proc.send_signal(signal.SIGHUP)  # the new configuration cannot fetch the keys ...
+    assert wait_until(lambda: "gateway.reload.ok" in gw.stderr_text(), timeout=10), gw.stderr_tail()
+    # ... and starts from the ones it had (a new token: the reload also emptied the token cache).
+    assert call(gw, "/orders/2", bearer(issuer.token(jti="after-reload")))[0] == 200
+    assert ready(gw)[0] == 200

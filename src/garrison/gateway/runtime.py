@@ -121,6 +121,11 @@ class Runtime:
             return ["no JWT key set loaded yet"]
         return []
 
+    def adopt_keys(self, previous: Runtime) -> None:
+        """Start from the previous configuration's JWT keys (a reload while the issuer is down)."""
+        if self.jwks is not None and previous.jwks is not None:
+            self.jwks.adopt(previous.jwks)
+
     async def open(self) -> None:
         """Fetch what must be there before the first request (the JWKS); then start health checks."""
         if self.jwks is not None:

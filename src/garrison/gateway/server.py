@@ -345,6 +345,7 @@ class GatewayServer:
             log.error("gateway.reload.failed", reason=reason, problems=[str(exc)])
             return False
         old = self.runtime
+        runtime.adopt_keys(old)
         restart_needed = self._needs_restart(old, runtime)
         try:
             await runtime.open()
