@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import jwt
 import pytest
-from gateway_harness import GatewayProcess, RecordingUpstream, http_call
+from gateway_harness import GatewayProcess, RecordingUpstream, deep_merge, free_port, http_call, wait_until
 from jwt_issuer import AUDIENCE, Issuer
 
 
@@ -19,18 +21,20 @@ def issuer() -> Iterator[Issuer]:
     server.stop()
 
 
-def jwt_gateway(gateway_factory: Any, upstream: RecordingUpstream, issuer: Issuer) -> GatewayProcess:
+def jwt_gateway(
+    gateway_factory: Any, upstream: RecordingUpstream, issuer: Issuer, **gateway: Any
+) -> GatewayProcess:
+    """Two JWT routes; ``gateway`` is merged into the gateway section (``workers=2``, ``jwt={...}``)."""
+    jwt_settings = {
+        "issuer": issuer.url,
+        "jwks_url": f"{issuer.url}/jwks",
+        "audiences": [AUDIENCE],
+        "min_refetch_interval": "1s",
+    }
     return gateway_factory(
         upstream,
         {
-            "gateway": {
-                "jwt": {
-                    "issuer": issuer.url,
-                    "jwks_url": f"{issuer.url}/jwks",
-                    "audiences": [AUDIENCE],
-                    "min_refetch_interval": "1s",
-                }
-            },
+            "gateway": deep_merge({"jwt": jwt_settings}, gateway),
             "routes": [
                 {
                     "match": {"path": "/orders", "prefix": True},
@@ -132,3 +136,55 @@ def test_key_rotation_is_picked_up_and_unknown_kids_are_rate_limited(
     ]
     assert {call(gw, "/orders/3", bearer(token))[0] for token in forged} == {401}
     assert issuer.fetches - fetches <= 2  # a flood of unknown kids costs at most a fetch per interval
+
+
+def ready(gw: GatewayProcess) -> tuple[int, bytes]:
+    status, _, body = http_call(gw.admin_port, "/ready")
+    return status, body
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_gateway_started_before_its_issuer_answers_503_until_the_keys_arrive(
+    gateway_factory: Any, upstream: RecordingUpstream, workers: int
+) -> None:
+    issuer = Issuer(port=free_port(), serve=False)  # the issuer is down: its port refuses connections
+    try:
+        # A refetch interval of an hour: recovery must come from the short back-off, not from it.
+        gw = jwt_gateway(
+            gateway_factory, upstream, issuer, workers=workers, jwt={"min_refetch_interval": "1h"}
+        )
+        token = issuer.token()
+        status, headers, body = http_call(gw.port, "/orders/1", bearer(token))
+        assert status == 503
+        assert int(headers["retry-after"]) >= 1
+        assert "www-authenticate" not in headers  # not a verdict on the token: clients keep it
+        assert json.loads(body)["error"] == "authentication_unavailable"
+        assert call(gw, "/orders/1", bearer("not.a.token"))[0] == 401  # a broken token is still refused
+        assert call(gw, "/orders/1")[0] == 401  # and so is no token
+        status, reason = ready(gw)
+        assert status == 503 and b"no JWT key set loaded yet" in reason
+        assert upstream.requests == []
+
+        issuer.serve()
+        # Normally within a second or two (the back-off has reached 1-2 s by now); the deadline is
+        # generous for a loaded machine, and still far below the hour the refetch interval would take.
+        assert wait_until(lambda: ready(gw)[0] == 200, timeout=15), ready(gw)
+        assert call(gw, "/orders/1", bearer(token))[0] == 200
+        assert "gateway.jwks.unavailable" in gw.stderr_text()
+        assert "keeping 0 keys" not in gw.stderr_text()
+    finally:
+        issuer.stop()
+
+
+def test_reload_while_the_issuer_is_down_keeps_the_keys(
+    gateway_factory: Any, upstream: RecordingUpstream, issuer: Issuer
+) -> None:
+    gw = jwt_gateway(gateway_factory, upstream, issuer)
+    assert call(gw, "/orders/1", bearer(issuer.token()))[0] == 200
+    issuer.stop()
+    assert gw.proc is not None
+    gw.proc.send_signal(signal.SIGHUP)  # the new configuration cannot fetch the keys ...
+    assert wait_until(lambda: "gateway.reload.ok" in gw.stderr_text(), timeout=10), gw.stderr_tail()
+    # ... and starts from the ones it had (a new token: the reload also emptied the token cache).
+    assert call(gw, "/orders/2", bearer(issuer.token(jti="after-reload")))[0] == 200
+    assert ready(gw)[0] == 200

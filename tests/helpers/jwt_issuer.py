@@ -15,11 +15,26 @@ AUDIENCE = "shop-api"
 
 
 class Issuer:
-    """A JWKS server on loopback with its own ES256 keys; counts JWKS fetches."""
+    """A JWKS server on loopback with its own ES256 keys; counts JWKS fetches.
 
-    def __init__(self) -> None:
+    ``Issuer(port=free_port(), serve=False)`` has its URL and keys (tokens can be minted) but nothing
+    listens until ``serve()``: an issuer that is down, then comes up.
+    """
+
+    def __init__(self, port: int = 0, serve: bool = True) -> None:
         self.keys: dict[str, ec.EllipticCurvePrivateKey] = {}
         self.fetches = 0
+        self.port = port
+        self.server: ThreadingHTTPServer | None = None
+        self.add_key("k1")
+        if serve:
+            self.serve()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def serve(self) -> None:
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -36,11 +51,9 @@ class Issuer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.add_key("k1")
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def add_key(self, kid: str) -> None:
         self.keys[kid] = ec.generate_private_key(ec.SECP256R1())
@@ -65,5 +78,8 @@ class Issuer:
         return jwt.encode(payload, self.keys[kid], "ES256", headers={"kid": kid, "typ": "at+jwt"})
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        """Stop serving (new connections are refused); ``serve()`` starts again on the same port."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None

@@ -23,7 +23,14 @@ from urllib.parse import parse_qs
 
 from garrison.gateway.auth.apikeys import ApiKeyCache, extract_api_key
 from garrison.gateway.auth.authz import InsufficientScope, Requirement, www_authenticate
-from garrison.gateway.auth.jwt import AuthError, JwtVerifier, TokenRejected, VerifiedToken, extract_bearer
+from garrison.gateway.auth.jwt import (
+    AuthError,
+    JwtVerifier,
+    KeysUnavailable,
+    TokenRejected,
+    VerifiedToken,
+    extract_bearer,
+)
 
 # What may go into a gateway-owned header: visible ASCII and spaces, so a claim can never inject a
 # header line (CR/LF) or smuggle bytes an upstream would read differently.
@@ -251,7 +258,10 @@ RouteAuth = JwtRouteAuth | ApiKeyRouteAuth | MtlsRouteAuth
 
 
 def challenge(error: AuthError) -> bytes:
-    """The WWW-Authenticate header line for a refusal (RFC 6750 §3)."""
+    """The header line for a refusal: a WWW-Authenticate challenge (RFC 6750 §3), or, when the
+    gateway has no key set yet, Retry-After and no challenge (the token was not found wanting)."""
+    if isinstance(error, KeysUnavailable):
+        return b"retry-after: %d\r\n" % error.retry_after
     if isinstance(error, CertificateRefused):
         return b""
     if isinstance(error, MissingCredentials):

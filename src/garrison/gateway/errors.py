@@ -20,6 +20,7 @@ MESSAGES: dict[str, str] = {
     "invalid_token": "The access token is not valid here.",
     "invalid_request": "The credentials in this request are ambiguous or misplaced.",
     "insufficient_scope": "These credentials do not grant access to this route.",
+    "authentication_unavailable": "Access tokens cannot be checked yet; retry after the time in Retry-After.",
     "client_certificate_required": "This route requires a client certificate.",
     "unknown_client_certificate": "This client certificate is not accepted here.",
     "forbidden": "Requests from this address are not allowed.",

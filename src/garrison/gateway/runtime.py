@@ -99,6 +99,7 @@ class Runtime:
     referrer_policy_line: bytes  # added unless the upstream set its own
     metrics: GatewayMetrics
     jwks: JwksCache | None = None
+    jwt_routes: bool = False  # some route has `require: jwt`: serving them needs the key set
     # One per runtime: a reload starts empty, so a changed ttl or route never serves old entries.
     response_cache: ResponseCache | None = None
     # Copied out of the config so the hot path does one attribute lookup, not four.
@@ -116,6 +117,17 @@ class Runtime:
         self.allow_underscores = self.config.gateway.allow_underscores_in_headers
         self.ip_rules = _ip_rules(self.config.gateway.ip_rules)
         self.redirect = HttpsRedirect.from_config(self.config)
+
+    def not_ready_reasons(self) -> list[str]:
+        """Why some routes of this configuration cannot be served yet (empty: all can)."""
+        if self.jwt_routes and self.jwks is not None and not self.jwks.has_keys:
+            return ["no JWT key set loaded yet"]
+        return []
+
+    def adopt_keys(self, previous: Runtime) -> None:
+        """Start from the previous configuration's JWT keys (a reload while the issuer is down)."""
+        if self.jwks is not None and previous.jwks is not None:
+            self.jwks.adopt(previous.jwks)
 
     async def open(self) -> None:
         """Fetch what must be there before the first request (the JWKS); then start health checks."""
@@ -393,6 +405,7 @@ def build_runtime(
         referrer_policy_line=f"referrer-policy: {config.gateway.referrer_policy}\r\n".encode(),
         metrics=metrics,
         jwks=jwks,
+        jwt_routes=any(route.auth.require == "jwt" for route in config.routes),
         response_cache=_response_cache(config, loop),
     )
     cache = runtime.response_cache

@@ -210,9 +210,16 @@ class GatewayServer:
         if path == b"/live":
             return SimpleResponse(200, b"ok\n")
         if path == b"/ready":
-            ok = self.ready and not self.draining
-            return SimpleResponse(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+            return readiness_response(self.not_ready_reasons())
         return SimpleResponse(404, b"not found\n")
+
+    def not_ready_reasons(self) -> list[str]:
+        """Why a load balancer should not send traffic here now (empty: it should)."""
+        if self.draining:
+            return ["draining"]
+        if not self.ready:
+            return ["starting"]
+        return self.runtime.not_ready_reasons()
 
     def redirect_handler(self, request: SimpleRequest) -> SimpleResponse:
         """308 to the same target over HTTPS, on a host the config names (see redirect.py)."""
@@ -320,6 +327,7 @@ class GatewayServer:
             log.error("gateway.reload.failed", reason=reason, problems=[str(exc)])
             return False
         old = self.runtime
+        runtime.adopt_keys(old)
         restart_needed = self._needs_restart(old, runtime)
         try:
             await runtime.open()
@@ -415,6 +423,13 @@ def make_revocations(spec: RevocationsConfig, redis_url: str | None) -> Revocati
         assert redis_url is not None  # the loader refuses `redis` storage without a URL
         return RedisRevocations(redis_url, spec.prefix, max_entries=spec.max_entries)
     return MemoryRevocations(max_entries=spec.max_entries)
+
+
+def readiness_response(reasons: list[str]) -> SimpleResponse:
+    """``/ready``: 200 ``ready``, or 503 naming each reason (a probe's log then says why)."""
+    if not reasons:
+        return SimpleResponse(200, b"ready\n")
+    return SimpleResponse(503, ("not ready: " + "; ".join(reasons) + "\n").encode())
 
 
 def write_ready_file(path: Path | None, listeners: dict[str, str]) -> None:

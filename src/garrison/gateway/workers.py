@@ -37,6 +37,7 @@ from garrison.gateway.server import (
     bind_socket,
     create_tables,
     open_admin_listener,
+    readiness_response,
     write_ready_file,
 )
 from garrison.gateway.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleResponse
@@ -141,10 +142,20 @@ class WorkerSupervisor:
         if path == b"/live":
             return SimpleResponse(200, b"ok\n")
         if path == b"/ready":
-            alive = all(p.returncode is None for p in self.processes.values())
-            ok = alive and not self.stopping
-            return SimpleResponse(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+            return readiness_response(await self.not_ready_reasons())
         return SimpleResponse(404, b"not found\n")
+
+    async def not_ready_reasons(self) -> list[str]:
+        """Every worker's own reasons: the kernel spreads connections over all of them, so the port is
+        ready only when each worker is (one without keys would refuse its share of JWT requests)."""
+        if self.stopping:
+            return ["draining"]
+        answers = await asyncio.gather(*(self._ask(i, b"GET", b"/ready") for i in range(self.count)))
+        return [
+            f"worker {index}: {_worker_reason(body)}"
+            for index, (status, body) in enumerate(answers)
+            if status != 200
+        ]
 
     async def fan_out(self, request: SimpleRequest) -> SimpleResponse:
         """Apply an admin request to every worker (each may hold its own in-memory blocklist and
@@ -193,6 +204,13 @@ def _mtime(path: Path) -> float:
         return os.stat(path).st_mtime
     except OSError:
         return 0.0
+
+
+def _worker_reason(body: bytes) -> str:
+    text = body.decode("utf-8", "replace").strip()
+    if text.startswith("not ready: "):
+        return text.removeprefix("not ready: ")
+    return "did not answer"  # dead, hung, or restarting: its socket gave no readiness answer
 
 
 class _Merged(Collector):

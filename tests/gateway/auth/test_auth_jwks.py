@@ -21,8 +21,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
-from garrison.gateway.auth.jwks import JwksCache, JwksError, parse_jwks
-from garrison.gateway.auth.jwt import JwtVerifier, TokenRejected
+from garrison.gateway.auth.jwks import Backoff, JwksCache, JwksError, parse_jwks
+from garrison.gateway.auth.jwt import JwtVerifier, KeysUnavailable, TokenRejected
 
 ISSUER_AUD = "api://orders"
 
@@ -274,6 +274,36 @@ class FakeClock:
         return self.now
 
 
+class ScriptedSleep:
+    """Stands in for ``asyncio.sleep`` in the refresh schedule: records each wait, blocks the schedule
+    until the test grants it more sleeps, then advances the fake clock by the wait. No real waiting."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.delays: list[float] = []
+        self._granted = 0
+        self._changed = asyncio.Condition()
+
+    async def __call__(self, delay: float) -> None:
+        async with self._changed:
+            self.delays.append(delay)
+            self._changed.notify_all()
+            await self._changed.wait_for(lambda: self._granted > 0)
+            self._granted -= 1
+        self.clock.now += delay
+
+    async def grant(self, sleeps: int) -> None:
+        async with self._changed:
+            self._granted += sleeps
+            self._changed.notify_all()
+
+    async def until_asked(self, count: int) -> list[float]:
+        """The waits so far, once the schedule has asked for ``count`` of them (the last one pending)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.delays) >= count)
+            return list(self.delays)
+
+
 def run(coro: Callable[[], Awaitable[None]], timeout: float = 10.0) -> None:
     async def main() -> None:
         await asyncio.wait_for(coro(), timeout=timeout)
@@ -384,6 +414,96 @@ def test_start_with_issuer_down_recovers_on_demand(keys: dict[str, Key]) -> None
                 await cache.stop()
 
     run(main)
+
+
+def test_backoff_doubles_from_one_second_to_the_cap() -> None:
+    low = Backoff(cap=30, rand=lambda: 0.0)
+    assert [low.delay(attempt) for attempt in range(8)] == [1, 2, 4, 8, 16, 30, 30, 30]
+    high = Backoff(cap=30, jitter=0.2, rand=lambda: 0.999)
+    for attempt, nominal in enumerate([1, 2, 4, 8, 16]):
+        assert nominal < high.delay(attempt) < nominal * 1.2  # jitter only stretches, never below 1 s
+    assert high.delay(5) == 30 and high.delay(100_000) == 30  # capped, and no overflow in a long outage
+    assert JwksCache(jwks_uri="http://127.0.0.1:9/jwks", refresh_interval=5).startup_backoff.cap == 5
+
+
+def test_no_keys_retries_on_the_short_backoff_then_follows_the_normal_rules(keys: dict[str, Key]) -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        sleep = ScriptedSleep(clock)
+        async with JwksServer() as server:
+            server.mode = "status"
+            cache = JwksCache(
+                jwks_uri=server.base + "/jwks",
+                clock=clock,
+                sleep=sleep,
+                startup_backoff=Backoff(cap=30, rand=lambda: 0.0),
+            )
+            verifier = JwtVerifier(cache, server.base, [ISSUER_AUD])
+            await cache.start()
+            try:
+                assert await sleep.until_asked(1) == [1]
+                assert not cache.has_keys and cache.retry_after() == 1
+                with pytest.raises(KeysUnavailable):
+                    verifier.verify(keys["a"].token(server.base), time.time())
+                await sleep.grant(6)  # six more failed fetches while the issuer stays down
+                assert await sleep.until_asked(7) == [1, 2, 4, 8, 16, 30, 30]
+                assert server.hits["/jwks"] == 7 and not cache.has_keys
+                clock.now += 12  # the pending wait of 30 s is 12 s old: Retry-After says what is left
+                assert cache.retry_after() == 18
+                with pytest.raises(KeysUnavailable) as info:
+                    verifier.verify(keys["a"].token(server.base), time.time())
+                assert info.value.retry_after == 18
+                server.mode, server.keys = "ok", [keys["a"]]
+                await sleep.grant(1)  # the issuer is back: the next retry loads the keys ...
+                assert (await sleep.until_asked(8))[
+                    -1
+                ] == cache.refresh_interval  # ... then the usual schedule
+                assert cache.has_keys and verifier.verify(keys["a"].token(server.base), time.time())
+                server.mode = "status"
+                await sleep.grant(1)  # a later refresh fails: the keys stay and the failure schedule holds
+                assert (await sleep.until_asked(9))[-1] == cache.min_refetch_interval
+                assert cache.kids == {keys["a"].kid} and cache.last_error is not None
+                with pytest.raises(TokenRejected) as unknown:
+                    verifier.verify(keys["b"].token(server.base), time.time())
+                assert (
+                    unknown.value.reason == "kid_unknown"
+                )  # keys known: an unknown kid is the token's fault
+            finally:
+                await cache.stop()
+
+    run(main)
+
+
+def test_a_key_set_without_usable_keys_changes_nothing(keys: dict[str, Key]) -> None:
+    async def main() -> None:
+        async with JwksServer() as server:
+            cache = JwksCache(jwks_uri=server.base + "/jwks", min_refetch_interval=0)
+            await cache.start()
+            try:
+                assert not cache.has_keys and cache.last_error == "the key set has no usable signature key"
+                server.keys = [keys["a"]]
+                assert await cache.refresh() and cache.has_keys
+                server.keys = []  # an issuer's glitch (or a set of only unusable keys) does not wipe the keys
+                assert not await cache.refresh()
+                assert cache.kids == {keys["a"].kid}
+            finally:
+                await cache.stop()
+
+    run(main)
+
+
+def test_a_reloaded_cache_adopts_the_keys_of_the_same_source(keys: dict[str, Key]) -> None:
+    old = JwksCache(jwks_uri="http://127.0.0.1:9/jwks")
+    old.load({"keys": [keys["a"].jwk]})
+    same, other = (
+        JwksCache(jwks_uri="http://127.0.0.1:9/jwks"),
+        JwksCache(jwks_uri="http://127.0.0.1:9/other"),
+    )
+    by_discovery = JwksCache(issuer="http://127.0.0.1:9")
+    for cache in (same, other, by_discovery):
+        cache.adopt(old)
+    assert same.kids == {keys["a"].kid}
+    assert not other.has_keys and not by_discovery.has_keys  # another source: its keys are not these
 
 
 def test_scheduled_refresh_picks_up_announced_rotation(keys: dict[str, Key]) -> None:

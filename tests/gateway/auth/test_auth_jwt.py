@@ -25,12 +25,15 @@ from garrison.gateway.auth.jwks import JwksCache
 from garrison.gateway.auth.jwt import (
     DESCRIPTIONS,
     JwtVerifier,
+    KeysUnavailable,
     RevocationList,
     TokenCache,
     TokenRejected,
     VerifiedToken,
     extract_bearer,
 )
+from garrison.gateway.authn import challenge
+from garrison.gateway.errors import MESSAGES
 
 ISSUER = "https://idp.test"
 AUDIENCE = "api://orders"
@@ -480,6 +483,40 @@ def test_size_and_type(verifier: JwtVerifier, signers: dict[str, Signer]) -> Non
 def test_unknown_kid_sync(signers: dict[str, Signer]) -> None:
     only_es = JwtVerifier(jwks_of(signers["ES256"]), ISSUER, [AUDIENCE])
     rejected(only_es, mint(signers["RS256"]), "kid_unknown")
+
+
+def test_no_key_set_yet_is_unavailable_not_invalid(signers: dict[str, Signer]) -> None:
+    """Before any key set was loaded a good token cannot be told from a forged one: 503, retry later.
+
+    A 401 here would make clients throw away tokens that are fine (the issuer is merely down)."""
+    nothing_yet = JwtVerifier(JwksCache(jwks_uri="http://127.0.0.1:9/jwks"), ISSUER, [AUDIENCE])
+    token = mint(signers["ES256"])
+    with pytest.raises(KeysUnavailable) as info:
+        nothing_yet.verify(token, NOW)
+    assert (info.value.status, info.value.error, info.value.retry_after) == (
+        503,
+        "authentication_unavailable",
+        1,
+    )
+    with pytest.raises(KeysUnavailable):
+        asyncio.run(nothing_yet.verify_async(token, NOW))  # the cache was never started: no fetch
+    # What is wrong with the token itself is still the token's fault, keys or not.
+    rejected(nothing_yet, "not.a.token", "malformed")
+    rejected(
+        nothing_yet,
+        compact({"alg": "none", "kid": "k", "typ": "at+jwt"}, claims(), lambda m: b""),
+        "alg_none",
+    )
+    rejected(
+        nothing_yet,
+        compact({"alg": "ES256", "typ": "at+jwt"}, claims(), signed_by(signers["ES256"])),
+        "kid_missing",
+    )
+
+
+def test_keys_unavailable_answers_retry_after_and_no_challenge() -> None:
+    assert challenge(KeysUnavailable(7)) == b"retry-after: 7\r\n"  # no WWW-Authenticate invalid_token
+    assert "authentication_unavailable" in MESSAGES
 
 
 def test_verifier_configuration_is_validated(signers: dict[str, Signer]) -> None:

@@ -8,7 +8,12 @@ Fetching is bounded on every axis an attacker or a broken issuer could stretch: 
 cap, a key count cap, no redirects, https unless the URL is on loopback, and refetches for unknown
 ``kid`` values rate-limited to one per ``min_refetch_interval`` with concurrent callers sharing the one
 fetch in flight (PyJWKClient refetched per unknown kid: a denial of service). A failed refresh keeps the
-previous key set.
+previous key set, and so does a key set with no usable key: an issuer's glitch must not wipe the keys.
+
+Until the first key set arrives the cache has nothing to verify with, which is the issuer's outage, not
+the client's fault: ``has_keys`` is false (the verifier answers 503, ``/ready`` says not ready) and the
+fetch is retried on a short ``Backoff`` (1 s, doubling, capped, jittered) instead of the failure
+schedule, so a gateway started before its issuer serves within about a second of the issuer's return.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ import contextlib
 import ipaddress
 import json
 import logging
+import math
+import random
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,7 +39,9 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from jwt.exceptions import PyJWTError
 
-log = logging.getLogger(__name__)
+from garrison.telemetry import logging as events
+
+log = logging.getLogger(__name__)  # only for the traceback of an unexpected failure
 
 PublicKey = EllipticCurvePublicKey | Ed25519PublicKey | RSAPublicKey
 
@@ -45,6 +54,8 @@ _CURVE_TO_ALG = {"P-256": "ES256", "P-384": "ES384"}
 # Only the public members are ever handed to the parser: a JWKS that leaks private members ("d", ...)
 # must not turn into private key objects in our memory.
 _PUBLIC_MEMBERS = {"EC": ("kty", "crv", "x", "y"), "OKP": ("kty", "crv", "x"), "RSA": ("kty", "n", "e")}
+# The longest wait between fetches while no key set has been loaded (never beyond refresh_interval).
+STARTUP_BACKOFF_CAP = 30.0
 
 
 class JwksError(Exception):
@@ -58,6 +69,26 @@ class PinnedKey:
     kid: str
     alg: str
     key: PublicKey = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Waits between fetch attempts: ``base`` doubling per failure, at most ``cap``.
+
+    Each wait is stretched by up to ``jitter`` (a fraction, drawn with ``rand``): gateways started together
+    while their issuer was down would otherwise all retry in the same instant when it comes back, and
+    once their phases differ, equal waits at the cap keep them apart.
+    """
+
+    base: float = 1.0
+    cap: float = STARTUP_BACKOFF_CAP
+    jitter: float = 0.2
+    rand: Callable[[], float] = field(default=random.random, repr=False, compare=False)
+
+    def delay(self, attempt: int) -> float:
+        """The wait before retry number ``attempt`` (0: the first retry after the first failure)."""
+        nominal = self.base * 2.0 ** min(attempt, 32)  # bounded exponent: a days-long outage cannot overflow
+        return min(self.cap, nominal * (1.0 + self.jitter * self.rand()))
 
 
 def is_loopback_url(url: str) -> bool:
@@ -169,7 +200,9 @@ class JwksCache:
 
     ``key_for`` is the synchronous hot-path lookup. ``key_for_unknown`` may refetch, at most once per
     ``min_refetch_interval`` and sharing a fetch already in flight. ``start`` fetches once and schedules
-    a refresh every ``refresh_interval`` (sooner after a failure); ``stop`` cancels and closes everything.
+    a refresh every ``refresh_interval`` (sooner after a failure; on ``startup_backoff`` while no key
+    set has been loaded); ``stop`` cancels and closes everything. ``clock`` and ``sleep`` are injected
+    so that tests drive the schedule without waiting.
     """
 
     def __init__(
@@ -184,6 +217,8 @@ class JwksCache:
         allow_insecure_http: bool = False,
         verify: ssl.SSLContext | bool = True,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        startup_backoff: Backoff | None = None,
     ) -> None:
         if (jwks_uri is None) == (issuer is None):
             raise ValueError("give exactly one of jwks_uri and issuer")
@@ -203,7 +238,10 @@ class JwksCache:
         self._max_bytes = max_bytes
         self._verify = verify
         self._clock = clock
+        self._sleep = sleep
+        self.startup_backoff = startup_backoff or Backoff(cap=min(STARTUP_BACKOFF_CAP, refresh_interval))
         self._keys: dict[str, PinnedKey] = {}
+        self._next_attempt: float | None = None  # when the schedule fetches next (clock time)
         self._last_fetch_started: float | None = None
         self._inflight: asyncio.Task[bool] | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -230,9 +268,30 @@ class JwksCache:
     def kids(self) -> frozenset[str]:
         return frozenset(self._keys)
 
+    @property
+    def has_keys(self) -> bool:
+        """False until a key set with a usable key has been loaded (a fetch never empties it again)."""
+        return bool(self._keys)
+
+    def retry_after(self) -> int:
+        """Whole seconds until the schedule's next fetch (at least 1): the 503's ``Retry-After``."""
+        if self._next_attempt is None:
+            return 1  # the first fetch or a retry is under way
+        return max(1, math.ceil(self._next_attempt - self._clock()))
+
     def load(self, document: Any) -> None:
         """Replace the key set with the keys of a JWKS ``document`` (pushed or inline; tests)."""
         self._keys = parse_jwks(document)
+
+    def adopt(self, previous: JwksCache) -> None:
+        """Start from ``previous``'s keys when both read the same source (a config reload).
+
+        A reload builds a new cache; without this, a reload while the issuer is down would throw away
+        keys that are still good and turn every JWT route into a 503 until the issuer is back.
+        """
+        same_source = (previous._discovery_url, previous._issuer) == (self._discovery_url, self._issuer)
+        if same_source and (self._discovery_url is not None or previous._jwks_uri == self._jwks_uri):
+            self._keys = previous._keys
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -281,29 +340,48 @@ class JwksCache:
     async def _refresh_loop(self, last_ok: bool) -> None:
         failures = 0 if last_ok else 1
         while True:
-            if failures:
-                delay = min(self.refresh_interval, max(self.min_refetch_interval, 1.0) * 2 ** (failures - 1))
-            else:
-                delay = self.refresh_interval
-            await asyncio.sleep(delay)
+            delay = self._next_delay(failures)
+            self._next_attempt = self._clock() + delay
+            await self._sleep(delay)
+            self._next_attempt = None
             failures = 0 if await self.refresh() else failures + 1
+
+    def _next_delay(self, failures: int) -> float:
+        if not self._keys:
+            # Nothing to verify with: every JWT route is down until a key set arrives, so retry soon.
+            return self.startup_backoff.delay(max(failures - 1, 0))
+        if failures:  # keys are kept meanwhile: back off from min_refetch_interval up to refresh_interval
+            step = max(self.min_refetch_interval, 1.0)
+            return min(self.refresh_interval, step * 2.0 ** min(failures - 1, 32))
+        return self.refresh_interval
 
     async def _fetch_and_swap(self) -> bool:
         try:
             if self._jwks_uri is None:
                 self._jwks_uri = await self._discover()
             keys = parse_jwks(await self._get_json(self._jwks_uri))
+            if not keys:
+                raise JwksError("the key set has no usable signature key")
         except JwksError as exc:
             self.last_error = str(exc)
-            log.warning("JWKS refresh failed, keeping %d keys: %s", len(self._keys), exc)
+            self._log_failure(str(exc))
             return False
         except Exception:  # a bug must not kill the schedule or leak an unretrieved task exception
             self.last_error = "unexpected error"
             log.exception("JWKS refresh failed unexpectedly, keeping %d keys", len(self._keys))
             return False
+        if not self._keys:
+            events.log("gateway.jwks.loaded", keys=len(keys))
         self._keys = keys  # one reference swap: key_for never sees a half-built set
         self.last_error = None
         return True
+
+    def _log_failure(self, reason: str) -> None:
+        if self._keys:
+            events.warn("gateway.jwks.refresh_failed", error=reason, kept_keys=len(self._keys))
+        else:
+            # Not "keeping 0 keys": with no key set at all, every JWT route answers 503 until one arrives.
+            events.warn("gateway.jwks.unavailable", error=reason, message="no key set yet: JWT routes 503")
 
     async def _discover(self) -> str:
         assert self._discovery_url is not None

@@ -9,6 +9,10 @@ can never choose how its own signature is checked. Time claims are checked again
 
 A rejection carries a fixed description chosen from ``DESCRIPTIONS``: nothing from the token (not the
 kid, not a claim) is ever echoed into a response or a log line.
+
+A well-formed token that arrives before the issuer's key set ever could be loaded is not rejected:
+``KeysUnavailable`` (503, retry later) tells the client its token may be fine, where a 401 would make it
+throw a good token away.
 """
 
 from __future__ import annotations
@@ -82,6 +86,16 @@ class TokenRejected(AuthError):
             400 if bad_request else 401,
         )
         self.reason = reason
+
+
+class KeysUnavailable(AuthError):
+    """503: no key set has been loaded yet, so no token can be judged; ``retry_after`` in seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            "authentication_unavailable", "The gateway cannot verify access tokens yet; retry later.", 503
+        )
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +218,7 @@ class JwtVerifier:
         alg, kid = self._check_header(token)
         key = self._jwks.key_for(kid)
         if key is None:
-            raise TokenRejected("kid_unknown")
+            raise self._no_key()
         return self._check_signed(token, alg, key, now)
 
     async def verify_async(self, token: str, now: float) -> VerifiedToken:
@@ -215,8 +229,14 @@ class JwtVerifier:
         alg, kid = self._check_header(token)
         key = self._jwks.key_for(kid) or await self._jwks.key_for_unknown(kid)
         if key is None:
-            raise TokenRejected("kid_unknown")
+            raise self._no_key()
         return self._check_signed(token, alg, key, now)
+
+    def _no_key(self) -> AuthError:
+        """An unknown kid is the token's fault only if there are keys it could have named."""
+        if not self._jwks.has_keys:
+            return KeysUnavailable(self._jwks.retry_after())
+        return TokenRejected("kid_unknown")
 
     def _cached(self, token: str, now: float) -> VerifiedToken | None:
         if not isinstance(token, str):
