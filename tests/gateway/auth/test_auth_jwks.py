@@ -376,15 +376,15 @@ def test_failed_refresh_keeps_previous_keys(keys: dict[str, Key], mode: str) -> 
     async def main() -> None:
         async with JwksServer() as server:
             server.keys = [keys["a"]]
-            cache = JwksCache(jwks_uri=server.base + "/jwks", timeout=0.3)
+            # Only the hanging server needs a short timeout (run() bounds the whole test); the others
+            # get a long one, so a loaded CI machine cannot turn a slow connect into a failure.
+            cache = JwksCache(jwks_uri=server.base + "/jwks", timeout=0.3 if mode == "hang" else 10.0)
             await cache.start()
             try:
                 assert cache.kids == {keys["a"].kid}
                 server.mode = mode
                 server.keys = [keys["b"]]
-                started = time.monotonic()
                 assert not await cache.refresh()
-                assert time.monotonic() - started < 2
                 assert cache.kids == {keys["a"].kid}
                 assert cache.last_error is not None
                 server.mode = "ok"
