@@ -177,6 +177,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
+        self.server.closed_connections += 1  # when to hand freed memory back (gateway/heap.py)
         active = self.active
         self.active = None
         if active is not None and not active.response_done:
