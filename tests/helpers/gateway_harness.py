@@ -303,7 +303,9 @@ class RecordingUpstream:
         self.loop.run_forever()
 
     async def _listen(self) -> int:
-        self._server = await self.loop.create_server(self._new_connection, "127.0.0.1", 0)
+        # A deep backlog: a burst of new upstream connections (tests/helpers/churn.py opens
+        # hundreds at once) must not overflow it, or the retransmitted SYN misses connect_timeout.
+        self._server = await self.loop.create_server(self._new_connection, "127.0.0.1", 0, backlog=1024)
         return int(self._server.sockets[0].getsockname()[1])
 
     def _new_connection(self) -> _UpstreamConnection:

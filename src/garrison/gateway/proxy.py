@@ -5,6 +5,13 @@ validates, routes and writes the request head to a pooled upstream connection in
 the upstream's parser calls back ``on_upstream_head/body/complete``, which write straight to the
 client. No task, queue or future is created for a request unless a new upstream connection must be
 opened. Pipelined requests wait in a queue and are served in order.
+
+A closed connection is freed at once, by reference counting: the parser, which holds bound methods
+of the connection, exists only from ``connection_made`` to ``connection_lost``, and
+``connection_lost`` drops everything else that could close a cycle (``_release``). A cycle would keep
+each dead connection, its transport and, over TLS, uvloop's 256 KiB read buffer and OpenSSL's state
+until the cyclic GC's next full collection, which counts objects, not bytes: under connection churn
+that was hundreds of megabytes (issue 7; docs/THREAT_MODEL.md, gateway, denial of service).
 """
 
 from __future__ import annotations
@@ -92,7 +99,9 @@ class ClientConnection(asyncio.Protocol):
         self.server = server
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        # An httptools.HttpRequestParser (untyped, hence Any) from connection_made to connection_lost
+        # only: it holds bound methods of this object, a reference cycle (see _release).
+        self.parser: Any = None
         self.peer = "0.0.0.0"
         self.closed = False
         self.paused = 0
@@ -122,6 +131,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self.parser = httptools.HttpRequestParser(self)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = peer[0].removeprefix("::ffff:")
@@ -167,6 +177,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
+        self.server.closed_connections += 1  # when to hand freed memory back (gateway/heap.py)
         active = self.active
         self.active = None
         if active is not None and not active.response_done:
@@ -175,6 +186,20 @@ class ClientConnection(asyncio.Protocol):
             if active.status == 0 or not active.response_started:
                 active.status = 499  # as nginx logs it: the client went away first
             self._record(active)
+        self._release()
+
+    def _release(self) -> None:
+        """Drop what could keep this closed connection in a reference cycle (see the module docstring).
+
+        The parser holds bound methods of this object; a refusal kept for later holds a traceback
+        whose frames hold this object. The transport goes too: whatever still holds this object for
+        a moment (a task finishing) need not hold the TLS state as well.
+        """
+        self.parser = None
+        self.transport = None
+        self.reject_after = None
+        self.header_cache = None
+        self.certificate_client = None
 
     def pause_writing(self) -> None:
         active = self.active

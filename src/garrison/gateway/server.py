@@ -34,6 +34,7 @@ from garrison.gateway.admin_auth import Handler as AdminHandler
 from garrison.gateway.auth.apikeys import ApiKeyCache, ApiKeyStore
 from garrison.gateway.blocklist import Blocklist, MemoryBlocklist, RedisBlocklist
 from garrison.gateway.exchange import Exchange
+from garrison.gateway.heap import HeapTrimmer, glibc_malloc_trim
 from garrison.gateway.proxy import ClientConnection
 from garrison.gateway.revocations import MemoryRevocations, RedisRevocations, Revocations
 from garrison.gateway.runtime import Runtime, build_runtime
@@ -112,7 +113,11 @@ class GatewayServer:
             loaded.config, loop, self.metrics, self.api_keys, revocations=self.revocations
         )
         self.connections: set[ClientConnection] = set()
+        self.closed_connections = 0  # client connections ever closed: when to trim the heap
+        self.heap = HeapTrimmer(glibc_malloc_trim())
         self.metrics.open_connections = lambda: len(self.connections)
+        self.metrics.heap_trims = lambda: self.heap.trims
+        self.metrics.heap_trim_pending = lambda: self.heap.pending(self.closed_connections)
         self.max_connections = loaded.config.gateway.limits.max_connections
         self.draining = False
         self.ready = False
@@ -289,6 +294,8 @@ class GatewayServer:
             for conn in list(self.connections):
                 conn.check_deadlines(now)
             self.runtime.sweep(now)
+            # Hands the memory of closed connections back to the OS, rarely (gateway/heap.py says why).
+            self.heap.maybe_trim(len(self.connections), self.closed_connections, now)
             self.access_log.flush()
             if now - last_watch >= WATCH_INTERVAL:
                 last_watch = now

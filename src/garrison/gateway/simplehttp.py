@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import httptools
 
@@ -42,7 +42,9 @@ class SimpleHttpProtocol(asyncio.Protocol):
     def __init__(self, handler: Handler, security_headers: bytes = b"") -> None:
         self.handler = handler
         self.security_headers = security_headers
-        self.parser = httptools.HttpRequestParser(self)
+        # An httptools.HttpRequestParser (untyped, hence Any) while connected: it holds bound methods
+        # of this object, a cycle broken in connection_lost so a closed connection is freed at once.
+        self.parser: Any = None
         self.transport: asyncio.Transport | None = None
         self.url = b""
         self.headers: dict[bytes, bytes] = {}
@@ -55,6 +57,7 @@ class SimpleHttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self.parser = httptools.HttpRequestParser(self)
         # Only a context that asks for certificates (the admin listener's `client_ca`) gets one, and
         # OpenSSL has verified it by now: an unverifiable certificate fails the handshake.
         self.peer_certificate = bool(transport.get_extra_info("peercert"))
@@ -67,6 +70,9 @@ class SimpleHttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
+            self.timer = None
+        self.parser = None
+        self.transport = None
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)

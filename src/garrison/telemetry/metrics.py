@@ -52,6 +52,8 @@ class GatewayMetrics(Collector):
         self.cache_lookups: dict[tuple[str, str], int] = {}
         self.cache_bytes: Callable[[], int] = lambda: 0
         self.open_connections: Callable[[], int] = lambda: 0
+        self.heap_trims: Callable[[], int] = lambda: 0
+        self.heap_trim_pending: Callable[[], int] = lambda: 0
         self.circuit_states: Callable[[], Iterable[tuple[str, str, str]]] = lambda: ()
         self.admin_refused: dict[tuple[str, str], int] = {}  # (set, reason) -> count (admin.py)
         # reason -> count of admin requests the guard refused; None where no guard runs (a worker
@@ -139,6 +141,20 @@ class GatewayMetrics(Collector):
         yield admin_refused_family(self.admin_refused)
         if self.admin_denied is not None:
             yield admin_denied_family(self.admin_denied)
+        yield from self._heap_families()
+
+    def _heap_families(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        """What the heap trimmer did (gateway/heap.py); both stay 0 where malloc_trim does not exist."""
+        yield CounterMetricFamily(
+            "garrison_gateway_heap_trims",
+            "Times freed heap memory was handed back to the operating system (malloc_trim).",
+            value=self.heap_trims(),
+        )
+        yield GaugeMetricFamily(
+            "garrison_gateway_heap_trim_pending_connections",
+            "Client connections closed since the last heap trim.",
+            value=self.heap_trim_pending(),
+        )
 
     def _request_families(self) -> Iterable[CounterMetricFamily | HistogramMetricFamily]:
         requests = CounterMetricFamily(

@@ -3,7 +3,9 @@
 The connection is a bare asyncio Protocol whose parser callbacks hand each response event straight
 to the client side (an ``UpstreamListener``): no coroutine, queue or extra copy on the hot path.
 Idle connections wait in a LIFO stack (the most recently used is the least likely to have been
-closed by the upstream), and an idle sweep closes those past ``idle_timeout``.
+closed by the upstream), and an idle sweep closes those past ``idle_timeout``. As on the client
+side (gateway/proxy.py), the parser lives only while the connection is open, so a closed
+connection is not kept alive by a reference cycle.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import httptools
 
@@ -35,7 +37,10 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: TargetPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        # An httptools.HttpResponseParser (untyped, hence Any) from connection_made to connection_lost
+        # only: it holds bound methods of this object, a cycle that would keep a closed connection
+        # and its transport for the cyclic GC's next full collection (see proxy.ClientConnection).
+        self.parser: Any = None
         self.listener: UpstreamListener | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunked = False
@@ -83,6 +88,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self.parser = httptools.HttpResponseParser(self)
 
     def data_received(self, data: bytes) -> None:
         if self.listener is None:
@@ -102,6 +108,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         listener = self.listener
         self.listener = None
+        self.parser = None
+        self.transport = None
         self.pool.forget(self)
         if listener is None:
             return
