@@ -79,6 +79,16 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
             return " ".join(sorted(allowed))
         return " ".join(s for s in dict.fromkeys(scope_to_list(scope)) if s in allowed)
 
+    def check_requested_scope(self, scope: str | None) -> None:
+        """Refuse a request whose scopes the client's roles all deny (RFC 6749 §5.2 ``invalid_scope``).
+
+        Narrowing a request to nothing would issue a token that grants nothing, and tell a client
+        asking for ``admin:all`` "200" when the answer is no. A request for some allowed scopes is
+        narrowed instead (``get_allowed_scope``); one for none at all gets the client's default.
+        """
+        if scope and not self.get_allowed_scope(scope):
+            raise InvalidScopeError("None of the requested scopes is allowed for this client.")
+
     def check_redirect_uri(self, redirect_uri: str) -> bool:
         return redirect_uri in self.record.redirect_uris  # exact match, nothing else
 
@@ -220,6 +230,11 @@ def build_server(
 
 class ClientCredentials(grants.ClientCredentialsGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = list(TOKEN_ENDPOINT_AUTH_METHODS)
+
+    def validate_requested_scope(self) -> None:
+        # Authlib calls this once the client is authenticated, before a token is generated.
+        super().validate_requested_scope()
+        self.request.client.check_requested_scope(self.request.payload.scope)
 
 
 __all__ = [
