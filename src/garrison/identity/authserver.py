@@ -9,8 +9,9 @@ a token endpoint must remember. Its neighbours hold the rest: the request/respon
 Authlib is synchronous; the web adapter runs each call inside SQLAlchemy's ``greenlet_spawn`` so the
 few callbacks that need the database (``private_key_jwt`` replay checks, refresh tokens, codes) use
 the async engine through ``await_only`` without blocking the event loop or needing threads. The
-client_credentials path touches no database at all: the client comes from memory and the access
-token is a signed JWT that is not stored. The user-facing grants (authorization code, refresh token,
+client_credentials path touches no database: the client comes from memory and the access token is a
+signed JWT that is not stored (client_throttle.py counts a client or address in the database only
+once it has failed). The user-facing grants (authorization code, refresh token,
 OpenID Connect) live in grants.py and oidc.py and are added to this server by ``grants.install``.
 """
 
@@ -30,6 +31,7 @@ from sqlalchemy.util import await_only
 
 from garrison.identity.adapter import EndpointResponse, IdentityRequest
 from garrison.identity.client_auth import TOKEN_ENDPOINT_AUTH_METHODS, AssertionAuth
+from garrison.identity.client_throttle import ClientAuthGuard
 from garrison.identity.clients import ClientDirectory, ClientRecord
 from garrison.identity.endpoints import REFRESH_TOKEN_PREFIX, Introspection, Revocation, TokenInspector
 from garrison.telemetry import logging as log
@@ -181,6 +183,20 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
         self.issuer = issuer
         self.directory = directory
         self.user_grants: UserGrants | None = None  # the stores of the user-facing grants (grants.install)
+        self.client_guard: ClientAuthGuard | None = None  # the throttle on client authentication
+
+    def authenticate_client(
+        self, request: IdentityRequest, methods: list[str], endpoint: str = "token"
+    ) -> OAuthClient:
+        """Every client authentication (/token, /introspect, /revoke) passes here: behind the throttle."""
+
+        def check() -> OAuthClient:
+            client: OAuthClient = super(IdentityServer, self).authenticate_client(request, methods, endpoint)
+            return client
+
+        if self.client_guard is None:
+            return check()
+        return self.client_guard.authenticate(request, check, endpoint, methods)
 
     def query_client(self, client_id: str) -> OAuthClient | None:
         if not isinstance(client_id, str):
@@ -218,8 +234,10 @@ def build_server(
     token_generator: AccessTokenGenerator,
     inspector: TokenInspector,
     revoke: Callable[[str, float], None],
+    client_guard: ClientAuthGuard | None = None,
 ) -> IdentityServer:
     server = IdentityServer(issuer, directory)
+    server.client_guard = client_guard
     server.register_token_generator("default", token_generator)
     server.register_client_auth_method(AssertionAuth.CLIENT_AUTH_METHOD, AssertionAuth(server, engine))
     server.register_grant(ClientCredentials)

@@ -1,4 +1,5 @@
-"""Brute-force protection for passwords and one-time codes that holds under parallel guessing.
+"""Brute-force protection for passwords, one-time codes and client credentials (client_throttle.py)
+that holds under parallel guessing.
 
 An attempt is counted *before* its password or code is checked, by one atomic statement per key::
 
@@ -9,9 +10,9 @@ An attempt is counted *before* its password or code is checked, by one atomic st
 most ``max_failures`` reach the check: the others read a count past the limit, or a lock, and are
 refused without a check. Only then does the caller check, and report back:
 
-- success takes the reservation back: an account key (``user:...``, ``otp:...``) is reset, an address
-  key (``ip:...``) gives back this one attempt only, so one good account cannot launder an address
-  that guesses at others;
+- success takes the reservation back: an account key (``user:...``, ``otp:...``, ``client:...``) is
+  reset, an address key (``ip:...``) gives back this one attempt only, so one good account cannot
+  launder an address that guesses at others;
 - failure keeps the count, and the failure that finds the limit reached locks the key until
   ``now + lock_for``; an attempt arriving beyond the limit locks it too (so an abandoned check cannot
   leave a key stuck without a lock end);
@@ -26,6 +27,7 @@ per-address limit, the audit events and short ``lock_for`` values are the operat
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
@@ -34,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Protocol
 
-from sqlalchemy import case, delete, literal, null, or_, update
+from sqlalchemy import case, delete, literal, null, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from garrison.identity.tables import throttle as throttle_table
@@ -42,6 +44,7 @@ from garrison.store.db import UTCDateTime, dialect_insert
 from garrison.telemetry import logging as log
 
 IP_PREFIX = "ip:"
+CLIENT_PREFIX = "client:"
 _KEY_MAX = 200
 _IPV6_NETWORK = 64  # one host usually holds a whole /64: counting single addresses would be no limit
 
@@ -101,6 +104,12 @@ def user_key(username: str) -> str:
     return _bounded("user:", username.strip().lower())
 
 
+def client_key(client_id: str) -> str:
+    """The throttle key of a registered client (failed client authentication, client_throttle.py)."""
+    return _bounded(CLIENT_PREFIX, client_id)
+
+
+@functools.lru_cache(maxsize=4096)  # every client authentication asks; the same few addresses repeat
 def ip_key(address: str) -> str:
     """The throttle key of a client address: the address for IPv4, its /64 network for IPv6."""
     try:
@@ -194,6 +203,29 @@ class Throttle:
                 )
             )
         return int(result.rowcount)
+
+    async def active(self, prefixes: Sequence[str], limit: int) -> list[tuple[str, datetime]]:
+        """Keys under ``prefixes`` that have failures in their window or a lock, each with the moment
+        after which it has neither; at most ``limit`` of them, the latest windows first."""
+        now = self.clock()
+        table = throttle_table
+        window = timedelta(seconds=self.settings.window)
+        async with self.engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    select(table.c.key, table.c.window_start, table.c.locked_until)
+                    .where(
+                        or_(*(table.c.key.startswith(prefix, autoescape=True) for prefix in prefixes)),
+                        or_(
+                            table.c.locked_until > now,
+                            (table.c.failures > 0) & (table.c.window_start > now - window),
+                        ),
+                    )
+                    .order_by(table.c.window_start.desc())
+                    .limit(limit)
+                )
+            ).all()
+        return [(row.key, max(row.window_start + window, row.locked_until or now)) for row in rows]
 
     async def _count(
         self,
