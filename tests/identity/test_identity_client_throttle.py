@@ -26,7 +26,7 @@ import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from identity_harness import IdentityProcess, identity_config, postgres_database
-from sqlalchemy import select
+from sqlalchemy import select, text, update
 
 from garrison.config.loader import parse_config
 from garrison.identity.adapter import Headers
@@ -101,13 +101,12 @@ def test_parallel_wrong_secrets_lock_the_client_and_the_right_one_is_refused(idp
         answers = list(pool.map(guess, range(30)))
     assert all(refused_as_invalid_client(answer) for answer in answers)
     failed = events(idp, "identity.client_auth.failed", client_id=victim["client_id"])
-    # Counted before the check once the key has failed: at most max_failures (+ the first, checked
-    # before the key was known to be under attack) secrets were ever compared.
-    assert 5 <= len(failed) <= 6 and all(e["endpoint"] == "token" and e["ip"] == guesser for e in failed)
-    assert events(idp, "identity.lockout", key="client:" + victim["client_id"])
-    assert events(idp, "identity.client_auth.refused", client_id=victim["client_id"], locked="client")
+    assert len(failed) == 30 and all(e["endpoint"] == "token" and e["ip"] == guesser for e in failed)
+    assert sum(e["locked"] == "client" for e in failed) == 25  # counted on a locked key: after the 5th
+    assert len(events(idp, "identity.lockout", key="client:" + victim["client_id"])) == 1
     # Locked: the right secret gets exactly a wrong secret's answer, from any address ...
     right = token(idp, victim, guesser)
+    assert events(idp, "identity.client_auth.refused", client_id=victim["client_id"], locked="client")
     assert refused_as_invalid_client(right) and right.json() == answers[0].json()
     assert right.headers.get("www-authenticate") == answers[0].headers.get("www-authenticate")
     assert refused_as_invalid_client(token(idp, victim, address()))
@@ -170,6 +169,19 @@ def test_a_success_resets_the_client_counter(idp: IdentityProcess) -> None:
     assert not events(idp, "identity.lockout", key="client:" + client["client_id"])
 
 
+def test_parallel_good_requests_of_a_client_with_failures_all_get_tokens(idp: IdentityProcess) -> None:
+    """A busy service after a few typos (its own, or a guesser's): its good requests are not counted, so
+    however many run at once they never lock it."""
+    busy = idp.create_client(f"busy-{uuid.uuid4().hex[:6]}", "--scope", "orders:read")
+    source = address()
+    for _ in range(4):
+        assert refused_as_invalid_client(token(idp, busy, source, secret="gcs_typo"))
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(lambda _: token(idp, busy, source).status_code, range(40)))
+    assert statuses == [200] * 40
+    assert not events(idp, "identity.lockout", key="client:" + busy["client_id"])
+
+
 def test_unknown_and_public_client_ids_count_on_the_address_only(idp: IdentityProcess) -> None:
     spa = f"spa-{uuid.uuid4().hex[:6]}"
     public = idp.create_web_client(spa, ["http://127.0.0.1:9/cb"], scopes=["openid"], auth_method="none")
@@ -214,9 +226,12 @@ async def _throttle_keys(engine: Any, kek: Any) -> set[str]:
 # -- in-process, with an injected clock -----------------------------------------------------------------
 
 
+CLOCK_START = datetime(2031, 5, 17, 9, 30, 7, 250_001, tzinfo=UTC)
+
+
 class Clock:
     def __init__(self) -> None:
-        self.now = datetime(2031, 5, 17, 9, 30, 7, 250_001, tzinfo=UTC)
+        self.now = CLOCK_START
 
     def __call__(self) -> datetime:
         return self.now
@@ -310,27 +325,64 @@ def test_the_lock_expires_after_lock_for_and_survives_a_restart(tmp_path: Path, 
     run_provider(tmp_path, database, clock, LOCKOUT, lock, after_restart)
 
 
-def test_parallel_guesses_reach_the_secret_check_at_most_max_failures_plus_one_times(
+def test_parallel_good_requests_never_lock_their_client_and_a_burst_of_guesses_does(
     tmp_path: Path, database: str | None, captured_log: io.StringIO
 ) -> None:
-    async def burst(provider: Provider, call: Call, client: dict[str, str]) -> None:
-        directory, checks = provider.directory, []
-        real_check = directory.check_secret
+    async def bursts(provider: Provider, call: Call, client: dict[str, str]) -> None:
+        client_id, secret = client["client_id"], client["client_secret"]
+        assert (await call(client_id, "gcs_typo")).status == 401  # one failure: the client is suspect now
+        good = await asyncio.gather(*(call(client_id, secret) for _ in range(20)))
+        assert {answer.status for answer in good} == {200}  # good requests are not counted
+        guesses = await asyncio.gather(*(call(client_id, f"gcs_{n}") for n in range(50)))
+        assert {answer.status for answer in guesses} == {401}
+        assert (await call(client_id, secret)).status == 401  # locked: the right secret too
 
-        def counting(record: Any, secret: str) -> bool:
-            checks.append(secret)
-            return real_check(record, secret)
-
-        directory.check_secret = counting  # type: ignore[method-assign]
-        answers = await asyncio.gather(*(call(client["client_id"], f"gcs_{n}") for n in range(50)))
-        assert {answer.status for answer in answers} == {401}
-        assert 5 <= len(checks) <= 6  # the first guess is checked, then every guess is counted first
-        assert (await call(client["client_id"], client["client_secret"])).status == 401
-        assert len(checks) <= 6  # refused while locked, without a check
-
-    run_provider(tmp_path, database, Clock(), LOCKOUT, burst)
+    run_provider(tmp_path, database, Clock(), LOCKOUT, bursts)
     lines = [json.loads(line) for line in captured_log.getvalue().splitlines()]
     assert sum(line["event"] == "identity.lockout" for line in lines) == 1
+    assert sum(line["event"] == "identity.client_auth.failed" for line in lines) == 51
+
+
+def test_a_right_secret_waits_for_failures_in_flight_and_sees_them(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """What makes parallel guessing useless: a right secret on a key with failures is answered after
+    the failures queued before it. Here a failure holds the client's row (uncommitted, as a slow guess
+    would) when the right secret arrives; PostgreSQL shows the right secret waiting for that row, and
+    once the failure commits — the fifth, which locks — the right secret is refused."""
+    with postgres_database(request.getfixturevalue("postgres_url")) as url:
+
+        async def race(provider: Provider, call: Call, client: dict[str, str]) -> None:
+            client_id, secret = client["client_id"], client["client_secret"]
+            for _ in range(4):
+                assert (await call(client_id, "gcs_wrong")).status == 401
+            key = "client:" + client_id
+            async with provider.engine.connect() as guess:
+                transaction = await guess.begin()
+                await guess.execute(  # the fifth failure, counted and locking, not committed yet
+                    update(throttle_table)
+                    .where(throttle_table.c.key == key)
+                    .values(failures=5, locked_until=CLOCK_START + timedelta(seconds=300))
+                )
+                answer = asyncio.create_task(call(client_id, secret))
+                await _until_a_backend_waits_for_a_row_lock(provider)
+                assert not answer.done()
+                await transaction.commit()
+            assert (await answer).status == 401
+
+        run_provider(tmp_path, url, Clock(), LOCKOUT, race)
+
+
+async def _until_a_backend_waits_for_a_row_lock(provider: Provider) -> None:
+    """Poll pg_stat_activity (a condition, not a timer) until some session waits on a lock."""
+    waiting = "wait_event_type = 'Lock' AND datname = current_database()"
+    query = text(f"SELECT count(*) FROM pg_stat_activity WHERE {waiting}")
+    for _ in range(10_000):
+        async with provider.engine.connect() as connection:
+            if (await connection.execute(query)).scalar_one():
+                return
+        await asyncio.sleep(0)
+    raise AssertionError("the right secret never waited for the row")
 
 
 def test_an_address_lock_spans_client_ids(tmp_path: Path, database: str | None) -> None:

@@ -3,29 +3,37 @@
 RFC 6749 §2.3.1 asks a server that takes client passwords to protect itself from guessing. Every
 client authentication goes through ``IdentityServer.authenticate_client`` (authserver.py), which
 hands it to ``ClientAuthGuard.authenticate``. Failures are counted by ``throttle.Throttle`` — the
-same atomic, count-before-check throttle as passwords and one-time codes, in the same table — on
+same atomic counter as passwords and one-time codes, in the same table — on
 
 - ``client:<client_id>`` for a registered confidential client: ``max_failures``, reset by a success;
 - the client's address (``ip_key``, shared with the sign-in pages): ``ip_max_failures``.
 
 A client id that is not registered, or is a public client's (it has no secret to guess, and its id
-is public), counts on the address only, so a stream of made-up client ids adds no rows. A locked key
-is refused with exactly the ``invalid_client`` a wrong secret gets, without checking anything.
+is public), counts on the address only, so a stream of made-up client ids adds no rows.
 
-What differs from the sign-in pages is when the database is touched. The token endpoint is on every
-service's hot path and its client_credentials path is database-free by design; reserving an attempt
-costs two write transactions, several times the whole request. So a key is reserved before its
-check only while it is *suspect*: it failed in this process within ``max(window, lock_for)``, or the
-table said it has failures or a lock when this process last looked (at start, then every few seconds,
-``refresh``). A key that is not suspect is checked first; a failure marks it suspect at once — before
-this request yields to any other — and is then counted. The secret check of a registered client never
-yields, so parallel guesses behind the first one all find the key suspect and are reserved: a process
-checks at most ``max_failures + 1`` wrong guesses per lock, and a replica that has not yet seen a key
-fail elsewhere may check one more. Successes of clients nobody attacks never touch the database.
+Unlike a password, a client credential costs nothing to check (an HMAC, or one signature), and
+services send many good requests in parallel. So it is checked *first*, and what the throttle
+orders is the answer, not the check:
+
+- a wrong credential is counted atomically (``Throttle.reserve`` then ``failed``; the failure that
+  reaches a limit locks the key for ``lock_for``);
+- a right credential is not counted — twenty parallel good requests never lock their own client —
+  but on a key with failures it asks ``Throttle.admit``, which holds the client's row, so the
+  answer comes after every failure counted before it. A locked key, or one whose failures reached
+  the limit, gets exactly the ``invalid_client`` a wrong secret gets. So however a guesser
+  parallelises, at most ``max_failures`` guesses per lock could have been let through.
+
+The token endpoint is on every service's hot path and its client_credentials path is database-free
+by design. So a right credential asks the table only while one of its keys is *suspect*: it failed
+in this process within ``max(window, lock_for)``, or the table said it has failures or a lock when
+this process last looked (at start, then every few seconds: ``refresh``). A failure marks its keys
+suspect at once, before this request yields to any other; the secret check of a registered client
+never yields. A replica that has not yet seen a key fail elsewhere may let one right guess through
+in the seconds before it reads the table. Clients nobody attacks never touch the database.
 
 A request may carry one client credential and name one client (RFC 6749 §2.3, §5.2): otherwise it is
 refused as ``invalid_request`` before anything is checked, so a good credential for one client can
-never reset the counters of another that is being guessed in the same request.
+never clear the count of another that is guessed in the same request.
 """
 
 from __future__ import annotations
@@ -57,10 +65,11 @@ _ASSERTIONS = JWTBearerClientAssertion()  # only to read an assertion's claims e
 
 
 class Suspects:
-    """Throttle keys whose attempts must be reserved before they are checked, each until a moment.
+    """Throttle keys on which a right credential must ask the table (``Throttle.admit``), each until a
+    moment.
 
     Bounded: when ``capacity`` keys are remembered and expired ones make no room, every key is
-    suspect until the newest mark ends — slower (every attempt reserves), never weaker.
+    suspect until the newest mark ends — slower (every good request asks the table), never weaker.
     """
 
     def __init__(self, capacity: int = MAX_SUSPECTS) -> None:
@@ -151,18 +160,13 @@ class ClientAuthGuard:
         client_id = claimed_client(request)
         counted = client_id if client_id is not None and self.is_confidential(client_id) else None
         keys = [ip_key(request.client_ip)] + ([client_key(counted)] if counted is not None else [])
-        reservation = None
-        if self.suspects.any(keys, self.throttle.clock()):
-            reservation = self._reserve(keys, counted, request, endpoint, methods)
         try:
             client = check()
         except Exception:  # a wrong credential, or anything else: counted as a failure (fail closed)
-            self._failed(keys, reservation, counted, request, endpoint)
+            self._failed(keys, counted, request, endpoint)
             raise
-        if counted is not None:  # its count is reset below: a failure from now on marks it again
-            self.suspects.forget(client_key(counted))
-        if reservation is not None:
-            await_only(self.throttle.succeeded(reservation))
+        if self.suspects.any(keys, self.throttle.clock()):
+            self._admit(keys, counted, request, endpoint, methods)
         return client
 
     async def refresh(self) -> None:
@@ -174,44 +178,40 @@ class ClientAuthGuard:
         for key, until in active:
             self.suspects.mark(key, until, clock)
 
-    def _reserve(
+    def _admit(
         self, keys: list[str], counted: str | None, request: Any, endpoint: str, methods: list[str]
-    ) -> Reservation:
-        result = await_only(self.throttle.reserve(keys))
-        if isinstance(result, Reservation):
-            return result
+    ) -> None:
+        """A right credential on suspect keys: refused, as a wrong one would be, if a key is locked."""
+        locked = await_only(self.throttle.admit(keys))
+        if locked is None:
+            if counted is not None:  # its count was reset: a failure from now on marks it again
+                self.suspects.forget(client_key(counted))
+            return
         log.warn(
             "identity.client_auth.refused",
             reason="locked",
-            locked=result.key.split(":")[0],
+            locked=locked.key.split(":")[0],
             client_id=counted,
             ip=request.client_ip,
             endpoint=endpoint,
         )
         raise refused_like_a_wrong_secret(methods)
 
-    def _failed(
-        self,
-        keys: list[str],
-        reservation: Reservation | None,
-        counted: str | None,
-        request: Any,
-        endpoint: str,
-    ) -> None:
+    def _failed(self, keys: list[str], counted: str | None, request: Any, endpoint: str) -> None:
+        """Count a failure on every key (atomically; the one that reaches a limit locks it)."""
         now = self.throttle.clock()
-        for key in keys:  # before anything yields: the next guess on these keys is reserved first
+        for key in keys:  # before anything yields: right credentials on these keys now ask the table
             self.suspects.mark(key, now + self.horizon, now)
-        if reservation is None:  # checked first (the key was not suspect): count it now
-            late = await_only(self.throttle.reserve(keys))
-            reservation = late if isinstance(late, Reservation) else None
+        counted_on = await_only(self.throttle.reserve(keys))
         lockouts: list[Locked] = []
-        if reservation is not None:
-            lockouts = await_only(self.throttle.failed(reservation))
+        if isinstance(counted_on, Reservation):
+            lockouts = await_only(self.throttle.failed(counted_on))
         log.warn(
             "identity.client_auth.failed",
             client_id=counted,
             ip=request.client_ip,
             endpoint=endpoint,
+            locked=counted_on.key.split(":")[0] if isinstance(counted_on, Locked) else None,
             lockout_started=bool(lockouts),
         )
 

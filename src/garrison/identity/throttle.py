@@ -34,9 +34,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import case, delete, literal, null, or_, select, update
+from sqlalchemy import Row, case, delete, literal, null, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from garrison.identity.tables import throttle as throttle_table
@@ -203,6 +203,75 @@ class Throttle:
                 )
             )
         return int(result.rowcount)
+
+    async def admit(self, keys: Iterable[str]) -> Locked | None:
+        """A credential that was checked and is right, on keys that may have failures (client_throttle.py:
+        a client secret costs nothing to check, so it is checked first). ``None``: go ahead.
+
+        It is not counted, so any number of parallel good attempts pass. It is refused (``Locked``) when
+        a key is locked, or its failures reached the limit — which locks it now, as an attempt beyond
+        the limit would. Otherwise its account keys are reset, as ``succeeded`` does. An account key
+        with failures is read again in a transaction that holds its row, so the answer comes after
+        every failure counted before it: a plain read could overtake guesses queued for the row. An
+        address key is only read (no write, so good clients behind one address are not serialized):
+        a good credential racing failures still in flight from its address may pass.
+        """
+        ordered = sorted(set(keys))
+        now = self.clock()
+        async with self.engine.connect() as connection:
+            rows = (
+                await connection.execute(select(throttle_table).where(throttle_table.c.key.in_(ordered)))
+            ).all()
+        verdicts = {row.key: self._verdict(row, now) for row in rows}
+        locked = [Locked(row.key, row.locked_until, False) for row in rows if verdicts[row.key] == "locked"]
+        if locked:
+            return locked[0]
+        must_hold = any(
+            verdict == "limit" or (verdict == "counting" and not key.startswith(IP_PREFIX))
+            for key, verdict in verdicts.items()
+        )
+        return await self._admit_holding_rows(ordered, now) if must_hold else None
+
+    async def _admit_holding_rows(self, ordered: list[str], now: datetime) -> Locked | None:
+        """``admit`` for keys with failures: each row read by a no-op update (which waits for and holds
+        it), in sorted order like ``reserve``; account keys reset if nothing refuses."""
+        table = throttle_table
+        until = now + timedelta(seconds=self.settings.lock_for)
+        refused: Locked | None = None
+        async with self.engine.begin() as connection:
+            for key in ordered:
+                row = (
+                    await connection.execute(
+                        update(table)
+                        .where(table.c.key == key)
+                        .values(failures=table.c.failures)
+                        .returning(table.c.key, table.c.failures, table.c.window_start, table.c.locked_until)
+                    )
+                ).first()
+                verdict = self._verdict(row, now) if row is not None else "clear"
+                if row is not None and verdict == "locked":
+                    refused = Locked(key, row.locked_until, started=False)
+                elif row is not None and verdict == "limit":
+                    started = await self._lock(
+                        connection, Counted(key, row.failures, row.window_start), until
+                    )
+                    refused = Locked(key, until, started)
+                if refused is not None:
+                    break
+            else:
+                if accounts := [key for key in ordered if not key.startswith(IP_PREFIX)]:
+                    await connection.execute(delete(table).where(table.c.key.in_(accounts)))
+        if refused is not None and refused.started:
+            log.warn("identity.lockout", key=refused.key, until=refused.until.isoformat())
+        return refused
+
+    def _verdict(self, row: Row[Any], now: datetime) -> str:
+        """What a key's row says about one more attempt: locked, at its limit, counting, or clear."""
+        if row.locked_until is not None:
+            return "locked" if row.locked_until > now else "clear"  # a lock that ended: failures forgotten
+        if row.window_start <= now - timedelta(seconds=self.settings.window) or row.failures <= 0:
+            return "clear"
+        return "limit" if row.failures >= self.limit_for(row.key) else "counting"
 
     async def active(self, prefixes: Sequence[str], limit: int) -> list[tuple[str, datetime]]:
         """Keys under ``prefixes`` that have failures in their window or a lock, each with the moment
