@@ -26,7 +26,7 @@ import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from identity_harness import IdentityProcess, identity_config, postgres_database
-from sqlalchemy import select, text, update
+from sqlalchemy import event, select, text, update
 
 from garrison.config.loader import parse_config
 from garrison.identity.adapter import Headers
@@ -401,11 +401,31 @@ def test_suspects_are_bounded_and_fail_closed_when_full() -> None:
     now = datetime(2031, 1, 1, tzinfo=UTC)
     suspects = Suspects(capacity=2)
     suspects.mark("ip:a", now + timedelta(seconds=10), now)
-    suspects.mark("ip:b", now + timedelta(seconds=20), now)
-    assert not suspects.any(["ip:c"], now)
+    suspects.mark("client:b", now + timedelta(seconds=20), now, locked_until=now + timedelta(seconds=15))
+    assert suspects.locked("client:b", now) and not suspects.locked("ip:a", now)
+    assert not suspects.suspect("ip:c", now) and not suspects.overflowing(now)
     suspects.mark("ip:c", now + timedelta(seconds=30), now)  # no room: every key is suspect until then
-    assert len(suspects) == 2 and suspects.any(["ip:anyone"], now + timedelta(seconds=29))
-    assert not suspects.any(["ip:anyone"], now + timedelta(seconds=30))
+    assert len(suspects) == 2 and suspects.suspect("ip:anyone", now + timedelta(seconds=29))
+    assert suspects.overflowing(now) and not suspects.overflowing(now + timedelta(seconds=30))
     later = now + timedelta(seconds=35)
-    suspects.mark("ip:d", later + timedelta(seconds=5), later)  # ip:a and ip:b have expired: room again
-    assert len(suspects) == 1 and suspects.any(["ip:d"], later) and not suspects.any(["ip:a"], later)
+    suspects.mark("ip:d", later + timedelta(seconds=5), later)  # ip:a and client:b have expired: room
+    assert len(suspects) == 1 and suspects.suspect("ip:d", later) and not suspects.suspect("ip:a", later)
+
+
+def test_good_requests_touch_no_database_unless_their_client_has_failures(tmp_path: Path) -> None:
+    """The client_credentials path stays database-free: for a clean client, and for a clean client
+    whose address has failures (one bad secret behind a shared NAT must not slow every service)."""
+
+    async def count_statements(provider: Provider, call: Call, client: dict[str, str]) -> None:
+        statements: list[str] = []
+        event.listen(provider.engine.sync_engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        for _ in range(5):
+            assert (await call(client["client_id"], client["client_secret"], "203.0.113.80")).status == 200
+        assert statements == []
+        assert (await call("gc_nobody", "gcs_x", "203.0.113.81")).status == 401  # the address has failures
+        statements.clear()
+        for _ in range(5):
+            assert (await call(client["client_id"], client["client_secret"], "203.0.113.81")).status == 200
+        assert statements == []
+
+    run_provider(tmp_path, None, Clock(), LOCKOUT, count_statements)

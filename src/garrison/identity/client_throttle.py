@@ -24,12 +24,16 @@ orders is the answer, not the check:
   parallelises, at most ``max_failures`` guesses per lock could have been let through.
 
 The token endpoint is on every service's hot path and its client_credentials path is database-free
-by design. So a right credential asks the table only while one of its keys is *suspect*: it failed
-in this process within ``max(window, lock_for)``, or the table said it has failures or a lock when
-this process last looked (at start, then every few seconds: ``refresh``). A failure marks its keys
-suspect at once, before this request yields to any other; the secret check of a registered client
-never yields. A replica that has not yet seen a key fail elsewhere may let one right guess through
-in the seconds before it reads the table. Clients nobody attacks never touch the database.
+by design. So each process remembers the keys with recent failures (``Suspects``): those that failed
+here within ``max(window, lock_for)``, and those the table showed failures or a lock for when this
+process last looked (at start, then every few seconds: ``refresh``), with the locks it knows of. A
+failure marks its keys at once, before this request yields to any other; the secret check of a
+registered client never yields. A right credential asks the table only when its *client* has
+failures; an address lock is applied from memory (it only ends with time), so good clients behind
+an address with failures — one stale secret behind a shared NAT — pay nothing. The price: the
+address limit is not ordered like the client's (a right guess racing failures in flight from its
+own address may pass it), another replica's locks are seen within seconds, and a replica that has
+not yet seen a client fail may let one right guess through before it reads the table.
 
 A request may carry one client credential and name one client (RFC 6749 §2.3, §5.2): otherwise it is
 refused as ``invalid_request`` before anything is checked, so a good credential for one client can
@@ -39,8 +43,9 @@ never clear the count of another that is guessed in the same request.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError
 from authlib.oauth2.rfc6749.util import extract_basic_authorization
@@ -64,44 +69,60 @@ MAX_SUSPECTS = 50_000  # keys remembered as suspect; beyond that every key is (f
 _ASSERTIONS = JWTBearerClientAssertion()  # only to read an assertion's claims exactly as Authlib does
 
 
-class Suspects:
-    """Throttle keys on which a right credential must ask the table (``Throttle.admit``), each until a
-    moment.
+@dataclass(slots=True)
+class Mark:
+    """Why a key is suspect: failures until ``until``, and a lock this process knows of."""
 
-    Bounded: when ``capacity`` keys are remembered and expired ones make no room, every key is
-    suspect until the newest mark ends — slower (every good request asks the table), never weaker.
+    until: datetime
+    locked_until: datetime | None = None
+
+
+class Suspects:
+    """Throttle keys with recent failures, as far as this process knows, each until a moment; and the
+    locks among them. Bounded: when ``capacity`` keys are remembered and expired ones make no room,
+    every key is treated as a client with failures until the newest mark ends — slower (every good
+    request asks the table), never weaker.
     """
 
     def __init__(self, capacity: int = MAX_SUSPECTS) -> None:
         self.capacity = capacity
-        self._until: dict[str, datetime] = {}
+        self._marks: dict[str, Mark] = {}
         self._all_until: datetime | None = None
 
     def __len__(self) -> int:
-        return len(self._until)
+        return len(self._marks)
 
-    def any(self, keys: list[str], now: datetime) -> bool:
-        if self._all_until is not None and now < self._all_until:
-            return True
-        return any((until := self._until.get(key)) is not None and now < until for key in keys)
+    def overflowing(self, now: datetime) -> bool:
+        return self._all_until is not None and now < self._all_until
 
-    def mark(self, key: str, until: datetime, now: datetime) -> None:
-        if key in self._until or len(self._until) < self.capacity:
-            self._until[key] = max(until, self._until.get(key, until))
+    def suspect(self, key: str, now: datetime) -> bool:
+        mark = self._marks.get(key)
+        return self.overflowing(now) or (mark is not None and now < mark.until)
+
+    def locked(self, key: str, now: datetime) -> bool:
+        mark = self._marks.get(key)
+        return mark is not None and mark.locked_until is not None and now < mark.locked_until
+
+    def mark(self, key: str, until: datetime, now: datetime, locked_until: datetime | None = None) -> None:
+        if locked_until is not None:
+            until = max(until, locked_until)
+        if (mark := self._marks.get(key)) is not None:
+            mark.until = max(mark.until, until)
+            mark.locked_until = max(filter(None, (mark.locked_until, locked_until)), default=None)
             return
-        if self._all_until is None or self._all_until <= now:  # full: look for room once, not per key
-            self._forget_expired(now)
-            if len(self._until) < self.capacity:
-                self._until[key] = until
-                return
-        self._all_until = max(until, self._all_until or until)
+        if len(self._marks) >= self.capacity and not self.overflowing(now):
+            self._forget_expired(now)  # full: look for room once per overflow, not once per key
+        if len(self._marks) < self.capacity:
+            self._marks[key] = Mark(until, locked_until)
+        else:
+            self._all_until = max(until, self._all_until or until)
 
     def forget(self, key: str) -> None:
-        self._until.pop(key, None)
+        self._marks.pop(key, None)
 
     def _forget_expired(self, now: datetime) -> None:
-        for key in [key for key, until in self._until.items() if until <= now]:
-            del self._until[key]
+        for key in [key for key, mark in self._marks.items() if mark.until <= now]:
+            del self._marks[key]
 
 
 def _basic_credential(request: Any) -> tuple[str | None, bool]:
@@ -165,8 +186,13 @@ class ClientAuthGuard:
         except Exception:  # a wrong credential, or anything else: counted as a failure (fail closed)
             self._failed(keys, counted, request, endpoint)
             raise
-        if self.suspects.any(keys, self.throttle.clock()):
+        now, address = self.throttle.clock(), keys[0]
+        if counted is not None and self.suspects.suspect(client_key(counted), now):
+            self._admit(keys, counted, request, endpoint, methods)  # holds the client's row
+        elif self.suspects.overflowing(now):
             self._admit(keys, counted, request, endpoint, methods)
+        elif self.suspects.locked(address, now):  # an address lock only ends with time: no need to ask
+            self._refuse(address, counted, request, endpoint, methods)
         return client
 
     async def refresh(self) -> None:
@@ -174,23 +200,31 @@ class ClientAuthGuard:
         from before a restart). service.py calls it at start and every few seconds."""
         capacity = self.suspects.capacity
         active = await self.throttle.active([CLIENT_PREFIX, IP_PREFIX], limit=capacity + 1)
-        clock = self.throttle.clock()
-        for key, until in active:
-            self.suspects.mark(key, until, clock)
+        now = self.throttle.clock()
+        for key, until, locked_until in active:
+            self.suspects.mark(key, until, now, locked_until)
 
     def _admit(
         self, keys: list[str], counted: str | None, request: Any, endpoint: str, methods: list[str]
     ) -> None:
-        """A right credential on suspect keys: refused, as a wrong one would be, if a key is locked."""
+        """A right credential of a client with failures: answered after them, refused if locked."""
         locked = await_only(self.throttle.admit(keys))
         if locked is None:
             if counted is not None:  # its count was reset: a failure from now on marks it again
                 self.suspects.forget(client_key(counted))
             return
+        now = self.throttle.clock()
+        self.suspects.mark(locked.key, now + self.horizon, now, locked.until)
+        self._refuse(locked.key, counted, request, endpoint, methods)
+
+    def _refuse(
+        self, key: str, counted: str | None, request: Any, endpoint: str, methods: list[str]
+    ) -> NoReturn:
+        """A right credential on a locked key: audited as such, answered as a wrong one."""
         log.warn(
             "identity.client_auth.refused",
             reason="locked",
-            locked=locked.key.split(":")[0],
+            locked=key.split(":")[0],
             client_id=counted,
             ip=request.client_ip,
             endpoint=endpoint,
@@ -206,6 +240,8 @@ class ClientAuthGuard:
         lockouts: list[Locked] = []
         if isinstance(counted_on, Reservation):
             lockouts = await_only(self.throttle.failed(counted_on))
+        for lock in lockouts if isinstance(counted_on, Reservation) else [counted_on]:
+            self.suspects.mark(lock.key, now + self.horizon, now, lock.until)
         log.warn(
             "identity.client_auth.failed",
             client_id=counted,

@@ -213,8 +213,8 @@ class Throttle:
         the limit would. Otherwise its account keys are reset, as ``succeeded`` does. An account key
         with failures is read again in a transaction that holds its row, so the answer comes after
         every failure counted before it: a plain read could overtake guesses queued for the row. An
-        address key is only read (no write, so good clients behind one address are not serialized):
-        a good credential racing failures still in flight from its address may pass.
+        address key with failures below its limit is only read (no write, so good clients behind one
+        address are not serialized): a good credential racing failures in flight from it may pass.
         """
         ordered = sorted(set(keys))
         now = self.clock()
@@ -273,9 +273,12 @@ class Throttle:
             return "clear"
         return "limit" if row.failures >= self.limit_for(row.key) else "counting"
 
-    async def active(self, prefixes: Sequence[str], limit: int) -> list[tuple[str, datetime]]:
-        """Keys under ``prefixes`` that have failures in their window or a lock, each with the moment
-        after which it has neither; at most ``limit`` of them, the latest windows first."""
+    async def active(
+        self, prefixes: Sequence[str], limit: int
+    ) -> list[tuple[str, datetime, datetime | None]]:
+        """Keys under ``prefixes`` that have failures in their window or a lock: each with the moment
+        after which it has neither, and its lock's end if locked; at most ``limit`` of them, the latest
+        windows first."""
         now = self.clock()
         table = throttle_table
         window = timedelta(seconds=self.settings.window)
@@ -294,7 +297,10 @@ class Throttle:
                     .limit(limit)
                 )
             ).all()
-        return [(row.key, max(row.window_start + window, row.locked_until or now)) for row in rows]
+        return [
+            (row.key, max(row.window_start + window, row.locked_until or now), row.locked_until)
+            for row in rows
+        ]
 
     async def _count(
         self,
