@@ -2,7 +2,9 @@
 from the identity provider with client_credentials and calls a protected route with it.
 
 Everything goes over the same sockets and TLS a user's curl would use; the demo client is
-registered afresh on each run (its secret is printed, as `garrison identity client create` does).
+registered afresh on each run. Its secret is written to ``state_dir/demo-client.secret`` (0600) and
+the "try it yourself" line reads it from there with ``$(cat ...)``: the secret never reaches the
+terminal, its scrollback, or whatever log `garrison up` is piped into.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import shlex
 import ssl
 import urllib.error
 import urllib.request
@@ -21,6 +25,7 @@ from rich.console import Console
 from garrison.config.model import GarrisonConfig
 
 DEMO_CLIENT = "demo-service"
+SECRET_FILE = "demo-client.secret"  # noqa: S105 - a file name, under state_dir
 
 
 def _context(ca: Path) -> ssl.SSLContext:
@@ -74,12 +79,27 @@ async def _register_demo_client(config: GarrisonConfig) -> dict[str, Any]:
         await engine.dispose()
 
 
+def write_secret(state_dir: Path, secret: str) -> Path:
+    """``secret`` in ``state_dir/demo-client.secret``, readable by its owner only from the first byte.
+
+    The file is created 0600 (and chmod'ed, in case an older one was wider) before anything is written.
+    """
+    path = state_dir / SECRET_FILE
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        os.fchmod(file.fileno(), 0o600)
+        file.write(secret + "\n")
+    return path
+
+
 def protected_route(config: GarrisonConfig, gateway_listen: str, console: Console) -> None:
     """client_credentials at the identity provider, then the token on a `require: jwt` route."""
     identity = config.identity
     if identity is None:
         return
     client = asyncio.run(_register_demo_client(config))
+    secret_file = write_secret(config.state_dir, client["client_secret"])
     idp_ca = config.state_dir / "identity" / "tls" / "ca.pem"
     idp_context = None if identity.tls.insecure_disable else _context(idp_ca)
     basic = base64.b64encode(f"{client['client_id']}:{client['client_secret']}".encode()).decode()
@@ -107,8 +127,8 @@ def protected_route(config: GarrisonConfig, gateway_listen: str, console: Consol
     gw_ca = f"--cacert {config.state_dir / 'tls' / 'ca.pem'} " if context is not None else ""
     idp_ca_flag = f"--cacert {idp_ca} " if idp_context is not None else ""
     console.print(
-        "\nTry it yourself:\n"
-        f"  TOKEN=$(curl -s {idp_ca_flag}-u '{client['client_id']}:{client['client_secret']}' "
+        f"\nTry it yourself ({DEMO_CLIENT}'s secret is in {secret_file}, readable by you only):\n"
+        f'  TOKEN=$(curl -s {idp_ca_flag}-u "{client["client_id"]}:$(cat {shlex.quote(str(secret_file))})" '
         f"-d grant_type=client_credentials {identity.issuer}/token | python3 -c "
         "'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')\n"
         f'  curl -i {gw_ca}-H "Authorization: Bearer $TOKEN" {url}',

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -59,6 +62,7 @@ def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             assert "/api/orders/42 without a token -> 401" in text
             assert "/api/orders/42 with the token -> 200" in text
             assert '"x-garrison-scopes": "orders:read"' in text
+            try_it_yourself_reads_the_secret_from_a_private_file(text, tmp_path / "state")
             proc.send_signal(signal.SIGINT)
             assert proc.wait(20) == 0
         finally:
@@ -69,3 +73,27 @@ def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     for port in (ports["gateway"], ports["demo"], ports["identity"]):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
+
+
+def try_it_yourself_reads_the_secret_from_a_private_file(text: str, state_dir: Path) -> None:
+    """The demo client's secret is in a 0600 file under state_dir, never on the terminal: the printed
+    curl line reads it with $(cat ...), and run by a shell as printed, it gets a token."""
+    secret_file = state_dir / "demo-client.secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    secret = secret_file.read_text().strip()
+    assert secret.startswith("gcs_") and secret not in text
+    assert "gcs_" not in text  # no client secret at all in the output
+    token_line = next(line.strip() for line in text.splitlines() if line.strip().startswith("TOKEN=$(curl"))
+    assert f"$(cat {secret_file})" in token_line
+    # The line as a user would paste it (TLS to the provider's local CA, as printed): a token comes back.
+    env = {"PATH": os.environ["PATH"]}
+    done = subprocess.run(
+        ["bash", "-c", f'{token_line} && test -n "$TOKEN" && echo "got a token"'],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0 and "got a token" in done.stdout, done.stderr
+    assert not re.search(r"gcs_\S+", done.stderr)

@@ -375,6 +375,19 @@ def fresh_page(world: World, **params: str) -> httpx.Response:
         return browser.authorize(**authorize_params(world.clients["web"], pkce()[1], **params))
 
 
+def test_asking_only_for_scopes_the_client_may_not_have_goes_back_as_invalid_scope(world: World) -> None:
+    """RFC 6749 §4.1.2.1: refused at /authorize, before any sign-in page, back to the client with its
+    state; a request for some allowed scopes still gets those (and the token response names them)."""
+    web = world.clients["web"]
+    with Browser(world.idp.issuer) as browser:
+        params = authorize_params(web, pkce()[1], scope="admin:all billing:write")
+        answer = redirect_params(browser.authorize(**params))
+    assert answer["error"] == "invalid_scope" and "code" not in answer
+    assert answer["state"] == params["state"] and answer["iss"] == world.idp.issuer
+    mixed = tokens(world, scope="openid orders:read admin:all")
+    assert mixed["scope"] == "openid orders:read"
+
+
 # -- codes and refresh tokens ----------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from identity_harness import IdentityProcess, identity_config
-from requests_oauth2client import ClientSecretBasic, OAuth2Client, PrivateKeyJwt
+from requests_oauth2client import ClientSecretBasic, InvalidScope, OAuth2Client, PrivateKeyJwt
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,9 @@ def test_client_secret_flow_with_introspection_and_revocation(idp: IdentityProce
     assert client.introspect_token(token.access_token)["active"] is True
     client.revoke_access_token(token.access_token)
     assert client.introspect_token(token.access_token) == {"active": False}
+    # Only scopes the client's roles do not allow: refused as invalid_scope (RFC 6749 §5.2), no token.
+    with pytest.raises(InvalidScope):
+        client.client_credentials(scope="admin:all")
 
 
 def test_private_key_jwt(idp: IdentityProcess, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import jwt as pyjwt
 import pytest
+from authlib.integrations.base_client import OAuthError
 from authlib.integrations.httpx_client import OAuth2Client
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -85,6 +86,24 @@ def test_client_credentials_token_is_an_rfc9068_jwt_the_gateway_accepts(
 def test_least_privilege_scopes(idp: IdentityProcess, service: dict[str, Any]) -> None:
     body = idp.token(service, scope="orders:read admin").json()
     assert body["scope"] == "orders:read"  # `admin` is not in the client's roles: not granted
+
+
+@pytest.mark.parametrize("scope", ["admin:all", "admin:all billing:write"])
+def test_asking_only_for_scopes_the_client_may_not_have_is_invalid_scope(
+    idp: IdentityProcess, service: dict[str, Any], scope: str
+) -> None:
+    """RFC 6749 §5.2: nothing asked for is allowed, so nothing is issued (no token with an empty scope)."""
+    response = idp.token(service, scope=scope)
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.json()["error"] == "invalid_scope"
+    assert "access_token" not in response.json()
+    # Authlib's own client sees the same error.
+    credentials = (service["client_id"], service["client_secret"])
+    with OAuth2Client(*credentials, scope=scope) as client, pytest.raises(OAuthError) as raised:
+        client.fetch_token(idp.issuer + "/token", grant_type="client_credentials")
+    assert raised.value.error == "invalid_scope"
 
 
 def test_client_secret_post_and_wrong_methods(idp: IdentityProcess) -> None:

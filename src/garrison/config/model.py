@@ -677,12 +677,16 @@ class IdentityKeysConfig(Strict):
 
 
 class LockoutConfig(Strict):
-    """Brute-force protection for passwords and one-time codes."""
+    """Brute-force protection for passwords, one-time codes and client credentials."""
 
-    max_failures: int = Field(5, ge=1, le=100, description="Failed attempts per account before it locks.")
+    max_failures: int = Field(
+        5, ge=1, le=100, description="Failed attempts per account, or per client, before it locks."
+    )
     ip_max_failures: int = Field(50, ge=1, le=10000, description="Failed attempts per client address.")
     window: Duration = Field(900.0, gt=0, description="Failures older than this are forgotten.")
-    lock_for: Duration = Field(900.0, gt=0, description="How long a locked account or address stays locked.")
+    lock_for: Duration = Field(
+        900.0, gt=0, description="How long a locked account, client or address stays locked."
+    )
 
 
 class IdentityConfig(Strict):

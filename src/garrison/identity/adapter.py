@@ -32,9 +32,16 @@ class IdentityRequest(OAuth2Request):  # type: ignore[misc]
     """One HTTP request as Authlib sees it. Token-endpoint parameters come from the form body only."""
 
     def __init__(
-        self, method: str, url: str, headers: Headers, form: Mapping[str, str], args: Mapping[str, str]
+        self,
+        method: str,
+        url: str,
+        headers: Headers,
+        form: Mapping[str, str],
+        args: Mapping[str, str],
+        client_ip: str = "",
     ) -> None:
         super().__init__(method=method, uri=url, headers=headers)
+        self.client_ip = client_ip  # the TCP peer or what a trusted proxy names: the throttle's address
         self._form = dict(form)
         self._args = dict(args)
         self.payload = BasicOAuth2Payload(self._form if method == "POST" else self._args)

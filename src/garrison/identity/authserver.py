@@ -9,8 +9,9 @@ a token endpoint must remember. Its neighbours hold the rest: the request/respon
 Authlib is synchronous; the web adapter runs each call inside SQLAlchemy's ``greenlet_spawn`` so the
 few callbacks that need the database (``private_key_jwt`` replay checks, refresh tokens, codes) use
 the async engine through ``await_only`` without blocking the event loop or needing threads. The
-client_credentials path touches no database at all: the client comes from memory and the access
-token is a signed JWT that is not stored. The user-facing grants (authorization code, refresh token,
+client_credentials path touches no database: the client comes from memory and the access token is a
+signed JWT that is not stored (client_throttle.py counts a client or address in the database only
+once it has failed). The user-facing grants (authorization code, refresh token,
 OpenID Connect) live in grants.py and oidc.py and are added to this server by ``grants.install``.
 """
 
@@ -30,6 +31,7 @@ from sqlalchemy.util import await_only
 
 from garrison.identity.adapter import EndpointResponse, IdentityRequest
 from garrison.identity.client_auth import TOKEN_ENDPOINT_AUTH_METHODS, AssertionAuth
+from garrison.identity.client_throttle import ClientAuthGuard
 from garrison.identity.clients import ClientDirectory, ClientRecord
 from garrison.identity.endpoints import REFRESH_TOKEN_PREFIX, Introspection, Revocation, TokenInspector
 from garrison.telemetry import logging as log
@@ -78,6 +80,16 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
         if not scope:
             return " ".join(sorted(allowed))
         return " ".join(s for s in dict.fromkeys(scope_to_list(scope)) if s in allowed)
+
+    def check_requested_scope(self, scope: str | None) -> None:
+        """Refuse a request whose scopes the client's roles all deny (RFC 6749 §5.2 ``invalid_scope``).
+
+        Narrowing a request to nothing would issue a token that grants nothing, and tell a client
+        asking for ``admin:all`` "200" when the answer is no. A request for some allowed scopes is
+        narrowed instead (``get_allowed_scope``); one for none at all gets the client's default.
+        """
+        if scope and not self.get_allowed_scope(scope):
+            raise InvalidScopeError("None of the requested scopes is allowed for this client.")
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
         return redirect_uri in self.record.redirect_uris  # exact match, nothing else
@@ -171,6 +183,20 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
         self.issuer = issuer
         self.directory = directory
         self.user_grants: UserGrants | None = None  # the stores of the user-facing grants (grants.install)
+        self.client_guard: ClientAuthGuard | None = None  # the throttle on client authentication
+
+    def authenticate_client(
+        self, request: IdentityRequest, methods: list[str], endpoint: str = "token"
+    ) -> OAuthClient:
+        """Every client authentication (/token, /introspect, /revoke) passes here: behind the throttle."""
+
+        def check() -> OAuthClient:
+            client: OAuthClient = super(IdentityServer, self).authenticate_client(request, methods, endpoint)
+            return client
+
+        if self.client_guard is None:
+            return check()
+        return self.client_guard.authenticate(request, check, endpoint, methods)
 
     def query_client(self, client_id: str) -> OAuthClient | None:
         if not isinstance(client_id, str):
@@ -208,8 +234,10 @@ def build_server(
     token_generator: AccessTokenGenerator,
     inspector: TokenInspector,
     revoke: Callable[[str, float], None],
+    client_guard: ClientAuthGuard | None = None,
 ) -> IdentityServer:
     server = IdentityServer(issuer, directory)
+    server.client_guard = client_guard
     server.register_token_generator("default", token_generator)
     server.register_client_auth_method(AssertionAuth.CLIENT_AUTH_METHOD, AssertionAuth(server, engine))
     server.register_grant(ClientCredentials)
@@ -220,6 +248,11 @@ def build_server(
 
 class ClientCredentials(grants.ClientCredentialsGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = list(TOKEN_ENDPOINT_AUTH_METHODS)
+
+    def validate_requested_scope(self) -> None:
+        # Authlib calls this once the client is authenticated, before a token is generated.
+        super().validate_requested_scope()
+        self.request.client.check_requested_scope(self.request.payload.scope)
 
 
 __all__ = [

@@ -276,6 +276,11 @@ class ClientDirectory:
     def get(self, client_id: str) -> ClientRecord | None:
         return self._clients.get(client_id)
 
+    def is_confidential(self, client_id: str) -> bool:
+        """Registered (as of the last reload) with a credential to guess: a secret or a key set."""
+        record = self._clients.get(client_id)
+        return record is not None and record.auth_method != "none"
+
     async def get_fresh(self, client_id: str) -> ClientRecord | None:
         """Like ``get``, but a miss reloads the directory, so a client registered a moment ago works at
         once. Misses share reloads: one reload answers every miss that came before it started, and

@@ -138,6 +138,12 @@ class PkceS256(CodeChallenge):  # type: ignore[misc]
 class AuthorizationCode(grants.AuthorizationCodeGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = USER_AUTH_METHODS
 
+    def validate_requested_scope(self) -> None:
+        # At /authorize, once client and redirect URI check out and before any sign-in page: a request
+        # for only scopes this client may not have goes back to it as invalid_scope (RFC 6749 §4.1.2.1).
+        super().validate_requested_scope()
+        self.request.client.check_requested_scope(self.request.payload.scope)
+
     def validate_authorization_request(self) -> str:
         redirect_uri: str = super().validate_authorization_request()
         data = self.request.payload.data

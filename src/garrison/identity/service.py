@@ -41,6 +41,7 @@ from garrison.gateway.shared_set import SharedSetFull
 from garrison.gateway.tls import resolve_certificate, server_context
 from garrison.identity import tables
 from garrison.identity.authserver import AccessTokenGenerator, IdentityServer, build_server
+from garrison.identity.client_throttle import ClientAuthGuard
 from garrison.identity.clients import ClientDirectory, ClientStore
 from garrison.identity.crypto import KeyEncryption
 from garrison.identity.endpoints import TokenInspector
@@ -72,6 +73,7 @@ class Provider:
     jwks_cache: JwksCache
     push: GatewayPush
     app: IdentityApp | None = None  # set once the Authlib server around this provider is built
+    client_guard: ClientAuthGuard | None = None  # refreshed from the throttle table by _maintain
     purgers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)  # forget what expired
 
     def revoke_sync(self, jti: str, exp: float) -> None:
@@ -121,7 +123,10 @@ def make_revocations(config: GarrisonConfig) -> Revocations:
     return MemoryRevocations(max_entries=config.gateway.revocations.max_entries)
 
 
-async def open_provider(config: GarrisonConfig, base_url: str) -> Provider:
+async def open_provider(
+    config: GarrisonConfig, base_url: str, clock: Callable[[], datetime] | None = None
+) -> Provider:
+    """``clock`` (tests) is what the throttle reads for windows and locks."""
     identity = config.identity
     assert identity is not None
     engine = make_engine(identity.database, config.state_dir)
@@ -154,21 +159,31 @@ async def open_provider(config: GarrisonConfig, base_url: str) -> Provider:
         identity.issuer, identity.access_token_audience, identity.access_token_ttl, keys
     )
     inspector = TokenInspector(verifier, revocations.is_revoked)
-    server = build_server(identity.issuer, directory, engine, generator, inspector, provider.revoke_sync)
+    # One throttle for passwords, one-time codes and client credentials: an address's failures add up.
+    throttle = Throttle(engine, identity.lockout, clock) if clock else Throttle(engine, identity.lockout)
+    provider.client_guard = ClientAuthGuard(throttle, directory.is_confidential)
+    await provider.client_guard.refresh()  # locks and failures from before this start still hold
+    server = build_server(
+        identity.issuer, directory, engine, generator, inspector, provider.revoke_sync, provider.client_guard
+    )
     provider.app = IdentityApp(
         server,
         base_url,
         hsts=base_url.startswith("https://"),
         trusted=TrustedProxies(identity.trusted_proxies),
     )
-    _user_flows(provider, server, inspector, kek)
+    _user_flows(provider, server, inspector, kek, throttle)
     _routes(provider)
     await provider.load_revocations()
     return provider
 
 
 def _user_flows(
-    provider: Provider, server: IdentityServer, inspector: TokenInspector, kek: KeyEncryption
+    provider: Provider,
+    server: IdentityServer,
+    inspector: TokenInspector,
+    kek: KeyEncryption,
+    throttle: Throttle,
 ) -> None:
     """Authorization code + PKCE, refresh rotation, OpenID Connect, and the pages in front of them."""
     identity, engine, app = provider.config, provider.engine, provider.app
@@ -187,7 +202,6 @@ def _user_flows(
     server.register_endpoint(EndSession(provider.keys, identity.issuer))
     cookies = BrowserCookies(secure=app.base_url.startswith("https://"), session_ttl=identity.session_ttl)
     browser = Browser(cookies, CsrfGuard(kek), SessionStore(engine, kek, identity.session_ttl))
-    throttle = Throttle(engine, identity.lockout)
     flows = BrowserFlows(
         app,
         server,
@@ -326,8 +340,8 @@ async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
 
 
 async def _maintain(provider: Provider) -> None:
-    """Key schedule and JWKS refresh every few seconds; expired codes, families, sessions and throttle
-    counters forgotten every minute."""
+    """Key schedule, JWKS refresh and the client throttle's look at the table every few seconds;
+    expired codes, families, sessions and throttle counters forgotten every minute."""
     rounds = 0
     while True:
         await asyncio.sleep(5.0)
@@ -337,6 +351,11 @@ async def _maintain(provider: Provider) -> None:
             provider.refresh_jwks()
         except Exception as exc:  # keep serving with the keys we have; say so
             log.warn("identity.keys.maintenance_failed", error=type(exc).__name__)
+        if provider.client_guard is not None:
+            try:
+                await provider.client_guard.refresh()
+            except Exception as exc:  # this process's own failures still count; try again next round
+                log.warn("identity.client_throttle.refresh_failed", error=type(exc).__name__)
         if rounds % 12:
             continue
         for purge in provider.purgers:

@@ -1,4 +1,5 @@
-"""Brute-force protection for passwords and one-time codes that holds under parallel guessing.
+"""Brute-force protection for passwords, one-time codes and client credentials (client_throttle.py)
+that holds under parallel guessing.
 
 An attempt is counted *before* its password or code is checked, by one atomic statement per key::
 
@@ -9,9 +10,9 @@ An attempt is counted *before* its password or code is checked, by one atomic st
 most ``max_failures`` reach the check: the others read a count past the limit, or a lock, and are
 refused without a check. Only then does the caller check, and report back:
 
-- success takes the reservation back: an account key (``user:...``, ``otp:...``) is reset, an address
-  key (``ip:...``) gives back this one attempt only, so one good account cannot launder an address
-  that guesses at others;
+- success takes the reservation back: an account key (``user:...``, ``otp:...``, ``client:...``) is
+  reset, an address key (``ip:...``) gives back this one attempt only, so one good account cannot
+  launder an address that guesses at others;
 - failure keeps the count, and the failure that finds the limit reached locks the key until
   ``now + lock_for``; an attempt arriving beyond the limit locks it too (so an abandoned check cannot
   leave a key stuck without a lock end);
@@ -26,15 +27,16 @@ per-address limit, the audit events and short ``lock_for`` values are the operat
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import case, delete, literal, null, or_, update
+from sqlalchemy import Row, case, delete, literal, null, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from garrison.identity.tables import throttle as throttle_table
@@ -42,6 +44,7 @@ from garrison.store.db import UTCDateTime, dialect_insert
 from garrison.telemetry import logging as log
 
 IP_PREFIX = "ip:"
+CLIENT_PREFIX = "client:"
 _KEY_MAX = 200
 _IPV6_NETWORK = 64  # one host usually holds a whole /64: counting single addresses would be no limit
 
@@ -101,6 +104,12 @@ def user_key(username: str) -> str:
     return _bounded("user:", username.strip().lower())
 
 
+def client_key(client_id: str) -> str:
+    """The throttle key of a registered client (failed client authentication, client_throttle.py)."""
+    return _bounded(CLIENT_PREFIX, client_id)
+
+
+@functools.lru_cache(maxsize=4096)  # every client authentication asks; the same few addresses repeat
 def ip_key(address: str) -> str:
     """The throttle key of a client address: the address for IPv4, its /64 network for IPv6."""
     try:
@@ -194,6 +203,104 @@ class Throttle:
                 )
             )
         return int(result.rowcount)
+
+    async def admit(self, keys: Iterable[str]) -> Locked | None:
+        """A credential that was checked and is right, on keys that may have failures (client_throttle.py:
+        a client secret costs nothing to check, so it is checked first). ``None``: go ahead.
+
+        It is not counted, so any number of parallel good attempts pass. It is refused (``Locked``) when
+        a key is locked, or its failures reached the limit — which locks it now, as an attempt beyond
+        the limit would. Otherwise its account keys are reset, as ``succeeded`` does. An account key
+        with failures is read again in a transaction that holds its row, so the answer comes after
+        every failure counted before it: a plain read could overtake guesses queued for the row. An
+        address key with failures below its limit is only read (no write, so good clients behind one
+        address are not serialized): a good credential racing failures in flight from it may pass.
+        """
+        ordered = sorted(set(keys))
+        now = self.clock()
+        async with self.engine.connect() as connection:
+            rows = (
+                await connection.execute(select(throttle_table).where(throttle_table.c.key.in_(ordered)))
+            ).all()
+        verdicts = {row.key: self._verdict(row, now) for row in rows}
+        locked = [Locked(row.key, row.locked_until, False) for row in rows if verdicts[row.key] == "locked"]
+        if locked:
+            return locked[0]
+        must_hold = any(
+            verdict == "limit" or (verdict == "counting" and not key.startswith(IP_PREFIX))
+            for key, verdict in verdicts.items()
+        )
+        return await self._admit_holding_rows(ordered, now) if must_hold else None
+
+    async def _admit_holding_rows(self, ordered: list[str], now: datetime) -> Locked | None:
+        """``admit`` for keys with failures: each row read by a no-op update (which waits for and holds
+        it), in sorted order like ``reserve``; account keys reset if nothing refuses."""
+        table = throttle_table
+        until = now + timedelta(seconds=self.settings.lock_for)
+        refused: Locked | None = None
+        async with self.engine.begin() as connection:
+            for key in ordered:
+                row = (
+                    await connection.execute(
+                        update(table)
+                        .where(table.c.key == key)
+                        .values(failures=table.c.failures)
+                        .returning(table.c.key, table.c.failures, table.c.window_start, table.c.locked_until)
+                    )
+                ).first()
+                verdict = self._verdict(row, now) if row is not None else "clear"
+                if row is not None and verdict == "locked":
+                    refused = Locked(key, row.locked_until, started=False)
+                elif row is not None and verdict == "limit":
+                    started = await self._lock(
+                        connection, Counted(key, row.failures, row.window_start), until
+                    )
+                    refused = Locked(key, until, started)
+                if refused is not None:
+                    break
+            else:
+                if accounts := [key for key in ordered if not key.startswith(IP_PREFIX)]:
+                    await connection.execute(delete(table).where(table.c.key.in_(accounts)))
+        if refused is not None and refused.started:
+            log.warn("identity.lockout", key=refused.key, until=refused.until.isoformat())
+        return refused
+
+    def _verdict(self, row: Row[Any], now: datetime) -> str:
+        """What a key's row says about one more attempt: locked, at its limit, counting, or clear."""
+        if row.locked_until is not None:
+            return "locked" if row.locked_until > now else "clear"  # a lock that ended: failures forgotten
+        if row.window_start <= now - timedelta(seconds=self.settings.window) or row.failures <= 0:
+            return "clear"
+        return "limit" if row.failures >= self.limit_for(row.key) else "counting"
+
+    async def active(
+        self, prefixes: Sequence[str], limit: int
+    ) -> list[tuple[str, datetime, datetime | None]]:
+        """Keys under ``prefixes`` that have failures in their window or a lock: each with the moment
+        after which it has neither, and its lock's end if locked; at most ``limit`` of them, the latest
+        windows first."""
+        now = self.clock()
+        table = throttle_table
+        window = timedelta(seconds=self.settings.window)
+        async with self.engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    select(table.c.key, table.c.window_start, table.c.locked_until)
+                    .where(
+                        or_(*(table.c.key.startswith(prefix, autoescape=True) for prefix in prefixes)),
+                        or_(
+                            table.c.locked_until > now,
+                            (table.c.failures > 0) & (table.c.window_start > now - window),
+                        ),
+                    )
+                    .order_by(table.c.window_start.desc())
+                    .limit(limit)
+                )
+            ).all()
+        return [
+            (row.key, max(row.window_start + window, row.locked_until or now), row.locked_until)
+            for row in rows
+        ]
 
     async def _count(
         self,

@@ -208,14 +208,16 @@ class IdentityApp:
     def oauth_request(self, request: HttpRequest) -> IdentityRequest:
         query = urlencode(request.query)
         url = self.base_url + request.path + (f"?{query}" if query else "")
-        return IdentityRequest(request.method, url, request.headers, request.form, request.query)
+        return IdentityRequest(
+            request.method, url, request.headers, request.form, request.query, request.client_ip
+        )
 
     def authorization_request(self, request: HttpRequest, params: dict[str, str]) -> IdentityRequest:
         """An authorization request with ``params``: the query of GET /authorize, or the same parameters
         carried through the login, second-factor and consent forms."""
         query = urlencode(params)
         url = self.base_url + "/authorize" + (f"?{query}" if query else "")
-        return IdentityRequest("GET", url, request.headers, {}, params)
+        return IdentityRequest("GET", url, request.headers, {}, params, request.client_ip)
 
     async def token(self, request: HttpRequest) -> HttpResponse:
         result = await call_authlib(self.server.create_token_response, self.oauth_request(request))
