@@ -23,18 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
 from garrison.config.model import BlocklistConfig, GarrisonConfig, RevocationsConfig, parse_listen
 from garrison.gateway.admin import blocklist_api, revocations_api
-from garrison.gateway.admin_auth import (
-    AdminGuard,
-    admin_guard,
-    admin_server_context,
-    admin_token_path,
-    load_or_create_admin_token,
-)
-from garrison.gateway.admin_auth import Handler as AdminHandler
 from garrison.gateway.auth.apikeys import ApiKeyCache, ApiKeyStore
 from garrison.gateway.blocklist import Blocklist, MemoryBlocklist, RedisBlocklist
 from garrison.gateway.exchange import Exchange
 from garrison.gateway.heap import HeapTrimmer, glibc_malloc_trim
+from garrison.gateway.listeners import address_of, bind_socket, open_admin_listener
 from garrison.gateway.proxy import ClientConnection
 from garrison.gateway.revocations import MemoryRevocations, RedisRevocations, Revocations
 from garrison.gateway.runtime import Runtime, build_runtime
@@ -67,35 +60,6 @@ ACCESS_LINE = (
     b'"path":"%s","route":%s,"status":%d,"bytes_in":%d,"bytes_out":%d,"upstream_ms":%.3f,'
     b'"total_ms":%.3f,"attempts":%d,"subject":%s}\n'
 )
-
-
-def bind_socket(address: str, reuse_port: bool) -> socket.socket:
-    host, port = parse_listen(address)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.setblocking(False)
-    return sock
-
-
-def open_admin_listener(
-    config: GarrisonConfig, source: Path, handler: AdminHandler
-) -> tuple[socket.socket, AdminGuard, ssl.SSLContext | None]:
-    """Bind the admin listener and wrap ``handler`` in its guard (admin_auth.py), creating the admin
-    token file on first use. Raises AdminTokenError for an unusable token file."""
-    token = load_or_create_admin_token(admin_token_path(config))
-    context = admin_server_context(config.gateway.admin, source.parent)
-    sock = bind_socket(config.gateway.admin.listen, reuse_port=False)
-    host, port = sock.getsockname()[:2]
-    return sock, admin_guard(handler, config, (host, port), token), context
-
-
-def address_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class GatewayServer:

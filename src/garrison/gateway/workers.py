@@ -27,16 +27,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
+from garrison.gateway.listeners import address_of, bind_socket, open_admin_listener
 from garrison.gateway.redirect import HttpsRedirect
 from garrison.gateway.server import (
     PROMETHEUS_TEXT,
     WATCH_INTERVAL,
     WORKER_ENV,
     GatewayServer,
-    address_of,
-    bind_socket,
     create_tables,
-    open_admin_listener,
     readiness_response,
     write_ready_file,
 )
