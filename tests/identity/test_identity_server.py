@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from identity_harness import IdentityProcess, identity_config, postgres_database
 
-from garrison.gateway.auth.jwks import JwksCache
-from garrison.gateway.auth.jwt import JwtVerifier
+from garrison.tokens.jwks import JwksCache
+from garrison.tokens.jwt import JwtVerifier
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

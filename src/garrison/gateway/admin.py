@@ -28,9 +28,9 @@ from urllib.parse import parse_qs
 
 from garrison.config.units import parse_duration
 from garrison.gateway.blocklist import Blocklist
-from garrison.gateway.revocations import Revocations
-from garrison.gateway.shared_set import SharedSetFull, SharedSetUnavailable
 from garrison.gateway.simplehttp import SimpleResponse
+from garrison.store.shared_set import SharedSetFull, SharedSetUnavailable
+from garrison.tokens.revocations import Revocations
 
 JSON = b"application/json"
 MAX_BLOCK_SECONDS = 365 * 24 * 3600.0  # the most `gateway.blocklist.max_duration` may be

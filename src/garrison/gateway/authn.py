@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 
 from garrison.gateway.auth.apikeys import ApiKeyCache, extract_api_key
 from garrison.gateway.auth.authz import InsufficientScope, Requirement, www_authenticate
-from garrison.gateway.auth.jwt import (
+from garrison.tokens.jwt import (
     AuthError,
     JwtVerifier,
     KeysUnavailable,

@@ -4,7 +4,7 @@
 dict lookup and a clock read. Writes (``block``/``unblock``) go to the shared store.
 
 ``RedisBlocklist`` shares the list across gateway workers and replicas through a ``SharedSet``
-(shared_set.py, which holds the mechanism; in outline):
+(store/shared_set.py, which holds the mechanism; in outline):
 
 - Redis holds a sorted set ``<prefix>:until`` (member: the address, score: expiry as epoch
   seconds) and a hash ``<prefix>:reason``. A block or unblock is one MULTI/EXEC transaction that
@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from garrison.gateway.iprules import canonical_ip
-from garrison.gateway.shared_set import (
+from garrison.store.shared_set import (
     Member,
     SharedSet,
     SharedSetFull,

@@ -10,7 +10,6 @@ import re
 from random import getrandbits
 from typing import TYPE_CHECKING
 
-from garrison.gateway.forwarded import forwarded_element
 from garrison.gateway.http1 import (
     GATEWAY_SET,
     HOP_BY_HOP,
@@ -21,6 +20,7 @@ from garrison.gateway.http1 import (
     parse_content_length,
     status_line,
 )
+from garrison.tokens.forwarded import forwarded_element
 
 STATUS_LINES = {status: status_line(status) for status in range(100, 600)}
 

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
-from garrison.gateway.auth.jwt import AuthError
 from garrison.gateway.authn import (
     ApiKeyRouteAuth,
     CertificateClient,
@@ -59,6 +58,7 @@ from garrison.gateway.normalize import TargetRejected, parse_request_target
 from garrison.gateway.ratelimit import RateDecision, RateLimiter, rate_limit_lines
 from garrison.gateway.router import RouteMiss
 from garrison.gateway.upstream.retry import IDEMPOTENT_METHODS
+from garrison.tokens.jwt import AuthError
 
 if TYPE_CHECKING:
     from garrison.gateway.runtime import Runtime

@@ -26,12 +26,9 @@ from garrison.config.model import (
 )
 from garrison.gateway.auth.apikeys import ApiKeyCache
 from garrison.gateway.auth.authz import Requirement
-from garrison.gateway.auth.jwks import JwksCache
-from garrison.gateway.auth.jwt import JwtVerifier, RevocationCheck, TokenCache
 from garrison.gateway.authn import ApiKeyRouteAuth, ClientCertificates, JwtRouteAuth, MtlsRouteAuth, RouteAuth
 from garrison.gateway.cache import ResponseCache
 from garrison.gateway.cors import CorsPolicy
-from garrison.gateway.forwarded import TrustedProxies
 from garrison.gateway.iprules import IpRules
 from garrison.gateway.ratelimit import RateLimiter, RateLimitSpec
 from garrison.gateway.redirect import HttpsRedirect
@@ -44,6 +41,9 @@ from garrison.gateway.upstream.retry import RetryBudget
 from garrison.gateway.upstream.target import Target
 from garrison.telemetry import logging as log
 from garrison.telemetry.metrics import GatewayMetrics, RouteStats
+from garrison.tokens.forwarded import TrustedProxies
+from garrison.tokens.jwks import JwksCache
+from garrison.tokens.jwt import JwtVerifier, RevocationCheck, TokenCache
 
 
 @dataclass(eq=False)

@@ -18,8 +18,8 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from sqlalchemy.util import await_only
 
-from garrison.gateway.auth.jwt import JwtVerifier, TokenRejected, VerifiedToken
 from garrison.identity.client_auth import TOKEN_ENDPOINT_AUTH_METHODS
+from garrison.tokens.jwt import JwtVerifier, TokenRejected, VerifiedToken
 
 if TYPE_CHECKING:
     from garrison.identity.authserver import IdentityServer, OAuthClient

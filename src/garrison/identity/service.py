@@ -33,11 +33,6 @@ from sqlalchemy.util import await_only
 from garrison.config.loader import LoadedConfig
 from garrison.config.model import GarrisonConfig, IdentityConfig
 from garrison.gateway.admin_auth import admin_token_path
-from garrison.gateway.auth.jwks import JwksCache
-from garrison.gateway.auth.jwt import JwtVerifier, TokenCache
-from garrison.gateway.forwarded import TrustedProxies
-from garrison.gateway.revocations import MemoryRevocations, RedisRevocations, Revocations
-from garrison.gateway.shared_set import SharedSetFull
 from garrison.gateway.tls import resolve_certificate, server_context
 from garrison.identity import tables
 from garrison.identity.authserver import AccessTokenGenerator, IdentityServer, build_server
@@ -58,7 +53,12 @@ from garrison.identity.throttle import Throttle
 from garrison.identity.users import UserStore
 from garrison.identity.web import HttpRequest, HttpResponse, IdentityApp, json_response
 from garrison.store.db import create_all, make_engine
+from garrison.store.shared_set import SharedSetFull
 from garrison.telemetry import logging as log
+from garrison.tokens.forwarded import TrustedProxies
+from garrison.tokens.jwks import JwksCache
+from garrison.tokens.jwt import JwtVerifier, TokenCache
+from garrison.tokens.revocations import MemoryRevocations, RedisRevocations, Revocations
 
 
 @dataclass

@@ -18,9 +18,9 @@ from urllib.parse import parse_qsl, urlencode
 
 from sqlalchemy.util import greenlet_spawn
 
-from garrison.gateway.forwarded import TrustedProxies
 from garrison.identity.adapter import EndpointResponse, Headers, IdentityRequest
 from garrison.identity.authserver import IdentityServer
+from garrison.tokens.forwarded import TrustedProxies
 
 MAX_BODY = 64 * 1024
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from garrison.gateway.auth.authz import InsufficientScope, Requirement, www_authenticate
-from garrison.gateway.auth.jwt import TokenRejected, VerifiedToken
+from garrison.tokens.jwt import TokenRejected, VerifiedToken
 
 
 def token(scopes: str = "", roles: tuple[str, ...] = (), **claims: Any) -> VerifiedToken:

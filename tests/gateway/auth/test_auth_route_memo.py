@@ -6,11 +6,11 @@ import time
 
 import pytest
 from gateway_harness import wait_until
-from test_auth_jwt import AUDIENCE, ISSUER, jwks_of, make_signer, mint
+from token_signers import AUDIENCE, ISSUER, jwks_of, make_signer, mint
 
 from garrison.gateway.auth.authz import InsufficientScope, Requirement
-from garrison.gateway.auth.jwt import JwtVerifier, TokenCache, TokenRejected
 from garrison.gateway.authn import JwtRouteAuth
+from garrison.tokens.jwt import JwtVerifier, TokenCache, TokenRejected
 
 
 def route_auth(

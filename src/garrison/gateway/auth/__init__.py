@@ -1,7 +1,7 @@
-"""Client authentication building blocks for the gateway: JWKS keys, JWT access tokens, authorization.
+"""Client authentication building blocks for the gateway: authorization and API keys.
 
-Pure objects that the gateway's filter chain composes: ``jwks.JwksCache`` holds the issuer's signing
-keys (each pinned to one algorithm), ``jwt.JwtVerifier`` checks access tokens against them (with a
-verified-token cache and a revocation list), ``authz.Requirement`` checks a route's scopes, roles
-and claims on the verified token, and ``apikeys`` stores API keys as hashes and looks them up.
+Pure objects that the gateway's filter chain composes with the token verifier of ``garrison.tokens``
+(``tokens.jwks.JwksCache``, ``tokens.jwt.JwtVerifier``): ``authz.Requirement`` checks a route's
+scopes, roles and claims on the verified token, and ``apikeys`` stores API keys as hashes and looks
+them up.
 """

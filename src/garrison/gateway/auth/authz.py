@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from garrison.gateway.auth.jwt import AuthError, VerifiedToken
+from garrison.tokens.jwt import AuthError, VerifiedToken
 
 _DESCRIPTIONS = {
     "scope": "The access token lacks a scope this route requires.",

@@ -14,8 +14,8 @@ import redis
 from gateway_harness import ThrowawayRedis
 
 from garrison.config.loader import ConfigError, parse_config
-from garrison.gateway.auth.jwt import TokenCache, TokenRejected, VerifiedToken
-from garrison.gateway.revocations import (
+from garrison.tokens.jwt import TokenCache, TokenRejected, VerifiedToken
+from garrison.tokens.revocations import (
     MAX_REVOCATION_SECONDS,
     MemoryRevocations,
     RedisRevocations,

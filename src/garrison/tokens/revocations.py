@@ -1,6 +1,6 @@
 """Token revocation: the ``jti`` values the gateway refuses, each until its token would expire anyway.
 
-The verified-token cache (auth/jwt.py ``TokenCache``) asks ``is_revoked(jti, now)`` on every hit, so
+The verified-token cache (tokens/jwt.py ``TokenCache``) asks ``is_revoked(jti, now)`` on every hit, so
 that call is synchronous and reads a local snapshot: one dict lookup when the jti is not revoked.
 Revocations arrive through the admin API (``POST /revocations``, ``garrison revoke``) or, with
 ``gateway.revocations.storage: redis``, from anyone who can write to the gateways' Redis -- the
@@ -18,7 +18,7 @@ whose message was lost (or that was only ZADDed) still arrives within that time;
 it arrive within milliseconds. Members whose score has passed are pruned. A ``jti`` is 1 to 200
 visible ASCII characters; messages naming anything else are ignored. There is no "unrevoke": a
 revocation ends when it expires. The mechanism (and what happens while Redis is down: known
-revocations stay enforced, new ones are refused with ``RevocationsUnavailable``) is shared_set.py's.
+revocations stay enforced, new ones are refused with ``RevocationsUnavailable``) is store/shared_set.py's.
 
 A revocation made here is capped at one day: access tokens live minutes, and an entry that outlives
 its token only costs memory.
@@ -33,7 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from garrison.gateway.shared_set import (
+from garrison.store.shared_set import (
     Member,
     SharedSet,
     SharedSetFull,

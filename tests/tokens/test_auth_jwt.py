@@ -1,7 +1,7 @@
 """JWT access-token verification: every rejection case, claim extraction, the token cache, extraction.
 
-Keys are generated at run time; tokens are minted here, either with PyJWT or, where a test needs a header
-or signature PyJWT would refuse to produce, assembled by hand (``compact``).
+Keys are generated at run time; tokens are minted with PyJWT (helpers/token_signers.py) or, where a test
+needs a header or signature PyJWT would refuse to produce, assembled by hand (``compact``).
 """
 
 from __future__ import annotations
@@ -10,19 +10,20 @@ import asyncio
 import base64
 import hmac
 import json
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import get_default_algorithms
+from token_signers import AUDIENCE, ISSUER, NOW, Signer, claims, jwks_of, make_signer, mint
 
-from garrison.gateway.auth.jwks import JwksCache
-from garrison.gateway.auth.jwt import (
+from garrison.gateway.authn import challenge
+from garrison.gateway.errors import MESSAGES
+from garrison.tokens.jwks import JwksCache
+from garrison.tokens.jwt import (
     DESCRIPTIONS,
     JwtVerifier,
     KeysUnavailable,
@@ -32,66 +33,13 @@ from garrison.gateway.auth.jwt import (
     VerifiedToken,
     extract_bearer,
 )
-from garrison.gateway.authn import challenge
-from garrison.gateway.errors import MESSAGES
-
-ISSUER = "https://idp.test"
-AUDIENCE = "api://orders"
-NOW = 1_700_000_000.0
-
 
 # -- keys and minting ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Signer:
-    kid: str
-    alg: str
-    private: Any
-    jwk: dict[str, Any]
-
-    @property
-    def public(self) -> Any:
-        return self.private.public_key()
-
-
-def make_signer(alg: str, kid: str | None = None) -> Signer:
-    private: Any
-    if alg in ("ES256", "ES384"):
-        private = ec.generate_private_key(ec.SECP256R1() if alg == "ES256" else ec.SECP384R1())
-    elif alg == "EdDSA":
-        private = ed25519.Ed25519PrivateKey.generate()
-    else:
-        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwk = get_default_algorithms()[alg].to_jwk(private.public_key(), as_dict=True)
-    jwk.update(kid=kid or f"{alg.lower()}-{uuid.uuid4().hex[:8]}", alg=alg, use="sig")
-    return Signer(kid=jwk["kid"], alg=alg, private=private, jwk=jwk)
 
 
 @pytest.fixture(scope="module")
 def signers() -> dict[str, Signer]:
     return {alg: make_signer(alg) for alg in ("ES256", "ES384", "EdDSA", "RS256", "PS256")}
-
-
-def claims(**overrides: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "iss": ISSUER,
-        "aud": AUDIENCE,
-        "sub": "user-42",
-        "client_id": "web",
-        "scope": "orders:read orders:write",
-        "iat": int(NOW) - 10,
-        "exp": int(NOW) + 300,
-        "jti": uuid.uuid4().hex,
-    }
-    base.update(overrides)
-    return {key: value for key, value in base.items() if value is not None}
-
-
-def mint(signer: Signer, headers: dict[str, Any] | None = None, **claim_overrides: Any) -> str:
-    header: dict[str, Any] = {"kid": signer.kid, "typ": "at+jwt"}
-    header.update(headers or {})
-    return pyjwt.encode(claims(**claim_overrides), signer.private, algorithm=signer.alg, headers=header)
 
 
 def b64(data: bytes) -> str:
@@ -115,12 +63,6 @@ def signed_by(signer: Signer, alg: str | None = None) -> Callable[[bytes], bytes
 
 def hmac_with(secret: bytes, digest: str) -> Callable[[bytes], bytes]:
     return lambda message: hmac.new(secret, message, digest).digest()
-
-
-def jwks_of(*keys: Signer) -> JwksCache:
-    cache = JwksCache(jwks_uri="http://127.0.0.1:9/jwks")  # never started: keys come from load()
-    cache.load({"keys": [key.jwk for key in keys]})
-    return cache
 
 
 @pytest.fixture
@@ -628,7 +570,6 @@ def test_cache_serves_one_verifier(signers: dict[str, Signer]) -> None:
 
 def test_cache_hit_checks_no_signature(signers: dict[str, Signer], monkeypatch: pytest.MonkeyPatch) -> None:
     """A hot token costs a lookup, not a signature check (counted, not timed)."""
-    import jwt as pyjwt
 
     calls = 0
     real_decode = pyjwt.decode

@@ -1,11 +1,12 @@
 """An expiring set of strings that gateway workers and replicas share through Redis.
 
-The IP blocklist (blocklist.py) and the token revocation feed (revocations.py) both need the same
-thing: a set whose members each expire at a wall-clock time, that any gateway process -- or an
-outside publisher such as an identity provider -- can add to, and that every process reads
-synchronously on its hot path. ``SharedSet`` is the Redis half of that. The local copy the hot
-path reads belongs to the owner (a ``LocalCopy``), because only the owner knows how to index it
-(the blocklist files an IPv4 address under two spellings); the shared set keeps it up to date.
+The gateway's IP blocklist (gateway/blocklist.py) and the token revocation feed
+(tokens/revocations.py) both need the same thing: a set whose members each expire at a wall-clock
+time, that any gateway process -- or an outside publisher such as an identity provider -- can add
+to, and that every process reads synchronously on its hot path. ``SharedSet`` is the Redis half of
+that. The local copy the hot path reads belongs to the owner (a ``LocalCopy``), because only the
+owner knows how to index it (the blocklist files an IPv4 address under two spellings); the shared
+set keeps it up to date.
 
 Wire format, for a key prefix ``P`` and a ``WireFormat`` naming the member field ``M``, the add and
 remove operations ``A`` and ``R`` and the payload field ``D``:

@@ -21,8 +21,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
-from garrison.gateway.auth.jwks import Backoff, JwksCache, JwksError, parse_jwks
-from garrison.gateway.auth.jwt import JwtVerifier, KeysUnavailable, TokenRejected
+from garrison.tokens.jwks import Backoff, JwksCache, JwksError, parse_jwks
+from garrison.tokens.jwt import JwtVerifier, KeysUnavailable, TokenRejected
 
 ISSUER_AUD = "api://orders"
 

@@ -34,7 +34,7 @@ import jwt
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 from jwt.types import Options
 
-from garrison.gateway.auth.jwks import ALLOWED_ALGORITHMS, MAX_KID_LENGTH, JwksCache, PinnedKey
+from garrison.tokens.jwks import ALLOWED_ALGORITHMS, MAX_KID_LENGTH, JwksCache, PinnedKey
 
 DESCRIPTIONS: dict[str, str] = {
     "malformed": "The access token is malformed.",
@@ -347,7 +347,7 @@ class RevocationCheck(Protocol):
     """What the token cache asks on every hit: is this jti revoked at ``now``?
 
     Synchronous and O(1), because it runs on the hot path. ``RevocationList`` (one process, fed by
-    ``TokenCache.revoke_jti``) implements it, and so do the shared feeds of gateway/revocations.py
+    ``TokenCache.revoke_jti``) implements it, and so do the shared feeds of tokens/revocations.py
     (fed by the admin API and by an identity provider through Redis).
     """
 
