@@ -23,9 +23,9 @@ from pathlib import Path
 from garrison.config.loader import parse_config
 from garrison.identity.adapter import Headers
 from garrison.identity.clients import ClientStore
-from garrison.identity.crypto import KeyEncryption
 from garrison.identity.service import Provider, open_provider
 from garrison.identity.web import HttpRequest, HttpResponse, parse_params
+from garrison.pki.kek import KeyEncryption
 
 ISSUER = "https://localhost:9443"
 

@@ -64,7 +64,7 @@ def open_route(config: GarrisonConfig, gateway_listen: str, console: Console) ->
 
 async def _register_demo_client(config: GarrisonConfig) -> dict[str, Any]:
     from garrison.identity.clients import ClientStore
-    from garrison.identity.crypto import KeyEncryption
+    from garrison.pki.kek import KeyEncryption
     from garrison.store.db import create_all, make_engine
 
     assert config.identity is not None

@@ -81,7 +81,7 @@ class IdentityProcess:
     def run_stores(self, work: Callable[[Any, Any], Awaitable[T]]) -> T:
         """``work(engine, kek)`` against this provider's database and key-encryption key (what the CLI
         cannot do yet: TOTP with a scripted code, clients with post-logout redirect URIs)."""
-        from garrison.identity.crypto import KeyEncryption
+        from garrison.pki.kek import KeyEncryption
         from garrison.store.db import create_all, make_engine
 
         identity = self.config["identity"]

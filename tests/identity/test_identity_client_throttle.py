@@ -32,10 +32,10 @@ from garrison.config.loader import parse_config
 from garrison.identity.adapter import Headers
 from garrison.identity.client_throttle import Suspects
 from garrison.identity.clients import ClientStore
-from garrison.identity.crypto import KeyEncryption
 from garrison.identity.service import Provider, open_provider
 from garrison.identity.tables import throttle as throttle_table
 from garrison.identity.web import HttpRequest, HttpResponse, parse_params
+from garrison.pki.kek import KeyEncryption
 from garrison.telemetry import logging as log
 
 LOCKOUT = {"max_failures": 5, "ip_max_failures": 1000, "window": 300, "lock_for": 300}

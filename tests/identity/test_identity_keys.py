@@ -23,9 +23,9 @@ from joserfc.jwk import ECKey
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from garrison.identity.crypto import KeyEncryption, KeyEncryptionError
 from garrison.identity.keys import UNPUBLISH_MARGIN, SigningKeyError, SigningKeys
 from garrison.identity.tables import signing_keys
+from garrison.pki.kek import KeyEncryption, KeyEncryptionError
 from garrison.store.db import create_all
 from garrison.telemetry import logging as log
 

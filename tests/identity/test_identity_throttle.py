@@ -16,10 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from garrison.config.model import LockoutConfig
-from garrison.identity.crypto import KeyEncryption
 from garrison.identity.tables import throttle as throttle_table
 from garrison.identity.throttle import Locked, LockedOut, Reservation, Throttle, ip_key, user_key
 from garrison.identity.users import UserStore
+from garrison.pki.kek import KeyEncryption
 from garrison.telemetry import logging as log
 
 if TYPE_CHECKING:

@@ -16,11 +16,11 @@ from argon2 import PasswordHasher, Type
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from garrison.identity.crypto import KeyEncryption, KeyEncryptionError
 from garrison.identity.mfa import MfaError, MfaStore, mfa_required
 from garrison.identity.roles import RoleStore
 from garrison.identity.tables import recovery_codes, users
 from garrison.identity.users import UserExists, UserNotFound, UserStore
+from garrison.pki.kek import KeyEncryption, KeyEncryptionError
 
 if TYPE_CHECKING:
     from conftest import Backend

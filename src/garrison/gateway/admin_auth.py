@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 from garrison.config.model import AdminConfig, GarrisonConfig
 from garrison.gateway.simplehttp import SimpleRequest, SimpleResponse
-from garrison.gateway.tls import server_context
+from garrison.pki.tls import server_context
 
 __all__ = [
     "AdminGuard",

@@ -31,7 +31,7 @@ from garrison.gateway.listeners import address_of, bind_socket, open_admin_liste
 from garrison.gateway.proxy import ClientConnection
 from garrison.gateway.runtime import Runtime, build_runtime
 from garrison.gateway.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleResponse
-from garrison.gateway.tls import ask_for_client_certificates, resolve_certificate, server_context
+from garrison.pki.tls import ask_for_client_certificates, resolve_certificate, server_context
 from garrison.store.db import create_all, make_engine
 from garrison.telemetry import logging as log
 from garrison.telemetry.accesslog import AccessLog

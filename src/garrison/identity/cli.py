@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from garrison.config.model import GarrisonConfig
     from garrison.identity.clients import ClientStore
-    from garrison.identity.crypto import KeyEncryption
+    from garrison.pki.kek import KeyEncryption
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 T = TypeVar("T")
@@ -83,7 +83,7 @@ def _load(config: Path) -> Any:
 def with_stores(ctx: typer.Context, config: Path | None, work: Callable[[Any], Awaitable[T]]) -> T:
     """Open the provider's database for ``work(stores)`` and close it."""
     from garrison.identity.clients import ClientStore
-    from garrison.identity.crypto import KeyEncryption
+    from garrison.pki.kek import KeyEncryption
     from garrison.store.db import create_all, make_engine
 
     loaded = _load(config or ctx.obj)

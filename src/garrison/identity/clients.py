@@ -27,9 +27,9 @@ from urllib.parse import urlsplit
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from garrison.identity.crypto import KeyEncryption
 from garrison.identity.roles import RoleStore
 from garrison.identity.tables import clients, roles
+from garrison.pki.kek import KeyEncryption
 from garrison.telemetry import logging as log
 
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")

@@ -36,8 +36,8 @@ from authlib.oidc.core import AuthorizationCodeMixin
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from garrison.identity.crypto import KeyEncryption
 from garrison.identity.tables import access_tokens, codes, refresh_tokens, token_families
+from garrison.pki.kek import KeyEncryption
 from garrison.telemetry import logging as log
 
 CODE_PURPOSE = "authorization-code"

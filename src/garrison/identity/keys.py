@@ -31,7 +31,7 @@ statement of the transaction is a write, which takes the database's write lock),
 starting together create one first key, and two ``rotate`` calls never leave two pending keys: while
 a key is pending, ``rotate`` is a no-op that returns it (``Rotation.created`` is False).
 
-At rest: the private key is PKCS#8 DER sealed with the KEK (AES-256-GCM, ``identity/crypto.py``),
+At rest: the private key is PKCS#8 DER sealed with the KEK (AES-256-GCM, ``pki/kek.py``),
 the associated data naming the row's ``kid``, so a ciphertext copied to another row does not open.
 The ``kid`` is the RFC 7638 JWK thumbprint (SHA-256, base64url) of the public key, so the kid, the
 sealed private key and the published public key are bound together: ``refresh`` opens every row and
@@ -58,8 +58,8 @@ from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from garrison.identity.crypto import KeyEncryption, KeyEncryptionError
 from garrison.identity.tables import signing_keys
+from garrison.pki.kek import KeyEncryption, KeyEncryptionError
 from garrison.telemetry import logging as log
 
 ALG = "ES256"

@@ -26,9 +26,9 @@ import pyotp
 from sqlalchemy import and_, delete, exists, false, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from garrison.identity.crypto import KeyEncryption
 from garrison.identity.tables import recovery_codes, users
 from garrison.identity.users import UserNotFound
+from garrison.pki.kek import KeyEncryption
 
 TOTP_DIGITS = 6
 TOTP_INTERVAL = 30

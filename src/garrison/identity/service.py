@@ -33,12 +33,10 @@ from sqlalchemy.util import await_only
 from garrison.config.loader import LoadedConfig
 from garrison.config.model import GarrisonConfig, IdentityConfig
 from garrison.gateway.admin_auth import admin_token_path
-from garrison.gateway.tls import resolve_certificate, server_context
 from garrison.identity import tables
 from garrison.identity.authserver import AccessTokenGenerator, IdentityServer, build_server
 from garrison.identity.client_throttle import ClientAuthGuard
 from garrison.identity.clients import ClientDirectory, ClientStore
-from garrison.identity.crypto import KeyEncryption
 from garrison.identity.endpoints import TokenInspector
 from garrison.identity.families import TokenFamilies
 from garrison.identity.feed import GatewayPush
@@ -52,6 +50,8 @@ from garrison.identity.sessions import Browser, BrowserCookies, ConsentStore, Cs
 from garrison.identity.throttle import Throttle
 from garrison.identity.users import UserStore
 from garrison.identity.web import HttpRequest, HttpResponse, IdentityApp, json_response
+from garrison.pki.kek import KeyEncryption
+from garrison.pki.tls import resolve_certificate, server_context
 from garrison.store.db import create_all, make_engine
 from garrison.store.shared_set import SharedSetFull
 from garrison.telemetry import logging as log

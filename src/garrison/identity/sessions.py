@@ -27,9 +27,9 @@ from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from garrison.identity import pages
-from garrison.identity.crypto import KeyEncryption
 from garrison.identity.tables import consents, sessions
 from garrison.identity.web import HttpRequest, HttpResponse
+from garrison.pki.kek import KeyEncryption
 from garrison.store.db import dialect_insert
 from garrison.telemetry import logging as log
 

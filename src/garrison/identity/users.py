@@ -33,9 +33,9 @@ from sqlalchemy import Row, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from garrison.identity.crypto import KeyEncryption
 from garrison.identity.roles import check_roles
 from garrison.identity.tables import users as users_table
+from garrison.pki.kek import KeyEncryption
 from garrison.telemetry import logging as log
 
 USER_ID_BYTES = 16  # 128 bits

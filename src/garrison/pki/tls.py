@@ -1,4 +1,5 @@
-"""TLS for the gateway's listener: a hardened server context, and the ``auto`` certificates.
+"""TLS for Garrison's listeners (gateway, identity provider, admin): a hardened server context, and the
+``auto`` certificates.
 
 ``cert: auto`` creates a local CA and a server certificate under ``state_dir/tls`` (private keys
 0600), renewed when they near expiry or when the configured names change. A later release replaces

@@ -1,4 +1,7 @@
-"""The identity provider's key-encryption key: encryption at rest and keyed digests.
+"""A key-encryption key (KEK) seal: encryption at rest and keyed digests.
+
+Today its one user is the identity provider (the key location and the digest subkey below are the
+identity provider's, and stay so: changing them would make stored data unreadable).
 
 One 256-bit key-encryption key (KEK) protects what the database holds:
 
