@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from garrison.config.loader import parse_config
 from garrison.gateway.proxy import ClientConnection
 from garrison.gateway.server import GatewayServer
-from garrison.gateway.upstream.pool import UpstreamConnection
+from garrison.proxy.upstream.pool import UpstreamConnection
 
 REQUEST = (
     b"GET /api/orders/123?x=1 HTTP/1.1\r\nHost: localhost:8443\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"

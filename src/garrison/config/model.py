@@ -419,8 +419,8 @@ class HealthCheckConfig(Strict):
 
 def _check_target(value: str) -> str:
     # The gateway's own parser decides, so `check` accepts exactly what the gateway can start with.
-    from garrison.gateway.upstream.circuit import CircuitBreaker
-    from garrison.gateway.upstream.target import Target
+    from garrison.proxy.upstream.circuit import CircuitBreaker
+    from garrison.proxy.upstream.target import Target
 
     Target.from_url(value, CircuitBreaker())
     return value
@@ -451,7 +451,7 @@ class ServiceConfig(Strict):
 
 
 def _check_path(value: str) -> str:
-    from garrison.gateway.normalize import TargetRejected, normalize_path
+    from garrison.proxy.normalize import TargetRejected, normalize_path
 
     try:
         normalized = normalize_path(value.encode("ascii")).decode("ascii")

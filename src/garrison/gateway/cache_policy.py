@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from email.utils import mktime_tz, parsedate_tz
 
 from garrison.gateway.exchange import RESPONSE_DROP
-from garrison.gateway.http1 import GATEWAY_SET, OWNED_PREFIX
+from garrison.proxy.http1 import GATEWAY_SET, OWNED_PREFIX
 
 CACHEABLE_METHODS = frozenset({b"GET", b"HEAD"})
 # Heuristically cacheable status codes (RFC 9110 §15.1).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from garrison.gateway.http1 import status_line
+from garrison.proxy.http1 import status_line
 
 ERROR_CSP = b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 

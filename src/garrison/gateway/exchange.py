@@ -10,7 +10,7 @@ import re
 from random import getrandbits
 from typing import TYPE_CHECKING
 
-from garrison.gateway.http1 import (
+from garrison.proxy.http1 import (
     GATEWAY_SET,
     HOP_BY_HOP,
     OWNED_PREFIX,
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from garrison.gateway.cache_policy import CacheRequest
     from garrison.gateway.ratelimit import RateDecision
     from garrison.gateway.runtime import Route, Runtime
-    from garrison.gateway.upstream.pool import UpstreamConnection
-    from garrison.gateway.upstream.target import Target
+    from garrison.proxy.upstream.pool import UpstreamConnection
+    from garrison.proxy.upstream.target import Target
 
 _REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _TRACEPARENT_RE = re.compile(rb"00-([0-9a-f]{32})-[0-9a-f]{16}-([0-9a-f]{2})")

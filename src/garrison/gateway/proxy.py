@@ -53,18 +53,18 @@ from garrison.gateway.exchange import (
     trace_for,
     valid_host,
 )
-from garrison.gateway.http1 import LAST_CHUNK, chunk
-from garrison.gateway.normalize import TargetRejected, parse_request_target
 from garrison.gateway.ratelimit import RateDecision, RateLimiter, rate_limit_lines
 from garrison.gateway.router import RouteMiss
-from garrison.gateway.upstream.retry import IDEMPOTENT_METHODS
+from garrison.proxy.http1 import LAST_CHUNK, chunk
+from garrison.proxy.normalize import TargetRejected, parse_request_target
+from garrison.proxy.upstream.retry import IDEMPOTENT_METHODS
 from garrison.tokens.jwt import AuthError
 
 if TYPE_CHECKING:
     from garrison.gateway.runtime import Runtime
     from garrison.gateway.server import GatewayServer
-    from garrison.gateway.upstream.pool import UpstreamConnection
-    from garrison.gateway.upstream.target import Target
+    from garrison.proxy.upstream.pool import UpstreamConnection
+    from garrison.proxy.upstream.target import Target
 
 # Why reading from the client is paused; reading resumes when no reason is left.
 PAUSE_PIPELINE, PAUSE_BUFFER, PAUSE_UPSTREAM = 1, 2, 4

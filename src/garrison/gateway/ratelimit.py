@@ -61,7 +61,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from garrison.gateway.ratelimit_scripts import SCRIPTS
-from garrison.gateway.upstream.circuit import CircuitBreaker, CircuitState
+from garrison.proxy.upstream.circuit import CircuitBreaker, CircuitState
 from garrison.telemetry import logging as log
 
 __all__ = [

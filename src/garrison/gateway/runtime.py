@@ -33,12 +33,12 @@ from garrison.gateway.iprules import IpRules
 from garrison.gateway.ratelimit import RateLimiter, RateLimitSpec
 from garrison.gateway.redirect import HttpsRedirect
 from garrison.gateway.router import RouteEntry, RouteTable
-from garrison.gateway.upstream.balancer import Balancer, make_balancer
-from garrison.gateway.upstream.circuit import CircuitBreaker, CircuitState
-from garrison.gateway.upstream.health import ActiveHealthChecker, HealthCheckSpec
-from garrison.gateway.upstream.pool import TargetPool
-from garrison.gateway.upstream.retry import RetryBudget
-from garrison.gateway.upstream.target import Target
+from garrison.proxy.upstream.balancer import Balancer, make_balancer
+from garrison.proxy.upstream.circuit import CircuitBreaker, CircuitState
+from garrison.proxy.upstream.health import ActiveHealthChecker, HealthCheckSpec
+from garrison.proxy.upstream.pool import TargetPool
+from garrison.proxy.upstream.retry import RetryBudget
+from garrison.proxy.upstream.target import Target
 from garrison.telemetry import logging as log
 from garrison.telemetry.metrics import GatewayMetrics, RouteStats
 from garrison.tokens.forwarded import TrustedProxies

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import httptools
 
-from garrison.gateway.http1 import status_line
+from garrison.proxy.http1 import status_line
 
 
 @dataclass(frozen=True, slots=True)

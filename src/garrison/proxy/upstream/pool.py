@@ -17,7 +17,7 @@ from typing import Any, Protocol, cast
 
 import httptools
 
-from garrison.gateway.upstream.target import Target
+from garrison.proxy.upstream.target import Target
 
 
 class UpstreamListener(Protocol):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from garrison.gateway.upstream.retry import IDEMPOTENT_METHODS, RetryBudget
+from garrison.proxy.upstream.retry import IDEMPOTENT_METHODS, RetryBudget
 
 
 def spend_all(budget: RetryBudget, now: float, limit: int = 10_000) -> int:

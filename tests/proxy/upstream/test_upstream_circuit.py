@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from garrison.gateway.upstream.circuit import CircuitBreaker, CircuitState
+from garrison.proxy.upstream.circuit import CircuitBreaker, CircuitState
 
 
 def state(breaker: CircuitBreaker) -> CircuitState:

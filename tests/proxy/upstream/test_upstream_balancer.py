@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from garrison.gateway.upstream.balancer import LeastRequests, RoundRobin, make_balancer
-from garrison.gateway.upstream.circuit import CircuitBreaker, CircuitState
-from garrison.gateway.upstream.target import Target
+from garrison.proxy.upstream.balancer import LeastRequests, RoundRobin, make_balancer
+from garrison.proxy.upstream.circuit import CircuitBreaker, CircuitState
+from garrison.proxy.upstream.target import Target
 
 NOW = 1000.0
 

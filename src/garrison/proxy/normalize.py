@@ -1,4 +1,4 @@
-"""Request-target parsing and path normalization: the one place the gateway canonicalises a path.
+"""Request-target parsing and path normalization: the one place a path is canonicalised.
 
 Why one place: a proxy that matches routes on one spelling of a path and forwards another spelling is
 bypassable (``/public/..%2Fadmin``, ``/admin;x``, ``//admin``). The gateway parses each request target

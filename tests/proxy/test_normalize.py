@@ -1,4 +1,4 @@
-"""Tests for the gateway's request-target parsing and path normalization (garrison.gateway.normalize)."""
+"""Tests for the gateway's request-target parsing and path normalization (garrison.proxy.normalize)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from garrison.gateway.normalize import (
+from garrison.proxy.normalize import (
     MAX_PATH_LENGTH,
     RequestTarget,
     TargetRejected,

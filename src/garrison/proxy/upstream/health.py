@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import httptools
 
-from garrison.gateway.upstream.target import Target
+from garrison.proxy.upstream.target import Target
 
 __all__ = ["ActiveHealthChecker", "HealthCheckSpec"]
 

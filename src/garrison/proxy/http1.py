@@ -1,4 +1,4 @@
-"""HTTP/1.1 pieces the gateway adds on top of llhttp (httptools).
+"""HTTP/1.1 pieces the proxy core (and the gateway's side listeners) add on top of llhttp (httptools).
 
 llhttp already refuses bare LF, obs-fold, invalid tokens, CR/LF/NUL in values, CL+TE together,
 duplicate Content-Length and bad chunk sizes. What it leaves to us, and these helpers decide:

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from garrison.gateway.upstream.target import Target
+from garrison.proxy.upstream.target import Target
 
 __all__ = ["BALANCER_KINDS", "Balancer", "LeastRequests", "RoundRobin", "make_balancer"]
 

@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from garrison.gateway.upstream.circuit import CircuitBreaker
-from garrison.gateway.upstream.health import ActiveHealthChecker, HealthCheckSpec
-from garrison.gateway.upstream.target import Target
+from garrison.proxy.upstream.circuit import CircuitBreaker
+from garrison.proxy.upstream.health import ActiveHealthChecker, HealthCheckSpec
+from garrison.proxy.upstream.target import Target
 
 RESPONSES = {
     "ok": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",

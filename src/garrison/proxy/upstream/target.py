@@ -12,7 +12,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from garrison.gateway.upstream.circuit import CircuitBreaker
+from garrison.proxy.upstream.circuit import CircuitBreaker
 
 __all__ = ["DEFAULT_PORTS", "Target"]
 
