@@ -70,8 +70,8 @@ def gateway(
     ] = None,
 ) -> None:
     """Run the edge gateway (reload: SIGHUP or edit the file; stop: SIGTERM drains)."""
+    from garrison.admin.auth import AdminTokenError
     from garrison.config.loader import ConfigError
-    from garrison.gateway.admin_auth import AdminTokenError
     from garrison.gateway.main import run
 
     try:
@@ -104,14 +104,14 @@ def _admin_call(config: Path, method: str, path: str, query: dict[str, str]) -> 
     import urllib.parse
     import urllib.request
 
-    from garrison.config.loader import ConfigError, load_config
-    from garrison.config.model import parse_listen
-    from garrison.gateway.admin_auth import (
+    from garrison.admin.auth import (
         AdminTokenError,
         admin_client_context,
         admin_token_path,
         read_admin_token,
     )
+    from garrison.config.loader import ConfigError, load_config
+    from garrison.config.model import parse_listen
 
     try:
         loaded = load_config(config)

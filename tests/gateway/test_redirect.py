@@ -7,7 +7,7 @@ import pytest
 
 from garrison.config.loader import parse_config
 from garrison.gateway.redirect import HttpsRedirect
-from garrison.gateway.simplehttp import SimpleRequest
+from garrison.web.simplehttp import SimpleRequest
 
 NAMES = ["shop.example", "*.apps.example", "localhost"]
 

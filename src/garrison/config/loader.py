@@ -168,7 +168,7 @@ def _cross_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
 
 
 def _admin_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
-    """An admin listener off loopback must not take its credential in clear (admin_auth.py)."""
+    """An admin listener off loopback must not take its credential in clear (admin/auth.py)."""
     admin = config.gateway.admin
     host = parse_listen(admin.listen)[0]
     if host == "localhost" or ipaddress.ip_address(host).is_loopback or admin.tls is not None:

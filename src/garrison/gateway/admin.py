@@ -8,7 +8,7 @@ token's ``exp``) or ``POST /revocations?jti=J&for=10m`` makes every token carryi
 with 401 ``invalid_token``, cached or not.
 
 Parameters travel in the query string because the admin listener accepts no request bodies. Who may
-call these is decided before they run (admin_auth.py: the admin token or a client certificate for
+call these is decided before they run (admin/auth.py: the admin token or a client certificate for
 every change, Host and Origin checks for every request).
 
 Both sets are bounded, since whoever holds the credential (or an automated response gone wrong) must
@@ -28,9 +28,9 @@ from urllib.parse import parse_qs
 
 from garrison.config.units import parse_duration
 from garrison.gateway.blocklist import Blocklist
-from garrison.gateway.simplehttp import SimpleResponse
 from garrison.store.shared_set import SharedSetFull, SharedSetUnavailable
 from garrison.tokens.revocations import Revocations
+from garrison.web.simplehttp import SimpleResponse
 
 JSON = b"application/json"
 MAX_BLOCK_SECONDS = 365 * 24 * 3600.0  # the most `gateway.blocklist.max_duration` may be

@@ -10,15 +10,15 @@ import socket
 import ssl
 from pathlib import Path
 
-from garrison.config.model import GarrisonConfig, parse_listen
-from garrison.gateway.admin_auth import (
+from garrison.admin.auth import (
     AdminGuard,
     admin_guard,
     admin_server_context,
     admin_token_path,
     load_or_create_admin_token,
 )
-from garrison.gateway.admin_auth import Handler as AdminHandler
+from garrison.admin.auth import Handler as AdminHandler
+from garrison.config.model import GarrisonConfig, parse_listen
 
 __all__ = ["address_of", "bind_socket", "open_admin_listener"]
 
@@ -38,7 +38,7 @@ def bind_socket(address: str, reuse_port: bool) -> socket.socket:
 def open_admin_listener(
     config: GarrisonConfig, source: Path, handler: AdminHandler
 ) -> tuple[socket.socket, AdminGuard, ssl.SSLContext | None]:
-    """Bind the admin listener and wrap ``handler`` in its guard (admin_auth.py), creating the admin
+    """Bind the admin listener and wrap ``handler`` in its guard (admin/auth.py), creating the admin
     token file on first use. Raises AdminTokenError for an unusable token file."""
     token = load_or_create_admin_token(admin_token_path(config))
     context = admin_server_context(config.gateway.admin, source.parent)

@@ -19,8 +19,8 @@ from collections.abc import Iterable
 
 from garrison.config.model import GarrisonConfig
 from garrison.gateway.exchange import host_without_port
-from garrison.gateway.simplehttp import SimpleRequest, SimpleResponse
 from garrison.proxy.normalize import TargetRejected, parse_request_target
+from garrison.web.simplehttp import SimpleRequest, SimpleResponse
 
 __all__ = ["HttpsRedirect"]
 

@@ -30,13 +30,13 @@ from garrison.gateway.heap import HeapTrimmer, glibc_malloc_trim
 from garrison.gateway.listeners import address_of, bind_socket, open_admin_listener
 from garrison.gateway.proxy import ClientConnection
 from garrison.gateway.runtime import Runtime, build_runtime
-from garrison.gateway.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleResponse
 from garrison.pki.tls import ask_for_client_certificates, resolve_certificate, server_context
 from garrison.store.db import create_all, make_engine
 from garrison.telemetry import logging as log
 from garrison.telemetry.accesslog import AccessLog
 from garrison.telemetry.metrics import GatewayMetrics
 from garrison.tokens.revocations import MemoryRevocations, RedisRevocations, Revocations
+from garrison.web.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleResponse
 
 WORKER_ENV = "GARRISON_GATEWAY_WORKER"  # "index|listen-address|run-dir", set by the worker supervisor only
 

@@ -38,10 +38,10 @@ from garrison.gateway.server import (
     readiness_response,
     write_ready_file,
 )
-from garrison.gateway.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleResponse
 from garrison.store.db import make_engine
 from garrison.telemetry import logging as log
 from garrison.telemetry.metrics import admin_denied_family
+from garrison.web.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleResponse
 
 RESTART_BACKOFF = 1.0
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from garrison.gateway.admin_auth import AdminTokenError, read_admin_token
+from garrison.admin.auth import AdminTokenError, read_admin_token
 from garrison.telemetry import logging as log
 
 ATTEMPTS = 3

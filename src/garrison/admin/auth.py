@@ -20,7 +20,7 @@ The admin API can block any address and revoke any token, so it is guarded like 
 - **No credential in clear on a network.** A listener that is not on loopback must have TLS
   (``gateway.admin.tls``); the config loader refuses one without it.
 
-Why by hand: the admin listener is the gateway's own minimal responder (simplehttp.py); these are a
+Why by hand: the admin listener is Garrison's own minimal responder (web/simplehttp.py); these are a
 handful of header comparisons, and a web framework's middleware would bring more surface than it
 saves.
 """
@@ -39,8 +39,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from garrison.config.model import AdminConfig, GarrisonConfig
-from garrison.gateway.simplehttp import SimpleRequest, SimpleResponse
 from garrison.pki.tls import server_context
+from garrison.web.simplehttp import SimpleRequest, SimpleResponse
 
 __all__ = [
     "AdminGuard",

@@ -1,4 +1,4 @@
-"""The admin guard's decisions and the admin token file, without sockets (admin_auth.py)."""
+"""The admin guard's decisions and the admin token file, without sockets (admin/auth.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from garrison.gateway.admin_auth import (
+from garrison.admin.auth import (
     AdminGuard,
     AdminTokenError,
     load_or_create_admin_token,
     read_admin_token,
 )
-from garrison.gateway.simplehttp import SimpleRequest, SimpleResponse
+from garrison.web.simplehttp import SimpleRequest, SimpleResponse
 
 TOKEN = "t" * 43
 

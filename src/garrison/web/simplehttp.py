@@ -1,4 +1,4 @@
-"""A minimal HTTP/1.1 responder for the gateway's side listeners (admin, HTTPS redirect).
+"""A minimal HTTP/1.1 responder for side listeners (the admin listener, the gateway's HTTPS redirect).
 
 These listeners answer a handful of fixed requests, so a full framework would be the larger risk;
 the same llhttp parser as the main listener reads the request, bodies are refused, and every

@@ -1,0 +1,1 @@
+"""Small HTTP server pieces shared by every component (``simplehttp``: the side listeners' responder)."""
