@@ -21,6 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest -n 2 tests
@@ -30,4 +31,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/identity/run.py
 
 clean:
-	rm -rf $(VENV) .garrison .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .garrison .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
