@@ -2,6 +2,6 @@
 
 ``jwks.JwksCache`` holds an issuer's signing keys (each pinned to one algorithm), ``jwt.JwtVerifier``
 checks access tokens against them (with a verified-token cache and a revocation check),
-``revocations`` is the one revocation set and its Redis feed, and ``forwarded.TrustedProxies`` finds
+``revocations`` holds the revocation sets and their Redis feed, and ``forwarded.TrustedProxies`` finds
 the client's address behind trusted proxies.
 """
