@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+GARRISON = [sys.executable, "-m", "garrison"]
 
 
 def free_port() -> int:
@@ -22,7 +30,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+def write_demo_config(tmp_path: Path) -> dict[str, int]:
+    """examples/garrison.yaml on free ports with its state under ``tmp_path``; the ports by name."""
     shutil.copy(ROOT / "examples" / "demo_upstream.py", tmp_path / "demo_upstream.py")
     ports = {name: free_port() for name in ("gateway", "admin", "redirect", "demo", "identity")}
     config = (ROOT / "examples" / "garrison.yaml").read_text()
@@ -38,6 +47,11 @@ def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         assert old in config
         config = config.replace(old, new)
     (tmp_path / "garrison.yaml").write_text(config)
+    return ports
+
+
+def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    ports = write_demo_config(tmp_path)
     output = tmp_path / "up.out"
     with output.open("wb") as sink:
         proc = subprocess.Popen(
@@ -97,3 +111,154 @@ def try_it_yourself_reads_the_secret_from_a_private_file(text: str, state_dir: P
     )
     assert done.returncode == 0 and "got a token" in done.stdout, done.stderr
     assert not re.search(r"gcs_\S+", done.stderr)
+
+
+class UpProcess:
+    """`garrison up --demo` on the demo config, its output in a file the test reads as it grows."""
+
+    def __init__(self, tmp_path: Path, ports: dict[str, int]) -> None:
+        self.tmp_path = tmp_path
+        self.ports = ports
+        self.state = tmp_path / "state"
+        self.output = tmp_path / "up.out"
+        self.sink = self.output.open("wb")
+        self.proc = subprocess.Popen(
+            [*GARRISON, "up", "-c", str(tmp_path / "garrison.yaml"), "--demo"],
+            stdout=self.sink,
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_for(lambda: "Press Ctrl-C" in self.text(), "up to start")
+
+    def text(self) -> str:
+        return self.output.read_text()
+
+    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.proc.poll() is None, f"up exited while waiting for {what}:\n{self.text()}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{self.text()}"
+            time.sleep(0.05)
+
+    def child_pid(self, command: str) -> int:
+        """The pid of up's child running `garrison COMMAND` (read from /proc: up is its parent)."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        for pid in children:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if command.encode() in argv and b"garrison" in argv:
+                return int(pid)
+        raise AssertionError(f"no `garrison {command}` among up's children {children}")
+
+    def events(self, event: str, name: str) -> list[dict[str, Any]]:
+        """up's structured log lines of one event about one component."""
+        found = []
+        for line in self.text().splitlines():
+            if line.startswith("{") and f'"event":"{event}"' in line:
+                record = json.loads(line)
+                if record.get("name") == name:
+                    found.append(record)
+        return found
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(30)
+        finally:
+            self.sink.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.sink.close()
+
+
+def port_refuses(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def https(
+    url: str, ca: Path, headers: dict[str, str] | None = None, data: bytes | None = None
+) -> tuple[int, str]:
+    context = ssl.create_default_context(cafile=str(ca))
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+
+
+def test_up_restarts_a_killed_component_while_the_others_keep_serving(tmp_path: Path) -> None:
+    """kill -9 the identity provider: the gateway keeps serving (open route, and a token it verified
+    before the kill), and the provider comes back on its own and issues tokens again. Then kill -9 the
+    gateway: the provider keeps answering, and the gateway comes back and serves again."""
+    ports = write_demo_config(tmp_path)
+    up = UpProcess(tmp_path, ports)
+    try:
+        state = up.state
+        issuer = f"https://localhost:{ports['identity']}"
+        idp_ca, gw_ca = state / "identity" / "tls" / "ca.pem", state / "tls" / "ca.pem"
+        client_secret = (state / "demo-client.secret").read_text().strip()
+        client_id = re.search(r'-u "([^:"]+):\$\(cat ', up.text())  # from the printed curl line
+        assert client_id is not None, up.text()
+        basic = base64.b64encode(f"{client_id[1]}:{client_secret}".encode()).decode()
+
+        def new_token() -> str:
+            status, body = https(
+                issuer + "/token",
+                idp_ca,
+                {"Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"},
+                b"grant_type=client_credentials&scope=orders:read",
+            )
+            assert status == 200, body
+            return str(json.loads(body)["access_token"])
+
+        def gateway_serves(token: str) -> None:
+            gateway = f"https://localhost:{ports['gateway']}"
+            status, body = https(gateway + "/api/hello", gw_ca)
+            assert status == 200 and '"service": "demo"' in body, body
+            status, body = https(gateway + "/api/orders/42", gw_ca, {"Authorization": f"Bearer {token}"})
+            assert status == 200 and '"x-garrison-scopes": "orders:read"' in body, body
+
+        token_before = new_token()
+        gateway_serves(token_before)  # the gateway now holds the provider's keys
+        identity_pid, gateway_pid = up.child_pid("identity"), up.child_pid("gateway")
+
+        # 1. The identity provider dies hard; nothing else does.
+        os.kill(identity_pid, signal.SIGKILL)
+        up.wait_for(lambda: port_refuses(ports["identity"]), "the identity provider's port to close")
+        gateway_serves(token_before)
+        assert up.child_pid("gateway") == gateway_pid  # served by the same gateway: it was not stopped
+        up.wait_for(lambda: bool(up.events("up.component.restarted", "identity")), "the provider to return")
+        [died] = up.events("up.component.died", "identity")
+        assert died["signal"] == "SIGKILL" and died["pid"] == identity_pid
+        assert died["restart_in"] == 1.0 and died["restarts"] == 1
+        assert up.child_pid("identity") != identity_pid
+        [back] = up.events("up.component.restarted", "identity")
+        assert back["listeners"] == {"identity": f"127.0.0.1:{ports['identity']}"}
+        token_after = new_token()
+        status, jwks = https(issuer + "/jwks", idp_ca)
+        assert status == 200 and '"keys"' in jwks
+        gateway_serves(token_after)
+
+        # 2. The gateway dies hard; the identity provider keeps answering.
+        identity_pid = up.child_pid("identity")
+        os.kill(gateway_pid, signal.SIGKILL)
+        up.wait_for(lambda: port_refuses(ports["gateway"]), "the gateway's port to close")
+        new_token()
+        assert up.child_pid("identity") == identity_pid
+        up.wait_for(lambda: bool(up.events("up.component.restarted", "gateway")), "the gateway to return")
+        [died] = up.events("up.component.died", "gateway")
+        assert died["signal"] == "SIGKILL" and died["pid"] == gateway_pid and died["restart_in"] == 1.0
+        assert json.loads((state / "run" / "up-gateway.ready").read_text())["pid"] != gateway_pid
+        gateway_serves(token_after)
+        gateway_serves(token_before)  # still valid: same keys, within its lifetime
+        assert up.events("up.component.died", "demo upstream") == []
+
+        assert up.stop() == 0
+    finally:
+        up.kill()
+    assert "stopped." in up.text()
+    for port in (ports["gateway"], ports["demo"], ports["identity"]):
+        assert port_refuses(port), f"port {port} still open"
