@@ -228,9 +228,11 @@ def test_up_restarts_a_killed_component_while_the_others_keep_serving(tmp_path: 
         # 1. The identity provider dies hard; nothing else does.
         os.kill(identity_pid, signal.SIGKILL)
         up.wait_for(lambda: port_refuses(ports["identity"]), "the identity provider's port to close")
+        # Once up has seen the death (where it used to stop everything), the same gateway still serves.
+        up.wait_for(lambda: bool(up.events("up.component.died", "identity")), "up to see the death")
         gateway_serves(token_before)
-        assert up.child_pid("gateway") == gateway_pid  # served by the same gateway: it was not stopped
         up.wait_for(lambda: bool(up.events("up.component.restarted", "identity")), "the provider to return")
+        assert up.child_pid("gateway") == gateway_pid and up.events("up.component.died", "gateway") == []
         [died] = up.events("up.component.died", "identity")
         assert died["signal"] == "SIGKILL" and died["pid"] == identity_pid
         assert died["restart_in"] == 1.0 and died["restarts"] == 1
@@ -246,9 +248,12 @@ def test_up_restarts_a_killed_component_while_the_others_keep_serving(tmp_path: 
         identity_pid = up.child_pid("identity")
         os.kill(gateway_pid, signal.SIGKILL)
         up.wait_for(lambda: port_refuses(ports["gateway"]), "the gateway's port to close")
+        up.wait_for(lambda: bool(up.events("up.component.died", "gateway")), "up to see the death")
         new_token()
-        assert up.child_pid("identity") == identity_pid
         up.wait_for(lambda: bool(up.events("up.component.restarted", "gateway")), "the gateway to return")
+        assert (
+            up.child_pid("identity") == identity_pid and len(up.events("up.component.died", "identity")) == 1
+        )
         [died] = up.events("up.component.died", "gateway")
         assert died["signal"] == "SIGKILL" and died["pid"] == gateway_pid and died["restart_in"] == 1.0
         assert json.loads((state / "run" / "up-gateway.ready").read_text())["pid"] != gateway_pid
