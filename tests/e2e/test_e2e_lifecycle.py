@@ -8,13 +8,14 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -354,3 +355,53 @@ def test_active_health_checks_take_a_dead_target_out_and_bring_it_back(
         assert "gateway.health.changed" in gateway.log_path.read_text()
     finally:
         gateway.stop()
+
+
+def test_a_killed_worker_is_restarted_while_the_other_serves(
+    tmp_path: Path, upstreams: list[Upstream]
+) -> None:
+    up = Upstream("u")
+    upstreams.append(up)
+    config = tmp_path / "garrison.yaml"
+    write_config(config, tmp_path / "state", ROUTE_ALL % "u", service("u", [up.port]), "  workers: 2")
+    gateway = Gateway(config, tmp_path)
+
+    def workers() -> list[int]:
+        pid = gateway.proc.pid
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+    def wait_for(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert gateway.proc.poll() is None, gateway.log_path.read_text()
+            assert time.monotonic() < deadline, (
+                f"timed out waiting for {what}:\n{gateway.log_path.read_text()}"
+            )
+            time.sleep(0.05)
+
+    def admin_ready() -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.admin_port, timeout=5)
+        try:
+            conn.request("GET", "/ready")
+            return conn.getresponse().status == 200
+        finally:
+            conn.close()
+
+    try:
+        before = workers()
+        assert len(before) == 2
+        os.kill(before[0], signal.SIGKILL)
+        wait_for(lambda: "gateway.worker.died" in gateway.log_path.read_text(), "the supervisor to see it")
+        assert [gateway.get("/")[0] for _ in range(10)] == [200] * 10  # the survivor has the port
+        wait_for(lambda: len(workers()) == 2 and before[0] not in workers() and admin_ready(), "a new worker")
+        died = [
+            json.loads(line)
+            for line in gateway.log_path.read_text().splitlines()
+            if '"event":"gateway.worker.died"' in line
+        ]
+        assert len(died) == 1 and died[0]["exit_code"] == -signal.SIGKILL
+        assert died[0]["restart_in"] == 1.0 and died[0]["restarts"] == 1
+        assert before[1] in workers()  # the other worker was not touched
+        assert [gateway.get("/")[0] for _ in range(10)] == [200] * 10
+    finally:
+        assert gateway.stop() == 0

@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
+from garrison.core.restart import RestartPolicy
 from garrison.gateway.listeners import address_of, bind_socket, open_admin_listener
 from garrison.gateway.redirect import HttpsRedirect
 from garrison.gateway.server import (
@@ -42,8 +43,6 @@ from garrison.store.db import make_engine
 from garrison.telemetry import logging as log
 from garrison.telemetry.metrics import admin_denied_family
 from garrison.web.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleResponse
-
-RESTART_BACKOFF = 1.0
 
 
 class WorkerSupervisor:
@@ -90,15 +89,23 @@ class WorkerSupervisor:
                 await asyncio.sleep(0.05)
 
     async def watch(self, index: int, listen: str) -> None:
-        """Restart a worker that dies, until the supervisor stops."""
+        """Restart a worker that dies, until the supervisor stops, on the back-off every Garrison
+        supervisor shares (core/restart.py): 1 s, doubling to 30 s for a worker that keeps dying."""
+        policy = RestartPolicy(clock=self.loop.time)  # the loop's clock is monotonic
+        policy.started()  # spawned by _supervise just before this task
         while not self.stopping:
             process = self.processes[index]
             code = await process.wait()
             if self.stopping:
                 return
-            log.error("gateway.worker.died", worker=index, exit_code=code, action="restarting")
-            await asyncio.sleep(RESTART_BACKOFF)
+            delay = policy.next_delay()
+            log.error("gateway.worker.died", worker=index, exit_code=code, action="restarting",
+                      restart_in=delay, restarts=policy.restarts)  # fmt: skip
+            await asyncio.sleep(delay)
+            if self.stopping:
+                return  # SIGTERM came during the back-off: the restart is cancelled, not raced
             await self.spawn(index, listen)
+            policy.started()
 
     def signal_all(self, signum: int) -> None:
         for process in self.processes.values():
