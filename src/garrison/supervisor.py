@@ -176,6 +176,19 @@ def tend(component: Component, console: Console) -> None:
         process.wait()
 
 
+def stop_all(components: list[Component], console: Console) -> None:
+    """Ctrl-C / SIGTERM: cancel pending restarts, then stop what runs, the last started first."""
+    for component in components:
+        if component.restart_at is not None:
+            # Stopping wins over a pending restart: the back-off simply never ends.
+            component.restart_at = None
+            log.log("up.component.restart_cancelled", name=component.name)
+    with console.status("stopping…"):
+        for component in reversed(components):  # the gateway first: it stops taking requests
+            component.stop()
+    console.print("stopped.")
+
+
 def _demo_component(loaded: LoadedConfig) -> Component:
     script = loaded.source.parent / "demo_upstream.py"
     if not script.exists():
@@ -266,12 +279,4 @@ def run_up(config_path: Path, demo: bool, console: Console) -> int:
         console.print(f"[red]{exc}[/red]")
         return 1
     finally:
-        for component in components:
-            if component.restart_at is not None:
-                # Stopping wins over a pending restart: the back-off simply never ends.
-                component.restart_at = None
-                log.log("up.component.restart_cancelled", name=component.name)
-        with console.status("stopping…"):
-            for component in reversed(components):  # the gateway first: it stops taking requests
-                component.stop()
-        console.print("stopped.")
+        stop_all(components, console)
