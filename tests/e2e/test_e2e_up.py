@@ -177,6 +177,14 @@ def port_refuses(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+def bind_succeeds(sock: socket.socket, port: int) -> bool:
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
+
+
 def https(
     url: str, ca: Path, headers: dict[str, str] | None = None, data: bytes | None = None
 ) -> tuple[int, str]:
@@ -191,8 +199,9 @@ def https(
 
 def test_up_restarts_a_killed_component_while_the_others_keep_serving(tmp_path: Path) -> None:
     """kill -9 the identity provider: the gateway keeps serving (open route, and a token it verified
-    before the kill), and the provider comes back on its own and issues tokens again. Then kill -9 the
-    gateway: the provider keeps answering, and the gateway comes back and serves again."""
+    before the kill), and the provider comes back on its own (after a failed restart, retried) and
+    issues tokens again. Then kill -9 the gateway: the provider keeps answering, and the gateway comes
+    back and serves again."""
     ports = write_demo_config(tmp_path)
     up = UpProcess(tmp_path, ports)
     try:
@@ -225,18 +234,30 @@ def test_up_restarts_a_killed_component_while_the_others_keep_serving(tmp_path: 
         gateway_serves(token_before)  # the gateway now holds the provider's keys
         identity_pid, gateway_pid = up.child_pid("identity"), up.child_pid("gateway")
 
-        # 1. The identity provider dies hard; nothing else does.
+        # 1. The identity provider dies hard; nothing else does. Someone else holds its port for a while,
+        #    so its first restart fails too: it is retried after a longer back-off, and comes back once
+        #    the port is free.
         os.kill(identity_pid, signal.SIGKILL)
-        up.wait_for(lambda: port_refuses(ports["identity"]), "the identity provider's port to close")
-        # Once up has seen the death (where it used to stop everything), the same gateway still serves.
-        up.wait_for(lambda: bool(up.events("up.component.died", "identity")), "up to see the death")
-        gateway_serves(token_before)
+        squatter = socket.socket()
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Taken the moment the dead provider's listener is gone (its restart is a second away, at least).
+        up.wait_for(
+            lambda: bind_succeeds(squatter, ports["identity"]), "the identity provider's port to close"
+        )
+        squatter.listen()
+        with squatter:
+            # Once up has seen the death (where it used to stop everything), the same gateway still serves.
+            up.wait_for(lambda: bool(up.events("up.component.died", "identity")), "up to see the death")
+            gateway_serves(token_before)
+            up.wait_for(lambda: len(up.events("up.component.died", "identity")) == 2, "a failed restart")
         up.wait_for(lambda: bool(up.events("up.component.restarted", "identity")), "the provider to return")
         assert up.child_pid("gateway") == gateway_pid and up.events("up.component.died", "gateway") == []
-        [died] = up.events("up.component.died", "identity")
-        assert died["signal"] == "SIGKILL" and died["pid"] == identity_pid
-        assert died["restart_in"] == 1.0 and died["restarts"] == 1
-        assert up.child_pid("identity") != identity_pid
+        killed, failed = up.events("up.component.died", "identity")
+        assert killed["signal"] == "SIGKILL" and killed["pid"] == identity_pid
+        assert killed["restart_in"] == 1.0 and killed["restarts"] == 1
+        assert failed["exit_code"] == 2 and failed["restart_in"] == 2.0 and failed["restarts"] == 2
+        assert "Address already in use" in up.text()
+        assert up.child_pid("identity") not in (identity_pid, failed["pid"])
         [back] = up.events("up.component.restarted", "identity")
         assert back["listeners"] == {"identity": f"127.0.0.1:{ports['identity']}"}
         token_after = new_token()
@@ -251,9 +272,8 @@ def test_up_restarts_a_killed_component_while_the_others_keep_serving(tmp_path: 
         up.wait_for(lambda: bool(up.events("up.component.died", "gateway")), "up to see the death")
         new_token()
         up.wait_for(lambda: bool(up.events("up.component.restarted", "gateway")), "the gateway to return")
-        assert (
-            up.child_pid("identity") == identity_pid and len(up.events("up.component.died", "identity")) == 1
-        )
+        assert up.child_pid("identity") == identity_pid  # untouched by the gateway's death
+        assert len(up.events("up.component.died", "identity")) == 2  # the two of part 1, no more
         [died] = up.events("up.component.died", "gateway")
         assert died["signal"] == "SIGKILL" and died["pid"] == gateway_pid and died["restart_in"] == 1.0
         assert json.loads((state / "run" / "up-gateway.ready").read_text())["pid"] != gateway_pid
