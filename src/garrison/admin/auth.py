@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from garrison.config.model import AdminConfig, GarrisonConfig
+from garrison.config.model import AdminConfig, GarrisonConfig, is_loopback_host
 from garrison.pki.tls import server_context
 from garrison.web.simplehttp import SimpleRequest, SimpleResponse
 
@@ -48,7 +48,6 @@ __all__ = [
     "admin_client_context",
     "admin_server_context",
     "admin_token_path",
-    "is_loopback_host",
     "load_or_create_admin_token",
     "read_admin_token",
 ]
@@ -105,15 +104,6 @@ def load_or_create_admin_token(path: Path) -> str:
         handle.flush()
         os.fsync(handle.fileno())
     return token
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def admin_server_context(admin: AdminConfig, config_dir: Path) -> ssl.SSLContext | None:

@@ -7,7 +7,6 @@ bad key in the form users write it (``routes[2].match.path``) and its line in th
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from garrison.config.model import GarrisonConfig, parse_listen, with_derived_defaults
+from garrison.config.model import GarrisonConfig, is_loopback_host, parse_listen, with_derived_defaults
 
 
 @dataclass(frozen=True)
@@ -171,7 +170,7 @@ def _admin_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
     """An admin listener off loopback must not take its credential in clear (admin/auth.py)."""
     admin = config.gateway.admin
     host = parse_listen(admin.listen)[0]
-    if host == "localhost" or ipaddress.ip_address(host).is_loopback or admin.tls is not None:
+    if is_loopback_host(host) or admin.tls is not None:
         return []
     return [
         (

@@ -49,6 +49,17 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP literal: the one test of "on this machine only" (admin
+    listener, JWKS URLs over http)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 ListenAddress = Annotated[str, AfterValidator(_check_listen)]
 
 
