@@ -7,7 +7,7 @@ lookup, a new one a signature check with a key already in the JWKS cache. Only a
 
 A client certificate was verified by the TLS handshake (the server context asks for one and checks
 it against ``gateway.mtls.ca``); ``ClientCertificates`` maps the verified certificate's SAN or CN to
-a configured client, once per connection, and ``MtlsRouteAuth`` checks the route's scopes.
+a configured client (through pki's ``CertificateMap``, shared with the mesh), once per connection, and ``MtlsRouteAuth`` checks the route's scopes.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs
 
 from garrison.gateway.auth.apikeys import ApiKeyCache, extract_api_key
 from garrison.gateway.auth.authz import InsufficientScope, Requirement, www_authenticate
+from garrison.pki.identity import CertificateMap, CertificateName, NameKind, NoCertificate, UnknownCertificate
 from garrison.tokens.jwt import (
     AuthError,
     JwtVerifier,
@@ -173,10 +174,6 @@ class CertificateRefused(AuthError):
         super().__init__(error, description, 403)
 
 
-# ssl's names for the SAN kinds a client entry can select on, in the order they are tried.
-_SAN_KINDS = (("URI", "uri"), ("DNS", "dns"), ("email", "email"))
-
-
 @dataclass(frozen=True, slots=True)
 class CertificateClient:
     id: str
@@ -185,13 +182,18 @@ class CertificateClient:
 
 
 class ClientCertificates:
-    """The configured client certificates, compiled once per config load: (kind, name) -> client."""
+    """The configured client certificates, compiled once per config load: (kind, name) -> client.
 
-    __slots__ = ("_by_name",)
+    The name lookup is pki's ``CertificateMap`` (shared with the mesh); this adds the gateway's view
+    of a client: a token-shaped principal for scope checks and the identity headers it forwards.
+    """
+
+    __slots__ = ("_clients", "_names")
 
     def __init__(self, clients: Iterable[tuple[str, str, str, Iterable[str]]]) -> None:
         """``clients``: (id, kind, name, scopes), kind one of uri, dns, email, common_name."""
-        self._by_name: dict[tuple[str, str], CertificateClient] = {}
+        self._clients: dict[str, CertificateClient] = {}
+        names: list[tuple[CertificateName, str]] = []
         for client_id, kind, name, scopes in clients:
             token = VerifiedToken(
                 subject=f"mtls:{client_id}",
@@ -202,39 +204,22 @@ class ClientCertificates:
                 jti=None,
                 exp=math.inf,
             )
-            self._by_name[(kind, name)] = CertificateClient(client_id, token, identity_of(token))
+            self._clients[client_id] = CertificateClient(client_id, token, identity_of(token))
+            names.append(((cast(NameKind, kind), name), client_id))
+        self._names = CertificateMap(names)
 
     def client_for(self, peercert: Mapping[str, Any] | None) -> CertificateClient:
-        """The client a verified certificate (``SSLObject.getpeercert()``) names, or CertificateRefused.
-
-        Every SAN and the subject CN are looked up; a certificate that names two different clients
-        is refused rather than resolved by an order nobody configured.
-        """
-        if not peercert:
+        """The client a verified certificate (``SSLObject.getpeercert()``) names, or CertificateRefused."""
+        try:
+            return self._clients[self._names.principal_for(peercert)]
+        except NoCertificate:
             raise CertificateRefused(
                 "client_certificate_required", "This route requires a client certificate."
-            )
-        found = {
-            client.id: client
-            for key in _certificate_names(peercert)
-            if (client := self._by_name.get(key)) is not None
-        }
-        if len(found) != 1:
-            raise CertificateRefused("unknown_client_certificate", "This client certificate is not accepted.")
-        return next(iter(found.values()))
-
-
-def _certificate_names(peercert: Mapping[str, Any]) -> list[tuple[str, str]]:
-    names: list[tuple[str, str]] = []
-    for kind, value in peercert.get("subjectAltName", ()):
-        for ssl_kind, ours in _SAN_KINDS:
-            if kind == ssl_kind and isinstance(value, str):
-                names.append((ours, value))
-    for rdn in peercert.get("subject", ()):
-        for attribute, value in rdn:
-            if attribute == "commonName" and isinstance(value, str):
-                names.append(("common_name", value))
-    return names
+            ) from None
+        except UnknownCertificate:
+            raise CertificateRefused(
+                "unknown_client_certificate", "This client certificate is not accepted."
+            ) from None
 
 
 @dataclass(frozen=True, slots=True)
