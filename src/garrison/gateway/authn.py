@@ -7,7 +7,8 @@ lookup, a new one a signature check with a key already in the JWKS cache. Only a
 
 A client certificate was verified by the TLS handshake (the server context asks for one and checks
 it against ``gateway.mtls.ca``); ``ClientCertificates`` maps the verified certificate's SAN or CN to
-a configured client (through pki's ``CertificateMap``, shared with the mesh), once per connection, and ``MtlsRouteAuth`` checks the route's scopes.
+a configured client (through pki's ``CertificateMap``, shared with the mesh), once per connection,
+and ``MtlsRouteAuth`` checks the route's scopes.
 """
 
 from __future__ import annotations
