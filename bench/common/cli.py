@@ -34,7 +34,7 @@ def add_timing_arguments(parser: argparse.ArgumentParser, warmup_help: str) -> N
 
 
 def add_selection_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...], what: str) -> None:
-    """--quick, --only (`what`: "proxies", "providers")."""
+    """--quick, --only (`what`: "proxies", "providers"); by default every one of `names`."""
     parser.add_argument("--quick", action="store_true", help="3 s x 1 round, 1 s warm-up")
     parser.add_argument("--only", default=",".join(names), help=f"{what} to measure, comma-separated")
 

@@ -5,6 +5,8 @@ What the identity benchmark renders alike (formats, verdicts, JSON) is common.re
 
 from __future__ import annotations
 
+import subprocess
+
 from common import machine, render
 from common.loadgen import WRK_CONNECTIONS
 from common.render import ms, rps
@@ -34,12 +36,26 @@ def header_lines(date: str, host: dict[str, str], settings: Settings) -> list[st
         host,
         f"tools: nginx {host['nginx']}, wrk {host['wrk']}, hey {host['hey']}, "
         f"aiohttp {host['aiohttp']} on {_loop(settings, host)}, garrison {host['garrison']} "
-        f"(commit {host['commit']})",
+        f"(commit {host['commit']})" + _baseline(settings),
         f"method: wrk -t1 -c{WRK_CONNECTIONS}, {settings.rounds} interleaved round(s) of "
         f"{settings.duration} s after {settings.warmup} s warm-up; "
         f"hey -c {HEY_WORKERS} for {settings.latency_seconds} s per round",
         settings.pinning,
     )
+
+
+def _baseline(settings: Settings) -> str:
+    """`; @base columns: <dir> at commit <sha>` when a --baseline checkout runs beside this one."""
+    if not settings.baseline:
+        return ""
+    found = subprocess.run(
+        ["git", "-C", settings.baseline, "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    commit = found.stdout.strip() or "unknown"
+    return f"; @base columns: {settings.baseline} at commit {commit}"
 
 
 def _loop(settings: Settings, host: dict[str, str]) -> str:

@@ -15,6 +15,8 @@ from loadgen import HeyResult
 
 DIRECT = "direct"
 PROXIES = ("nginx", "aiohttp", "garrison", "garrison-chain", "garrison-redis")
+# Another checkout's Garrison (`--baseline DIR`), run in the same interleaved rounds: before/after a change.
+BASELINES = ("garrison@base", "garrison-chain@base")
 RATE_FRACTION = 0.25  # the fixed-rate latency test runs at a quarter of saturation
 RATE_REACHED = 0.95  # below this share of the asked rate, hey could not keep up: say so
 
@@ -30,6 +32,8 @@ RATIO_PAIRS = (
     ("garrison", "aiohttp"),
     ("garrison-chain", "nginx"),
     ("garrison-redis", "garrison"),
+    ("garrison", "garrison@base"),
+    ("garrison-chain", "garrison-chain@base"),
 )
 
 
@@ -220,3 +224,4 @@ class Settings(Timing):
     columns: list[str]  # "direct" first, then the selected proxies in round order
     pinning: str  # how processes were placed on cores, in words
     aiohttp_loop: str
+    baseline: str | None = None  # the checkout whose Garrison runs the `@base` columns

@@ -31,7 +31,7 @@ from common.processes import ServerDied, StartError, Unavailable, still_alive, w
 from common.render import progress_line, say, to_json
 from issuer import Issuer
 from loadgen import run_hey, run_wrk
-from results import DIRECT, PROXIES, Column, Run, Settings, fixed_rate_basis, summarize
+from results import BASELINES, DIRECT, PROXIES, Column, Run, Settings, fixed_rate_basis, summarize
 from rich.console import Console
 from servers import Pinning, Server
 
@@ -39,7 +39,7 @@ TOOLS = ("wrk", "nginx", "hey")
 APT_COMMAND = "apt-get install -y wrk nginx-light hey"
 
 Measure = Callable[[str, Server], str]  # runs one measurement, stores it, returns a progress line
-NAME_WIDTH = max(len(name) for name in PROXIES)
+NAME_WIDTH = max(len(name) for name in PROXIES + BASELINES)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,9 +49,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.add_selection_arguments(parser, PROXIES, "proxies")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin processes to cores")
     parser.add_argument("--aiohttp-loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (with its own .venv) whose Garrison runs as extra columns garrison@base "
+        "and garrison-chain@base in the same interleaved rounds: before/after a change in one run",
+    )
     cli.add_output_arguments(parser, "gateway")
     args = parser.parse_args(argv)
-    cli.settle_arguments(parser, args, PROXIES)
+    if args.baseline is not None and args.only == ",".join(PROXIES):
+        args.only += "," + ",".join(BASELINES)  # the default selection, plus the baseline's columns
+    cli.settle_arguments(parser, args, PROXIES + BASELINES if args.baseline else PROXIES)
     return args
 
 
@@ -61,15 +69,22 @@ def make_settings(args: argparse.Namespace, pin: Pinning) -> Settings:
         rounds=args.rounds,
         warmup=args.warmup,
         latency_seconds=args.latency_duration or args.duration,
-        columns=[DIRECT, *(name for name in PROXIES if name in args.only)],
+        columns=[DIRECT, *(name for name in PROXIES + BASELINES if name in args.only)],
         pinning=pin.describe(args.pin),
         aiohttp_loop=args.aiohttp_loop,
+        baseline=str(args.baseline.resolve()) if args.baseline else None,
     )
 
 
 def start_proxy(
-    name: str, stack: ExitStack, tmp: Path, pin: Pinning, upstream_port: int, loop: str
+    name: str, stack: ExitStack, tmp: Path, pin: Pinning, upstream_port: int, settings: Settings
 ) -> Server:
+    loop = settings.aiohttp_loop
+    if name.endswith("@base") and settings.baseline:
+        plain = name == "garrison@base"
+        variant = servers.PLAIN if plain else servers.chain_variant(stack.enter_context(Issuer()))
+        baseline = servers.as_baseline(variant, Path(settings.baseline))
+        return servers.start_garrison(tmp, pin, upstream_port, baseline)
     if name == "nginx":
         return servers.start_nginx_proxy(tmp, pin, upstream_port)
     if name == "aiohttp":
@@ -90,9 +105,7 @@ def start_all(stack: ExitStack, tmp: Path, pin: Pinning, settings: Settings, run
     live = {DIRECT: upstream}
     for name in settings.columns[1:]:
         try:
-            live[name] = stack.enter_context(
-                start_proxy(name, stack, tmp, pin, upstream_port, settings.aiohttp_loop)
-            )
+            live[name] = stack.enter_context(start_proxy(name, stack, tmp, pin, upstream_port, settings))
         except Unavailable as exc:
             run.columns[name].failure = f"skipped: {exc}"
             print(f"{name}: skipped: {exc}", flush=True)

@@ -6,6 +6,7 @@ each column runs: the nginx upstream and proxy, the aiohttp proxy, and Garrison 
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import socket
@@ -136,6 +137,13 @@ class GarrisonVariant:
     gateway: dict[str, object] = field(default_factory=dict)  # merged into `gateway:`
     route: dict[str, object] = field(default_factory=dict)  # merged into the one route
     headers: dict[str, str] = field(default_factory=dict)
+    binary: Path = GARRISON_BIN  # another checkout's .venv/bin/garrison for a `--baseline` column
+
+
+def as_baseline(variant: GarrisonVariant, checkout: Path) -> GarrisonVariant:
+    """The same column run by the Garrison installed in `checkout`'s .venv (named `<name>@base`)."""
+    binary = checkout.resolve() / ".venv" / "bin" / "garrison"
+    return dataclasses.replace(variant, name=f"{variant.name}@base", binary=binary)
 
 
 PLAIN = GarrisonVariant("garrison")
@@ -217,17 +225,18 @@ def garrison_config(tmp: Path, port: int, upstream_port: int, variant: GarrisonV
 def ready_address(ready: Path) -> str | None:
     """The gateway's "host:port" from the JSON ready file Garrison writes once it listens."""
     try:
-        return str(json.loads(ready.read_text())["listeners"]["gateway"])
+        listeners = json.loads(ready.read_text())["listeners"]
+        return str(listeners.get("gateway") or listeners["main"])
     except (OSError, ValueError, KeyError, TypeError):
         return None  # not written yet, or written half-way
 
 
 def start_garrison(tmp: Path, pin: Pinning, upstream_port: int, variant: GarrisonVariant = PLAIN) -> Server:
-    if not GARRISON_BIN.exists():
-        raise StartError(f"{GARRISON_BIN} not found (is the package installed in .venv?)")
+    if not variant.binary.exists():
+        raise StartError(f"{variant.binary} not found (is the package installed in that .venv?)")
     config = garrison_config(tmp, free_port(), upstream_port, variant)
     ready = tmp / f"{variant.name}-ready.json"
-    argv = [*pin.server(), str(GARRISON_BIN), "gateway", "-c", str(config), "--ready-file", str(ready)]
+    argv = [*pin.server(), str(variant.binary), "gateway", "-c", str(config), "--ready-file", str(ready)]
     server = Server(variant.name, argv, tmp / f"{variant.name}.out")
     server.headers = dict(variant.headers)
     try:
