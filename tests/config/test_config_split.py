@@ -214,3 +214,19 @@ def test_redis_storage_anywhere_needs_the_top_level_url() -> None:
         ("gateway.blocklist.storage", "storage `redis` needs `redis.url`"),
         ("revocations.storage", "storage `redis` needs `redis.url`"),
     ]
+
+
+def test_a_reload_that_changes_the_shared_stores_asks_for_a_restart() -> None:
+    from types import SimpleNamespace
+
+    from garrison.gateway.server import GatewayServer
+
+    old = SimpleNamespace(config=parse_config("").config)
+    new = SimpleNamespace(
+        config=parse_config(
+            "redis: {url: 'redis://127.0.0.1:6379/0'}\nrevocations: {max_entries: 5}\n"
+        ).config
+    )
+    message = GatewayServer._needs_restart(old, new)  # type: ignore[arg-type]
+    assert message == "changes to revocations, redis take effect after a restart"
+    assert GatewayServer._needs_restart(old, old) == ""  # type: ignore[arg-type]

@@ -324,11 +324,14 @@ class GatewayServer:
     @staticmethod
     def _needs_restart(old: Runtime, new: Runtime) -> str:
         before, after = old.config.gateway, new.config.gateway
-        stores = ("blocklist", "revocations", "redis")  # created once per process, kept across reloads
+        # The stores are created once per process and kept across reloads.
         changed = [
             key
-            for key in ("listen", "workers", "admin", "redirect_http", "access_log", *stores)
+            for key in ("listen", "workers", "admin", "redirect_http", "access_log", "blocklist")
             if getattr(before, key) != getattr(after, key)
+        ]
+        changed += [
+            key for key in ("revocations", "redis") if getattr(old.config, key) != getattr(new.config, key)
         ]
         if before.tls.min_version != after.tls.min_version:
             changed.append("tls.min_version")
