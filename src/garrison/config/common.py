@@ -238,7 +238,8 @@ def refuse_moved_keys(data: Any, moves: Mapping[str, str]) -> Any:
     """Refuse keys that moved elsewhere in the file, saying where (a ``mode="before"`` validator).
 
     Raises one ``moved_key`` error whose context lists each key found with its message; the loader
-    reports them one per key, at the key's own path and line."""
+    reports them one per key, at the key's own path and line. The section's other keys are checked
+    once the moved ones are gone."""
     if isinstance(data, dict):
         found = {key: message for key, message in moves.items() if key in data}
         if found:
