@@ -135,6 +135,7 @@ class GarrisonVariant:
 
     name: str  # the column's name; also names its files in the temporary directory
     gateway: dict[str, object] = field(default_factory=dict)  # merged into `gateway:`
+    top: dict[str, object] = field(default_factory=dict)  # top-level keys (`redis:`)
     route: dict[str, object] = field(default_factory=dict)  # merged into the one route
     headers: dict[str, str] = field(default_factory=dict)
     binary: Path = GARRISON_BIN  # another checkout's .venv/bin/garrison for a `--baseline` column
@@ -173,7 +174,7 @@ def redis_variant() -> GarrisonVariant:
     """The plain column plus a Redis-backed rate limit on the route (one shared counter)."""
     return GarrisonVariant(
         "garrison-redis",
-        gateway={"redis": {"url": REDIS_URL}},
+        top={"redis": {"url": REDIS_URL}},
         route={
             "rate_limit": {
                 "rate": NEVER_LIMITED,
@@ -216,6 +217,7 @@ def garrison_config(tmp: Path, port: int, upstream_port: int, variant: GarrisonV
         },
         "services": {"upstream": {"targets": [f"http://127.0.0.1:{upstream_port}"]}},
         "routes": [route],
+        **variant.top,
     }
     path = tmp / f"{variant.name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -145,13 +145,13 @@ GATEWAY_DOC = DOC.parent / "gateway.md"
 
 
 def test_gateway_doc_quotes_the_normalization_rules_verbatim() -> None:
-    from garrison.proxy import normalize
+    from garrison.uri import normalize
 
     doc = normalize.__doc__ or ""
     rules = doc[doc.index("1. origin-form") : doc.index("\n\nThe query is passed")]
     assert rules.count("\n") > 10
     assert rules in GATEWAY_DOC.read_text(encoding="utf-8"), (
-        "docs/gateway.md must quote the rule list of garrison/proxy/normalize.py verbatim"
+        "docs/gateway.md must quote the rule list of garrison/uri/normalize.py verbatim"
     )
 
 

@@ -40,7 +40,8 @@ def test_a_token_revoked_at_the_provider_is_refused_by_the_gateway(
 ) -> None:
     admin_port = free_port()
     config = identity_config(tmp_path / "idp")
-    shared: dict[str, Any] = {}
+    shared: dict[str, Any] = {}  # for the gateway section
+    top: dict[str, Any] = {}  # for the top level of both files
     if feed == "push":
         # The provider has a state dir of its own: it is told where the gateway's admin token is.
         token_file = str(tmp_path / "gateway-admin.token")
@@ -49,17 +50,18 @@ def test_a_token_revoked_at_the_provider_is_refused_by_the_gateway(
         shared = {"admin": {"listen": f"127.0.0.1:{admin_port}", "token_file": token_file}}
     else:
         prefix = f"garrison:test:{uuid.uuid4().hex[:8]}"
-        shared = {
+        top = {
             "redis": {"url": request.getfixturevalue("redis_url")},
             "revocations": {"storage": "redis", "prefix": prefix},
         }
-        config["gateway"] = shared
+        config.update(top)
     idp = IdentityProcess(tmp_path / "idp", config).start()
     try:
         service = idp.create_client("orders-client", "--scope", "orders:read")
         overrides = protected_routes(idp.issuer)
         overrides["gateway"].update({"admin": {"listen": f"127.0.0.1:{admin_port}"}})
         overrides["gateway"].update(shared)
+        overrides.update(top)
         gateway = gateway_factory(upstream, overrides)
         token = idp.token(service).json()["access_token"]
         assert status_with(gateway.port, token) == 200  # accepted, and now in the gateway's token cache

@@ -167,8 +167,8 @@ def _fill_and_overflow(gw: GatewayProcess) -> None:
 
 
 def test_sets_are_capped_in_memory(gateway_factory: Any, upstream: RecordingUpstream) -> None:
-    caps = {"blocklist": {"max_entries": 2}, "revocations": {"max_entries": 2}}
-    _fill_and_overflow(gateway_factory(upstream, {"gateway": caps}))
+    caps = {"gateway": {"blocklist": {"max_entries": 2}}, "revocations": {"max_entries": 2}}
+    _fill_and_overflow(gateway_factory(upstream, caps))
 
 
 def test_sets_are_capped_in_redis(gateway_factory: Any, upstream: RecordingUpstream, redis_url: str) -> None:
@@ -176,12 +176,12 @@ def test_sets_are_capped_in_redis(gateway_factory: Any, upstream: RecordingUpstr
     prefix = f"garrison-test:{uuid.uuid4().hex}"
     caps = {
         "redis": {"url": redis_url},
-        "blocklist": {"max_entries": 2, "storage": "redis", "prefix": f"{prefix}:b"},
+        "gateway": {"blocklist": {"max_entries": 2, "storage": "redis", "prefix": f"{prefix}:b"}},
         "revocations": {"max_entries": 2, "storage": "redis", "prefix": f"{prefix}:r"},
     }
-    gw = gateway_factory(upstream, {"gateway": caps})
+    gw = gateway_factory(upstream, caps)
     _fill_and_overflow(gw)
-    other = gateway_factory(upstream, {"gateway": caps})
+    other = gateway_factory(upstream, caps)
     assert wait_until(lambda: sorted(blocked(other)) == ["192.0.2.1", "192.0.2.3"], timeout=3)
     assert call(other, "/blocklist?ip=192.0.2.4&for=1h", "POST", token=other.admin_token)[0] == 507
 

@@ -105,7 +105,7 @@ def test_redis_blocklist_is_shared_between_gateways(
 ) -> None:
     prefix = f"garrison-test:{uuid.uuid4().hex}"
     blocklist = {"storage": "redis", "prefix": prefix}
-    shared = {"gateway": {"redis": {"url": redis_url}, "blocklist": blocklist}}
+    shared = {"redis": {"url": redis_url}, "gateway": {"blocklist": blocklist}}
     first = gateway_factory(upstream, shared)
     second = gateway_factory(upstream, shared)
     assert status_of(second) == 200

@@ -49,7 +49,7 @@ def test_shared_redis_limit_holds_across_two_gateways(
     # A fresh route name per run: counter keys are derived from it, so runs never share counts.
     overrides = limited("50/minute", strategy="fixed_window", storage="redis", key="route")
     overrides["routes"][0]["name"] = f"shared-{uuid.uuid4().hex}"  # type: ignore[index]
-    overrides["gateway"] = {"redis": {"url": redis_url}}
+    overrides["redis"] = {"url": redis_url}
     first = gateway_factory(upstream, overrides)
     second = gateway_factory(upstream, overrides)
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -75,7 +75,7 @@ def test_redis_going_away_follows_the_fail_mode_and_recovers(
     status_while_down: int,
 ) -> None:
     overrides = limited("1000/minute", storage="redis", on_redis_error=mode)
-    overrides["gateway"] = {"redis": {"url": f"redis://127.0.0.1:{throwaway_redis.port}/0"}}
+    overrides["redis"] = {"url": f"redis://127.0.0.1:{throwaway_redis.port}/0"}
     gw = gateway_factory(upstream, overrides)
     assert call(gw)[0] == 200
     throwaway_redis.stop()

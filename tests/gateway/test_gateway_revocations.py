@@ -110,7 +110,7 @@ def test_redis_revocations_reach_every_gateway_and_come_from_an_idp(
     gateway_factory: Any, upstream: RecordingUpstream, issuer: Issuer, redis_url: str
 ) -> None:
     prefix = f"garrison-test:revoked:{uuid.uuid4().hex}"
-    shared = {"gateway": {"redis": {"url": redis_url}, "revocations": {"storage": "redis", "prefix": prefix}}}
+    shared = {"redis": {"url": redis_url}, "revocations": {"storage": "redis", "prefix": prefix}}
     first = revocation_gateway(gateway_factory, upstream, issuer, shared)
     second = revocation_gateway(gateway_factory, upstream, issuer, shared)
     by_admin, admin_jti, _ = minted(issuer)

@@ -119,12 +119,12 @@ def test_token_cache_reads_the_feed() -> None:
 
 def test_config_redis_storage_needs_a_redis_url() -> None:
     with pytest.raises(ConfigError) as caught:
-        parse_config("gateway:\n  revocations: {storage: redis}\n", "garrison.yaml")
+        parse_config("revocations: {storage: redis}\n", "garrison.yaml")
     assert [(p.path, p.message) for p in caught.value.problems] == [
-        ("gateway.revocations.storage", "storage `redis` needs `gateway.redis.url`")
+        ("revocations.storage", "storage `redis` needs `redis.url`")
     ]
-    text = "gateway:\n  redis: {url: 'redis://127.0.0.1:6379/0'}\n  revocations: {storage: redis}\n"
-    assert parse_config(text, "garrison.yaml").config.gateway.revocations.prefix == "garrison:revoked"
+    text = "redis: {url: 'redis://127.0.0.1:6379/0'}\nrevocations: {storage: redis}\n"
+    assert parse_config(text, "garrison.yaml").config.revocations.prefix == "garrison:revoked"
 
 
 # -- Redis -------------------------------------------------------------------------------------------

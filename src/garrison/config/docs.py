@@ -25,7 +25,9 @@ import annotated_types
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from garrison.config.model import Cidr, GarrisonConfig, ListenAddress, TargetUrl
+from garrison.config.assembly import GarrisonConfig
+from garrison.config.common import Cidr, ListenAddress
+from garrison.config.services import TargetUrl
 from garrison.config.units import Duration, Size
 
 __all__ = ["Row", "Section", "render_markdown", "sections"]
@@ -241,7 +243,7 @@ def _cell(text: str) -> str:
 _INTRO = """\
 # garrison.yaml reference
 
-<!-- Generated from src/garrison/config/model.py by `garrison schema --markdown > docs/config.md`.
+<!-- Generated from the models in src/garrison/config/ by `garrison schema --markdown > docs/config.md`.
      Do not edit by hand: a test compares this file with the model. -->
 
 `garrison.yaml` is the single source of truth of a Garrison deployment: one declarative file that
@@ -292,6 +294,8 @@ routes:
   write, e.g. `/api/orders` for `/api//orders`); upstream targets are `http://host:port` or
   `https://host:port` with no path; `gateway.tls.key` is required when `gateway.tls.cert` is a file
   path and refused when it is `auto`.
+- **Moved keys** are errors that say where the key went: `gateway.redis` and `gateway.revocations`
+  are the top-level `redis` and `revocations` (next to `trust_domain`), shared by every component.
 - **Checks across keys** run once every value is valid (so they show up after the other problems
   are fixed): each `routes[].service` must name a key of `services`; route names must be unique; two
   routes may not have exactly the same match.

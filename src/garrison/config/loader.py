@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from garrison.config.model import GarrisonConfig, is_loopback_host, parse_listen, with_derived_defaults
+from garrison.config.assembly import GarrisonConfig, with_derived_defaults
+from garrison.config.common import MOVED_KEY, is_loopback_host, parse_listen
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,13 @@ def _pydantic_problems(exc: ValidationError, lines: dict[tuple[Any, ...], int]) 
             part for part in error["loc"] if isinstance(part, int) or not part.startswith("function-")
         )
         message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == MOVED_KEY:
+            # One problem per moved key, at that key's own path and line (common.refuse_moved_keys).
+            moves: dict[str, str] = error.get("ctx", {}).get("moves", {})
+            problems += [
+                Problem(format_loc((*loc, k)), m, _nearest_line(lines, (*loc, k))) for k, m in moves.items()
+            ]
+            continue
         if error["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; unknown keys are never ignored)"
         problems.append(Problem(format_loc(loc), message, _nearest_line(lines, loc)))
@@ -151,8 +159,8 @@ def _cross_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
     needs_redis: list[tuple[Any, ...]] = []
     if config.gateway.blocklist.storage == "redis":
         needs_redis.append(("gateway", "blocklist", "storage"))
-    if config.gateway.revocations.storage == "redis":
-        needs_redis.append(("gateway", "revocations", "storage"))
+    if config.revocations.storage == "redis":
+        needs_redis.append(("revocations", "storage"))
     for index, route in enumerate(config.routes):
         for number, limit in enumerate(route.rate_limit or []):
             if limit.storage == "redis":
@@ -160,8 +168,8 @@ def _cross_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
         errors += _auth_checks(config, index)
     if config.gateway.mtls is not None and config.gateway.tls.insecure_disable:
         errors.append((("gateway", "mtls"), "client certificates need TLS (tls.insecure_disable is on)"))
-    if needs_redis and not config.gateway.redis.url:
-        errors += [(loc, "storage `redis` needs `gateway.redis.url`") for loc in needs_redis]
+    if needs_redis and not config.redis.url:
+        errors += [(loc, "storage `redis` needs `redis.url`") for loc in needs_redis]
     errors += _admin_checks(config)
     return errors
 

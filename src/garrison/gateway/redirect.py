@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from garrison.config.model import GarrisonConfig
 from garrison.gateway.exchange import host_without_port
-from garrison.proxy.normalize import TargetRejected, parse_request_target
+from garrison.uri.normalize import TargetRejected, parse_request_target
 from garrison.web.simplehttp import SimpleRequest, SimpleResponse
 
 __all__ = ["HttpsRedirect"]

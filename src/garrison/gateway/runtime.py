@@ -372,7 +372,7 @@ def build_runtime(
     for route_config in config.routes:
         name = route_config.name or route_config.match.path
         service = services[route_config.service]
-        before, after = _rate_limiters(name, route_config.rate_limit, config.gateway.redis.url, metrics)
+        before, after = _rate_limiters(name, route_config.rate_limit, config.redis.url, metrics)
         route = Route(
             name,
             json.dumps(name).encode(),

@@ -71,8 +71,7 @@ class GatewayServer:
         self._api_keys_started = False
         self._ensure_api_keys(loaded.config)
         # Created before the first runtime, whose token cache reads it; kept across reloads.
-        gateway = loaded.config.gateway
-        self.revocations = make_revocations(gateway.revocations, gateway.redis.url)
+        self.revocations = make_revocations(loaded.config.revocations, loaded.config.redis.url)
         self.runtime: Runtime = build_runtime(
             loaded.config, loop, self.metrics, self.api_keys, revocations=self.revocations
         )
@@ -86,7 +85,7 @@ class GatewayServer:
         self.draining = False
         self.ready = False
         self.access_log = self._open_access_log(loaded)
-        self.blocklist = make_blocklist(loaded.config.gateway.blocklist, loaded.config.gateway.redis.url)
+        self.blocklist = make_blocklist(loaded.config.gateway.blocklist, loaded.config.redis.url)
         self.servers: list[asyncio.Server] = []
         self.tls_context: ssl.SSLContext | None = None
         self.https_port = parse_listen(loaded.config.gateway.listen)[1]
@@ -325,11 +324,14 @@ class GatewayServer:
     @staticmethod
     def _needs_restart(old: Runtime, new: Runtime) -> str:
         before, after = old.config.gateway, new.config.gateway
-        stores = ("blocklist", "revocations", "redis")  # created once per process, kept across reloads
+        # The stores are created once per process and kept across reloads.
         changed = [
             key
-            for key in ("listen", "workers", "admin", "redirect_http", "access_log", *stores)
+            for key in ("listen", "workers", "admin", "redirect_http", "access_log", "blocklist")
             if getattr(before, key) != getattr(after, key)
+        ]
+        changed += [
+            key for key in ("revocations", "redis") if getattr(old.config, key) != getattr(new.config, key)
         ]
         if before.tls.min_version != after.tls.min_version:
             changed.append("tls.min_version")

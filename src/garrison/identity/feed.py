@@ -1,7 +1,7 @@
 """Pushing revocations to gateways that do not share Redis: the identity provider calls each
 gateway's admin API (`POST /revocations?jti=...&until=...`, the same call `garrison revoke` makes).
 
-With `gateway.revocations.storage: redis` the provider publishes through Redis instead and every
+With `revocations.storage: redis` the provider publishes through Redis instead and every
 gateway sees it within milliseconds; this push is for the one-machine setup (`garrison up`) and for
 gateways without Redis. It is best effort with a few quick retries: a gateway that is down misses the
 push, and honours the token until its `exp` (minutes) — which is why the Redis feed is the one to

@@ -116,11 +116,11 @@ class Provider:
 
 
 def make_revocations(config: GarrisonConfig) -> Revocations:
-    redis_url = config.gateway.redis.url
-    if redis_url and config.gateway.revocations.storage == "redis":
-        spec = config.gateway.revocations
+    redis_url = config.redis.url
+    if redis_url and config.revocations.storage == "redis":
+        spec = config.revocations
         return RedisRevocations(redis_url, spec.prefix, max_entries=spec.max_entries)
-    return MemoryRevocations(max_entries=config.gateway.revocations.max_entries)
+    return MemoryRevocations(max_entries=config.revocations.max_entries)
 
 
 async def open_provider(

@@ -3,10 +3,10 @@
 The verified-token cache (tokens/jwt.py ``TokenCache``) asks ``is_revoked(jti, now)`` on every hit, so
 that call is synchronous and reads a local snapshot: one dict lookup when the jti is not revoked.
 Revocations arrive through the admin API (``POST /revocations``, ``garrison revoke``) or, with
-``gateway.revocations.storage: redis``, from anyone who can write to the gateways' Redis -- the
+``revocations.storage: redis``, from anyone who can write to the gateways' Redis -- the
 identity provider revoking a token family, an automated response, another replica.
 
-Redis wire format, for the prefix ``P`` (``gateway.revocations.prefix``, default
+Redis wire format, for the prefix ``P`` (``revocations.prefix``, default
 ``garrison:revoked``). A publisher revokes a token with one MULTI/EXEC transaction of::
 
     ZADD P:until <until> <jti>

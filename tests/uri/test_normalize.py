@@ -1,4 +1,4 @@
-"""Tests for the gateway's request-target parsing and path normalization (garrison.proxy.normalize)."""
+"""Tests for the gateway's request-target parsing and path normalization (garrison.uri.normalize)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from garrison.proxy.normalize import (
+from garrison.uri.normalize import (
     MAX_PATH_LENGTH,
     RequestTarget,
     TargetRejected,
