@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from garrison.config.store import StoreConfig
 from garrison.config.units import Duration, Size
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -757,6 +758,9 @@ class GarrisonConfig(Strict):
     routes: list[RouteConfig] = Field(default_factory=list, description="Routes, in any order.")
     identity: IdentityConfig | None = Field(
         None, description="The identity provider; when set, gateway.jwt defaults to trusting it."
+    )
+    store: StoreConfig = Field(
+        default_factory=StoreConfig, description="Schema migrations and start-up waits for SQL databases."
     )
 
     @field_validator("trust_domain")

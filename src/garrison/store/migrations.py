@@ -97,6 +97,7 @@ class SchemaStatus:
     current: tuple[str, ...]  # revisions in the version table; () when none
     heads: tuple[str, ...]  # what this release expects
     unversioned: bool  # tables present, no version table (created before migrations)
+    unknown: bool = False  # a current revision this release's scripts do not have
 
     @property
     def at_head(self) -> bool:
@@ -128,7 +129,16 @@ def _status_sync(connection: Connection, schema: Schema) -> SchemaStatus:
     context = MigrationContext.configure(connection, opts={"version_table": schema.version_table})
     current = tuple(context.get_current_heads())
     unversioned = not current and bool(_present(connection, schema.baseline_metadata()))
-    return SchemaStatus(schema.component, current, schema.heads(), unversioned)
+    script = schema.script()
+    unknown = any(_unknown(script, revision) for revision in current)
+    return SchemaStatus(schema.component, current, schema.heads(), unversioned, unknown)
+
+
+def _unknown(script: ScriptDirectory, revision: str) -> bool:
+    try:
+        return script.get_revision(revision) is None
+    except CommandError:
+        return True
 
 
 def _upgrade_sync(connection: Connection, schema: Schema) -> None:
@@ -221,7 +231,7 @@ async def _lock(connection: AsyncConnection, schema: Schema) -> None:
         await connection.execute(key, {"c": ":" + schema.component})
 
 
-class _migration_engine:  # noqa: N801 - used as an async context manager, reads as a function
+class _migration_engine:
     """The engine to migrate with: ``engine`` itself on PostgreSQL; on SQLite a new one whose
     transactions start with ``BEGIN IMMEDIATE`` (pysqlite's own handling would leave DDL outside the
     transaction and take the write lock late), disposed of at the end."""
