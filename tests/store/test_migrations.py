@@ -144,6 +144,19 @@ def test_a_different_pre_migration_table_is_left_alone(backend: Backend) -> None
     assert _run(backend, body) == {"api_keys"}  # and no version table
 
 
+def test_a_drifted_pre_migration_database_is_refused_with_the_differences(backend: Backend) -> None:
+    async def body(engine: AsyncEngine) -> str:
+        await create_all(engine)
+        async with engine.begin() as connection:
+            await connection.execute(text("ALTER TABLE identity_users DROP COLUMN email"))
+        with pytest.raises(SchemaMismatch) as caught:
+            await upgrade(engine, IDENTITY)
+        assert "garrison_identity_version" not in await _table_names(engine)
+        return str(caught.value)
+
+    assert "add_column identity_users email" in _run(backend, body)
+
+
 def test_a_revision_from_a_newer_release_is_refused(backend: Backend) -> None:
     async def body(engine: AsyncEngine) -> None:
         await upgrade(engine, GATEWAY)

@@ -40,7 +40,18 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, MetaData, Table, event, inspect, text
+from sqlalchemy import (
+    Column,
+    Connection,
+    ForeignKeyConstraint,
+    Index,
+    MetaData,
+    Table,
+    UniqueConstraint,
+    event,
+    inspect,
+    text,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from garrison.store.db import SQLITE_BUSY_TIMEOUT_MS
@@ -172,12 +183,8 @@ def _present(connection: Connection, baseline: MetaData) -> list[str]:
 def _adopt(connection: Connection, schema: Schema, baseline: MetaData) -> None:
     """Stamp a database that ``create_all`` made, once its tables are found to be the baseline's."""
     present = set(_present(connection, baseline))
-    problems = [
-        diff
-        for diff in _diff_sync(connection, baseline)
-        # Tables the baseline has and the database lacks are what create_all would have added.
-        if not (_op_table(diff) not in present and _op_name(diff) in {"add_table", "add_index"})
-    ]
+    # Tables the baseline has and the database lacks are what create_all would have added.
+    problems = [diff for diff in _diff_sync(connection, baseline) if not _adds_missing(diff, present)]
     if problems:
         details = "; ".join(_describe(diff) for diff in problems[:10])
         raise SchemaMismatch(
@@ -201,23 +208,28 @@ def _diff_sync(connection: Connection, metadata: MetaData) -> list[Any]:
     return list(compare_metadata(context, metadata))
 
 
-def _op_name(diff: Any) -> str:
-    first = diff[0] if isinstance(diff, list) else diff
-    return str(first[0])
-
-
-def _op_table(diff: Any) -> str | None:
-    first = diff[0] if isinstance(diff, list) else diff
-    target = first[1]
-    if isinstance(target, Table):
-        return target.name
-    table = getattr(target, "table", None)
-    return table.name if table is not None else (first[3] if len(first) > 3 else None)
+def _adds_missing(diff: Any, present: set[str]) -> bool:
+    """A diff entry that creates a table the database lacks, or an index on such a table."""
+    if isinstance(diff, tuple) and diff[0] == "add_table":
+        return diff[1].name not in present
+    if isinstance(diff, tuple) and diff[0] == "add_index":
+        return diff[1].table.name not in present
+    return False
 
 
 def _describe(diff: Any) -> str:
-    first = diff[0] if isinstance(diff, list) else diff
-    return " ".join(str(part) for part in first[:4] if not isinstance(part, Table)) or str(first)
+    """``('add_column', None, 'identity_users', Column('email'))`` -> ``add_column identity_users email``."""
+    entry = diff[0] if isinstance(diff, list) else diff  # modify_* come as lists of tuples
+    words = [str(entry[0])]
+    for part in entry[1:4]:
+        if isinstance(part, str):
+            words.append(part)  # a table or column name
+        elif isinstance(part, Table | Column):  # a column comes after its table's name
+            words.append(part.name)
+        elif isinstance(part, Index | UniqueConstraint | ForeignKeyConstraint):
+            table = part.table
+            words.append(f"{table.name}.{part.name}" if table is not None else str(part.name))
+    return " ".join(words)
 
 
 # -- locking ---------------------------------------------------------------------------------------------
