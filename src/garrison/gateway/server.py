@@ -107,7 +107,7 @@ class GatewayServer:
 
     async def _start_api_keys(self) -> None:
         if self.api_keys is not None and not self._api_keys_started:
-            await create_tables(self.api_keys.store.engine, self._store)
+            await create_tables(self.api_keys.store.engine, self._store, self.source)
             await self.api_keys.start()
             self._api_keys_started = True
 
@@ -375,10 +375,10 @@ def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
 
 
-async def create_tables(engine: AsyncEngine, store: StoreConfig) -> None:
+async def create_tables(engine: AsyncEngine, store: StoreConfig, config_file: Path) -> None:
     """Bring the API-key table to this release's schema (or check it, see store/startup.py). Gateway
     workers start together: the migration runner's lock lets one migrate and the others find it done."""
-    await prepare_schema(engine, GATEWAY_SCHEMA, store)
+    await prepare_schema(engine, GATEWAY_SCHEMA, store, config_file=str(config_file))
 
 
 def make_blocklist(spec: BlocklistConfig, redis_url: str | None) -> Blocklist:

@@ -92,9 +92,12 @@ async def prepare_schema(
     async def check() -> None:
         found = await status(engine, schema)
         if not found.at_head:
-            current = ", ".join(found.current) or ("unversioned" if found.unversioned else "empty")
+            if found.current:
+                state = "at " + ", ".join(found.current)
+            else:
+                state = "from before migrations" if found.unversioned else "not created"
             raise SchemaNotAtHead(
-                f"the {schema.component} schema is at {current}, this release needs "
+                f"the {schema.component} schema is {state}, this release needs "
                 f"{', '.join(found.heads)}; run `garrison db upgrade -c {config_file}` "
                 "(store.migrate_at_start is false)"
             )
