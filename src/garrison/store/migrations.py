@@ -261,8 +261,9 @@ class _migration_engine:
         def _connect(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None  # we say when transactions begin
             cursor = dbapi_connection.cursor()
-            try:
+            try:  # as store/db.py's engines do; WAL first, so a new file never starts in rollback mode
                 cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+                cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute("PRAGMA foreign_keys=ON")
             finally:
                 cursor.close()
