@@ -231,6 +231,10 @@ from garrison.identity.cli import identity_app  # noqa: E402 - a sub-application
 
 app.add_typer(identity_app, name="identity")
 
+from garrison.dbcli import db_app  # noqa: E402 - a sub-application, registered here
+
+app.add_typer(db_app, name="db")
+
 apikey_app = typer.Typer(
     help="Manage API keys for routes with `auth: {require: api_key}` (stored as SHA-256 digests).",
     no_args_is_help=True,
@@ -244,7 +248,9 @@ def _with_key_store(config: Path, work: Callable[[Any], Awaitable[Any]]) -> Any:
 
     from garrison.config.loader import ConfigError, load_config
     from garrison.gateway.auth.apikeys import ApiKeyStore
-    from garrison.store.db import create_all, make_engine
+    from garrison.gateway.migrations import SCHEMA
+    from garrison.store.db import make_engine
+    from garrison.store.startup import prepare_schema
 
     try:
         loaded = load_config(config)
@@ -255,7 +261,7 @@ def _with_key_store(config: Path, work: Callable[[Any], Awaitable[Any]]) -> Any:
     async def run() -> Any:
         engine = make_engine(loaded.config.gateway.api_keys.database, loaded.config.state_dir)
         try:
-            await create_all(engine)
+            await prepare_schema(engine, SCHEMA, loaded.config.store, config_file=str(config))
             return await work(ApiKeyStore(engine))
         finally:
             await engine.dispose()

@@ -64,13 +64,15 @@ def open_route(config: GarrisonConfig, gateway_listen: str, console: Console) ->
 
 async def _register_demo_client(config: GarrisonConfig) -> dict[str, Any]:
     from garrison.identity.clients import ClientStore
+    from garrison.identity.migrations import SCHEMA
     from garrison.pki.kek import KeyEncryption
-    from garrison.store.db import create_all, make_engine
+    from garrison.store.db import make_engine
+    from garrison.store.startup import prepare_schema
 
     assert config.identity is not None
     engine = make_engine(config.identity.database, config.state_dir)
     try:
-        await create_all(engine)
+        await prepare_schema(engine, SCHEMA, config.store)
         store = ClientStore(engine, KeyEncryption.load(config.state_dir))
         await store.delete(DEMO_CLIENT)
         created = await store.create(DEMO_CLIENT, scopes=["orders:read"])

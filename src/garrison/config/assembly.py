@@ -18,6 +18,7 @@ from garrison.config.gateway import GatewayConfig
 from garrison.config.identity import IdentityConfig
 from garrison.config.routes import RouteConfig
 from garrison.config.services import ServiceConfig
+from garrison.config.store import StoreConfig
 
 __all__ = ["GarrisonConfig", "with_derived_defaults"]
 
@@ -41,6 +42,9 @@ class GarrisonConfig(Strict):
     routes: list[RouteConfig] = Field(default_factory=list, description="Routes, in any order.")
     identity: IdentityConfig | None = Field(
         None, description="The identity provider; when set, gateway.jwt defaults to trusting it."
+    )
+    store: StoreConfig = Field(
+        default_factory=StoreConfig, description="Schema migrations and start-up waits for SQL databases."
     )
 
     @field_validator("trust_domain")

@@ -52,6 +52,7 @@ from garrison.config.services import (
     ServiceConfig,
     TargetUrl,
 )
+from garrison.config.store import StoreConfig
 
 __all__ = [
     "AccessLogConfig",
@@ -86,6 +87,7 @@ __all__ = [
     "RouteConfig",
     "RouteMatch",
     "ServiceConfig",
+    "StoreConfig",
     "Strict",
     "TargetUrl",
     "TlsConfig",

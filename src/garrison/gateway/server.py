@@ -17,21 +17,23 @@ from collections.abc import Awaitable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
 from garrison.config.model import BlocklistConfig, GarrisonConfig, RevocationsConfig, parse_listen
+from garrison.config.store import StoreConfig
 from garrison.gateway.admin import blocklist_api, revocations_api
 from garrison.gateway.auth.apikeys import ApiKeyCache, ApiKeyStore
 from garrison.gateway.blocklist import Blocklist, MemoryBlocklist, RedisBlocklist
 from garrison.gateway.exchange import Exchange
 from garrison.gateway.heap import HeapTrimmer, glibc_malloc_trim
 from garrison.gateway.listeners import address_of, bind_socket, open_admin_listener
+from garrison.gateway.migrations import SCHEMA as GATEWAY_SCHEMA
 from garrison.gateway.proxy import ClientConnection
 from garrison.gateway.runtime import Runtime, build_runtime
 from garrison.pki.tls import ask_for_client_certificates, resolve_certificate, server_context
-from garrison.store.db import create_all, make_engine
+from garrison.store.db import make_engine
+from garrison.store.startup import prepare_schema
 from garrison.telemetry import logging as log
 from garrison.telemetry.accesslog import AccessLog
 from garrison.telemetry.metrics import GatewayMetrics
@@ -69,6 +71,7 @@ class GatewayServer:
         self.metrics = GatewayMetrics()
         self.api_keys: ApiKeyCache | None = None
         self._api_keys_started = False
+        self._store = loaded.config.store  # migrations and waits for the API-key database
         self._ensure_api_keys(loaded.config)
         # Created before the first runtime, whose token cache reads it; kept across reloads.
         self.revocations = make_revocations(loaded.config.revocations, loaded.config.redis.url)
@@ -103,7 +106,7 @@ class GatewayServer:
 
     async def _start_api_keys(self) -> None:
         if self.api_keys is not None and not self._api_keys_started:
-            await create_tables(self.api_keys.store.engine)
+            await create_tables(self.api_keys.store.engine, self._store, self.source)
             await self.api_keys.start()
             self._api_keys_started = True
 
@@ -374,14 +377,10 @@ def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
 
 
-async def create_tables(engine: AsyncEngine) -> None:
-    """Create Garrison's tables if missing. Gateway workers start together: when two race to
-    create the same table, the loser's statement fails, and a second look finds the table there."""
-    try:
-        await create_all(engine)
-    except SQLAlchemyError:
-        await asyncio.sleep(0.2)
-        await create_all(engine)
+async def create_tables(engine: AsyncEngine, store: StoreConfig, config_file: Path) -> None:
+    """Bring the API-key table to this release's schema (or check it, see store/startup.py). Gateway
+    workers start together: the migration runner's lock lets one migrate and the others find it done."""
+    await prepare_schema(engine, GATEWAY_SCHEMA, store, config_file=str(config_file))
 
 
 def make_blocklist(spec: BlocklistConfig, redis_url: str | None) -> Blocklist:

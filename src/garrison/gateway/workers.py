@@ -257,7 +257,7 @@ async def _supervise(supervisor: WorkerSupervisor, ready_file: Path | None) -> i
         # Create the API-key tables once, before the workers race to do it.
         engine = make_engine(gateway.api_keys.database, supervisor.loaded.config.state_dir)
         try:
-            await create_tables(engine)
+            await create_tables(engine, supervisor.loaded.config.store, supervisor.loaded.source)
         finally:
             await engine.dispose()
     # Hold the port (bound, not listening) so port 0 resolves once and every worker shares it.

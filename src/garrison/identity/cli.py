@@ -83,8 +83,10 @@ def _load(config: Path) -> Any:
 def with_stores(ctx: typer.Context, config: Path | None, work: Callable[[Any], Awaitable[T]]) -> T:
     """Open the provider's database for ``work(stores)`` and close it."""
     from garrison.identity.clients import ClientStore
+    from garrison.identity.migrations import SCHEMA
     from garrison.pki.kek import KeyEncryption
-    from garrison.store.db import create_all, make_engine
+    from garrison.store.db import make_engine
+    from garrison.store.startup import prepare_schema
 
     loaded = _load(config or ctx.obj)
     settings = loaded.config
@@ -93,7 +95,7 @@ def with_stores(ctx: typer.Context, config: Path | None, work: Callable[[Any], A
         assert settings.identity is not None
         engine = make_engine(settings.identity.database, settings.state_dir)
         try:
-            await create_all(engine)
+            await prepare_schema(engine, SCHEMA, settings.store, config_file=str(loaded.source))
             kek = KeyEncryption.load(settings.state_dir)
             stores = Stores(settings, engine, kek, ClientStore(engine, kek))
             return await work(stores)

@@ -45,6 +45,7 @@ from garrison.identity.grants import UserGrants, install
 from garrison.identity.keys import SigningKeys
 from garrison.identity.logout import LogoutFlow
 from garrison.identity.mfa import MfaStore
+from garrison.identity.migrations import SCHEMA as IDENTITY_SCHEMA
 from garrison.identity.oidc import EndSession, Issuer, OpenIdCode, UserInfoClaims, discovery_document
 from garrison.identity.sessions import Browser, BrowserCookies, ConsentStore, CsrfGuard, SessionStore
 from garrison.identity.throttle import Throttle
@@ -52,8 +53,9 @@ from garrison.identity.users import UserStore
 from garrison.identity.web import HttpRequest, HttpResponse, IdentityApp, json_response
 from garrison.pki.kek import KeyEncryption
 from garrison.pki.tls import resolve_certificate, server_context
-from garrison.store.db import create_all, make_engine
+from garrison.store.db import make_engine
 from garrison.store.shared_set import SharedSetFull
+from garrison.store.startup import prepare_schema
 from garrison.telemetry import logging as log
 from garrison.tokens.forwarded import TrustedProxies
 from garrison.tokens.jwks import JwksCache
@@ -130,7 +132,7 @@ async def open_provider(
     identity = config.identity
     assert identity is not None
     engine = make_engine(identity.database, config.state_dir)
-    await create_all(engine)
+    await prepare_schema(engine, IDENTITY_SCHEMA, config.store)
     kek = KeyEncryption.load(config.state_dir)
     keys = SigningKeys(
         engine,

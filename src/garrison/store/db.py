@@ -2,7 +2,9 @@
 
 ``make_engine(None, state_dir)`` opens ``state_dir/garrison.db`` (created 0600, WAL, busy timeout);
 ``make_engine("postgresql://...", state_dir)`` uses asyncpg. Tables register themselves on the shared
-``metadata`` when their module is imported; ``create_all`` creates the registered ones that are missing.
+``metadata`` when their module is imported. Components create and change their tables with migrations
+(``store/migrations.py``, docs/store.md); ``create_all`` (what they did before) is left for tests and
+scratch databases.
 
 Secrets: a URL is only ever rendered with its password hidden (``safe_url``), and engines are created
 with ``hide_parameters=True`` so a failing statement's error never carries bound values (key digests,
@@ -112,7 +114,7 @@ def dialect_insert(dialect_name: str) -> Any:
 
 
 async def create_all(engine: AsyncEngine) -> None:
-    """Create every table registered on ``metadata`` that does not exist yet (no migrations)."""
+    """Create every table registered on ``metadata`` that does not exist yet (tests; components migrate)."""
     async with engine.begin() as connection:
         await connection.run_sync(metadata.create_all)
 

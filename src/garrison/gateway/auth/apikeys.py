@@ -161,7 +161,7 @@ def _check_new_key(name: str, scopes: Sequence[str], expires_in: float | None) -
 
 
 class ApiKeyStore:
-    """API keys in the ``api_keys`` table (create it with ``garrison.store.db.create_all``)."""
+    """API keys in the ``api_keys`` table (migrated by ``garrison.gateway.migrations``)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
