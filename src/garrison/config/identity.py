@@ -10,13 +10,27 @@ from typing import TYPE_CHECKING, Annotated, Self
 
 from pydantic import Field
 
-from garrison.config.common import Cidr, ComponentConfig, ListenAddress, Strict, TlsConfig
+from garrison.config.common import AdminConfig, Cidr, ComponentConfig, ListenAddress, Strict, TlsConfig
 from garrison.config.units import Duration
 
 if TYPE_CHECKING:
     from garrison.config.assembly import GarrisonConfig
 
-__all__ = ["IdentityConfig", "IdentityKeysConfig", "LockoutConfig"]
+__all__ = ["IdentityAdminConfig", "IdentityConfig", "IdentityKeysConfig", "LockoutConfig"]
+
+
+class IdentityAdminConfig(AdminConfig):
+    """The identity provider's admin listener: /metrics, /live, /ready.
+
+    Guarded like the gateway's (admin/auth.py): changes need the admin token or a client
+    certificate, reads are open on loopback only, Host and Origin are checked."""
+
+    listen: ListenAddress = Field("127.0.0.1:9902", description="Address of the admin listener.")
+    token_file: str | None = Field(
+        None,
+        description="File holding the admin token (`Authorization: Bearer`). Unset: the gateway's "
+        "(`gateway.admin.token_file`, else state_dir/admin.token), so one token opens both.",
+    )
 
 
 class IdentityKeysConfig(Strict):
@@ -58,6 +72,10 @@ class IdentityConfig(ComponentConfig):
         description="The issuer URL: what `iss` says and where clients reach the provider.",
     )
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS of the identity listener.")
+    admin: IdentityAdminConfig = Field(
+        default_factory=IdentityAdminConfig,
+        description="The provider's admin listener (metrics, liveness, readiness).",
+    )
     database: str | None = Field(
         None,
         pattern=r"^(postgres(ql)?(\+asyncpg)?|sqlite(\+aiosqlite)?)://",

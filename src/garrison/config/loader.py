@@ -176,18 +176,24 @@ def _cross_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
 
 def _admin_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
     """An admin listener off loopback must not take its credential in clear (admin/auth.py)."""
-    admin = config.gateway.admin
-    host = parse_listen(admin.listen)[0]
-    if is_loopback_host(host) or admin.tls is not None:
-        return []
-    return [
-        (
-            ("gateway", "admin", "listen"),
-            "the admin listener is not on loopback: add gateway.admin.tls (cert, key, and optionally "
-            "client_ca) so the admin credential never crosses the network in clear, or listen on "
-            "127.0.0.1",
+    listeners = [(("gateway", "admin"), config.gateway.admin)]
+    if config.identity is not None:
+        listeners.append((("identity", "admin"), config.identity.admin))
+    errors: list[tuple[tuple[Any, ...], str]] = []
+    for loc, admin in listeners:
+        host = parse_listen(admin.listen)[0]
+        if is_loopback_host(host) or admin.tls is not None:
+            continue
+        section = ".".join(str(part) for part in loc)
+        errors.append(
+            (
+                (*loc, "listen"),
+                f"the admin listener is not on loopback: add {section}.tls (cert, key, and optionally "
+                "client_ca) so the admin credential never crosses the network in clear, or listen on "
+                "127.0.0.1",
+            )
         )
-    ]
+    return errors
 
 
 def _auth_checks(config: GarrisonConfig, index: int) -> list[tuple[tuple[Any, ...], str]]:
@@ -244,6 +250,12 @@ def _resolve_paths(config: GarrisonConfig, base_dir: Path) -> GarrisonConfig:
     if identity is not None and identity.revocation_push_token_file is not None:
         token_file = str(resolved(identity.revocation_push_token_file))
         identity = identity.model_copy(update={"revocation_push_token_file": token_file})
+        config = config.model_copy(update={"identity": identity})
+    if identity is not None and identity.admin.token_file is not None:
+        identity_admin = identity.admin.model_copy(
+            update={"token_file": str(resolved(identity.admin.token_file))}
+        )
+        identity = identity.model_copy(update={"admin": identity_admin})
         config = config.model_copy(update={"identity": identity})
     return config
 

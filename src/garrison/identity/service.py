@@ -34,6 +34,7 @@ from garrison.admin.auth import admin_token_path
 from garrison.config.loader import LoadedConfig
 from garrison.config.model import GarrisonConfig, IdentityConfig
 from garrison.identity import tables
+from garrison.identity.admin import start_identity_admin
 from garrison.identity.authserver import AccessTokenGenerator, IdentityServer, build_server
 from garrison.identity.client_throttle import ClientAuthGuard
 from garrison.identity.clients import ClientDirectory, ClientStore
@@ -316,6 +317,7 @@ async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
         h11_max_incomplete_event_size=16 * 1024,
     )
     server = uvicorn.Server(uv_config)  # SIGINT/SIGTERM: finish in-flight requests, then stop
+    admin = await start_identity_admin(config, Path(loaded.source).parent, provider, server)
     maintenance = asyncio.create_task(_maintain(provider), name="identity-maintenance")
     listening = (
         f"{address[0]}:{address[1]}" if sock.family == socket.AF_INET else f"[{address[0]}]:{address[1]}"
@@ -326,7 +328,10 @@ async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
             await asyncio.sleep(0.01)
         log.log("identity.listening", address=listening, issuer=identity.issuer)
         if ready_file is not None:
-            ready_file.write_text(json.dumps({"identity": listening, "issuer": identity.issuer}))
+            admin_listener = {"admin": admin.address} if admin is not None else {}
+            ready_file.write_text(
+                json.dumps({"identity": listening, "issuer": identity.issuer, **admin_listener})
+            )
 
     announcer = asyncio.create_task(announce())
     try:
@@ -334,6 +339,8 @@ async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
     finally:
         for task in (maintenance, announcer):
             task.cancel()
+        if admin is not None:
+            await admin.close()
         await provider.directory.stop()
         await provider.revocations.stop()
         await provider.push.stop()

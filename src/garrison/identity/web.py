@@ -19,6 +19,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from garrison.identity.adapter import EndpointResponse, IdentityRequest
 from garrison.identity.authserver import IdentityServer
+from garrison.telemetry.identity_metrics import IdentityMetrics
 from garrison.tokens.forwarded import TrustedProxies
 from garrison.web.app import WebApp
 from garrison.web.headers import API_CSP
@@ -74,6 +75,9 @@ class IdentityApp(WebApp):
         super().__init__(hsts, trusted)
         self.server = server
         self.base_url = base_url.rstrip("/")
+        # Counted at the code points (token, introspection here; sign-ins in flows.py); scraped from
+        # the admin listener (identity/admin.py).
+        self.metrics = IdentityMetrics()
 
     # -- Authlib calls -------------------------------------------------------------------------------
 
@@ -92,14 +96,36 @@ class IdentityApp(WebApp):
         return IdentityRequest("GET", url, request.headers, {}, params, request.client_ip)
 
     async def token(self, request: HttpRequest) -> HttpResponse:
-        result = await call_authlib(self.server.create_token_response, self.oauth_request(request))
+        try:
+            result = await call_authlib(self.server.create_token_response, self.oauth_request(request))
+        except BadRequest as exc:
+            self.metrics.token_error(exc.error)
+            raise
+        if result.status == 200:
+            self.metrics.token_issued(request.form.get("grant_type", ""))
+        else:
+            self.metrics.token_error(_error_code(result))
         return from_endpoint(result)
 
     async def endpoint(self, name: str, request: HttpRequest) -> HttpResponse:
         result = await call_authlib(self.server.create_endpoint_response, name, self.oauth_request(request))
+        if name == "introspection" and (result is None or result.status == 200):
+            body = result.body if result is not None else None
+            self.metrics.introspection(isinstance(body, dict) and body.get("active") is True)
         if result is None:
             return json_response(200, {"active": False} if name == "introspection" else {})
         return from_endpoint(result)
+
+
+def _error_code(result: EndpointResponse) -> str:
+    body = result.body
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return "other"
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, str) else "other"
 
 
 def from_endpoint(result: EndpointResponse) -> HttpResponse:

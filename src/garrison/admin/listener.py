@@ -1,0 +1,79 @@
+"""Binding and serving a component's admin listener: its AdminApi (admin/api.py) behind the guard
+(admin/auth.py), on the side-listener responder (web/simplehttp.py), with TLS when configured.
+
+The gateway binds its own socket (it shares the binding code with its worker supervisor) and uses
+``guarded_socket``; a component with nothing of the kind calls ``start_admin_listener``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from garrison.admin.auth import (
+    AdminGuard,
+    Handler,
+    admin_server_context,
+    guard_for,
+    load_or_create_admin_token,
+)
+from garrison.config.model import AdminConfig, parse_listen
+from garrison.web.simplehttp import SimpleHttpProtocol
+
+__all__ = ["AdminListener", "address_of", "bind_listen", "guarded_socket", "start_admin_listener"]
+
+
+def bind_listen(address: str) -> socket.socket:
+    """A bound, non-blocking, not yet listening socket (port 0 is resolved on return)."""
+    host, port = parse_listen(address)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock
+
+
+def address_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def guarded_socket(
+    admin: AdminConfig, token_path: Path, config_dir: Path, handler: Handler, sock: socket.socket
+) -> tuple[AdminGuard, ssl.SSLContext | None]:
+    """The guard around ``handler`` for the listener on ``sock`` and its TLS context, creating the
+    admin token file on first use. Raises AdminTokenError for an unusable token file."""
+    token = load_or_create_admin_token(token_path)
+    context = admin_server_context(admin, config_dir)
+    host, port = sock.getsockname()[:2]
+    return guard_for(handler, admin, (host, port), token), context
+
+
+@dataclass(eq=False)
+class AdminListener:
+    server: asyncio.Server
+    address: str  # host:port as bound (port 0 resolved)
+    guard: AdminGuard  # its `denied` counts are the admin_denied metric
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def start_admin_listener(
+    admin: AdminConfig, token_path: Path, config_dir: Path, handler: Handler
+) -> AdminListener:
+    """Bind ``admin.listen`` and serve ``handler`` (an AdminApi) there behind the guard."""
+    sock = bind_listen(admin.listen)
+    try:
+        guard, context = guarded_socket(admin, token_path, config_dir, handler, sock)
+        server = await asyncio.get_running_loop().create_server(
+            lambda: SimpleHttpProtocol(guard), sock=sock, ssl=context
+        )
+    except BaseException:
+        sock.close()
+        raise
+    return AdminListener(server, address_of(sock), guard)
