@@ -21,9 +21,24 @@ from garrison.admin.auth import (
     load_or_create_admin_token,
 )
 from garrison.config.model import AdminConfig, parse_listen
+from garrison.web.headers import API_CSP, DEFAULT_HSTS, render, security_headers
 from garrison.web.simplehttp import SimpleHttpProtocol
 
-__all__ = ["AdminListener", "address_of", "bind_listen", "guarded_socket", "start_admin_listener"]
+__all__ = [
+    "AdminListener",
+    "address_of",
+    "admin_security_headers",
+    "bind_listen",
+    "guarded_socket",
+    "start_admin_listener",
+]
+
+
+def admin_security_headers(tls: bool) -> bytes:
+    """The common security headers (web/headers.py) and the API policy, pre-rendered: an admin
+    answer opened in a browser runs nothing and cannot be framed."""
+    common = security_headers(hsts=DEFAULT_HSTS if tls else None)
+    return render([*common, ("content-security-policy", API_CSP)])
 
 
 def bind_listen(address: str) -> socket.socket:
@@ -70,8 +85,9 @@ async def start_admin_listener(
     sock = bind_listen(admin.listen)
     try:
         guard, context = guarded_socket(admin, token_path, config_dir, handler, sock)
+        headers = admin_security_headers(context is not None)
         server = await asyncio.get_running_loop().create_server(
-            lambda: SimpleHttpProtocol(guard), sock=sock, ssl=context
+            lambda: SimpleHttpProtocol(guard, headers), sock=sock, ssl=context
         )
     except BaseException:
         sock.close()
