@@ -329,9 +329,10 @@ async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
         log.log("identity.listening", address=listening, issuer=identity.issuer)
         if ready_file is not None:
             admin_listener = {"admin": admin.address} if admin is not None else {}
-            ready_file.write_text(
-                json.dumps({"identity": listening, "issuer": identity.issuer, **admin_listener})
-            )
+            ready = json.dumps({"identity": listening, "issuer": identity.issuer, **admin_listener})
+            partial = ready_file.with_name(ready_file.name + ".tmp")  # a reader never sees half of it
+            partial.write_text(ready)
+            partial.replace(ready_file)
 
     announcer = asyncio.create_task(announce())
     try:
