@@ -16,6 +16,8 @@ import pytest
 from identity_harness import Browser, IdentityProcess, identity_config, page_kind, pkce
 from prometheus_client.parser import text_string_to_metric_families
 
+from garrison.config.loader import ConfigError, parse_config
+
 PASSWORD = "correct horse battery staple"
 APP = "https://app.example/callback"
 
@@ -141,3 +143,18 @@ def test_promtool_accepts_the_exposition(idp: IdentityProcess, tmp_path: Path) -
         [promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=60, check=False
     )
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
+
+
+def test_config_an_identity_admin_listener_off_loopback_needs_tls(tmp_path: Path) -> None:
+    base = "identity:\n  tls: {insecure_disable: true}\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(base + "  admin: {listen: 0.0.0.0:9902}\n", "garrison.yaml", tmp_path)
+    [problem] = caught.value.problems
+    assert problem.path == "identity.admin.listen" and "identity.admin.tls" in problem.message
+    with_tls = "  admin: {listen: 0.0.0.0:9902, tls: {cert: a.pem, key: a.key}, token_file: t/admin.token}\n"
+    identity = parse_config(base + with_tls, "garrison.yaml", tmp_path).config.identity
+    assert identity is not None and identity.admin.tls is not None
+    assert identity.admin.token_file == str(tmp_path.resolve() / "t" / "admin.token")
+    default = parse_config(base, "garrison.yaml", tmp_path).config.identity
+    assert default is not None
+    assert (default.admin.listen, default.admin.token_file) == ("127.0.0.1:9902", None)

@@ -22,12 +22,10 @@ from garrison.identity.authserver import IdentityServer
 from garrison.telemetry.identity_metrics import IdentityMetrics
 from garrison.tokens.forwarded import TrustedProxies
 from garrison.web.app import WebApp
-from garrison.web.headers import API_CSP
-from garrison.web.http import MAX_BODY, Handler, HttpRequest, HttpResponse, json_response, parse_params
+from garrison.web.http import Handler, HttpRequest, HttpResponse, json_response, parse_params
 from garrison.web.http import HttpError as BadRequest
 
 __all__ = [
-    "MAX_BODY",
     "BadRequest",
     "Handler",
     "HttpRequest",
@@ -40,7 +38,6 @@ __all__ = [
     "redirect",
 ]
 
-JSON_CSP = API_CSP
 T = TypeVar("T")
 
 

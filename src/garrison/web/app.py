@@ -57,10 +57,6 @@ class WebApp:
         self.form_posts = form_posts
         self.common_headers = security_headers(hsts=DEFAULT_HSTS if hsts else None)
 
-    @property
-    def routes(self) -> dict[tuple[str, str], Handler]:
-        return self.router.exact
-
     def route(self, method: str, path: str, handler: Handler) -> None:
         self.router.route(method, path, handler)
 
