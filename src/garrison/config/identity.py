@@ -6,6 +6,7 @@ pushes each revocation to this file's gateway admin listener (``identity.revocat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Self
 
 from pydantic import Field
@@ -109,3 +110,11 @@ class IdentityConfig(ComponentConfig):
             and admin.tls is None
         )
         return self.model_copy(update={"revocation_push": [f"http://{admin.listen}"] if local else []})
+
+    def with_paths_resolved(self, resolve: Callable[[str], str]) -> Self:
+        """The revocation-push token file, relative to the config file's directory."""
+        if self.revocation_push_token_file is None:
+            return self
+        return self.model_copy(
+            update={"revocation_push_token_file": resolve(self.revocation_push_token_file)}
+        )

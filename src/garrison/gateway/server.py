@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
-from garrison.config.model import BlocklistConfig, GarrisonConfig, RevocationsConfig, parse_listen
+from garrison.config.model import BlocklistConfig, GarrisonConfig, parse_listen
 from garrison.config.store import StoreConfig
 from garrison.gateway.admin import blocklist_api, revocations_api
 from garrison.gateway.auth.apikeys import ApiKeyCache, ApiKeyStore
@@ -37,7 +37,7 @@ from garrison.store.startup import prepare_schema
 from garrison.telemetry import logging as log
 from garrison.telemetry.accesslog import AccessLog
 from garrison.telemetry.metrics import GatewayMetrics
-from garrison.tokens.revocations import MemoryRevocations, RedisRevocations, Revocations
+from garrison.tokens.revocations import revocations_from_config
 from garrison.web.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleResponse
 
 WORKER_ENV = "GARRISON_GATEWAY_WORKER"  # "index|listen-address|run-dir", set by the worker supervisor only
@@ -74,7 +74,7 @@ class GatewayServer:
         self._store = loaded.config.store  # migrations and waits for the API-key database
         self._ensure_api_keys(loaded.config)
         # Created before the first runtime, whose token cache reads it; kept across reloads.
-        self.revocations = make_revocations(loaded.config.revocations, loaded.config.redis.url)
+        self.revocations = revocations_from_config(loaded.config.revocations, loaded.config.redis.url)
         self.runtime: Runtime = build_runtime(
             loaded.config, loop, self.metrics, self.api_keys, revocations=self.revocations
         )
@@ -388,13 +388,6 @@ def make_blocklist(spec: BlocklistConfig, redis_url: str | None) -> Blocklist:
         assert redis_url is not None  # the loader refuses `redis` storage without a URL
         return RedisBlocklist(redis_url, spec.prefix, max_entries=spec.max_entries)
     return MemoryBlocklist(max_entries=spec.max_entries)
-
-
-def make_revocations(spec: RevocationsConfig, redis_url: str | None) -> Revocations:
-    if spec.storage == "redis":
-        assert redis_url is not None  # the loader refuses `redis` storage without a URL
-        return RedisRevocations(redis_url, spec.prefix, max_entries=spec.max_entries)
-    return MemoryRevocations(max_entries=spec.max_entries)
 
 
 def readiness_response(reasons: list[str]) -> SimpleResponse:

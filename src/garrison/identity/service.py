@@ -60,7 +60,7 @@ from garrison.telemetry import logging as log
 from garrison.tokens.forwarded import TrustedProxies
 from garrison.tokens.jwks import JwksCache
 from garrison.tokens.jwt import JwtVerifier, TokenCache
-from garrison.tokens.revocations import MemoryRevocations, RedisRevocations, Revocations
+from garrison.tokens.revocations import Revocations, revocations_from_config
 
 
 @dataclass
@@ -117,14 +117,6 @@ class Provider:
         self.jwks_cache.load(self.keys.public_jwks())
 
 
-def make_revocations(config: GarrisonConfig) -> Revocations:
-    redis_url = config.redis.url
-    if redis_url and config.revocations.storage == "redis":
-        spec = config.revocations
-        return RedisRevocations(redis_url, spec.prefix, max_entries=spec.max_entries)
-    return MemoryRevocations(max_entries=config.revocations.max_entries)
-
-
 async def open_provider(
     config: GarrisonConfig, base_url: str, clock: Callable[[], datetime] | None = None
 ) -> Provider:
@@ -144,7 +136,7 @@ async def open_provider(
     await keys.ensure()  # the first key, or the next one when due; then the keys are in memory
     directory = ClientDirectory(ClientStore(engine, kek))
     await directory.start()
-    revocations = make_revocations(config)
+    revocations = revocations_from_config(config.revocations, config.redis.url)
     await revocations.start()
     jwks_cache = JwksCache(jwks_uri=identity.issuer + "/jwks")  # loaded locally, never fetched
     verifier = JwtVerifier(
