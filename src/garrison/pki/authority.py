@@ -30,6 +30,7 @@ __all__ = [
     "Authority",
     "CsrRefused",
     "authority_domain",
+    "check_request",
     "new_intermediate",
     "new_key",
     "new_root",
@@ -148,11 +149,7 @@ def sign_workload(
     domain = authority_domain(authority.certificate)
     if not spiffe_id.startswith(domain + "/") or spiffe_id.rstrip("/") == domain:
         raise CsrRefused(f"{spiffe_id!r} is not a workload of this authority's trust domain ({domain})")
-    if not csr.is_signature_valid:
-        raise CsrRefused("the CSR's signature does not verify")
-    public_key = csr.public_key()
-    if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != "secp256r1":
-        raise CsrRefused("workload keys are ECDSA P-256")
+    public_key = check_request(csr)
     if not dt.timedelta(seconds=1) <= lifetime <= MAX_WORKLOAD_LIFETIME:
         raise CsrRefused(f"a workload certificate lives between 1 s and {MAX_WORKLOAD_LIFETIME}")
     lifetime = _within(authority.certificate, now, lifetime)
@@ -188,6 +185,17 @@ def authority_domain(certificate: x509.Certificate) -> str:
     if len(uris) != 1 or not uris[0].startswith("spiffe://"):
         raise ValueError("not a Garrison signing certificate (no single spiffe:// URI SAN)")
     return uris[0]
+
+
+def check_request(csr: x509.CertificateSigningRequest) -> ec.EllipticCurvePublicKey:
+    """The CSR's public key if the CA would sign it: proof of possession, ECDSA P-256. Callers that
+    spend something to get a certificate (a join token) check first, so a bad CSR spends nothing."""
+    if not csr.is_signature_valid:
+        raise CsrRefused("the CSR's signature does not verify")
+    public_key = csr.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != "secp256r1":
+        raise CsrRefused("workload keys are ECDSA P-256")
+    return public_key
 
 
 def pem(*certificates: x509.Certificate) -> bytes:
