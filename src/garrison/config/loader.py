@@ -144,9 +144,21 @@ def _cross_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
     errors: list[tuple[tuple[Any, ...], str]] = []
     if config.revocations.storage == "redis" and not config.redis.url:
         errors.append((("revocations", "storage"), "storage `redis` needs `redis.url`"))
+    errors += _call_graph_problems(config)
     for section in _sections(config):
         errors += section.problems(config)
     return errors
+
+
+def _call_graph_problems(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
+    """Each ``services.<name>.calls`` entry names a service of this file."""
+    known = ", ".join(sorted(config.services))
+    return [
+        (("services", name, "calls", index, "service"), f"no service {call.service!r} (known: {known})")
+        for name, service in config.services.items()
+        for index, call in enumerate(service.calls)
+        if call.service not in config.services
+    ]
 
 
 def _warnings(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
