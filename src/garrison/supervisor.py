@@ -136,8 +136,9 @@ async def _up(loaded: LoadedConfig, specs: list[ChildSpec], demo: bool, console:
             from garrison import demo as demo_flows
 
             gateway = supervisor.children[-1].listeners["gateway"]
-            demo_flows.open_route(loaded.config, gateway, console)
-            demo_flows.protected_route(loaded.config, gateway, console)
+            # They run their own event loop (asyncio.run): a thread of their own, while this one waits.
+            await asyncio.to_thread(demo_flows.open_route, loaded.config, gateway, console)
+            await asyncio.to_thread(demo_flows.protected_route, loaded.config, gateway, console)
         console.print("\nPress Ctrl-C to stop.")
         supervisor.supervise()
         await stop.wait()
