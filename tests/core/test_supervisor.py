@@ -141,7 +141,7 @@ def test_a_first_start_that_hangs_raises_start_failed(tmp_path: Path, logs: io.S
     async def scenario() -> None:
         supervisor = Supervisor(ready_timeout=0.5)
         child = supervisor.add(spec(tmp_path, "svc", "hang"))
-        with pytest.raises(StartFailed, match="svc did not become ready within 0.5s"):
+        with pytest.raises(StartFailed, match=r"svc did not become ready within 0\.5s"):
             await supervisor.start(child)
         await supervisor.stop()
         assert not child.alive()
