@@ -189,3 +189,45 @@ def test_each_component_comes_back_by_itself_while_the_others_keep_serving(up: U
         load.stop()
     assert up.stop() == 0
     assert "stopped." in up.text()
+
+
+def test_the_identity_provider_runs_through_the_core(tmp_path: Path) -> None:
+    """Its ready file is the common one; SIGHUP is logged as unsupported and changes nothing;
+    SIGTERM finishes and exits 0 (it used to end by the signal)."""
+    config = {
+        "state_dir": str(tmp_path / "state"),
+        "identity": {
+            "listen": "127.0.0.1:0",
+            "issuer": "http://127.0.0.1:0",
+            "tls": {"insecure_disable": True},
+        },
+    }
+    (tmp_path / "garrison.yaml").write_text(yaml.safe_dump(config))
+    ready_path, stderr = tmp_path / "identity.ready", tmp_path / "identity.err"
+    argv = [*GARRISON, "identity", "-c", str(tmp_path / "garrison.yaml"), "--ready-file", str(ready_path)]
+    with stderr.open("wb") as sink:
+        proc = subprocess.Popen(argv, stderr=sink)
+    try:
+
+        def wait_for(condition: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + 60  # bounds a hang; nothing is measured against it
+            while not condition():
+                assert proc.poll() is None, stderr.read_text()
+                assert time.monotonic() < deadline, f"timed out waiting for {what}: {stderr.read_text()}"
+                time.sleep(0.05)
+
+        wait_for(lambda: read_ready(ready_path) is not None, "the ready file")
+        ready = read_ready(ready_path)
+        assert ready is not None and ready.component == "identity" and ready.pid == proc.pid
+        address = ready.listeners["identity"]
+        assert ready.details == {"issuer": f"http://{address}"} and get(address, "/live") == 200
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "identity.reload.unsupported" in stderr.read_text(), "the SIGHUP to be logged")
+        assert get(address, "/live") == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert '"event":"identity.stopped"' in stderr.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
