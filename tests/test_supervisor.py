@@ -1,5 +1,5 @@
 """`garrison up`'s own layer (supervisor.py) above the one supervisor (core/supervisor.py, tested in
-tests/core/test_supervisor.py): which components it runs, in which order and how, what it prints,
+tests/core/test_core_supervisor.py): which components it runs, in which order and how, what it prints,
 and that a component failing its first start stops `up` with that component's error."""
 
 from __future__ import annotations
