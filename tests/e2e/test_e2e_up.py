@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from garrison.core.ready import read_ready
+
 ROOT = Path(__file__).resolve().parents[2]
 GARRISON = [sys.executable, "-m", "garrison"]
 
@@ -276,7 +278,8 @@ def test_up_restarts_a_killed_component_while_the_others_keep_serving(tmp_path: 
         assert len(up.events("up.component.died", "identity")) == 2  # the two of part 1, no more
         [died] = up.events("up.component.died", "gateway")
         assert died["signal"] == "SIGKILL" and died["pid"] == gateway_pid and died["restart_in"] == 1.0
-        assert json.loads((state / "run" / "up-gateway.ready").read_text())["pid"] != gateway_pid
+        ready = read_ready(state / "run" / "up-gateway.ready")
+        assert ready is not None and ready.component == "gateway" and ready.pid != gateway_pid
         gateway_serves(token_after)
         gateway_serves(token_before)  # still valid: same keys, within its lifetime
         assert up.events("up.component.died", "demo upstream") == []

@@ -7,9 +7,7 @@ metrics, the access log) and swaps the ``Runtime`` (routes, services, pools) on 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
 import socket
 import ssl
 import time
@@ -22,12 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
 from garrison.config.model import BlocklistConfig, GarrisonConfig, parse_listen
 from garrison.config.store import StoreConfig
+from garrison.core.sockets import BACKLOG, address_of, bind_socket
 from garrison.gateway.admin import blocklist_api, revocations_api
 from garrison.gateway.auth.apikeys import ApiKeyCache, ApiKeyStore
 from garrison.gateway.blocklist import Blocklist, MemoryBlocklist, RedisBlocklist
 from garrison.gateway.exchange import Exchange
 from garrison.gateway.heap import HeapTrimmer, glibc_malloc_trim
-from garrison.gateway.listeners import address_of, bind_socket, open_admin_listener
+from garrison.gateway.listeners import open_admin_listener
 from garrison.gateway.migrations import SCHEMA as GATEWAY_SCHEMA
 from garrison.gateway.proxy import ClientConnection
 from garrison.gateway.runtime import Runtime, build_runtime
@@ -131,7 +130,7 @@ class GatewayServer:
                 ask_for_client_certificates(self.tls_context, self.source.parent / ca_file)
         await self.revocations.start()  # before serving: a revoked token is never let in at start
         server = await self.loop.create_server(
-            lambda: ClientConnection(self), sock=main_sock, ssl=self.tls_context, backlog=2048
+            lambda: ClientConnection(self), sock=main_sock, ssl=self.tls_context, backlog=BACKLOG
         )
         self.servers.append(server)
         await self.blocklist.start()
@@ -397,42 +396,49 @@ def readiness_response(reasons: list[str]) -> SimpleResponse:
     return SimpleResponse(503, ("not ready: " + "; ".join(reasons) + "\n").encode())
 
 
-def write_ready_file(path: Path | None, listeners: dict[str, str]) -> None:
-    if path is None:
-        return
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "listeners": listeners}))
-    tmp.replace(path)
+class GatewayComponent:
+    """One gateway process (or one worker under ``workers: N``), run by core/runner.py: SIGHUP
+    reloads, SIGTERM drains."""
 
+    name = "gateway"
 
-async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
-    """Run one gateway process until SIGTERM/SIGINT; SIGHUP reloads."""
-    loop = asyncio.get_running_loop()
-    gateway = loaded.config.gateway
-    for warning in loaded.warnings:
-        log.warn("config.warning", problem=warning.render(str(loaded.source)))
-    server = GatewayServer(loaded, loop)
-    worker = worker_settings()
-    if worker is None:
-        main_sock = bind_socket(gateway.listen, reuse_port=gateway.workers > 1)
-        listeners = await server.start(main_sock)
-    else:
-        # A worker under `workers: N`: the supervisor owns the admin and redirect listeners.
-        index, listen, run_dir = worker
-        listeners = await server.start(bind_socket(listen, reuse_port=True), with_side_listeners=False)
-        metrics_path = run_dir / f"worker-{index}.sock"
-        metrics_path.unlink(missing_ok=True)
-        server.servers.append(
-            await loop.create_unix_server(lambda: SimpleHttpProtocol(server.admin_handler), str(metrics_path))
-        )
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(server.reload_quietly("SIGHUP")))
-    log.log("gateway.listening", listeners=listeners, pid=os.getpid())
-    write_ready_file(ready_file, listeners)
-    await stop.wait()
-    log.log("gateway.draining", timeout=gateway.drain_timeout)
-    await server.drain(gateway.drain_timeout)
-    log.log("gateway.stopped")
-    return 0
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self.loaded = loaded
+        self.server: GatewayServer | None = None
+
+    async def start(self) -> dict[str, str]:
+        loop = asyncio.get_running_loop()
+        gateway = self.loaded.config.gateway
+        for warning in self.loaded.warnings:
+            log.warn("config.warning", problem=warning.render(str(self.loaded.source)))
+        server = self.server = GatewayServer(self.loaded, loop)
+        worker = worker_settings()
+        if worker is None:
+            listeners = await server.start(bind_socket(gateway.listen, reuse_port=gateway.workers > 1))
+        else:
+            # A worker under `workers: N`: the supervisor owns the admin and redirect listeners.
+            index, listen, run_dir = worker
+            listeners = await server.start(bind_socket(listen, reuse_port=True), with_side_listeners=False)
+            metrics_path = run_dir / f"worker-{index}.sock"
+            metrics_path.unlink(missing_ok=True)
+            server.servers.append(
+                await loop.create_unix_server(
+                    lambda: SimpleHttpProtocol(server.admin_handler), str(metrics_path)
+                )
+            )
+        log.log("gateway.listening", listeners=listeners, pid=os.getpid())
+        return listeners
+
+    def details(self) -> dict[str, Any]:
+        return {}
+
+    async def reload(self) -> None:
+        assert self.server is not None
+        await self.server.reload("SIGHUP")  # a failure is logged there; the old config keeps serving
+
+    async def drain(self) -> None:
+        assert self.server is not None
+        timeout = self.loaded.config.gateway.drain_timeout
+        log.log("gateway.draining", timeout=timeout)
+        await self.server.drain(timeout)
+        log.log("gateway.stopped")

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +31,8 @@ from sqlalchemy.util import await_only
 from garrison.admin.auth import admin_token_path
 from garrison.config.loader import LoadedConfig
 from garrison.config.model import GarrisonConfig, IdentityConfig
+from garrison.core.runner import ReloadUnsupported, StartFailed, run_component
+from garrison.core.sockets import address_of, bind_socket
 from garrison.identity import tables
 from garrison.identity.authserver import AccessTokenGenerator, IdentityServer, build_server
 from garrison.identity.client_throttle import ClientAuthGuard
@@ -249,17 +249,6 @@ def _routes(provider: Provider) -> None:
     app.route("GET", "/live", live)
 
 
-def bind(listen: str) -> socket.socket:
-    from garrison.config.model import parse_listen
-
-    host, port = parse_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    return sock
-
-
 def tls_context(config: GarrisonConfig, config_dir: Path) -> ssl.SSLContext | None:
     identity = config.identity
     assert identity is not None
@@ -275,25 +264,80 @@ def tls_context(config: GarrisonConfig, config_dir: Path) -> ssl.SSLContext | No
     return server_context(cert, key, identity.tls.min_version)
 
 
-async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
-    config = loaded.config
-    identity = config.identity
-    if identity is None:
-        log.error("identity.not_configured", message="garrison.yaml has no `identity` section")
-        return 2
-    sock = bind(identity.listen)
-    address = sock.getsockname()
-    if urlsplit(identity.issuer).port == 0:
-        # `issuer: http://127.0.0.1:0` with `listen: ...:0` (tests, benchmarks): the issuer is wherever
-        # the listener landed.
-        parts = urlsplit(identity.issuer)
-        issuer = urlunsplit((parts.scheme, f"{parts.hostname}:{address[1]}", parts.path, "", ""))
-        identity = identity.model_copy(update={"issuer": issuer.rstrip("/")})
-        config = config.model_copy(update={"identity": identity})
-    context = tls_context(config, Path(loaded.source).parent)
-    provider = await open_provider(config, identity.issuer)
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: core/runner.py owns the signals of every component."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class IdentityComponent:
+    """The provider as a component run by core/runner.py: SIGTERM finishes requests in flight, then
+    the stores close and the process exits 0; SIGHUP reloads nothing (restart to reconfigure)."""
+
+    name = "identity"
+
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self.loaded = loaded
+        self.issuer = ""
+        self.provider: Provider | None = None
+        self.server: _Uvicorn | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> dict[str, str]:
+        config = self.loaded.config
+        identity = config.identity
+        if identity is None:
+            raise StartFailed("garrison.yaml has no `identity` section")
+        sock = bind_socket(identity.listen)
+        listening = address_of(sock)
+        if urlsplit(identity.issuer).port == 0:
+            # `issuer: http://127.0.0.1:0` with `listen: ...:0` (tests, benchmarks): the issuer is
+            # wherever the listener landed.
+            parts = urlsplit(identity.issuer)
+            issuer = urlunsplit(
+                (parts.scheme, f"{parts.hostname}:{sock.getsockname()[1]}", parts.path, "", "")
+            )
+            identity = identity.model_copy(update={"issuer": issuer.rstrip("/")})
+            config = config.model_copy(update={"identity": identity})
+        self.issuer = identity.issuer
+        context = tls_context(config, Path(self.loaded.source).parent)
+        provider = self.provider = await open_provider(config, identity.issuer)
+        server = self.server = _Uvicorn(_uvicorn_config(provider, context))
+        serving = asyncio.create_task(server.serve(sockets=[sock]), name="identity-server")
+        self.tasks = [serving, asyncio.create_task(_maintain(provider), name="identity-maintenance")]
+        while not server.started:
+            if serving.done():  # uvicorn gave up before serving (it logged why)
+                serving.result()
+                raise StartFailed("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+        log.log("identity.listening", address=listening, issuer=identity.issuer)
+        return {"identity": listening}
+
+    def details(self) -> dict[str, Any]:
+        return {"issuer": self.issuer}
+
+    async def reload(self) -> None:
+        raise ReloadUnsupported
+
+    async def drain(self) -> None:
+        assert self.server is not None and self.provider is not None
+        self.server.should_exit = True  # stop accepting, finish requests in flight
+        serving, maintenance = self.tasks
+        await serving
+        maintenance.cancel()
+        provider = self.provider
+        await provider.directory.stop()
+        await provider.revocations.stop()
+        await provider.push.stop()
+        await provider.engine.dispose()
+        log.log("identity.stopped")
+
+
+def _uvicorn_config(provider: Provider, context: ssl.SSLContext | None) -> uvicorn.Config:
     assert provider.app is not None
-    uv_config = uvicorn.Config(
+    return uvicorn.Config(
         provider.app,
         loop="none",  # serve on the running (uvloop) loop
         ssl_context_factory=(lambda _config, _default: context) if context is not None else None,
@@ -307,30 +351,11 @@ async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
         timeout_keep_alive=30,
         h11_max_incomplete_event_size=16 * 1024,
     )
-    server = uvicorn.Server(uv_config)  # SIGINT/SIGTERM: finish in-flight requests, then stop
-    maintenance = asyncio.create_task(_maintain(provider), name="identity-maintenance")
-    listening = (
-        f"{address[0]}:{address[1]}" if sock.family == socket.AF_INET else f"[{address[0]}]:{address[1]}"
-    )
 
-    async def announce() -> None:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        log.log("identity.listening", address=listening, issuer=identity.issuer)
-        if ready_file is not None:
-            ready_file.write_text(json.dumps({"identity": listening, "issuer": identity.issuer}))
 
-    announcer = asyncio.create_task(announce())
-    try:
-        await server.serve(sockets=[sock])
-    finally:
-        for task in (maintenance, announcer):
-            task.cancel()
-        await provider.directory.stop()
-        await provider.revocations.stop()
-        await provider.push.stop()
-        await provider.engine.dispose()
-    return 0
+async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
+    """Run the provider until SIGTERM/SIGINT (core/runner.py)."""
+    return await run_component(IdentityComponent(loaded), ready_file)
 
 
 async def _maintain(provider: Provider) -> None:
