@@ -39,6 +39,8 @@ import httptools
 import pytest
 import yaml
 
+from garrison.core.ready import read_ready
+
 GARRISON = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "garrison"
 DEFAULT_BODY = b'{"ok":true}'
 
@@ -518,7 +520,7 @@ class GatewayProcess:
                 cwd=self.directory,
             )
         deadline = time.monotonic() + timeout
-        while not self.ready_path.exists():
+        while (ready := read_ready(self.ready_path)) is None:
             if self.proc.poll() is not None:
                 self.stop()
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.stderr_tail()}")
@@ -526,7 +528,7 @@ class GatewayProcess:
                 self.stop()
                 raise RuntimeError(f"gateway not ready after {timeout} s:\n{self.stderr_tail()}")
             time.sleep(0.02)
-        self.listeners = json.loads(self.ready_path.read_text())["listeners"]
+        self.listeners = ready.listeners
         return self
 
     def stop(self) -> int | None:

@@ -23,6 +23,8 @@ import httpx
 import yaml
 from gateway_harness import stop_process
 
+from garrison.core.ready import read_ready
+
 GARRISON = Path(sys.executable).parent / "garrison"
 T = TypeVar("T")
 
@@ -170,16 +172,15 @@ class IdentityProcess:
                 cwd=self.directory,
             )
         deadline = time.monotonic() + timeout
-        while not self.ready_path.exists():
+        while (ready := read_ready(self.ready_path)) is None:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(
                     f"identity provider did not start:\n{self.stderr_path.read_text()[-3000:]}"
                 )
             time.sleep(0.02)
-        ready = json.loads(self.ready_path.read_text())
-        self.issuer, self.address = ready["issuer"], ready["identity"]
-        self.admin_address = ready.get("admin", "")
+        self.issuer, self.address = ready.details["issuer"], ready.listeners["identity"]
+        self.admin_address = ready.listeners.get("admin", "")
         return self
 
     def stop(self) -> int | None:

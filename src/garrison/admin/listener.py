@@ -20,15 +20,14 @@ from garrison.admin.auth import (
     guard_for,
     load_or_create_admin_token,
 )
-from garrison.config.model import AdminConfig, parse_listen
+from garrison.config.model import AdminConfig
+from garrison.core.sockets import address_of, bind_socket
 from garrison.web.headers import API_CSP, DEFAULT_HSTS, render, security_headers
 from garrison.web.simplehttp import SimpleHttpProtocol
 
 __all__ = [
     "AdminListener",
-    "address_of",
     "admin_security_headers",
-    "bind_listen",
     "guarded_socket",
     "start_admin_listener",
 ]
@@ -39,21 +38,6 @@ def admin_security_headers(tls: bool) -> bytes:
     answer opened in a browser runs nothing and cannot be framed."""
     common = security_headers(hsts=DEFAULT_HSTS if tls else None)
     return render([*common, ("content-security-policy", API_CSP)])
-
-
-def bind_listen(address: str) -> socket.socket:
-    """A bound, non-blocking, not yet listening socket (port 0 is resolved on return)."""
-    host, port = parse_listen(address)
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.setblocking(False)
-    return sock
-
-
-def address_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def guarded_socket(
@@ -82,7 +66,7 @@ async def start_admin_listener(
     admin: AdminConfig, token_path: Path, config_dir: Path, handler: Handler
 ) -> AdminListener:
     """Bind ``admin.listen`` and serve ``handler`` (an AdminApi) there behind the guard."""
-    sock = bind_listen(admin.listen)
+    sock = bind_socket(admin.listen)
     try:
         guard, context = guarded_socket(admin, token_path, config_dir, handler, sock)
         headers = admin_security_headers(context is not None)

@@ -6,11 +6,21 @@ pushes each revocation to this file's gateway admin listener (``identity.revocat
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Self
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, Self
 
 from pydantic import Field
 
-from garrison.config.common import AdminConfig, Cidr, ComponentConfig, ListenAddress, Strict, TlsConfig
+from garrison.config.common import (
+    AdminConfig,
+    Cidr,
+    ComponentConfig,
+    ListenAddress,
+    Strict,
+    TlsConfig,
+    is_loopback_host,
+    parse_listen,
+)
 from garrison.config.units import Duration
 
 if TYPE_CHECKING:
@@ -127,3 +137,26 @@ class IdentityConfig(ComponentConfig):
             and admin.tls is None
         )
         return self.model_copy(update={"revocation_push": [f"http://{admin.listen}"] if local else []})
+
+    def with_paths_resolved(self, resolve: Callable[[str], str]) -> Self:
+        """The revocation-push and admin token files, relative to the config file's directory."""
+        updates: dict[str, object] = {}
+        if self.revocation_push_token_file is not None:
+            updates["revocation_push_token_file"] = resolve(self.revocation_push_token_file)
+        if self.admin.token_file is not None:
+            updates["admin"] = self.admin.model_copy(update={"token_file": resolve(self.admin.token_file)})
+        return self.model_copy(update=updates) if updates else self
+
+    def problems(self, config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
+        """The admin listener off loopback must not take its credential in clear (admin/auth.py)."""
+        del config
+        if is_loopback_host(parse_listen(self.admin.listen)[0]) or self.admin.tls is not None:
+            return []
+        return [
+            (
+                ("identity", "admin", "listen"),
+                "the admin listener is not on loopback: add identity.admin.tls (cert, key, and "
+                "optionally client_ca) so the admin credential never crosses the network in clear, or "
+                "listen on 127.0.0.1",
+            )
+        ]
