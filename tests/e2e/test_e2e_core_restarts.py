@@ -37,6 +37,7 @@ class Up:
             "listen": "127.0.0.1:0",
             "issuer": "http://127.0.0.1:0",
             "tls": {"insecure_disable": True},
+            "admin": {"listen": "127.0.0.1:0"},
         }
         (tmp_path / "garrison.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         self.run_dir = tmp_path / "state" / "run"
@@ -200,6 +201,7 @@ def test_the_identity_provider_runs_through_the_core(tmp_path: Path) -> None:
             "listen": "127.0.0.1:0",
             "issuer": "http://127.0.0.1:0",
             "tls": {"insecure_disable": True},
+            "admin": {"listen": "127.0.0.1:0"},
         },
     }
     (tmp_path / "garrison.yaml").write_text(yaml.safe_dump(config))

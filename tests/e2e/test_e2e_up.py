@@ -35,11 +35,13 @@ def free_port() -> int:
 def write_demo_config(tmp_path: Path) -> dict[str, int]:
     """examples/garrison.yaml on free ports with its state under ``tmp_path``; the ports by name."""
     shutil.copy(ROOT / "examples" / "demo_upstream.py", tmp_path / "demo_upstream.py")
-    ports = {name: free_port() for name in ("gateway", "admin", "redirect", "demo", "identity")}
+    names = ("gateway", "admin", "redirect", "demo", "identity", "identity_admin")
+    ports = {name: free_port() for name in names}
     config = (ROOT / "examples" / "garrison.yaml").read_text()
     for old, new in (
         ("127.0.0.1:8443", f"127.0.0.1:{ports['gateway']}"),
         ("127.0.0.1:9901", f"127.0.0.1:{ports['admin']}"),
+        ("127.0.0.1:9902", f"127.0.0.1:{ports['identity_admin']}"),
         ("127.0.0.1:8080", f"127.0.0.1:{ports['redirect']}"),
         ("127.0.0.1:7001", f"127.0.0.1:{ports['demo']}"),
         ("127.0.0.1:9443", f"127.0.0.1:{ports['identity']}"),
@@ -86,7 +88,7 @@ def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
                 proc.kill()
                 proc.wait()
     assert "stopped." in output.read_text()
-    for port in (ports["gateway"], ports["demo"], ports["identity"]):
+    for port in (ports["gateway"], ports["demo"], ports["identity"], ports["identity_admin"]):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
 
@@ -261,7 +263,10 @@ def test_up_restarts_a_killed_component_while_the_others_keep_serving(tmp_path: 
         assert "Address already in use" in up.text()
         assert up.child_pid("identity") not in (identity_pid, failed["pid"])
         [back] = up.events("up.component.restarted", "identity")
-        assert back["listeners"] == {"identity": f"127.0.0.1:{ports['identity']}"}
+        assert back["listeners"] == {
+            "identity": f"127.0.0.1:{ports['identity']}",
+            "admin": f"127.0.0.1:{ports['identity_admin']}",
+        }
         token_after = new_token()
         status, jwks = https(issuer + "/jwks", idp_ca)
         assert status == 200 and '"keys"' in jwks
@@ -288,5 +293,5 @@ def test_up_restarts_a_killed_component_while_the_others_keep_serving(tmp_path: 
     finally:
         up.kill()
     assert "stopped." in up.text()
-    for port in (ports["gateway"], ports["demo"], ports["identity"]):
+    for port in (ports["gateway"], ports["demo"], ports["identity"], ports["identity_admin"]):
         assert port_refuses(port), f"port {port} still open"

@@ -34,6 +34,7 @@ def identity_config(directory: Path, database: str | None = None, **overrides: A
         "listen": "127.0.0.1:0",
         "issuer": "http://127.0.0.1:0",
         "tls": {"insecure_disable": True},
+        "admin": {"listen": "127.0.0.1:0"},  # its address is in the ready file (admin_address)
         **overrides,
     }
     if database is not None:
@@ -55,6 +56,7 @@ class IdentityProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.issuer = ""
         self.address = ""
+        self.admin_address = ""  # the admin listener's host:port ("" when it did not open)
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -178,6 +180,7 @@ class IdentityProcess:
                 )
             time.sleep(0.02)
         self.issuer, self.address = ready.details["issuer"], ready.listeners["identity"]
+        self.admin_address = ready.listeners.get("admin", "")
         return self
 
     def stop(self) -> int | None:

@@ -1,4 +1,4 @@
-"""The gateway's admin listener: bound (core/sockets.py) and guarded (admin/auth.py).
+"""The gateway's admin listener: bound (core/sockets.py) and guarded (admin/listener.py, admin/auth.py).
 
 Shared by a single gateway process (server.py) and the worker supervisor (workers.py), which bind
 the same listeners in two different process layouts. ``bind_socket`` and ``address_of`` are
@@ -11,14 +11,9 @@ import socket
 import ssl
 from pathlib import Path
 
-from garrison.admin.auth import (
-    AdminGuard,
-    admin_guard,
-    admin_server_context,
-    admin_token_path,
-    load_or_create_admin_token,
-)
+from garrison.admin.auth import AdminGuard, admin_token_path
 from garrison.admin.auth import Handler as AdminHandler
+from garrison.admin.listener import guarded_socket
 from garrison.config.model import GarrisonConfig
 from garrison.core.sockets import address_of, bind_socket
 
@@ -28,10 +23,14 @@ __all__ = ["address_of", "bind_socket", "open_admin_listener"]
 def open_admin_listener(
     config: GarrisonConfig, source: Path, handler: AdminHandler
 ) -> tuple[socket.socket, AdminGuard, ssl.SSLContext | None]:
-    """Bind the admin listener and wrap ``handler`` in its guard (admin/auth.py), creating the admin
-    token file on first use. Raises AdminTokenError for an unusable token file."""
-    token = load_or_create_admin_token(admin_token_path(config))
-    context = admin_server_context(config.gateway.admin, source.parent)
+    """Bind the admin listener and wrap ``handler`` in its guard, creating the admin token file on
+    first use. Raises AdminTokenError for an unusable token file."""
     sock = bind_socket(config.gateway.admin.listen, reuse_port=False)
-    host, port = sock.getsockname()[:2]
-    return sock, admin_guard(handler, config, (host, port), token), context
+    try:
+        guard, context = guarded_socket(
+            config.gateway.admin, admin_token_path(config), source.parent, handler, sock
+        )
+    except BaseException:
+        sock.close()
+        raise
+    return sock, guard, context

@@ -21,7 +21,7 @@ from garrison.config.loader import ConfigError, LoadedConfig, load_config
 from garrison.config.model import BlocklistConfig, GarrisonConfig, parse_listen
 from garrison.config.store import StoreConfig
 from garrison.core.sockets import BACKLOG, address_of, bind_socket
-from garrison.gateway.admin import blocklist_api, revocations_api
+from garrison.gateway.admin import gateway_admin_api
 from garrison.gateway.auth.apikeys import ApiKeyCache, ApiKeyStore
 from garrison.gateway.blocklist import Blocklist, MemoryBlocklist, RedisBlocklist
 from garrison.gateway.exchange import Exchange
@@ -53,7 +53,6 @@ def worker_settings() -> tuple[int, str, Path] | None:
 
 SWEEP_INTERVAL = 0.1
 WATCH_INTERVAL = 1.0
-PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 # One access-log line. Every %s field is a number or text the gateway has already restricted to a
 # JSON-safe alphabet (see telemetry/accesslog.py), so %-formatting is safe and cheaper than json.
 ACCESS_LINE = (
@@ -88,6 +87,14 @@ class GatewayServer:
         self.ready = False
         self.access_log = self._open_access_log(loaded)
         self.blocklist = make_blocklist(loaded.config.gateway.blocklist, loaded.config.redis.url)
+        self.admin_api = gateway_admin_api(
+            self.not_ready_reasons,
+            self.metrics.registry,
+            self.blocklist,
+            self.revocations,
+            lambda: self.runtime.config.gateway.blocklist.max_duration,
+            self.metrics.admin_refused,
+        )
         self.servers: list[asyncio.Server] = []
         self.tls_context: ssl.SSLContext | None = None
         self.https_port = parse_listen(loaded.config.gateway.listen)[1]
@@ -166,22 +173,7 @@ class GatewayServer:
         return listeners
 
     def admin_handler(self, request: SimpleRequest) -> SimpleResponse | Awaitable[SimpleResponse]:
-        path, _, query = request.target.partition(b"?")
-        if path == b"/blocklist":
-            max_seconds = self.runtime.config.gateway.blocklist.max_duration
-            refused = self.metrics.admin_refused
-            return blocklist_api(self.blocklist, request.method, query, max_seconds, refused)
-        if path == b"/revocations":
-            return revocations_api(self.revocations, request.method, query, self.metrics.admin_refused)
-        if request.method not in (b"GET", b"HEAD"):
-            return SimpleResponse(405, b"method not allowed\n", headers=b"allow: GET, HEAD\r\n")
-        if path == b"/metrics":
-            return SimpleResponse(200, self.metrics.render(), PROMETHEUS_TEXT)
-        if path == b"/live":
-            return SimpleResponse(200, b"ok\n")
-        if path == b"/ready":
-            return readiness_response(self.not_ready_reasons())
-        return SimpleResponse(404, b"not found\n")
+        return self.admin_api(request)
 
     def not_ready_reasons(self) -> list[str]:
         """Why a load balancer should not send traffic here now (empty: it should)."""
@@ -387,13 +379,6 @@ def make_blocklist(spec: BlocklistConfig, redis_url: str | None) -> Blocklist:
         assert redis_url is not None  # the loader refuses `redis` storage without a URL
         return RedisBlocklist(redis_url, spec.prefix, max_entries=spec.max_entries)
     return MemoryBlocklist(max_entries=spec.max_entries)
-
-
-def readiness_response(reasons: list[str]) -> SimpleResponse:
-    """``/ready``: 200 ``ready``, or 503 naming each reason (a probe's log then says why)."""
-    if not reasons:
-        return SimpleResponse(200, b"ready\n")
-    return SimpleResponse(503, ("not ready: " + "; ".join(reasons) + "\n").encode())
 
 
 class GatewayComponent:

@@ -30,19 +30,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from garrison.admin.api import AdminApi
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
 from garrison.core.sockets import address_of, bind_socket
 from garrison.core.supervisor import ChildSpec, Supervisor
 from garrison.gateway.listeners import open_admin_listener
 from garrison.gateway.redirect import HttpsRedirect
-from garrison.gateway.server import (
-    PROMETHEUS_TEXT,
-    WATCH_INTERVAL,
-    WORKER_ENV,
-    GatewayServer,
-    create_tables,
-    readiness_response,
-)
+from garrison.gateway.server import WATCH_INTERVAL, WORKER_ENV, GatewayServer, create_tables
 from garrison.store.db import make_engine
 from garrison.telemetry import logging as log
 from garrison.telemetry.metrics import admin_denied_family
@@ -72,6 +66,10 @@ class WorkerSupervisor:
         self.servers: list[asyncio.Server] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.reserved: socket.socket | None = None
+        # The workers' admin API, answered here: reads are gathered from every worker, changes fanned out.
+        self.admin_api = AdminApi(self.not_ready_reasons, self.gather_metrics)
+        self.admin_api.register("/blocklist", self.fan_out)
+        self.admin_api.register("/revocations", self.fan_out)
 
     def metrics_socket(self, index: int) -> Path:
         return self.run_dir / f"worker-{index}.sock"
@@ -178,18 +176,8 @@ class WorkerSupervisor:
                 self.reload_redirect()
 
     async def admin_handler(self, request: SimpleRequest) -> SimpleResponse:
-        path = request.target.split(b"?", 1)[0]
-        if path in (b"/blocklist", b"/revocations"):
-            return await self.fan_out(request)
-        if request.method not in (b"GET", b"HEAD"):
-            return SimpleResponse(405, b"method not allowed\n", headers=b"allow: GET, HEAD\r\n")
-        if path == b"/metrics":
-            return SimpleResponse(200, await self.gather_metrics(), PROMETHEUS_TEXT)
-        if path == b"/live":
-            return SimpleResponse(200, b"ok\n")
-        if path == b"/ready":
-            return readiness_response(await self.not_ready_reasons())
-        return SimpleResponse(404, b"not found\n")
+        response = self.admin_api(request)
+        return response if isinstance(response, SimpleResponse) else await response
 
     async def not_ready_reasons(self) -> list[str]:
         """Every worker's own reasons: the kernel spreads connections over all of them, so the port is

@@ -29,11 +29,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only
 
 from garrison.admin.auth import admin_token_path
+from garrison.admin.listener import AdminListener
 from garrison.config.loader import LoadedConfig
 from garrison.config.model import GarrisonConfig, IdentityConfig
 from garrison.core.runner import ReloadUnsupported, StartFailed, run_component
 from garrison.core.sockets import address_of, bind_socket
 from garrison.identity import tables
+from garrison.identity.admin import start_identity_admin
 from garrison.identity.authserver import AccessTokenGenerator, IdentityServer, build_server
 from garrison.identity.client_throttle import ClientAuthGuard
 from garrison.identity.clients import ClientDirectory, ClientStore
@@ -284,6 +286,7 @@ class IdentityComponent:
         self.provider: Provider | None = None
         self.server: _Uvicorn | None = None
         self.tasks: list[asyncio.Task[None]] = []
+        self.admin: AdminListener | None = None
 
     async def start(self) -> dict[str, str]:
         config = self.loaded.config
@@ -305,6 +308,7 @@ class IdentityComponent:
         context = tls_context(config, Path(self.loaded.source).parent)
         provider = self.provider = await open_provider(config, identity.issuer)
         server = self.server = _Uvicorn(_uvicorn_config(provider, context))
+        self.admin = await start_identity_admin(config, Path(self.loaded.source).parent, provider, server)
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="identity-server")
         self.tasks = [serving, asyncio.create_task(_maintain(provider), name="identity-maintenance")]
         while not server.started:
@@ -313,7 +317,7 @@ class IdentityComponent:
                 raise StartFailed("the HTTP server stopped while starting")
             await asyncio.sleep(0.01)
         log.log("identity.listening", address=listening, issuer=identity.issuer)
-        return {"identity": listening}
+        return {"identity": listening} | ({"admin": self.admin.address} if self.admin else {})
 
     def details(self) -> dict[str, Any]:
         return {"issuer": self.issuer}
@@ -327,6 +331,8 @@ class IdentityComponent:
         serving, maintenance = self.tasks
         await serving
         maintenance.cancel()
+        if self.admin is not None:
+            await self.admin.close()
         provider = self.provider
         await provider.directory.stop()
         await provider.revocations.stop()
