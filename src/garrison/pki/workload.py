@@ -25,11 +25,31 @@ in its certificate). ``require_spiffe_id`` and ``connect`` do that for "connect 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import os
+import random
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from garrison.pki.authority import new_key, request_for
+from garrison.pki.ca_client import CaClient, CaUnreachable
+from garrison.pki.identity import spiffe_id_of_certificate
+from garrison.pki.workload_tls import (
+    Files,
+    PeerIdentityMismatch,
+    client_context,
+    require_spiffe_id,
+    server_context,
+    write_private,
+)
+from garrison.telemetry import logging as log
 
 __all__ = [
     "JOIN_TOKEN_ENV",
@@ -56,10 +76,6 @@ class JoinTokenNeeded(WorkloadError):
     """No usable certificate (none yet, or it lapsed): a new join token is needed."""
 
 
-class PeerIdentityMismatch(ssl.SSLError):
-    """The peer's certificate verified, but names another SPIFFE ID than the one required."""
-
-
 @dataclass(frozen=True)
 class MeshState:
     """What the CA publishes on ``/v1/state``: pushed to sidecars within a second of a change."""
@@ -72,6 +88,15 @@ class MeshState:
 
 StateCallback = Callable[[MeshState], None]
 ContextsCallback = Callable[[ssl.SSLContext, ssl.SSLContext], None]  # (server, client)
+
+
+LONG_POLL_TIMEOUT = 40.0  # the CA answers within 25 s; more than that is a lost connection
+STATE_RETRY = 1.0  # seconds between attempts to reach the CA's state after a failure
+RENEW_RETRY = 5.0  # at most this long between renewal attempts after a failure
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 class WorkloadIdentity:
@@ -89,70 +114,283 @@ class WorkloadIdentity:
         jitter: Callable[[], float] | None = None,
         follow_state: bool = True,
     ) -> None:
-        """``ca_bundle``: the roots to verify the CA with on the first join (later, the bundle the CA
-        hands out is used); ``jitter`` returns a fraction in [0, 1) (default: random) spreading renewals
-        between 45 % and 55 % of the lifetime; ``follow_state`` off: no ``/v1/state`` long-poll."""
-        raise NotImplementedError
+        """``ca_bundle``: the roots to verify the CA with on the first join (``state_dir/ca/bundle.pem``;
+        later the bundle the CA hands out is used); ``jitter`` returns a fraction in [0, 1) (default:
+        random) spreading renewals between 45 % and 55 % of the lifetime; ``follow_state`` off: no
+        ``/v1/state`` long-poll. Nothing happens before ``start()``."""
+        self._ca = CaClient(ca_url) if ca_url else None
+        self._directory = directory
+        self._files: Files = (directory / "identity.pem", None)
+        self._bootstrap = ca_bundle
+        self._join_token = join_token
+        self._clock = clock or utc_now
+        self._sleep = sleep or asyncio.sleep
+        self._jitter = jitter or random.random  # spreading renewals: not a secret
+        self._follow = follow_state
+        self._certificate: x509.Certificate | None = None
+        self._renew_fraction = 0.5
+        self._bundle = b""
+        self._server: ssl.SSLContext | None = None
+        self._client: ssl.SSLContext | None = None
+        self._state: MeshState | None = None
+        self._state_callbacks: list[StateCallback] = []
+        self._context_callbacks: list[ContextsCallback] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.lapsed: JoinTokenNeeded | None = None  # set when the certificate expired unrenewed
+
+    def __repr__(self) -> str:
+        spiffe_id = self.spiffe_id if self._certificate is not None else "(none yet)"
+        return f"WorkloadIdentity({spiffe_id!r}, directory={str(self._directory)!r})"
 
     @classmethod
     def from_files(cls, cert: Path, key: Path, bundle: Path) -> WorkloadIdentity:
         """A static identity from files (tests, tools): no CA, no renewal, no state."""
-        raise NotImplementedError
+        identity = cls("", cert.parent, follow_state=False)
+        identity._files = (cert, key)
+        identity._certificate = x509.load_pem_x509_certificates(cert.read_bytes())[0]
+        identity._build_contexts(bundle.read_bytes())
+        return identity
 
     @property
     def spiffe_id(self) -> str:
         """This workload's SPIFFE ID (``spiffe://<td>/svc/<service>``)."""
-        raise NotImplementedError
+        found = spiffe_id_of_certificate(self._current())
+        assert found is not None  # the CA issues nothing else
+        return found
+
+    @property
+    def trust_domain_id(self) -> str:
+        """``spiffe://<trust domain>`` of this workload."""
+        return "/".join(self.spiffe_id.split("/")[:3])
 
     @property
     def not_after(self) -> dt.datetime:
         """When the current certificate expires."""
-        raise NotImplementedError
+        return self._current().not_valid_after_utc
 
     @property
     def state(self) -> MeshState | None:
         """The last state the CA published (None before the first answer)."""
-        raise NotImplementedError
+        return self._state
 
     def server_context(self) -> ssl.SSLContext:
-        """The current server context: requires a client certificate verified against the bundle."""
-        raise NotImplementedError
+        """The server context: requires a client certificate verified against the bundle. A context
+        handed out once keeps working: after a bundle change its new handshakes move to the current
+        one (its SNI callback), so a listener need not be re-created."""
+        assert self._server is not None, "start() first"
+        return self._server
 
     def client_context(self) -> ssl.SSLContext:
-        """The current client context: presents our certificate, verifies the server's chain; the
-        caller checks the server's SPIFFE ID (``require_spiffe_id``)."""
-        raise NotImplementedError
+        """The current client context (ask again for each new connection: a bundle change replaces
+        it). It presents our certificate and verifies the server's chain; the caller checks the
+        server's SPIFFE ID (``require_spiffe_id``, or use ``connect``)."""
+        assert self._client is not None, "start() first"
+        return self._client
 
     def on_state(self, callback: StateCallback) -> None:
         """Call ``callback`` with every new ``MeshState`` (and at once if one is known)."""
-        raise NotImplementedError
+        self._state_callbacks.append(callback)
+        if self._state is not None:
+            callback(self._state)
 
     def on_contexts(self, callback: ContextsCallback) -> None:
         """Call ``callback(server, client)`` when the contexts are replaced (trust bundle change)."""
-        raise NotImplementedError
+        self._context_callbacks.append(callback)
 
     async def start(self) -> None:
         """Load the saved certificate (renewing if past half-life) or join; then renew and follow
         the CA's state in the background. Raises ``JoinTokenNeeded`` without a usable certificate
         or token."""
-        raise NotImplementedError
+        if self._ca is None:
+            return
+        if not self._load_saved():
+            token = self._join_token or os.environ.get(JOIN_TOKEN_ENV)
+            if not token:
+                raise JoinTokenNeeded(
+                    f"no valid certificate in {self._directory}: a new join token is needed "
+                    f"(garrison ca join-token --service NAME), given as {JOIN_TOKEN_ENV}"
+                )
+            await self._join(token)
+        self._tasks.append(asyncio.create_task(self._renewals(), name="workload-renewals"))
+        if self._follow:
+            self._tasks.append(asyncio.create_task(self._follow_state(), name="workload-state"))
 
     async def renew(self) -> None:
-        """Renew now (the background task calls this at about half-life)."""
-        raise NotImplementedError
+        """Renew now (the background task calls this at about half-life): a new key, a new
+        certificate with the same SPIFFE ID, loaded into the live contexts."""
+        assert self._ca is not None
+        key = new_key()
+        answer = await self._ca.request(
+            "POST",
+            "/v1/renew",
+            self.client_context(),
+            body={"csr": _csr_pem(key)},
+            expect_ca=self.trust_domain_id + "/ca",
+        )
+        if answer.status != 200:
+            raise WorkloadError(f"the CA refused the renewal of {self.spiffe_id}: {answer.message()}")
+        self._install(answer.json(), key)
 
     async def close(self) -> None:
         """Stop the background tasks. The contexts stay usable until the certificate expires."""
-        raise NotImplementedError
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    # -- joining and keeping the certificate ----------------------------------------------------
+
+    def _current(self) -> x509.Certificate:
+        assert self._certificate is not None, "start() first"
+        return self._certificate
+
+    def _load_saved(self) -> bool:
+        identity_file, bundle_file = self._files[0], self._directory / "bundle.pem"
+        if not identity_file.exists() or not bundle_file.exists():
+            return False
+        certificate = x509.load_pem_x509_certificates(identity_file.read_bytes())[0]
+        if certificate.not_valid_after_utc <= self._clock():
+            log.warn("workload.certificate_lapsed", directory=str(self._directory))
+            return False
+        self._certificate = certificate
+        self._renew_fraction = 0.45 + 0.1 * self._jitter()
+        self._build_contexts(bundle_file.read_bytes())
+        return True
+
+    async def _join(self, token: str) -> None:
+        assert self._ca is not None
+        bootstrap = self._bootstrap
+        if bootstrap is None:
+            raise WorkloadError("joining needs the CA's trust bundle (ca_bundle: state_dir/ca/bundle.pem)")
+        roots = bootstrap.read_bytes() if isinstance(bootstrap, Path) else bootstrap
+        context = ssl.create_default_context(cadata=roots.decode("ascii"))
+        context.check_hostname = False  # the CA's SPIFFE ID is checked instead
+        key = new_key()
+        answer = await self._ca.request(
+            "POST", "/v1/join", context, body={"token": token, "csr": _csr_pem(key)}
+        )
+        if answer.status == 403:
+            raise JoinTokenNeeded(f"the CA refused the join: {answer.message()}")
+        if answer.status != 200:
+            raise WorkloadError(f"the CA refused the join ({answer.status}): {answer.message()}")
+        self._install(answer.json(), key)
+        log.log("workload.joined", spiffe_id=self.spiffe_id)
+
+    def _install(self, issued: dict[str, object], key: ec.EllipticCurvePrivateKey) -> None:
+        """Save the new certificate with its key (one file, 0600, atomic), then load it into the
+        live contexts; a new bundle builds new contexts instead."""
+        chain, bundle = str(issued["certificate_chain"]).encode(), str(issued["trust_bundle"]).encode()
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        write_private(self._files[0], chain + key_pem)
+        self._certificate = x509.load_pem_x509_certificates(chain)[0]
+        self._renew_fraction = 0.45 + 0.1 * self._jitter()
+        if self._server is None or self._client is None or bundle != self._bundle:
+            self._build_contexts(bundle)
+        else:
+            self._server.load_cert_chain(*self._files)  # in place: new handshakes, new certificate
+            self._client.load_cert_chain(*self._files)
+
+    def _build_contexts(self, bundle: bytes) -> None:
+        replaced = self._server is not None
+        if self._ca is not None:
+            write_private(self._directory / "bundle.pem", bundle)
+        self._bundle = bundle
+        self._server = server_context(self._files, bundle)
+        self._server.sni_callback = self._to_current
+        self._client = client_context(self._files, bundle)
+        if replaced:
+            for callback in self._context_callbacks:
+                callback(self._server, self._client)
+
+    def _to_current(
+        self, connection: ssl.SSLObject | ssl.SSLSocket, name: str | None, context: ssl.SSLContext
+    ) -> None:
+        if self._server is not None and context is not self._server:
+            connection.context = self._server
+
+    async def _renewals(self) -> None:
+        while True:
+            certificate = self._current()
+            lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
+            due = certificate.not_valid_before_utc + lifetime * self._renew_fraction
+            delay = (due - self._clock()).total_seconds()
+            if delay > 0:
+                await self._sleep(delay)
+                if self._current() is not certificate:
+                    continue  # renewed meanwhile (renew() called directly)
+            try:
+                await self.renew()
+            except (CaUnreachable, WorkloadError) as exc:
+                remaining = (certificate.not_valid_after_utc - self._clock()).total_seconds()
+                if remaining <= 0:
+                    self.lapsed = JoinTokenNeeded(
+                        f"the certificate of {self.spiffe_id} expired unrenewed ({exc}): "
+                        "a new join token is needed"
+                    )
+                    log.error("workload.certificate_lapsed", spiffe_id=self.spiffe_id, message=str(exc))
+                    return
+                log.warn("workload.renewal_failed", spiffe_id=self.spiffe_id, message=str(exc))
+                await self._sleep(min(RENEW_RETRY, max(remaining / 10, 0.1)))
+
+    async def _follow_state(self) -> None:
+        assert self._ca is not None
+        version = -1
+        while True:
+            try:
+                answer = await self._ca.request(
+                    "GET",
+                    f"/v1/state?after={version}",
+                    self.client_context(),
+                    expect_ca=self.trust_domain_id + "/ca",
+                    timeout=LONG_POLL_TIMEOUT,
+                )
+                if answer.status != 200:
+                    raise CaUnreachable(answer.message())
+                state = _state_of(answer.json())
+            except (CaUnreachable, ValueError, KeyError) as exc:
+                log.warn("workload.state_unavailable", message=str(exc))
+                await asyncio.sleep(STATE_RETRY)
+                continue
+            version = state.version
+            self._apply_state(state)
+
+    def _apply_state(self, state: MeshState) -> None:
+        if state.trust_bundle and state.trust_bundle != self._bundle:
+            self._build_contexts(state.trust_bundle)
+        if state != self._state:
+            self._state = state
+            for callback in self._state_callbacks:
+                callback(state)
 
 
-def require_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket, expected: str) -> str:
-    """The verified peer's SPIFFE ID, which must be ``expected``: raises ``PeerIdentityMismatch``."""
-    raise NotImplementedError
+def _csr_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return request_for(key).public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def _state_of(payload: dict[str, object]) -> MeshState:
+    revoked, quarantined = payload["revoked"], payload["quarantined"]
+    if not isinstance(revoked, list) or not isinstance(quarantined, list):
+        raise ValueError("a malformed state")
+    return MeshState(
+        int(str(payload["version"])),
+        str(payload["trust_bundle"]).encode("ascii"),
+        frozenset(map(str, revoked)),
+        frozenset(map(str, quarantined)),
+    )
 
 
 async def connect(
     host: str, port: int, identity: WorkloadIdentity, expected: str
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Open mTLS to ``host:port`` as ``identity`` and require the server to be ``expected``."""
-    raise NotImplementedError
+    reader, writer = await asyncio.open_connection(host, port, ssl=identity.client_context())
+    try:
+        require_spiffe_id(writer.get_extra_info("ssl_object"), expected)
+    except PeerIdentityMismatch:
+        writer.close()
+        raise
+    return reader, writer
