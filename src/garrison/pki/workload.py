@@ -159,6 +159,11 @@ class WorkloadIdentity:
         return found
 
     @property
+    def directory(self) -> Path:
+        """Where the identity is saved: ``identity.pem`` (chain and key, 0600) and ``bundle.pem``."""
+        return self._directory
+
+    @property
     def trust_domain_id(self) -> str:
         """``spiffe://<trust domain>`` of this workload."""
         return "/".join(self.spiffe_id.split("/")[:3])
