@@ -13,6 +13,7 @@ Join and renew answer ``{"spiffe_id", "certificate_chain", "trust_bundle", "not_
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -63,8 +64,25 @@ class CaApi:
             (b"GET", "/v1/bundle"): self._bundle,
             (b"GET", "/v1/state"): self._state_poll,
         }
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def idle(self) -> None:
+        """Return once no request is being answered (the CA drains before closing its database)."""
+        await self._idle.wait()
 
     async def __call__(self, request: SimpleRequest) -> SimpleResponse:
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._answer(request)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def _answer(self, request: SimpleRequest) -> SimpleResponse:
         path = request.target.partition(b"?")[0]
         route = self._routes.get((request.method, path.decode("latin-1")))
         if route is None:

@@ -116,7 +116,9 @@ def serve(
     import uvloop
 
     from garrison.mesh.ca.server import serve as serve_ca
+    from garrison.telemetry import logging as log
 
+    log.configure("ca")
     loaded = _load(config)
     try:
         code = uvloop.run(serve_ca(loaded, ready_file))

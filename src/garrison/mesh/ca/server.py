@@ -12,6 +12,7 @@ SIGTERM: stop accepting, answer the long-polls in flight, close. SIGHUP reloads 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from garrison.web.simplehttp import SimpleHttpProtocol
 
 __all__ = ["CaComponent", "CaParts", "open_ca", "serve"]
 
+DRAIN_TIMEOUT = 10.0
 REFRESH_INTERVAL = 1.0  # how soon a change made on the files or by another process is published
 
 
@@ -101,8 +103,10 @@ class CaComponent:
         self.server: asyncio.Server | None = None
         self.admin: AdminListener | None = None
         self.tls: CaTls | None = None
+        self.api: CaApi | None = None
         self.maintenance: asyncio.Task[None] | None = None
         self.draining = False
+        self.stopping = asyncio.Event()
 
     async def start(self) -> dict[str, str]:
         config = self.loaded.config
@@ -110,7 +114,7 @@ class CaComponent:
         assert config.mesh is not None
         ca = config.mesh.ca
         tls = self.tls = CaTls(parts.files, config.trust_domain, self.clock)
-        api = CaApi(parts.issuer, parts.state, self.metrics)
+        api = self.api = CaApi(parts.issuer, parts.state, self.metrics)
         sock = bind_socket(ca.listen)
         try:
             self.server = await asyncio.get_running_loop().create_server(
@@ -166,7 +170,11 @@ class CaComponent:
     async def _maintain(self) -> None:
         assert self.parts is not None and self.tls is not None
         while True:
-            await asyncio.sleep(REFRESH_INTERVAL)
+            try:
+                await asyncio.wait_for(self.stopping.wait(), REFRESH_INTERVAL)
+                return
+            except TimeoutError:
+                pass
             try:
                 self.tls.refresh()
                 await self.parts.state.refresh()
@@ -184,9 +192,14 @@ class CaComponent:
         assert self.parts is not None and self.server is not None
         self.draining = True
         self.server.close()
+        self.stopping.set()
         if self.maintenance is not None:
-            self.maintenance.cancel()
+            # Not cancelled: a database call cut short leaves aiosqlite's thread answering a closed loop.
+            await self.maintenance
         await self.parts.state.wake_all()  # long-polls answer now, with the current state
+        if self.api is not None:
+            with contextlib.suppress(TimeoutError):  # requests in flight finish before the database closes
+                await asyncio.wait_for(self.api.idle(), DRAIN_TIMEOUT)
         await self.server.wait_closed()
         if self.admin is not None:
             await self.admin.close()
