@@ -1,0 +1,49 @@
+"""`garrison ca ...`, `garrison quarantine`: through the running CA's admin API, or on its files and
+database when it is down; `ca status` shows both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ca_harness import CaProcess
+from gateway_harness import free_port
+
+
+def test_cli_with_the_ca_down_then_up(tmp_path: Path) -> None:
+    ca = CaProcess(tmp_path, admin={"listen": f"127.0.0.1:{free_port()}"})
+    assert "garrison ca init" in ca.cli("ca", "status").stderr
+    ca.init()
+    again = ca.cli("ca", "init")
+    assert again.returncode == 1 and "already exists" in again.stderr
+    # Down: straight to the database.
+    token = ca.cli("ca", "join-token", "--service", "orders", "--ttl", "5m").stdout.strip()
+    assert token.startswith("gjt_")
+    assert ca.cli("ca", "revoke", "--service", "payments", "--reason", "lost laptop").returncode == 0
+    assert ca.cli("ca", "join-token", "--service", "../etc", "--ttl", "5m").returncode == 1
+    ca.start()
+    try:
+        state = ca.api("GET", "/v1/state?after=-1").json()
+        assert state["revoked"] == ["spiffe://shop.local/svc/payments"]
+        assert ca.api("POST", "/v1/join", {"token": token, "csr": _csr()}).status_code == 200
+        # Up: through the admin API, published at once.
+        version = state["version"]
+        assert ca.cli("quarantine", "inventory", "--reason", "alert").returncode == 0
+        polled = ca.api("GET", f"/v1/state?after={version}").json()
+        assert polled["quarantined"] == ["inventory"]
+        up_token = ca.cli("ca", "join-token", "--service", "orders").stdout.strip()
+        assert ca.api("POST", "/v1/join", {"token": up_token, "csr": _csr()}).status_code == 200
+        assert ca.cli("ca", "reinstate", "--service", "payments").returncode == 0
+        assert ca.cli("unquarantine", "inventory").returncode == 0
+        status = ca.cli("ca", "status")
+        assert status.returncode == 0, status.stderr
+        assert "issuing" in status.stdout and "none" in status.stdout
+    finally:
+        ca.stop()
+
+
+def _csr() -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    from garrison.pki.authority import new_key, request_for
+
+    return request_for(new_key()).public_bytes(serialization.Encoding.PEM).decode()
