@@ -31,7 +31,6 @@ import os
 import random
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -49,13 +48,24 @@ from garrison.pki.workload_tls import (
     server_context,
     write_private,
 )
+from garrison.pki.workload_types import (
+    ContextsCallback,
+    JoinTokenNeeded,
+    MeshState,
+    StateCallback,
+    WorkloadError,
+    connect,
+    state_of,
+)
 from garrison.telemetry import logging as log
 
 __all__ = [
     "JOIN_TOKEN_ENV",
+    "ContextsCallback",
     "JoinTokenNeeded",
     "MeshState",
     "PeerIdentityMismatch",
+    "StateCallback",
     "WorkloadError",
     "WorkloadIdentity",
     "connect",
@@ -66,28 +76,6 @@ JOIN_TOKEN_ENV = "GARRISON_JOIN_TOKEN"  # noqa: S105 - the variable's name, not 
 
 Clock = Callable[[], dt.datetime]
 Sleep = Callable[[float], Awaitable[None]]
-
-
-class WorkloadError(Exception):
-    """The workload cannot get or keep its identity; the message says what to do."""
-
-
-class JoinTokenNeeded(WorkloadError):
-    """No usable certificate (none yet, or it lapsed): a new join token is needed."""
-
-
-@dataclass(frozen=True)
-class MeshState:
-    """What the CA publishes on ``/v1/state``: pushed to sidecars within a second of a change."""
-
-    version: int
-    trust_bundle: bytes
-    revoked: frozenset[str]  # SPIFFE IDs
-    quarantined: frozenset[str]  # service names
-
-
-StateCallback = Callable[[MeshState], None]
-ContextsCallback = Callable[[ssl.SSLContext, ssl.SSLContext], None]  # (server, client)
 
 
 LONG_POLL_TIMEOUT = 40.0  # the CA answers within 25 s; more than that is a lost connection
@@ -355,7 +343,7 @@ class WorkloadIdentity:
                 )
                 if answer.status != 200:
                     raise CaUnreachable(answer.message())
-                state = _state_of(answer.json())
+                state = state_of(answer.json())
             except (CaUnreachable, ValueError, KeyError) as exc:
                 log.warn("workload.state_unavailable", message=str(exc))
                 await asyncio.sleep(STATE_RETRY)
@@ -374,28 +362,3 @@ class WorkloadIdentity:
 
 def _csr_pem(key: ec.EllipticCurvePrivateKey) -> str:
     return request_for(key).public_bytes(serialization.Encoding.PEM).decode("ascii")
-
-
-def _state_of(payload: dict[str, object]) -> MeshState:
-    revoked, quarantined = payload["revoked"], payload["quarantined"]
-    if not isinstance(revoked, list) or not isinstance(quarantined, list):
-        raise ValueError("a malformed state")
-    return MeshState(
-        int(str(payload["version"])),
-        str(payload["trust_bundle"]).encode("ascii"),
-        frozenset(map(str, revoked)),
-        frozenset(map(str, quarantined)),
-    )
-
-
-async def connect(
-    host: str, port: int, identity: WorkloadIdentity, expected: str
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Open mTLS to ``host:port`` as ``identity`` and require the server to be ``expected``."""
-    reader, writer = await asyncio.open_connection(host, port, ssl=identity.client_context())
-    try:
-        require_spiffe_id(writer.get_extra_info("ssl_object"), expected)
-    except PeerIdentityMismatch:
-        writer.close()
-        raise
-    return reader, writer
