@@ -20,11 +20,15 @@ def test_cli_with_the_ca_down_then_up(tmp_path: Path) -> None:
     assert token.startswith("gjt_")
     assert ca.cli("ca", "revoke", "--service", "payments", "--reason", "lost laptop").returncode == 0
     assert ca.cli("ca", "join-token", "--service", "../etc", "--ttl", "5m").returncode == 1
+    assert "between 1 s and 1 day" in ca.cli("ca", "join-token", "--service", "orders", "--ttl", "2d").stderr
+    gateway_token = ca.cli("ca", "join-token", "--spiffe-id", "spiffe://shop.local/gateway").stdout.strip()
     ca.start()
     try:
         state = ca.api("GET", "/v1/state?after=-1").json()
         assert state["revoked"] == ["spiffe://shop.local/svc/payments"]
         assert ca.api("POST", "/v1/join", {"token": token, "csr": _csr()}).status_code == 200
+        gateway = ca.api("POST", "/v1/join", {"token": gateway_token, "csr": _csr()})
+        assert gateway.json()["spiffe_id"] == "spiffe://shop.local/gateway"
         # Up: through the admin API, published at once.
         version = state["version"]
         assert ca.cli("quarantine", "inventory", "--reason", "alert").returncode == 0

@@ -156,25 +156,40 @@ def init(
 
 @ca_app.command("join-token")
 def join_token(
-    service: Annotated[str, typer.Option(help="The service the token lets a workload join as.")],
+    service: Annotated[
+        str | None, typer.Option(help="The service the token lets a workload join as.")
+    ] = None,
+    spiffe_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of --service: another identity of the trust domain (spiffe://TD/gateway)."
+        ),
+    ] = None,
     ttl: Annotated[str, typer.Option(help="How long the token may be used (at most 1d).")] = "10m",
     config: ConfigOption = Path("garrison.yaml"),
 ) -> None:
-    """Mint a one-time join token for SERVICE, printed once: give it to the workload (GARRISON_JOIN_TOKEN)."""
+    """Mint a one-time join token, printed once: give it to the workload (GARRISON_JOIN_TOKEN)."""
     from garrison.config.units import parse_duration
-    from garrison.pki.authority import workload_id
+    from garrison.mesh.ca.admin import identity_of
 
     loaded = _load(config)
-    answer = _admin(loaded, "POST", "/join-tokens", {"service": service, "ttl": ttl})
+    named = {"service": service} if service is not None else {}
+    named |= {"spiffe_id": spiffe_id} if spiffe_id is not None else {}
+    answer = _admin(loaded, "POST", "/join-tokens", {**named, "ttl": ttl})
     if answer is None:
         try:
-            spiffe_id = workload_id(loaded.config.trust_domain, service)
+            identity = identity_of(loaded.config.trust_domain, named)
             lifetime = dt.timedelta(seconds=parse_duration(ttl))
         except ValueError as exc:
             raise _fail(str(exc)) from None
 
         async def mint(parts: CaParts) -> str:
-            return await parts.tokens.mint(spiffe_id, lifetime)
+            from garrison.mesh.ca.join_tokens import TooManyJoinTokens
+
+            try:
+                return await parts.tokens.mint(identity, lifetime)
+            except (ValueError, TooManyJoinTokens) as exc:
+                raise _fail(str(exc)) from None
 
         answer = {"token": _with_parts(loaded, mint)}
     out.print(answer["token"])

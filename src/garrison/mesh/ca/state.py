@@ -68,7 +68,8 @@ class CaState:
 
     async def refresh(self) -> Snapshot:
         """Read the state again; a bundle changed on disk moves the version. Wakes the long-polls
-        when the version moved."""
+        when the version moved. The lists are read only when the version moved (this runs every
+        second, and there may be many revoked identities)."""
         bundle = self._files.bundle_file.read_bytes()
         digest = hashlib.sha256(bundle).hexdigest()
         async with self._engine.begin() as connection:
@@ -81,16 +82,17 @@ class CaState:
                 log.log("mesh.ca.bundle_changed", version=version)
             else:
                 version = int(row.version)
+            previous = self._snapshot
+            if version == previous.version:
+                return previous
             quarantined = await connection.execute(
                 select(quarantine.c.service).order_by(quarantine.c.service)
             )
             services = tuple(row.service for row in quarantined)
         revoked = tuple(await self._issuer.revoked())
-        previous = self._snapshot
         self._snapshot = Snapshot(version, bundle, revoked, services)
-        if version != previous.version:
-            async with self._changed:
-                self._changed.notify_all()
+        async with self._changed:
+            self._changed.notify_all()
         return self._snapshot
 
     async def wait_after(self, after: int, timeout: float) -> Snapshot:
