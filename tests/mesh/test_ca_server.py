@@ -211,3 +211,23 @@ def test_the_ca_refuses_to_start_without_init(tmp_path: Path) -> None:
     ca = CaProcess(tmp_path)
     with pytest.raises(RuntimeError, match=r"run `garrison ca init"):
         ca.start()
+
+
+def test_an_expired_certificate_of_this_ca_cannot_renew(ca: CaProcess, tmp_path: Path) -> None:
+    from garrison.pki.authority_files import AuthorityFiles
+    from garrison.pki.kek import KeyEncryption
+
+    files = AuthorityFiles(ca.state_dir / "ca", KeyEncryption.load(ca.state_dir))
+    issuing = files.issuing()
+    key = new_key()
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)
+    expired = sign_workload(issuing, request_for(key), ORDERS, now=past, lifetime=dt.timedelta(hours=1))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (tmp_path / "expired.pem").write_bytes(pem(expired, *issuing.chain()) + key_pem)
+    try:
+        answer = ca.api("POST", "/v1/renew", {"csr": csr_pem()}, cert=tmp_path / "expired.pem")
+    except httpx.HTTPError:
+        return  # the handshake refused it
+    assert answer.status_code in (401, 403)
