@@ -26,6 +26,10 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -n 2 tests
 
+# The tests that start no process or listener and need no service (tests/helpers/unit_guard.py checks).
+unit: $(STAMP)
+	$(BIN)/pytest -q -m "not process" tests
+
 bench: $(STAMP)
 	$(BIN)/python bench/gateway/run.py
 	$(BIN)/python bench/identity/run.py

@@ -19,6 +19,8 @@ from garrison.core.restart import RestartPolicy
 from garrison.supervisor import READY_TIMEOUT, Component, stop_all, tend
 from garrison.telemetry import logging as log
 
+pytestmark = pytest.mark.process  # every test here starts real processes or listeners
+
 # The child does what the file `mode` next to it says: crash (exit 3), ready (write the ready file, then
 # run until stopped) or hang (run until stopped, never ready).
 CHILD = """

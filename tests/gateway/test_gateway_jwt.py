@@ -10,7 +10,7 @@ from typing import Any
 
 import jwt
 import pytest
-from gateway_harness import GatewayProcess, RecordingUpstream, deep_merge, free_port, http_call, wait_until
+from gateway_harness import GatewayProcess, RecordingUpstream, deep_merge, http_call, wait_until
 from jwt_issuer import AUDIENCE, Issuer
 
 
@@ -145,9 +145,9 @@ def ready(gw: GatewayProcess) -> tuple[int, bytes]:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_gateway_started_before_its_issuer_answers_503_until_the_keys_arrive(
-    gateway_factory: Any, upstream: RecordingUpstream, workers: int
+    gateway_factory: Any, upstream: RecordingUpstream, workers: int, held_port: int
 ) -> None:
-    issuer = Issuer(port=free_port(), serve=False)  # the issuer is down: its port refuses connections
+    issuer = Issuer(port=held_port, serve=False)  # the issuer is down: its (held) port refuses connections
     try:
         # A refetch interval of an hour: recovery must come from the short back-off, not from it.
         gw = jwt_gateway(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 import multiprocessing
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,12 +35,6 @@ def route(redis_url: str) -> Iterator[str]:
     name = _route()
     yield name
     _delete_keys(redis_url, name)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 NOW = 1_800_000_000.0  # the injected clock's time: decisions are checked against it exactly
@@ -298,14 +291,14 @@ def test_two_processes_share_a_redis_limit(strategy: str, redis_url: str, route:
 
 
 @pytest.mark.parametrize("mode", ["open", "closed"])
-def test_unreachable_redis_follows_the_fail_mode(mode: str) -> None:
+def test_unreachable_redis_follows_the_fail_mode(mode: str, held_port: int) -> None:
     seen: list[str] = []
 
     async def main() -> tuple[list[RateDecision], str]:
         spec = RateLimitSpec(
             rate="5/second",
             storage="redis",
-            redis_url=f"redis://127.0.0.1:{_free_port()}/0",
+            redis_url=f"redis://127.0.0.1:{held_port}/0",  # held: it refuses connections
             on_redis_error=mode,  # type: ignore[arg-type]
         )
         limiter = RateLimiter(spec, seen.append, route="down")
@@ -331,6 +324,7 @@ def test_unreachable_redis_follows_the_fail_mode(mode: str) -> None:
     assert breaker_state == "open"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("mode", ["open", "closed"])
 def test_redis_killed_mid_run_then_recovers(mode: str) -> None:
     server = ThrowawayRedis()
@@ -349,7 +343,7 @@ def test_redis_killed_mid_run_then_recovers(mode: str) -> None:
             before = await limiter.hit("a")
             assert before.allowed and not before.storage_error and before.remaining == 999
 
-            server.stop()
+            server.kill()
             during = [await limiter.hit("a") for _ in range(5)]
             assert all(d.storage_error for d in during)
             assert all(d.allowed is (mode == "open") for d in during)

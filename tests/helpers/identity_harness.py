@@ -150,7 +150,7 @@ class IdentityProcess:
         created: dict[str, Any] = json.loads(result.stdout)
         return created
 
-    def start(self, timeout: float = 20.0) -> IdentityProcess:
+    def start(self, timeout: float = 60.0) -> IdentityProcess:  # a ceiling for a loaded machine
         self.ready_path.unlink(missing_ok=True)
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(

@@ -38,6 +38,8 @@ from garrison.identity.web import HttpRequest, HttpResponse, parse_params
 from garrison.pki.kek import KeyEncryption
 from garrison.telemetry import logging as log
 
+pytestmark = pytest.mark.process  # every test here starts real processes or listeners
+
 LOCKOUT = {"max_failures": 5, "ip_max_failures": 1000, "window": 300, "lock_for": 300}
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 

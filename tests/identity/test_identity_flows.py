@@ -32,6 +32,8 @@ from identity_harness import (
     redirect_params,
 )
 
+pytestmark = pytest.mark.process  # every test here starts real processes or listeners
+
 PASSWORD = "correct horse battery staple"
 APP = "https://app.example.com/cb"
 APP_BYE = "https://app.example.com/bye"

@@ -23,6 +23,8 @@ from identity_harness import IdentityProcess, identity_config, postgres_database
 from garrison.tokens.jwks import JwksCache
 from garrison.tokens.jwt import JwtVerifier
 
+pytestmark = pytest.mark.process  # every test here starts real processes or listeners
+
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def idp(

@@ -65,6 +65,7 @@ def _db(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+@pytest.mark.process
 def test_status_then_upgrade(tmp_path: Path, database: str | None) -> None:
     config = str(_config(tmp_path, database))
     code, output = _db("status", "-c", config, "--check")

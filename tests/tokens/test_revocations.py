@@ -212,6 +212,7 @@ def test_redis_never_shortens_and_ignores_bad_messages(redis_url: str, prefix: s
     asyncio.run(main())
 
 
+@pytest.mark.process
 def test_redis_down_keeps_the_snapshot_and_refuses_writes() -> None:
     server = ThrowawayRedis()
     server.start()
@@ -221,7 +222,7 @@ def test_redis_down_keeps_the_snapshot_and_refuses_writes() -> None:
         await feed.start()
         try:
             await feed.revoke("known", time.time() + 300)
-            server.stop()
+            server.kill()
             await asyncio.sleep(0.5)  # resyncs fail meanwhile
             assert feed.is_revoked("known", time.time())
             with pytest.raises(RevocationsUnavailable):

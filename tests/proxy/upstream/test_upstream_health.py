@@ -136,6 +136,7 @@ def closed_port() -> int:
         ("status_only", False),
     ],
 )
+@pytest.mark.process
 def test_probe_status(mode: str, healthy: bool) -> None:
     async def main() -> None:
         async with HealthServer() as server:
@@ -146,6 +147,7 @@ def test_probe_status(mode: str, healthy: bool) -> None:
     run(main)
 
 
+@pytest.mark.process
 def test_probe_request_shape() -> None:
     async def main() -> None:
         async with HealthServer() as server:
@@ -160,6 +162,7 @@ def test_probe_request_shape() -> None:
     run(main)
 
 
+@pytest.mark.process
 def test_probe_times_out_on_hang() -> None:
     async def main() -> None:
         async with HealthServer() as server:
@@ -212,6 +215,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+@pytest.mark.process
 def test_probe_https(tls_files: tuple[Path, Path]) -> None:
     cert_path, key_path = tls_files
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -233,6 +237,7 @@ def test_probe_https(tls_files: tuple[Path, Path]) -> None:
 # --- checker --------------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_thresholds_flip_health() -> None:
     async def main() -> None:
         async with HealthServer() as server:
@@ -262,6 +267,7 @@ def test_thresholds_flip_health() -> None:
     run(main)
 
 
+@pytest.mark.process
 def test_isolated_failures_do_not_flap() -> None:
     async def main() -> None:
         async with HealthServer() as server:
@@ -282,6 +288,7 @@ def test_isolated_failures_do_not_flap() -> None:
     run(main)
 
 
+@pytest.mark.process
 def test_hanging_target_goes_unhealthy_and_others_unaffected() -> None:
     async def main() -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -306,6 +313,7 @@ def test_hanging_target_goes_unhealthy_and_others_unaffected() -> None:
     run(main)
 
 
+@pytest.mark.process
 def test_stop_ends_probing_and_closes_connections() -> None:
     async def main() -> None:
         async with HealthServer() as server:
@@ -327,6 +335,7 @@ def test_stop_ends_probing_and_closes_connections() -> None:
     run(main)
 
 
+@pytest.mark.process
 def test_failing_callback_does_not_stop_checks() -> None:
     async def main() -> None:
         async with HealthServer() as server:
