@@ -25,6 +25,7 @@ from gateway_harness import (
     base_config,
     deep_merge,
 )
+from ports import refused_port as _refused_port
 from ports import reserved_port
 from unit_guard import UnitGuard, wanted
 
@@ -140,6 +141,13 @@ def held_port() -> Iterator[int]:
     """A loopback port held for this test (``ports.reserved_port``), for a server that has to be told a
     concrete port in its configuration, e.g. so that the CLI finds ``gateway.admin.listen``."""
     with reserved_port() as port:
+        yield port
+
+
+@pytest.fixture(name="refused_port")
+def refused_port_fixture() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test (``ports.refused_port``)."""
+    with _refused_port() as port:
         yield port
 
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -114,13 +113,6 @@ def run(coro: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 # --- probe ----------------------------------------------------------------------------------------
 
 
@@ -174,9 +166,9 @@ def test_probe_times_out_on_hang() -> None:
     run(main)
 
 
-def test_probe_connection_refused() -> None:
+def test_probe_connection_refused(refused_port: int) -> None:
     async def main() -> None:
-        target = Target.from_url(f"http://127.0.0.1:{closed_port()}", CircuitBreaker())
+        target = Target.from_url(f"http://127.0.0.1:{refused_port}", CircuitBreaker())
         assert not await ActiveHealthChecker([], FAST).probe(target)
 
     run(main)
