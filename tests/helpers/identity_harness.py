@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import httpx
 import yaml
 from gateway_harness import stop_process
+from waiting import read_ready_file
 
 GARRISON = Path(sys.executable).parent / "garrison"
 T = TypeVar("T")
@@ -174,14 +175,13 @@ class IdentityProcess:
                 cwd=self.directory,
             )
         deadline = time.monotonic() + timeout
-        while not self.ready_path.exists():
+        while (ready := read_ready_file(self.ready_path)) is None:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(
                     f"identity provider did not start:\n{self.stderr_path.read_text()[-3000:]}"
                 )
             time.sleep(0.02)
-        ready = json.loads(self.ready_path.read_text())
         self.issuer, self.address = ready["issuer"], ready["identity"]
         return self
 

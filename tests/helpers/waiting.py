@@ -8,8 +8,10 @@ machine, never the expected duration: a test passes as soon as the condition hol
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -50,4 +52,14 @@ def wait_until(
     return value
 
 
-__all__ = ["poll_until", "wait_until"]
+def read_ready_file(path: Path) -> dict[str, Any] | None:
+    """A ready file's JSON once it is complete; None while it is missing or still being written (a
+    process may write it in place: existing is not enough)."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+__all__ = ["poll_until", "read_ready_file", "wait_until"]

@@ -27,6 +27,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from identity_harness import IdentityProcess, identity_config, postgres_database
 from sqlalchemy import event, select, text, update
+from waiting import wait_until
 
 from garrison.config.loader import parse_config
 from garrison.identity.adapter import Headers
@@ -102,7 +103,13 @@ def test_parallel_wrong_secrets_lock_the_client_and_the_right_one_is_refused(idp
     with ThreadPoolExecutor(30) as pool:
         answers = list(pool.map(guess, range(30)))
     assert all(refused_as_invalid_client(answer) for answer in answers)
-    failed = events(idp, "identity.client_auth.failed", client_id=victim["client_id"])
+
+    def thirty_failures() -> list[dict[str, Any]] | None:
+        found = events(idp, "identity.client_auth.failed", client_id=victim["client_id"])
+        return found if len(found) >= 30 else None
+
+    # The provider may log after it answers: wait for its thirty lines.
+    failed = wait_until(thirty_failures, what="30 identity.client_auth.failed lines in the log")
     assert len(failed) == 30 and all(e["endpoint"] == "token" and e["ip"] == guesser for e in failed)
     assert sum(e["locked"] == "client" for e in failed) == 25  # counted on a locked key: after the 5th
     assert len(events(idp, "identity.lockout", key="client:" + victim["client_id"])) == 1
