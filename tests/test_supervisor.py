@@ -1,149 +1,84 @@
-"""`garrison up`'s supervision step on real (tiny) processes, with the back-off clock injected:
-a death is logged and scheduled, nothing restarts before the back-off is over, the return is
-announced once the ready file is back, a hung start is killed, and stopping cancels a pending restart."""
+"""`garrison up`'s own layer (supervisor.py) above the one supervisor (core/supervisor.py, tested in
+tests/core/test_core_supervisor.py): which components it runs, in which order and how, what it prints,
+and that a component failing its first start stops `up` with that component's error."""
 
 from __future__ import annotations
 
 import io
-import json
+import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
+import yaml
 from rich.console import Console
 
-from garrison.core.restart import RestartPolicy
-from garrison.supervisor import READY_TIMEOUT, Component, stop_all, tend
-from garrison.telemetry import logging as log
+from garrison.config.loader import load_config
+from garrison.core.supervisor import Supervisor
+from garrison.supervisor import build_components, console_supervisor
 
-pytestmark = pytest.mark.process  # every test here starts real processes or listeners
-
-# The child does what the file `mode` next to it says: crash (exit 3), ready (write the ready file, then
-# run until stopped) or hang (run until stopped, never ready).
-CHILD = """
-import json, os, sys, time
-mode_file, ready_file = sys.argv[1], sys.argv[2]
-mode = open(mode_file).read().strip()
-if mode == "crash":
-    sys.exit(3)
-if mode == "ready":
-    with open(ready_file + ".tmp", "w") as f:
-        json.dump({"pid": os.getpid(), "listeners": {"svc": "127.0.0.1:1"}}, f)
-    os.replace(ready_file + ".tmp", ready_file)
-time.sleep(120)
-"""
+CONFIG = {
+    "identity": {"listen": "127.0.0.1:0", "issuer": "http://127.0.0.1:0", "tls": {"insecure_disable": True}},
+    "gateway": {
+        "listen": "127.0.0.1:0",
+        "tls": {"insecure_disable": True},
+        "admin": {"listen": "127.0.0.1:0"},
+    },
+    "services": {"demo": {"targets": ["http://127.0.0.1:9"]}},
+    "routes": [{"match": {"path": "/"}, "service": "demo", "auth": {"require": "none"}}],
+}
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
+def write_config(tmp_path: Path, **changes: object) -> Path:
+    path = tmp_path / "garrison.yaml"
+    path.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), **CONFIG, **changes}))
+    return path
 
 
-@pytest.fixture
-def logs() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    log.configure("up", stream)
-    yield stream
-    log.configure("garrison", sys.stderr)
+def test_identity_starts_before_the_gateway_each_as_in_production(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    run_dir = tmp_path / "run"
+    specs = build_components(load_config(config), demo=False, run_dir=run_dir)
+    assert [spec.name for spec in specs] == ["identity", "gateway"]
+    for spec in specs:
+        assert spec.argv == [sys.executable, "-m", "garrison", spec.name, "-c", str(config),
+                             "--ready-file", str(run_dir / f"up-{spec.name}.ready")]  # fmt: skip
+        assert spec.ready_file == run_dir / f"up-{spec.name}.ready" and spec.own_session
 
 
-def events(stream: io.StringIO, event: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines() if f'"event":"{event}"' in line]
+def test_without_identity_only_the_gateway(tmp_path: Path) -> None:
+    loaded = load_config(write_config(tmp_path, identity=None))
+    assert [spec.name for spec in build_components(loaded, False, tmp_path)] == ["gateway"]
 
 
-def child(tmp_path: Path, clock: FakeClock, mode: str) -> Component:
-    (tmp_path / "child.py").write_text(CHILD)
-    (tmp_path / "mode").write_text(mode)
-    ready = tmp_path / "svc.ready"
-    argv = [sys.executable, str(tmp_path / "child.py"), str(tmp_path / "mode"), str(ready)]
-    return Component("svc", argv, ready_file=ready, policy=RestartPolicy(clock=clock))
+def test_the_demo_upstream_comes_first_and_is_probed_on_its_port(tmp_path: Path) -> None:
+    (tmp_path / "demo_upstream.py").write_text("")
+    specs = build_components(load_config(write_config(tmp_path)), demo=True, run_dir=tmp_path)
+    assert [spec.name for spec in specs] == ["demo upstream", "identity", "gateway"]
+    assert specs[0].probe == ("127.0.0.1", 9) and specs[0].ready_file is None
 
 
-def wait_exists(path: Path) -> None:
-    deadline = time.monotonic() + 20
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
+def test_up_logs_and_prints_deaths_under_its_own_event_names() -> None:
+    output = io.StringIO()
+    supervisor = console_supervisor(Console(file=output, width=200))
+    assert isinstance(supervisor, Supervisor) and supervisor.events == "up.component"
 
 
-CONSOLE = Console(file=io.StringIO())
+def test_a_component_failing_its_first_start_stops_up_with_its_error(tmp_path: Path) -> None:
+    """The identity provider cannot bind (its port is in use): `up` says so, starts nothing else, exits 1."""
+    import socket
 
-
-def test_a_death_is_logged_and_restarted_after_the_back_off(tmp_path: Path, logs: io.StringIO) -> None:
-    clock = FakeClock()
-    component = child(tmp_path, clock, "crash")
-    component.start()
-    assert component.process is not None
-    dead = component.process
-    dead.wait(20)
-    tend(component, CONSOLE)
-    [died] = events(logs, "up.component.died")
-    assert died == {**died, "name": "svc", "pid": dead.pid, "exit_code": 3, "restart_in": 1.0, "restarts": 1}
-    assert component.restart_at == clock.now + 1.0
-
-    (tmp_path / "mode").write_text("ready")
-    clock.now += 0.9
-    tend(component, CONSOLE)
-    assert component.process is dead  # still backing off: nothing started
-    clock.now += 0.1
-    tend(component, CONSOLE)
-    try:
-        assert component.process is not dead and component.alive()
-        assert events(logs, "up.component.restarted") == []  # started, not yet ready
-        wait_exists(tmp_path / "svc.ready")
-        tend(component, CONSOLE)
-        [back] = events(logs, "up.component.restarted")
-        assert back["pid"] == component.process.pid and back["listeners"] == {"svc": "127.0.0.1:1"}
-        assert component.ready_by is None and component.restart_at is None
-        tend(component, CONSOLE)
-        assert len(events(logs, "up.component.restarted")) == 1  # announced once
-    finally:
-        component.stop()
-
-
-def test_a_restart_that_never_gets_ready_is_killed_and_backed_off_further(
-    tmp_path: Path, logs: io.StringIO
-) -> None:
-    clock = FakeClock()
-    component = child(tmp_path, clock, "crash")
-    component.start()
-    assert component.process is not None
-    component.process.wait(20)
-    tend(component, CONSOLE)
-    (tmp_path / "mode").write_text("hang")
-    clock.now += 1.0
-    tend(component, CONSOLE)
-    hung = component.process
-    assert hung is not None and component.alive()
-    clock.now += READY_TIMEOUT + 0.1
-    tend(component, CONSOLE)
-    assert [e["pid"] for e in events(logs, "up.component.unready")] == [hung.pid]
-    assert not component.alive()
-    tend(component, CONSOLE)
-    second = events(logs, "up.component.died")[1]
-    assert second["signal"] == "SIGKILL" and second["restart_in"] == 2.0 and second["restarts"] == 2
-
-
-def test_stopping_cancels_a_pending_restart_and_stops_the_rest(tmp_path: Path, logs: io.StringIO) -> None:
-    clock = FakeClock()
-    (tmp_path / "other").mkdir()
-    running = child(tmp_path / "other", clock, "ready")
-    running.start()
-    crashed = child(tmp_path, clock, "crash")
-    crashed.start()
-    assert crashed.process is not None and running.process is not None
-    crashed.process.wait(20)
-    tend(crashed, CONSOLE)
-    dead = crashed.process
-    assert crashed.restart_at is not None
-
-    stop_all([crashed, running], CONSOLE)
-    assert [e["name"] for e in events(logs, "up.component.restart_cancelled")] == ["svc"]
-    assert crashed.restart_at is None and not running.alive()
-    assert crashed.process is dead  # and `up` exits after stop_all: nothing tends it any more
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        identity = {**CONFIG["identity"], "listen": f"127.0.0.1:{port}"}
+        config = write_config(tmp_path, identity=identity)
+        up = subprocess.run(
+            [sys.executable, "-m", "garrison", "up", "-c", str(config)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert up.returncode == 1, up.stderr
+    assert "StartFailed: identity could not start: [Errno 98] Address already in use" in up.stderr
+    assert "identity exited (exit_code 2) while starting" in up.stderr
+    assert not (tmp_path / "state" / "run" / "up-gateway.ready").exists()  # never started
+    assert "stopped." in up.stderr

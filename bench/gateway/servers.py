@@ -20,6 +20,8 @@ from common import processes
 from common.processes import StartError, Unavailable, reserved_port, wait_for
 from issuer import Issuer
 
+from garrison.core.ready import read_ready
+
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 REPO = HERE.parent.parent
@@ -225,8 +227,11 @@ def garrison_config(tmp: Path, port: int, upstream_port: int, variant: GarrisonV
 
 
 def ready_address(ready: Path) -> str | None:
-    """The gateway's "host:port" from the JSON ready file Garrison writes once it listens."""
-    try:
+    """The gateway's "host:port" from the ready file Garrison writes once it listens (core/ready.py)."""
+    found = read_ready(ready)
+    if found is not None:
+        return found.listeners.get("gateway")
+    try:  # a `--baseline` checkout from before the one ready-file schema (issue 8)
         listeners = json.loads(ready.read_text())["listeners"]
         return str(listeners.get("gateway") or listeners["main"])
     except (OSError, ValueError, KeyError, TypeError):

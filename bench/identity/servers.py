@@ -21,6 +21,8 @@ from common import processes
 from common.processes import Server, StartError, Unavailable, wait_for
 from oauth import basic_authorization
 
+from garrison.core.ready import read_ready
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 OIDC_DIR = HERE / "oidc-provider"
@@ -180,12 +182,9 @@ def create_garrison_client(config: Path) -> tuple[str, str]:
 
 
 def _garrison_ready_address(ready: Path) -> str | None:
-    """The ready file: {"identity": "host:port"} (or {"listeners": {"identity": ...}}, as the gateway's)."""
-    try:
-        found = json.loads(ready.read_text())
-        return str(found["identity"] if "identity" in found else found["listeners"]["identity"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # not written yet, or written half-way
+    """The provider's "host:port" from its ready file (core/ready.py), None until it is written."""
+    found = read_ready(ready)
+    return found.listeners.get("identity") if found is not None else None
 
 
 def start_garrison(tmp: Path, pin: Pinning) -> Provider:

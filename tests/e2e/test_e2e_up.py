@@ -1,7 +1,7 @@
 """`garrison up --demo`, the command behind `make demo`, run end to end on ports held for the test.
 
 The demo's configuration names fixed ports (and the issuer URL carries one), so the test cannot use port 0:
-it holds five ports (``ports.reserved_port``) for the whole test instead. Every component binds with
+it holds its ports (``ports.reserved_port``) for the whole test instead. Every component binds with
 SO_REUSEADDR and may take its port; nobody else can, not even while `up` restarts a killed component."""
 
 from __future__ import annotations
@@ -28,15 +28,17 @@ from typing import Any
 import pytest
 from ports import reserved_port
 
+from garrison.core.ready import read_ready
+
 ROOT = Path(__file__).resolve().parents[2]
 GARRISON = [sys.executable, "-m", "garrison"]
 
 
 @pytest.fixture
 def ports() -> Iterator[dict[str, int]]:
-    """The demo's five ports by name, held for the test."""
+    """The demo's ports by name, held for the test."""
     with contextlib.ExitStack() as stack:
-        names = ("gateway", "admin", "redirect", "demo", "identity")
+        names = ("gateway", "admin", "redirect", "demo", "identity", "identity_admin")
         yield {name: stack.enter_context(reserved_port()) for name in names}
 
 
@@ -47,6 +49,7 @@ def write_demo_config(tmp_path: Path, ports: dict[str, int]) -> dict[str, int]:
     for old, new in (
         ("127.0.0.1:8443", f"127.0.0.1:{ports['gateway']}"),
         ("127.0.0.1:9901", f"127.0.0.1:{ports['admin']}"),
+        ("127.0.0.1:9902", f"127.0.0.1:{ports['identity_admin']}"),
         ("127.0.0.1:8080", f"127.0.0.1:{ports['redirect']}"),
         ("127.0.0.1:7001", f"127.0.0.1:{ports['demo']}"),
         ("127.0.0.1:9443", f"127.0.0.1:{ports['identity']}"),
@@ -93,7 +96,7 @@ def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path, ports: dic
                 proc.kill()
                 proc.wait()
     assert "stopped." in output.read_text()
-    for port in (ports["gateway"], ports["demo"], ports["identity"]):
+    for port in (ports["gateway"], ports["demo"], ports["identity"], ports["identity_admin"]):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
 
@@ -270,7 +273,10 @@ def test_up_restarts_a_killed_component_while_the_others_keep_serving(
         assert "Address already in use" in up.text()
         assert up.child_pid("identity") not in (identity_pid, failed["pid"])
         [back] = up.events("up.component.restarted", "identity")
-        assert back["listeners"] == {"identity": f"127.0.0.1:{ports['identity']}"}
+        assert back["listeners"] == {
+            "identity": f"127.0.0.1:{ports['identity']}",
+            "admin": f"127.0.0.1:{ports['identity_admin']}",
+        }
         token_after = new_token()
         status, jwks = https(issuer + "/jwks", idp_ca)
         assert status == 200 and '"keys"' in jwks
@@ -287,7 +293,8 @@ def test_up_restarts_a_killed_component_while_the_others_keep_serving(
         assert len(up.events("up.component.died", "identity")) == 2  # the two of part 1, no more
         [died] = up.events("up.component.died", "gateway")
         assert died["signal"] == "SIGKILL" and died["pid"] == gateway_pid and died["restart_in"] == 1.0
-        assert json.loads((state / "run" / "up-gateway.ready").read_text())["pid"] != gateway_pid
+        ready = read_ready(state / "run" / "up-gateway.ready")
+        assert ready is not None and ready.component == "gateway" and ready.pid != gateway_pid
         gateway_serves(token_after)
         gateway_serves(token_before)  # still valid: same keys, within its lifetime
         assert up.events("up.component.died", "demo upstream") == []
@@ -296,5 +303,5 @@ def test_up_restarts_a_killed_component_while_the_others_keep_serving(
     finally:
         up.kill()
     assert "stopped." in up.text()
-    for port in (ports["gateway"], ports["demo"], ports["identity"]):
+    for port in (ports["gateway"], ports["demo"], ports["identity"], ports["identity_admin"]):
         assert port_refuses(port), f"port {port} still open"

@@ -39,7 +39,9 @@ import httptools
 import pytest
 import yaml
 from ports import reserved_port
-from waiting import poll_until, read_ready_file, wait_until
+from waiting import poll_until, wait_until
+
+from garrison.core.ready import read_ready
 
 GARRISON = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "garrison"
 DEFAULT_BODY = b'{"ok":true}'
@@ -504,7 +506,7 @@ class GatewayProcess:
                 cwd=self.directory,
             )
         deadline = time.monotonic() + timeout
-        while (ready := read_ready_file(self.ready_path)) is None:
+        while (ready := read_ready(self.ready_path)) is None:
             if self.proc.poll() is not None:
                 self.stop()
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.stderr_tail()}")
@@ -512,7 +514,7 @@ class GatewayProcess:
                 self.stop()
                 raise RuntimeError(f"gateway not ready after {timeout} s:\n{self.stderr_tail()}")
             time.sleep(0.02)
-        self.listeners = ready["listeners"]
+        self.listeners = ready.listeners
         return self
 
     def stop(self) -> int | None:

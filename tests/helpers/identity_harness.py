@@ -22,7 +22,8 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import httpx
 import yaml
 from gateway_harness import stop_process
-from waiting import read_ready_file
+
+from garrison.core.ready import read_ready
 
 GARRISON = Path(sys.executable).parent / "garrison"
 T = TypeVar("T")
@@ -33,6 +34,7 @@ def identity_config(directory: Path, database: str | None = None, **overrides: A
         "listen": "127.0.0.1:0",
         "issuer": "http://127.0.0.1:0",
         "tls": {"insecure_disable": True},
+        "admin": {"listen": "127.0.0.1:0"},  # its address is in the ready file (admin_address)
         **overrides,
     }
     if database is not None:
@@ -54,6 +56,7 @@ class IdentityProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.issuer = ""
         self.address = ""
+        self.admin_address = ""  # the admin listener's host:port ("" when it did not open)
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """`garrison identity ARGS -c CONFIG`: exit code, stdout and stderr, as the command gives them.
@@ -175,14 +178,15 @@ class IdentityProcess:
                 cwd=self.directory,
             )
         deadline = time.monotonic() + timeout
-        while (ready := read_ready_file(self.ready_path)) is None:
+        while (ready := read_ready(self.ready_path)) is None:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(
                     f"identity provider did not start:\n{self.stderr_path.read_text()[-3000:]}"
                 )
             time.sleep(0.02)
-        self.issuer, self.address = ready["issuer"], ready["identity"]
+        self.issuer, self.address = ready.details["issuer"], ready.listeners["identity"]
+        self.admin_address = ready.listeners.get("admin", "")
         return self
 
     def stop(self) -> int | None:

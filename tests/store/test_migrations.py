@@ -15,6 +15,7 @@ from garrison.gateway.auth.apikeys import api_keys
 from garrison.gateway.migrations import SCHEMA as GATEWAY
 from garrison.identity import tables as identity_tables
 from garrison.identity.migrations import SCHEMA as IDENTITY
+from garrison.mesh.migrations import SCHEMA as MESH
 from garrison.store.db import create_all
 from garrison.store.migrations import (
     MigrationError,
@@ -25,7 +26,7 @@ from garrison.store.migrations import (
     upgrade,
 )
 
-SCHEMAS = (IDENTITY, GATEWAY)
+SCHEMAS = (IDENTITY, GATEWAY, MESH)
 
 
 def _run(backend: Backend, body: Any) -> Any:

@@ -248,3 +248,19 @@ def test_redis_unreachable_at_start(refused_port: int) -> None:
             await feed.stop()
 
     asyncio.run(main())
+
+
+def test_every_component_builds_its_revocation_set_from_the_top_level_section() -> None:
+    from garrison.config.common import RevocationsConfig
+    from garrison.tokens.revocations import (
+        MemoryRevocations,
+        RedisRevocations,
+        revocations_from_config,
+    )
+
+    memory = revocations_from_config(RevocationsConfig(max_entries=7), None)
+    assert isinstance(memory, MemoryRevocations)
+    shared = revocations_from_config(RevocationsConfig(storage="redis"), "redis://127.0.0.1:6379/0")
+    assert isinstance(shared, RedisRevocations)
+    with pytest.raises(ValueError, match=r"redis\.url"):
+        revocations_from_config(RevocationsConfig(storage="redis"), None)

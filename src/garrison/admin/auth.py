@@ -48,6 +48,7 @@ __all__ = [
     "admin_client_context",
     "admin_server_context",
     "admin_token_path",
+    "guard_for",
     "load_or_create_admin_token",
     "read_admin_token",
 ]
@@ -251,8 +252,12 @@ class AdminGuard:
 def admin_guard(
     handler: Handler, config: GarrisonConfig, bound: tuple[str, int], token: str | None
 ) -> AdminGuard:
-    """The guard for this config's admin listener, bound at ``bound``."""
-    admin = config.gateway.admin
+    """The guard for this config's gateway admin listener, bound at ``bound``."""
+    return guard_for(handler, config.gateway.admin, bound, token)
+
+
+def guard_for(handler: Handler, admin: AdminConfig, bound: tuple[str, int], token: str | None) -> AdminGuard:
+    """The guard for the admin listener ``admin`` describes (any component's), bound at ``bound``."""
     return AdminGuard(
         handler,
         bound[0],

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, field_validator
 from garrison.config.common import HOSTNAME_RE, ComponentConfig, RedisConfig, RevocationsConfig, Strict
 from garrison.config.gateway import GatewayConfig
 from garrison.config.identity import IdentityConfig
+from garrison.config.mesh import MeshConfig
 from garrison.config.routes import RouteConfig
 from garrison.config.services import ServiceConfig
 from garrison.config.store import StoreConfig
@@ -42,6 +43,10 @@ class GarrisonConfig(Strict):
     routes: list[RouteConfig] = Field(default_factory=list, description="Routes, in any order.")
     identity: IdentityConfig | None = Field(
         None, description="The identity provider; when set, gateway.jwt defaults to trusting it."
+    )
+    mesh: MeshConfig | None = Field(
+        None,
+        description="Workload certificates and mTLS sidecars; who calls whom is `services.<name>.calls`.",
     )
     store: StoreConfig = Field(
         default_factory=StoreConfig, description="Schema migrations and start-up waits for SQL databases."

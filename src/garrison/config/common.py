@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -228,6 +228,24 @@ class ComponentConfig(Strict):
         what the operator wrote, never another hook's result, so the order hooks run in cannot
         matter. The default derives nothing."""
         del config
+        return self
+
+    def problems(self, config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
+        """Errors that need more of the file than this section: ``(location, message)`` pairs.
+
+        Runs after every hook's derived defaults are in. The default finds none."""
+        del config
+        return []
+
+    def warnings(self, config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
+        """Risky but valid choices, logged at every start. The default finds none."""
+        del config
+        return []
+
+    def with_paths_resolved(self, resolve: Callable[[str], str]) -> Self:
+        """This section with its file paths made absolute (``resolve`` maps one path, relative to
+        the config file's directory). The default has no paths."""
+        del resolve
         return self
 
 

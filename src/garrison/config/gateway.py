@@ -8,6 +8,7 @@ Derived default (``GatewayConfig.with_derived_defaults``): with an ``identity`` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
@@ -23,6 +24,7 @@ from garrison.config.common import (
     TlsConfig,
     refuse_moved_keys,
 )
+from garrison.config.gateway_checks import gateway_problems, gateway_warnings
 from garrison.config.units import Duration, Size
 
 if TYPE_CHECKING:
@@ -284,3 +286,17 @@ class GatewayConfig(ComponentConfig):
             ca=str(config.state_dir / "identity" / "tls" / "ca.pem") if auto_ca else None,
         )
         return self.model_copy(update={"jwt": jwt})
+
+    def problems(self, config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
+        """Routes against services and auth sources, Redis users, the admin listener's TLS."""
+        return gateway_problems(config)
+
+    def warnings(self, config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
+        return gateway_warnings(config)
+
+    def with_paths_resolved(self, resolve: Callable[[str], str]) -> Self:
+        """The admin token file, relative to the config file's directory."""
+        if self.admin.token_file is None:
+            return self
+        admin = self.admin.model_copy(update={"token_file": resolve(self.admin.token_file)})
+        return self.model_copy(update={"admin": admin})

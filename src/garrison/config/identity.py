@@ -6,17 +6,41 @@ pushes each revocation to this file's gateway admin listener (``identity.revocat
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Self
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, Self
 
 from pydantic import Field
 
-from garrison.config.common import Cidr, ComponentConfig, ListenAddress, Strict, TlsConfig
+from garrison.config.common import (
+    AdminConfig,
+    Cidr,
+    ComponentConfig,
+    ListenAddress,
+    Strict,
+    TlsConfig,
+    is_loopback_host,
+    parse_listen,
+)
 from garrison.config.units import Duration
 
 if TYPE_CHECKING:
     from garrison.config.assembly import GarrisonConfig
 
-__all__ = ["IdentityConfig", "IdentityKeysConfig", "LockoutConfig"]
+__all__ = ["IdentityAdminConfig", "IdentityConfig", "IdentityKeysConfig", "LockoutConfig"]
+
+
+class IdentityAdminConfig(AdminConfig):
+    """The identity provider's admin listener: /metrics, /live, /ready.
+
+    Guarded like the gateway's (admin/auth.py): changes need the admin token or a client
+    certificate, reads are open on loopback only, Host and Origin are checked."""
+
+    listen: ListenAddress = Field("127.0.0.1:9902", description="Address of the admin listener.")
+    token_file: str | None = Field(
+        None,
+        description="File holding the admin token (`Authorization: Bearer`). Unset: the gateway's "
+        "(`gateway.admin.token_file`, else state_dir/admin.token), so one token opens both.",
+    )
 
 
 class IdentityKeysConfig(Strict):
@@ -58,6 +82,10 @@ class IdentityConfig(ComponentConfig):
         description="The issuer URL: what `iss` says and where clients reach the provider.",
     )
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS of the identity listener.")
+    admin: IdentityAdminConfig = Field(
+        default_factory=IdentityAdminConfig,
+        description="The provider's admin listener (metrics, liveness, readiness).",
+    )
     database: str | None = Field(
         None,
         pattern=r"^(postgres(ql)?(\+asyncpg)?|sqlite(\+aiosqlite)?)://",
@@ -109,3 +137,26 @@ class IdentityConfig(ComponentConfig):
             and admin.tls is None
         )
         return self.model_copy(update={"revocation_push": [f"http://{admin.listen}"] if local else []})
+
+    def with_paths_resolved(self, resolve: Callable[[str], str]) -> Self:
+        """The revocation-push and admin token files, relative to the config file's directory."""
+        updates: dict[str, object] = {}
+        if self.revocation_push_token_file is not None:
+            updates["revocation_push_token_file"] = resolve(self.revocation_push_token_file)
+        if self.admin.token_file is not None:
+            updates["admin"] = self.admin.model_copy(update={"token_file": resolve(self.admin.token_file)})
+        return self.model_copy(update=updates) if updates else self
+
+    def problems(self, config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
+        """The admin listener off loopback must not take its credential in clear (admin/auth.py)."""
+        del config
+        if is_loopback_host(parse_listen(self.admin.listen)[0]) or self.admin.tls is not None:
+            return []
+        return [
+            (
+                ("identity", "admin", "listen"),
+                "the admin listener is not on loopback: add identity.admin.tls (cert, key, and "
+                "optionally client_ca) so the admin credential never crosses the network in clear, or "
+                "listen on 127.0.0.1",
+            )
+        ]

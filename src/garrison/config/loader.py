@@ -15,7 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from garrison.config.assembly import GarrisonConfig, with_derived_defaults
-from garrison.config.common import MOVED_KEY, is_loopback_host, parse_listen
+from garrison.config.common import MOVED_KEY, ComponentConfig
 
 
 @dataclass(frozen=True)
@@ -133,118 +133,52 @@ def _pydantic_problems(exc: ValidationError, lines: dict[tuple[Any, ...], int]) 
     return problems
 
 
+def _sections(config: GarrisonConfig) -> list[ComponentConfig]:
+    """The component sections present in the file (an absent optional one has no checks)."""
+    sections = (getattr(config, name) for name in type(config).model_fields)
+    return [section for section in sections if isinstance(section, ComponentConfig)]
+
+
 def _cross_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
+    """The top-level keys' own checks, then each component section's (``ComponentConfig.problems``)."""
     errors: list[tuple[tuple[Any, ...], str]] = []
-    seen_names: dict[str, int] = {}
-    seen_matches: dict[tuple[Any, ...], int] = {}
-    for index, route in enumerate(config.routes):
-        if route.service not in config.services:
-            known = ", ".join(sorted(config.services)) or "none defined"
-            errors.append((("routes", index, "service"), f"no service {route.service!r} (known: {known})"))
-        match = route.match
-        key = (match.path, match.prefix, tuple(sorted(match.methods or [])), tuple(sorted(match.hosts or [])))
-        if key in seen_matches:
-            errors.append(
-                (
-                    ("routes", index, "match"),
-                    f"same match as routes[{seen_matches[key]}]; one would never run",
-                )
-            )
-            continue
-        seen_matches[key] = index
-        if route.name is not None:
-            if route.name in seen_names:
-                errors.append((("routes", index, "name"), f"duplicate route name {route.name!r}"))
-            seen_names.setdefault(route.name, index)
-    needs_redis: list[tuple[Any, ...]] = []
-    if config.gateway.blocklist.storage == "redis":
-        needs_redis.append(("gateway", "blocklist", "storage"))
-    if config.revocations.storage == "redis":
-        needs_redis.append(("revocations", "storage"))
-    for index, route in enumerate(config.routes):
-        for number, limit in enumerate(route.rate_limit or []):
-            if limit.storage == "redis":
-                needs_redis.append(("routes", index, "rate_limit", number, "storage"))
-        errors += _auth_checks(config, index)
-    if config.gateway.mtls is not None and config.gateway.tls.insecure_disable:
-        errors.append((("gateway", "mtls"), "client certificates need TLS (tls.insecure_disable is on)"))
-    if needs_redis and not config.redis.url:
-        errors += [(loc, "storage `redis` needs `redis.url`") for loc in needs_redis]
-    errors += _admin_checks(config)
+    if config.revocations.storage == "redis" and not config.redis.url:
+        errors.append((("revocations", "storage"), "storage `redis` needs `redis.url`"))
+    errors += _call_graph_problems(config)
+    for section in _sections(config):
+        errors += section.problems(config)
     return errors
 
 
-def _admin_checks(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
-    """An admin listener off loopback must not take its credential in clear (admin/auth.py)."""
-    admin = config.gateway.admin
-    host = parse_listen(admin.listen)[0]
-    if is_loopback_host(host) or admin.tls is not None:
-        return []
+def _call_graph_problems(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
+    """Each ``services.<name>.calls`` entry names a service of this file."""
+    known = ", ".join(sorted(config.services))
     return [
-        (
-            ("gateway", "admin", "listen"),
-            "the admin listener is not on loopback: add gateway.admin.tls (cert, key, and optionally "
-            "client_ca) so the admin credential never crosses the network in clear, or listen on "
-            "127.0.0.1",
-        )
+        (("services", name, "calls", index, "service"), f"no service {call.service!r} (known: {known})")
+        for name, service in config.services.items()
+        for index, call in enumerate(service.calls)
+        if call.service not in config.services
     ]
 
 
-def _auth_checks(config: GarrisonConfig, index: int) -> list[tuple[tuple[Any, ...], str]]:
-    """What a route's auth block needs from the gateway section, and what its limits can count."""
-    route = config.routes[index]
-    require = route.auth.require
-    errors: list[tuple[tuple[Any, ...], str]] = []
-    for kind, section in (("jwt", config.gateway.jwt), ("mtls", config.gateway.mtls)):
-        if require == kind and section is None:
-            errors.append(
-                (("routes", index, "auth", "require"), f"`require: {kind}` needs a `gateway.{kind}` section")
-            )
-    for number, limit in enumerate(route.rate_limit or []):
-        loc = ("routes", index, "rate_limit", number, "key")
-        if limit.key == "client" and require == "none":
-            errors.append((loc, "`key: client` counts authenticated clients; this route has `require: none`"))
-        if limit.key == "api_key" and require != "api_key":
-            errors.append((loc, "`key: api_key` needs `auth: {require: api_key}`"))
-    return errors
-
-
 def _warnings(config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
-    warnings: list[tuple[tuple[Any, ...], str]] = []
-    if config.gateway.tls.insecure_disable:
-        warnings.append(
-            (
-                ("gateway", "tls", "insecure_disable"),
-                "TLS is OFF: the gateway serves plaintext HTTP (insecure)",
-            )
-        )
-    for index, route in enumerate(config.routes):
-        if route.auth.require == "none":
-            warnings.append(
-                (("routes", index, "auth", "require"), "this route is open to anyone (require: none)")
-            )
-    if not config.routes:
-        warnings.append((("routes",), "no routes: the gateway will answer 404 to everything"))
-    return warnings
+    return [warning for section in _sections(config) for warning in section.warnings(config)]
 
 
 def _resolve_paths(config: GarrisonConfig, base_dir: Path) -> GarrisonConfig:
-    """``state_dir`` and the admin token files, relative to the config file's directory."""
+    """``state_dir``, and each section's file paths (``with_paths_resolved``), relative to the config
+    file's directory."""
 
     def resolved(path: str | Path) -> Path:
         return Path(path) if Path(path).is_absolute() else (base_dir / path).resolve()
 
     config = config.model_copy(update={"state_dir": resolved(config.state_dir)})
-    admin = config.gateway.admin
-    if admin.token_file is not None:
-        admin = admin.model_copy(update={"token_file": str(resolved(admin.token_file))})
-        gateway = config.gateway.model_copy(update={"admin": admin})
-        config = config.model_copy(update={"gateway": gateway})
-    identity = config.identity
-    if identity is not None and identity.revocation_push_token_file is not None:
-        token_file = str(resolved(identity.revocation_push_token_file))
-        identity = identity.model_copy(update={"revocation_push_token_file": token_file})
-        config = config.model_copy(update={"identity": identity})
+    updates: dict[str, ComponentConfig] = {}
+    for name in type(config).model_fields:
+        section = getattr(config, name)
+        if isinstance(section, ComponentConfig):
+            updates[name] = section.with_paths_resolved(lambda path: str(resolved(path)))
+    config = config.model_copy(update=updates)
     return config
 
 
@@ -272,9 +206,9 @@ def parse_config(text: str, filename: str = "garrison.yaml", base_dir: Path | No
     config = with_derived_defaults(config)
     errors = _cross_checks(config)
     if errors:
-        raise ConfigError(
-            filename, [Problem(format_loc(loc), msg, _nearest_line(lines, loc)) for loc, msg in errors]
-        )
+        found = [Problem(format_loc(loc), msg, _nearest_line(lines, loc)) for loc, msg in errors]
+        # In the order of the file, whichever section's check found them: users fix top-down.
+        raise ConfigError(filename, sorted(found, key=lambda problem: problem.line or 0))
     warnings = [Problem(format_loc(loc), msg, _nearest_line(lines, loc)) for loc, msg in _warnings(config)]
     return LoadedConfig(config=config, source=Path(filename), warnings=warnings)
 

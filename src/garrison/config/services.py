@@ -13,9 +13,11 @@ from pydantic import AfterValidator, Field
 
 from garrison.config.common import Strict
 from garrison.config.units import Duration
+from garrison.uri.normalize import TargetRejected, normalize_path
 from garrison.uri.origin import parse_origin
 
 __all__ = [
+    "CallConfig",
     "CircuitBreakerConfig",
     "HealthCheckConfig",
     "PoolConfig",
@@ -63,6 +65,33 @@ class HealthCheckConfig(Strict):
     unhealthy_threshold: int = Field(3, ge=1, description="Failures in a row that mark it unhealthy.")
 
 
+def _check_call_path(value: str) -> str:
+    base = value[:-3] if value.endswith("/**") else value
+    try:
+        normalized = normalize_path((base or "/").encode("ascii")).decode("ascii")
+    except (TargetRejected, UnicodeEncodeError) as exc:
+        raise ValueError(f"not a valid path: {value!r}") from exc
+    if normalized != (base or "/"):
+        raise ValueError(f"paths must be in normalized form: write {normalized!r}, not {base!r}")
+    return value
+
+
+CallPath = Annotated[str, AfterValidator(_check_call_path)]
+
+
+class CallConfig(Strict):
+    """One allowed service-to-service call: this service may call `service` with these methods on
+    these paths. `/x/**` is /x and everything below it (at a segment boundary)."""
+
+    service: str = Field(description="The service called (a key of `services`).")
+    methods: list[Annotated[str, Field(pattern=r"^[A-Z]{1,20}$")]] | None = Field(
+        None, min_length=1, description="Methods allowed (any if unset)."
+    )
+    paths: list[CallPath] | None = Field(
+        None, min_length=1, description="Normalized paths allowed, `/x/**` for a subtree (any if unset)."
+    )
+
+
 def _check_target(value: str) -> str:
     # The proxy's own parser decides, so `check` accepts exactly what the gateway can start with.
     parse_origin(value)
@@ -91,3 +120,7 @@ class ServiceConfig(Strict):
         default_factory=CircuitBreakerConfig, description="Circuit breaker per target."
     )
     health_check: HealthCheckConfig | None = Field(None, description="Active health checks (off if unset).")
+    calls: list[CallConfig] = Field(
+        default_factory=list,
+        description="The services this one may call through the mesh; every other call is denied.",
+    )

@@ -1,4 +1,5 @@
-"""The admin API's write endpoints, shared by a single gateway and the worker supervisor.
+"""The gateway's admin API: the shared AdminApi (admin/api.py: /live, /ready, /metrics) with the
+gateway's sub-APIs registered on it.
 
 ``GET /blocklist`` lists the blocks in force; ``POST /blocklist?ip=A&for=15m&reason=R`` blocks an
 address (the hook automated responses use); ``DELETE /blocklist?ip=A`` lifts a block.
@@ -26,16 +27,44 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+from garrison.admin.api import AdminApi, Metrics, Readiness
 from garrison.config.units import parse_duration
 from garrison.gateway.blocklist import Blocklist
 from garrison.store.shared_set import SharedSetFull, SharedSetUnavailable
 from garrison.tokens.revocations import Revocations
-from garrison.web.simplehttp import SimpleResponse
+from garrison.web.simplehttp import SimpleRequest, SimpleResponse
 
 JSON = b"application/json"
 MAX_BLOCK_SECONDS = 365 * 24 * 3600.0  # the most `gateway.blocklist.max_duration` may be
 
 Handler = Callable[[bytes, dict[str, str]], Awaitable[SimpleResponse | None]]
+
+__all__ = ["blocklist_api", "gateway_admin_api", "revocations_api"]
+
+
+def gateway_admin_api(
+    readiness: Readiness,
+    metrics: Metrics,
+    blocklist: Blocklist,
+    revocations: Revocations,
+    max_block_seconds: Callable[[], float],
+    refusals: Refusals,
+) -> AdminApi:
+    """A single gateway process's admin API. ``max_block_seconds`` is read per request: a reload
+    may change `gateway.blocklist.max_duration`."""
+    api = AdminApi(readiness, metrics)
+
+    def blocks(request: SimpleRequest) -> Awaitable[SimpleResponse]:
+        query = request.target.partition(b"?")[2]
+        return blocklist_api(blocklist, request.method, query, max_block_seconds(), refusals)
+
+    def revoked(request: SimpleRequest) -> Awaitable[SimpleResponse]:
+        query = request.target.partition(b"?")[2]
+        return revocations_api(revocations, request.method, query, refusals)
+
+    api.register("/blocklist", blocks)
+    api.register("/revocations", revoked)
+    return api
 
 
 def _json(status: int, payload: Any) -> SimpleResponse:

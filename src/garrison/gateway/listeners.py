@@ -1,7 +1,8 @@
-"""Binding the gateway's listening sockets: the main, admin and redirect listeners.
+"""The gateway's admin listener: bound (core/sockets.py) and guarded (admin/listener.py, admin/auth.py).
 
 Shared by a single gateway process (server.py) and the worker supervisor (workers.py), which bind
-the same listeners in two different process layouts.
+the same listeners in two different process layouts. ``bind_socket`` and ``address_of`` are
+re-exported from core/sockets.py for code that still imports them from here.
 """
 
 from __future__ import annotations
@@ -10,43 +11,26 @@ import socket
 import ssl
 from pathlib import Path
 
-from garrison.admin.auth import (
-    AdminGuard,
-    admin_guard,
-    admin_server_context,
-    admin_token_path,
-    load_or_create_admin_token,
-)
+from garrison.admin.auth import AdminGuard, admin_token_path
 from garrison.admin.auth import Handler as AdminHandler
-from garrison.config.model import GarrisonConfig, parse_listen
+from garrison.admin.listener import guarded_socket
+from garrison.config.model import GarrisonConfig
+from garrison.core.sockets import address_of, bind_socket
 
 __all__ = ["address_of", "bind_socket", "open_admin_listener"]
-
-
-def bind_socket(address: str, reuse_port: bool) -> socket.socket:
-    host, port = parse_listen(address)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.setblocking(False)
-    return sock
 
 
 def open_admin_listener(
     config: GarrisonConfig, source: Path, handler: AdminHandler
 ) -> tuple[socket.socket, AdminGuard, ssl.SSLContext | None]:
-    """Bind the admin listener and wrap ``handler`` in its guard (admin/auth.py), creating the admin
-    token file on first use. Raises AdminTokenError for an unusable token file."""
-    token = load_or_create_admin_token(admin_token_path(config))
-    context = admin_server_context(config.gateway.admin, source.parent)
+    """Bind the admin listener and wrap ``handler`` in its guard, creating the admin token file on
+    first use. Raises AdminTokenError for an unusable token file."""
     sock = bind_socket(config.gateway.admin.listen, reuse_port=False)
-    host, port = sock.getsockname()[:2]
-    return sock, admin_guard(handler, config, (host, port), token), context
-
-
-def address_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        guard, context = guarded_socket(
+            config.gateway.admin, admin_token_path(config), source.parent, handler, sock
+        )
+    except BaseException:
+        sock.close()
+        raise
+    return sock, guard, context

@@ -44,6 +44,7 @@ from garrison.telemetry.metrics import GatewayMetrics, RouteStats
 from garrison.tokens.forwarded import TrustedProxies
 from garrison.tokens.jwks import JwksCache
 from garrison.tokens.jwt import JwtVerifier, RevocationCheck, TokenCache
+from garrison.web.headers import hsts_value, render, security_headers
 
 
 @dataclass(eq=False)
@@ -282,16 +283,13 @@ def _ip_rules(spec: IpRulesConfig | None) -> IpRules | None:
 
 
 def _security_headers(config: GarrisonConfig) -> bytes:
+    """The common block (web/headers.py); Referrer-Policy travels apart (an upstream's own wins) and
+    framing is the upstream's decision."""
     gateway = config.gateway
-    lines = [b"x-content-type-options: nosniff\r\n"]
+    hsts = None
     if not gateway.tls.insecure_disable and gateway.hsts.enabled:
-        hsts = f"max-age={int(gateway.hsts.max_age)}"
-        if gateway.hsts.include_subdomains:
-            hsts += "; includeSubDomains"
-        if gateway.hsts.preload:
-            hsts += "; preload"
-        lines.append(f"strict-transport-security: {hsts}\r\n".encode())
-    return b"".join(lines)
+        hsts = hsts_value(gateway.hsts.max_age, gateway.hsts.include_subdomains, gateway.hsts.preload)
+    return render(security_headers(hsts=hsts, referrer_policy=None, frame_deny=False))
 
 
 def _build_service(

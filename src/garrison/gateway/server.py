@@ -7,9 +7,7 @@ metrics, the access log) and swaps the ``Runtime`` (routes, services, pools) on 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
 import socket
 import ssl
 import time
@@ -20,14 +18,15 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
-from garrison.config.model import BlocklistConfig, GarrisonConfig, RevocationsConfig, parse_listen
+from garrison.config.model import BlocklistConfig, GarrisonConfig, parse_listen
 from garrison.config.store import StoreConfig
-from garrison.gateway.admin import blocklist_api, revocations_api
+from garrison.core.sockets import BACKLOG, address_of, bind_socket
+from garrison.gateway.admin import gateway_admin_api
 from garrison.gateway.auth.apikeys import ApiKeyCache, ApiKeyStore
 from garrison.gateway.blocklist import Blocklist, MemoryBlocklist, RedisBlocklist
 from garrison.gateway.exchange import Exchange
 from garrison.gateway.heap import HeapTrimmer, glibc_malloc_trim
-from garrison.gateway.listeners import address_of, bind_socket, open_admin_listener
+from garrison.gateway.listeners import open_admin_listener
 from garrison.gateway.migrations import SCHEMA as GATEWAY_SCHEMA
 from garrison.gateway.proxy import ClientConnection
 from garrison.gateway.runtime import Runtime, build_runtime
@@ -37,7 +36,7 @@ from garrison.store.startup import prepare_schema
 from garrison.telemetry import logging as log
 from garrison.telemetry.accesslog import AccessLog
 from garrison.telemetry.metrics import GatewayMetrics
-from garrison.tokens.revocations import MemoryRevocations, RedisRevocations, Revocations
+from garrison.tokens.revocations import revocations_from_config
 from garrison.web.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleResponse
 
 WORKER_ENV = "GARRISON_GATEWAY_WORKER"  # "index|listen-address|run-dir", set by the worker supervisor only
@@ -54,7 +53,6 @@ def worker_settings() -> tuple[int, str, Path] | None:
 
 SWEEP_INTERVAL = 0.1
 WATCH_INTERVAL = 1.0
-PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 # One access-log line. Every %s field is a number or text the gateway has already restricted to a
 # JSON-safe alphabet (see telemetry/accesslog.py), so %-formatting is safe and cheaper than json.
 ACCESS_LINE = (
@@ -74,7 +72,7 @@ class GatewayServer:
         self._store = loaded.config.store  # migrations and waits for the API-key database
         self._ensure_api_keys(loaded.config)
         # Created before the first runtime, whose token cache reads it; kept across reloads.
-        self.revocations = make_revocations(loaded.config.revocations, loaded.config.redis.url)
+        self.revocations = revocations_from_config(loaded.config.revocations, loaded.config.redis.url)
         self.runtime: Runtime = build_runtime(
             loaded.config, loop, self.metrics, self.api_keys, revocations=self.revocations
         )
@@ -89,6 +87,14 @@ class GatewayServer:
         self.ready = False
         self.access_log = self._open_access_log(loaded)
         self.blocklist = make_blocklist(loaded.config.gateway.blocklist, loaded.config.redis.url)
+        self.admin_api = gateway_admin_api(
+            self.not_ready_reasons,
+            self.metrics.registry,
+            self.blocklist,
+            self.revocations,
+            lambda: self.runtime.config.gateway.blocklist.max_duration,
+            self.metrics.admin_refused,
+        )
         self.servers: list[asyncio.Server] = []
         self.tls_context: ssl.SSLContext | None = None
         self.https_port = parse_listen(loaded.config.gateway.listen)[1]
@@ -131,7 +137,7 @@ class GatewayServer:
                 ask_for_client_certificates(self.tls_context, self.source.parent / ca_file)
         await self.revocations.start()  # before serving: a revoked token is never let in at start
         server = await self.loop.create_server(
-            lambda: ClientConnection(self), sock=main_sock, ssl=self.tls_context, backlog=2048
+            lambda: ClientConnection(self), sock=main_sock, ssl=self.tls_context, backlog=BACKLOG
         )
         self.servers.append(server)
         await self.blocklist.start()
@@ -167,22 +173,7 @@ class GatewayServer:
         return listeners
 
     def admin_handler(self, request: SimpleRequest) -> SimpleResponse | Awaitable[SimpleResponse]:
-        path, _, query = request.target.partition(b"?")
-        if path == b"/blocklist":
-            max_seconds = self.runtime.config.gateway.blocklist.max_duration
-            refused = self.metrics.admin_refused
-            return blocklist_api(self.blocklist, request.method, query, max_seconds, refused)
-        if path == b"/revocations":
-            return revocations_api(self.revocations, request.method, query, self.metrics.admin_refused)
-        if request.method not in (b"GET", b"HEAD"):
-            return SimpleResponse(405, b"method not allowed\n", headers=b"allow: GET, HEAD\r\n")
-        if path == b"/metrics":
-            return SimpleResponse(200, self.metrics.render(), PROMETHEUS_TEXT)
-        if path == b"/live":
-            return SimpleResponse(200, b"ok\n")
-        if path == b"/ready":
-            return readiness_response(self.not_ready_reasons())
-        return SimpleResponse(404, b"not found\n")
+        return self.admin_api(request)
 
     def not_ready_reasons(self) -> list[str]:
         """Why a load balancer should not send traffic here now (empty: it should)."""
@@ -390,56 +381,49 @@ def make_blocklist(spec: BlocklistConfig, redis_url: str | None) -> Blocklist:
     return MemoryBlocklist(max_entries=spec.max_entries)
 
 
-def make_revocations(spec: RevocationsConfig, redis_url: str | None) -> Revocations:
-    if spec.storage == "redis":
-        assert redis_url is not None  # the loader refuses `redis` storage without a URL
-        return RedisRevocations(redis_url, spec.prefix, max_entries=spec.max_entries)
-    return MemoryRevocations(max_entries=spec.max_entries)
+class GatewayComponent:
+    """One gateway process (or one worker under ``workers: N``), run by core/runner.py: SIGHUP
+    reloads, SIGTERM drains."""
 
+    name = "gateway"
 
-def readiness_response(reasons: list[str]) -> SimpleResponse:
-    """``/ready``: 200 ``ready``, or 503 naming each reason (a probe's log then says why)."""
-    if not reasons:
-        return SimpleResponse(200, b"ready\n")
-    return SimpleResponse(503, ("not ready: " + "; ".join(reasons) + "\n").encode())
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self.loaded = loaded
+        self.server: GatewayServer | None = None
 
+    async def start(self) -> dict[str, str]:
+        loop = asyncio.get_running_loop()
+        gateway = self.loaded.config.gateway
+        for warning in self.loaded.warnings:
+            log.warn("config.warning", problem=warning.render(str(self.loaded.source)))
+        server = self.server = GatewayServer(self.loaded, loop)
+        worker = worker_settings()
+        if worker is None:
+            listeners = await server.start(bind_socket(gateway.listen, reuse_port=gateway.workers > 1))
+        else:
+            # A worker under `workers: N`: the supervisor owns the admin and redirect listeners.
+            index, listen, run_dir = worker
+            listeners = await server.start(bind_socket(listen, reuse_port=True), with_side_listeners=False)
+            metrics_path = run_dir / f"worker-{index}.sock"
+            metrics_path.unlink(missing_ok=True)
+            server.servers.append(
+                await loop.create_unix_server(
+                    lambda: SimpleHttpProtocol(server.admin_handler), str(metrics_path)
+                )
+            )
+        log.log("gateway.listening", listeners=listeners, pid=os.getpid())
+        return listeners
 
-def write_ready_file(path: Path | None, listeners: dict[str, str]) -> None:
-    if path is None:
-        return
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "listeners": listeners}))
-    tmp.replace(path)
+    def details(self) -> dict[str, Any]:
+        return {}
 
+    async def reload(self) -> None:
+        assert self.server is not None
+        await self.server.reload("SIGHUP")  # a failure is logged there; the old config keeps serving
 
-async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
-    """Run one gateway process until SIGTERM/SIGINT; SIGHUP reloads."""
-    loop = asyncio.get_running_loop()
-    gateway = loaded.config.gateway
-    for warning in loaded.warnings:
-        log.warn("config.warning", problem=warning.render(str(loaded.source)))
-    server = GatewayServer(loaded, loop)
-    worker = worker_settings()
-    if worker is None:
-        main_sock = bind_socket(gateway.listen, reuse_port=gateway.workers > 1)
-        listeners = await server.start(main_sock)
-    else:
-        # A worker under `workers: N`: the supervisor owns the admin and redirect listeners.
-        index, listen, run_dir = worker
-        listeners = await server.start(bind_socket(listen, reuse_port=True), with_side_listeners=False)
-        metrics_path = run_dir / f"worker-{index}.sock"
-        metrics_path.unlink(missing_ok=True)
-        server.servers.append(
-            await loop.create_unix_server(lambda: SimpleHttpProtocol(server.admin_handler), str(metrics_path))
-        )
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(server.reload_quietly("SIGHUP")))
-    log.log("gateway.listening", listeners=listeners, pid=os.getpid())
-    write_ready_file(ready_file, listeners)
-    await stop.wait()
-    log.log("gateway.draining", timeout=gateway.drain_timeout)
-    await server.drain(gateway.drain_timeout)
-    log.log("gateway.stopped")
-    return 0
+    async def drain(self) -> None:
+        assert self.server is not None
+        timeout = self.loaded.config.gateway.drain_timeout
+        log.log("gateway.draining", timeout=timeout)
+        await self.server.drain(timeout)
+        log.log("gateway.stopped")

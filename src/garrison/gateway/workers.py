@@ -1,10 +1,13 @@
 """``workers: N``: N gateway processes on one port, and a small supervisor above them.
 
 Each worker binds the listening port itself with SO_REUSEPORT, so the kernel spreads new
-connections over them with no hand-off through the supervisor. The supervisor owns what must
-exist once: the admin listener (it gathers every worker's metrics over a private Unix socket and
+connections over them with no hand-off through the supervisor. The supervisor (a component run by
+core/runner.py, its workers children of core/supervisor.py) owns what must exist once: the API-key
+tables (created before the workers race to), the port itself (held bound so port 0 resolves once),
+the admin listener (it gathers every worker's metrics over a private Unix socket and
 labels them ``worker="i"``), the HTTPS redirect listener, signals (SIGHUP is passed on, SIGTERM
-drains every worker), and restarting a worker that dies. The redirect listener's host names come
+drains every worker), and restarting a worker that dies (``gateway.worker.died`` /
+``gateway.worker.restarted``, on the back-off of core/restart.py). The redirect listener's host names come
 from the config, so the supervisor reloads them when the workers reload theirs (SIGHUP, and a
 change of the file while ``watch_config`` is on).
 """
@@ -15,30 +18,25 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import uvloop
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from garrison.admin.api import AdminApi
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
-from garrison.core.restart import RestartPolicy
-from garrison.gateway.listeners import address_of, bind_socket, open_admin_listener
+from garrison.core.sockets import address_of, bind_socket
+from garrison.core.supervisor import ChildSpec, Supervisor
+from garrison.gateway.listeners import open_admin_listener
 from garrison.gateway.redirect import HttpsRedirect
-from garrison.gateway.server import (
-    PROMETHEUS_TEXT,
-    WATCH_INTERVAL,
-    WORKER_ENV,
-    GatewayServer,
-    create_tables,
-    readiness_response,
-    write_ready_file,
-)
+from garrison.gateway.server import WATCH_INTERVAL, WORKER_ENV, GatewayServer, create_tables
 from garrison.store.db import make_engine
 from garrison.telemetry import logging as log
 from garrison.telemetry.metrics import admin_denied_family
@@ -46,6 +44,8 @@ from garrison.web.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleRes
 
 
 class WorkerSupervisor:
+    name = "gateway"
+
     def __init__(self, loaded: LoadedConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.loaded = loaded
         self.loop = loop
@@ -53,7 +53,9 @@ class WorkerSupervisor:
         # A short private directory (0700) for the ready files and metrics sockets: a Unix socket
         # path must fit in 108 bytes, which a deep state_dir would not.
         self.run_dir = Path(tempfile.mkdtemp(prefix="garrison-gw-"))
-        self.processes: dict[int, asyncio.subprocess.Process] = {}
+        # Workers stay in this process's session: whoever supervises the gateway kills them with it.
+        grace = loaded.config.gateway.drain_timeout + 5
+        self.workers = Supervisor("gateway.worker", grace=grace)
         self.stopping = False
         self.admin_denied: dict[str, int] = {}  # the admin guard's refusals, by reason
         # Used for the redirect listener and the shared security headers; never serves the main port.
@@ -61,60 +63,97 @@ class WorkerSupervisor:
         self._config_mtime = _mtime(loaded.source)
         gateway = loaded.config.gateway  # whether the listener exists is fixed until a restart
         self.serves_redirect = bool(gateway.redirect_http) and not gateway.tls.insecure_disable
+        self.servers: list[asyncio.Server] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.reserved: socket.socket | None = None
+        # The workers' admin API, answered here: reads are gathered from every worker, changes fanned out.
+        self.admin_api = AdminApi(self.not_ready_reasons, self.gather_metrics)
+        self.admin_api.register("/blocklist", self.fan_out)
+        self.admin_api.register("/revocations", self.fan_out)
 
     def metrics_socket(self, index: int) -> Path:
         return self.run_dir / f"worker-{index}.sock"
 
-    async def spawn(self, index: int, listen: str) -> None:
+    def worker_spec(self, index: int, listen: str) -> ChildSpec:
         env = dict(os.environ, **{WORKER_ENV: f"{index}|{listen}|{self.run_dir}"})
-        ready = self.run_dir / f"worker-{index}.ready"
-        ready.unlink(missing_ok=True)
-        self.processes[index] = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "garrison", "gateway", "-c", str(self.loaded.source),
-            "--ready-file", str(ready), env=env,
-        )  # fmt: skip
+        argv = [sys.executable, "-m", "garrison", "gateway", "-c", str(self.loaded.source),
+                "--ready-file", str(self.run_dir / f"worker-{index}.ready")]  # fmt: skip
+        return ChildSpec(f"worker-{index}", argv, ready_file=self.run_dir / f"worker-{index}.ready",
+                         env=env, own_session=False, fields={"worker": index})  # fmt: skip
 
-    async def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = self.loop.time() + timeout
-        for index in range(self.count):
-            ready = self.run_dir / f"worker-{index}.ready"
-            while not ready.exists():
-                process = self.processes[index]
-                if process.returncode is not None:
-                    raise RuntimeError(
-                        f"gateway worker {index} exited with {process.returncode} while starting"
-                    )
-                if self.loop.time() > deadline:
-                    raise RuntimeError(f"gateway worker {index} did not become ready in {timeout:.0f}s")
-                await asyncio.sleep(0.05)
+    async def start(self) -> dict[str, str]:
+        try:
+            return await self._start()
+        except BaseException:
+            self.stopping = True
+            await self.workers.stop(together=True)
+            self._close()
+            raise
 
-    async def watch(self, index: int, listen: str) -> None:
-        """Restart a worker that dies, until the supervisor stops, on the back-off every Garrison
-        supervisor shares (core/restart.py): 1 s, doubling to 30 s for a worker that keeps dying."""
-        policy = RestartPolicy(clock=self.loop.time)  # the loop's clock is monotonic
-        policy.started()  # spawned by _supervise just before this task
-        while not self.stopping:
-            process = self.processes[index]
-            code = await process.wait()
-            if self.stopping:
-                return
-            delay = policy.next_delay()
-            log.error("gateway.worker.died", worker=index, exit_code=code, action="restarting",
-                      restart_in=delay, restarts=policy.restarts)  # fmt: skip
-            await asyncio.sleep(delay)
-            if self.stopping:
-                return  # SIGTERM came during the back-off: the restart is cancelled, not raced
-            await self.spawn(index, listen)
-            policy.started()
+    async def _start(self) -> dict[str, str]:
+        config = self.loaded.config
+        if any(route.auth.require == "api_key" for route in config.routes):
+            # Create the API-key tables once, before the workers race to do it.
+            engine = make_engine(config.gateway.api_keys.database, config.state_dir)
+            try:
+                await create_tables(engine, config.store, self.loaded.source)
+            finally:
+                await engine.dispose()
+        # Hold the port (bound, not listening) so port 0 resolves once and every worker shares it.
+        self.reserved = bind_socket(config.gateway.listen, reuse_port=True)
+        listen = address_of(self.reserved)
+        self.shell.https_port = self.reserved.getsockname()[1]
+        workers = [self.workers.add(self.worker_spec(index, listen)) for index in range(self.count)]
+        await self.workers.start(*workers)
+        listeners = {"gateway": listen, **await self._side_listeners()}
+        self.workers.supervise()
+        if self.serves_redirect and config.gateway.watch_config:
+            self.tasks.append(self.loop.create_task(self.follow_config()))
+        log.log("gateway.listening", listeners=listeners, workers=self.count, pid=os.getpid())
+        return listeners
 
-    def signal_all(self, signum: int) -> None:
-        for process in self.processes.values():
-            if process.returncode is None:
-                process.send_signal(signum)
+    async def _side_listeners(self) -> dict[str, str]:
+        config = self.loaded.config
+        admin_sock, guard, admin_tls = open_admin_listener(config, self.loaded.source, self.admin_handler)
+        self.admin_denied = guard.denied
+        self.servers.append(
+            await self.loop.create_server(lambda: SimpleHttpProtocol(guard), sock=admin_sock, ssl=admin_tls)
+        )
+        listeners = {"admin": address_of(admin_sock)}
+        if self.serves_redirect and config.gateway.redirect_http:
+            shell = self.shell
+            security = shell.runtime.security_headers + shell.runtime.referrer_policy_line
+            redirect_sock = bind_socket(config.gateway.redirect_http)
+            self.servers.append(
+                await self.loop.create_server(
+                    lambda: SimpleHttpProtocol(shell.redirect_handler, security), sock=redirect_sock
+                )
+            )
+            listeners["redirect"] = address_of(redirect_sock)
+        return listeners
 
-    def reload(self) -> None:
+    def details(self) -> dict[str, Any]:
+        return {"workers": self.count}
+
+    async def drain(self) -> None:
+        """SIGTERM: every worker drains (SIGKILL after drain_timeout + 5 s), then the listeners close."""
+        self.stopping = True
+        for server in self.servers:
+            server.close()
+        await self.workers.stop(together=True)
+        self._close()
+        log.log("gateway.stopped")
+
+    def _close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.reserved is not None:
+            self.reserved.close()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    async def reload(self) -> None:
         """SIGHUP: every worker reloads; the redirect listener here takes the new host names."""
-        self.signal_all(signal.SIGHUP)
+        self.workers.signal_all(signal.SIGHUP)
         if self.serves_redirect:
             self.reload_redirect()
 
@@ -137,18 +176,8 @@ class WorkerSupervisor:
                 self.reload_redirect()
 
     async def admin_handler(self, request: SimpleRequest) -> SimpleResponse:
-        path = request.target.split(b"?", 1)[0]
-        if path in (b"/blocklist", b"/revocations"):
-            return await self.fan_out(request)
-        if request.method not in (b"GET", b"HEAD"):
-            return SimpleResponse(405, b"method not allowed\n", headers=b"allow: GET, HEAD\r\n")
-        if path == b"/metrics":
-            return SimpleResponse(200, await self.gather_metrics(), PROMETHEUS_TEXT)
-        if path == b"/live":
-            return SimpleResponse(200, b"ok\n")
-        if path == b"/ready":
-            return readiness_response(await self.not_ready_reasons())
-        return SimpleResponse(404, b"not found\n")
+        response = self.admin_api(request)
+        return response if isinstance(response, SimpleResponse) else await response
 
     async def not_ready_reasons(self) -> list[str]:
         """Every worker's own reasons: the kernel spreads connections over all of them, so the port is
@@ -240,78 +269,3 @@ def merge_worker_metrics(texts: list[str], own: Sequence[Metric] = ()) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Merged(list(merged.values())))
     return generate_latest(registry)
-
-
-async def supervise(loaded: LoadedConfig, ready_file: Path | None) -> int:
-    supervisor = WorkerSupervisor(loaded, asyncio.get_running_loop())
-    try:
-        return await _supervise(supervisor, ready_file)
-    finally:
-        shutil.rmtree(supervisor.run_dir, ignore_errors=True)
-
-
-async def _supervise(supervisor: WorkerSupervisor, ready_file: Path | None) -> int:
-    loop = supervisor.loop
-    gateway = supervisor.loaded.config.gateway
-    if any(route.auth.require == "api_key" for route in supervisor.loaded.config.routes):
-        # Create the API-key tables once, before the workers race to do it.
-        engine = make_engine(gateway.api_keys.database, supervisor.loaded.config.state_dir)
-        try:
-            await create_tables(engine, supervisor.loaded.config.store, supervisor.loaded.source)
-        finally:
-            await engine.dispose()
-    # Hold the port (bound, not listening) so port 0 resolves once and every worker shares it.
-    reserved = bind_socket(gateway.listen, reuse_port=True)
-    listen = address_of(reserved)
-    supervisor.shell.https_port = reserved.getsockname()[1]
-    for index in range(supervisor.count):
-        await supervisor.spawn(index, listen)
-    try:
-        await supervisor.wait_ready()
-    except RuntimeError as exc:
-        log.error("gateway.workers.failed", message=str(exc))
-        supervisor.stopping = True
-        supervisor.signal_all(signal.SIGTERM)
-        return 1
-    admin_sock, guard, admin_tls = open_admin_listener(
-        supervisor.loaded.config, supervisor.loaded.source, supervisor.admin_handler
-    )
-    supervisor.admin_denied = guard.denied
-    admin = await loop.create_server(lambda: SimpleHttpProtocol(guard), sock=admin_sock, ssl=admin_tls)
-    listeners = {"gateway": listen, "admin": address_of(admin_sock)}
-    servers = [admin]
-    if supervisor.serves_redirect and gateway.redirect_http:
-        shell = supervisor.shell
-        security = shell.runtime.security_headers + shell.runtime.referrer_policy_line
-        redirect_sock = bind_socket(gateway.redirect_http, reuse_port=False)
-        servers.append(
-            await loop.create_server(
-                lambda: SimpleHttpProtocol(shell.redirect_handler, security), sock=redirect_sock
-            )
-        )
-        listeners["redirect"] = address_of(redirect_sock)
-    watchers = [loop.create_task(supervisor.watch(i, listen)) for i in range(supervisor.count)]
-    if supervisor.serves_redirect and gateway.watch_config:
-        watchers.append(loop.create_task(supervisor.follow_config()))
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, supervisor.reload)
-    log.log("gateway.listening", listeners=listeners, workers=supervisor.count, pid=os.getpid())
-    write_ready_file(ready_file, listeners)
-    await stop.wait()
-    supervisor.stopping = True
-    for server in servers:
-        server.close()
-    supervisor.signal_all(signal.SIGTERM)
-    async with asyncio.timeout(gateway.drain_timeout + 5):
-        await asyncio.gather(*(p.wait() for p in supervisor.processes.values()))
-    for task in watchers:
-        task.cancel()
-    reserved.close()
-    log.log("gateway.stopped")
-    return 0
-
-
-def run_workers(loaded: LoadedConfig, ready_file: Path | None) -> int:
-    return uvloop.run(supervise(loaded, ready_file))

@@ -14,18 +14,7 @@ from typing import Any
 from authlib.oauth2 import OAuth2Request
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 
-
-class Headers(dict[str, str]):
-    """Request headers with case-insensitive ``get`` (Authlib reads ``Authorization``)."""
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return super().get(key.lower(), default)
-
-    def __getitem__(self, key: str) -> str:
-        return super().__getitem__(key.lower())
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and super().__contains__(key.lower())
+from garrison.web.http import Headers
 
 
 class IdentityRequest(OAuth2Request):  # type: ignore[misc]

@@ -221,6 +221,7 @@ class ClientAuthGuard:
         self, key: str, counted: str | None, request: Any, endpoint: str, methods: list[str]
     ) -> NoReturn:
         """A right credential on a locked key: audited as such, answered as a wrong one."""
+        self.throttle.refused(key)
         log.warn(
             "identity.client_auth.refused",
             reason="locked",

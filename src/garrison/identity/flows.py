@@ -254,6 +254,8 @@ class BrowserFlows:
                     attempt.succeed()
         except LockedOut as refused:
             locked = refused.locked.key.split(":")[0]  # "user" or "ip": which limit refused it
+            self.throttle.refused(refused.locked.key)
+        self.app.metrics.login("success" if user is not None else "locked" if locked else "failure")
         if user is not None:
             log.log("identity.login.succeeded", user_id=user.user_id, ip=http.client_ip)
             return user.user_id
@@ -274,9 +276,12 @@ class BrowserFlows:
                 ok = await self.mfa.verify(user_id, code) or await self.mfa.use_recovery_code(user_id, code)
                 if ok:
                     attempt.succeed()
-        except LockedOut:
+        except LockedOut as refused:
+            self.throttle.refused(refused.locked.key)
+            self.app.metrics.login("mfa_locked")
             log.warn("identity.mfa.refused", reason="locked", user_id=user_id, ip=http.client_ip)
             return False
+        self.app.metrics.login("mfa_success" if ok else "mfa_failure")
         log.log(
             "identity.mfa.succeeded" if ok else "identity.mfa.failed",
             user_id=user_id,

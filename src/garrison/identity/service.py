@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,9 +29,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only
 
 from garrison.admin.auth import admin_token_path
+from garrison.admin.listener import AdminListener
 from garrison.config.loader import LoadedConfig
 from garrison.config.model import GarrisonConfig, IdentityConfig
+from garrison.core.runner import ReloadUnsupported, StartFailed, run_component
+from garrison.core.sockets import address_of, bind_socket
 from garrison.identity import tables
+from garrison.identity.admin import start_identity_admin
 from garrison.identity.authserver import AccessTokenGenerator, IdentityServer, build_server
 from garrison.identity.client_throttle import ClientAuthGuard
 from garrison.identity.clients import ClientDirectory, ClientStore
@@ -60,7 +62,7 @@ from garrison.telemetry import logging as log
 from garrison.tokens.forwarded import TrustedProxies
 from garrison.tokens.jwks import JwksCache
 from garrison.tokens.jwt import JwtVerifier, TokenCache
-from garrison.tokens.revocations import MemoryRevocations, RedisRevocations, Revocations
+from garrison.tokens.revocations import Revocations, revocations_from_config
 
 
 @dataclass
@@ -117,14 +119,6 @@ class Provider:
         self.jwks_cache.load(self.keys.public_jwks())
 
 
-def make_revocations(config: GarrisonConfig) -> Revocations:
-    redis_url = config.redis.url
-    if redis_url and config.revocations.storage == "redis":
-        spec = config.revocations
-        return RedisRevocations(redis_url, spec.prefix, max_entries=spec.max_entries)
-    return MemoryRevocations(max_entries=config.revocations.max_entries)
-
-
 async def open_provider(
     config: GarrisonConfig, base_url: str, clock: Callable[[], datetime] | None = None
 ) -> Provider:
@@ -144,7 +138,7 @@ async def open_provider(
     await keys.ensure()  # the first key, or the next one when due; then the keys are in memory
     directory = ClientDirectory(ClientStore(engine, kek))
     await directory.start()
-    revocations = make_revocations(config)
+    revocations = revocations_from_config(config.revocations, config.redis.url)
     await revocations.start()
     jwks_cache = JwksCache(jwks_uri=identity.issuer + "/jwks")  # loaded locally, never fetched
     verifier = JwtVerifier(
@@ -257,17 +251,6 @@ def _routes(provider: Provider) -> None:
     app.route("GET", "/live", live)
 
 
-def bind(listen: str) -> socket.socket:
-    from garrison.config.model import parse_listen
-
-    host, port = parse_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    return sock
-
-
 def tls_context(config: GarrisonConfig, config_dir: Path) -> ssl.SSLContext | None:
     identity = config.identity
     assert identity is not None
@@ -283,25 +266,84 @@ def tls_context(config: GarrisonConfig, config_dir: Path) -> ssl.SSLContext | No
     return server_context(cert, key, identity.tls.min_version)
 
 
-async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
-    config = loaded.config
-    identity = config.identity
-    if identity is None:
-        log.error("identity.not_configured", message="garrison.yaml has no `identity` section")
-        return 2
-    sock = bind(identity.listen)
-    address = sock.getsockname()
-    if urlsplit(identity.issuer).port == 0:
-        # `issuer: http://127.0.0.1:0` with `listen: ...:0` (tests, benchmarks): the issuer is wherever
-        # the listener landed.
-        parts = urlsplit(identity.issuer)
-        issuer = urlunsplit((parts.scheme, f"{parts.hostname}:{address[1]}", parts.path, "", ""))
-        identity = identity.model_copy(update={"issuer": issuer.rstrip("/")})
-        config = config.model_copy(update={"identity": identity})
-    context = tls_context(config, Path(loaded.source).parent)
-    provider = await open_provider(config, identity.issuer)
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: core/runner.py owns the signals of every component."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class IdentityComponent:
+    """The provider as a component run by core/runner.py: SIGTERM finishes requests in flight, then
+    the stores close and the process exits 0; SIGHUP reloads nothing (restart to reconfigure)."""
+
+    name = "identity"
+
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self.loaded = loaded
+        self.issuer = ""
+        self.provider: Provider | None = None
+        self.server: _Uvicorn | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.admin: AdminListener | None = None
+
+    async def start(self) -> dict[str, str]:
+        config = self.loaded.config
+        identity = config.identity
+        if identity is None:
+            raise StartFailed("garrison.yaml has no `identity` section")
+        sock = bind_socket(identity.listen)
+        listening = address_of(sock)
+        if urlsplit(identity.issuer).port == 0:
+            # `issuer: http://127.0.0.1:0` with `listen: ...:0` (tests, benchmarks): the issuer is
+            # wherever the listener landed.
+            parts = urlsplit(identity.issuer)
+            issuer = urlunsplit(
+                (parts.scheme, f"{parts.hostname}:{sock.getsockname()[1]}", parts.path, "", "")
+            )
+            identity = identity.model_copy(update={"issuer": issuer.rstrip("/")})
+            config = config.model_copy(update={"identity": identity})
+        self.issuer = identity.issuer
+        context = tls_context(config, Path(self.loaded.source).parent)
+        provider = self.provider = await open_provider(config, identity.issuer)
+        server = self.server = _Uvicorn(_uvicorn_config(provider, context))
+        self.admin = await start_identity_admin(config, Path(self.loaded.source).parent, provider, server)
+        serving = asyncio.create_task(server.serve(sockets=[sock]), name="identity-server")
+        self.tasks = [serving, asyncio.create_task(_maintain(provider), name="identity-maintenance")]
+        while not server.started:
+            if serving.done():  # uvicorn gave up before serving (it logged why)
+                serving.result()
+                raise StartFailed("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+        log.log("identity.listening", address=listening, issuer=identity.issuer)
+        return {"identity": listening} | ({"admin": self.admin.address} if self.admin else {})
+
+    def details(self) -> dict[str, Any]:
+        return {"issuer": self.issuer}
+
+    async def reload(self) -> None:
+        raise ReloadUnsupported
+
+    async def drain(self) -> None:
+        assert self.server is not None and self.provider is not None
+        self.server.should_exit = True  # stop accepting, finish requests in flight
+        serving, maintenance = self.tasks
+        await serving
+        maintenance.cancel()
+        if self.admin is not None:
+            await self.admin.close()
+        provider = self.provider
+        await provider.directory.stop()
+        await provider.revocations.stop()
+        await provider.push.stop()
+        await provider.engine.dispose()
+        log.log("identity.stopped")
+
+
+def _uvicorn_config(provider: Provider, context: ssl.SSLContext | None) -> uvicorn.Config:
     assert provider.app is not None
-    uv_config = uvicorn.Config(
+    return uvicorn.Config(
         provider.app,
         loop="none",  # serve on the running (uvloop) loop
         ssl_context_factory=(lambda _config, _default: context) if context is not None else None,
@@ -315,30 +357,11 @@ async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
         timeout_keep_alive=30,
         h11_max_incomplete_event_size=16 * 1024,
     )
-    server = uvicorn.Server(uv_config)  # SIGINT/SIGTERM: finish in-flight requests, then stop
-    maintenance = asyncio.create_task(_maintain(provider), name="identity-maintenance")
-    listening = (
-        f"{address[0]}:{address[1]}" if sock.family == socket.AF_INET else f"[{address[0]}]:{address[1]}"
-    )
 
-    async def announce() -> None:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        log.log("identity.listening", address=listening, issuer=identity.issuer)
-        if ready_file is not None:
-            ready_file.write_text(json.dumps({"identity": listening, "issuer": identity.issuer}))
 
-    announcer = asyncio.create_task(announce())
-    try:
-        await server.serve(sockets=[sock])
-    finally:
-        for task in (maintenance, announcer):
-            task.cancel()
-        await provider.directory.stop()
-        await provider.revocations.stop()
-        await provider.push.stop()
-        await provider.engine.dispose()
-    return 0
+async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
+    """Run the provider until SIGTERM/SIGINT (core/runner.py)."""
+    return await run_component(IdentityComponent(loaded), ready_file)
 
 
 async def _maintain(provider: Provider) -> None:

@@ -141,6 +141,13 @@ class Throttle:
         self.engine = engine
         self.settings = settings
         self.clock = clock
+        # Told the kind of key ("user", "ip", "otp", "client") each time a locked key refuses an
+        # attempt unchecked: the provider's metrics (identity/admin.py wires it).
+        self.on_refused: Callable[[str], None] = lambda limit: None
+
+    def refused(self, key: str) -> None:
+        """Report an attempt the lock on ``key`` refused (flows.py, client_throttle.py)."""
+        self.on_refused(key.split(":", 1)[0])
 
     def limit_for(self, key: str) -> int:
         return self.settings.ip_max_failures if key.startswith(IP_PREFIX) else self.settings.max_failures

@@ -1,0 +1,48 @@
+"""The CA's tables (SQLAlchemy Core), on the shared ``store.db.metadata``.
+
+- ``mesh_join_tokens``: one-time tokens a workload presents once to get its first certificate. Only a
+  keyed digest of the token is stored (HMAC-SHA256 under the KEK's digest key), so a copy of the
+  database cannot be used to join. Single use is enforced by the database:
+  ``UPDATE ... SET used_at = :now WHERE digest = :d AND used_at IS NULL AND expires_at > :now``, and
+  only the caller whose update changed one row gets a certificate.
+- ``mesh_certificates``: every certificate issued (serial, SPIFFE ID, validity, how it was obtained),
+  for audit and to answer "what does this service hold".
+- ``mesh_revocations``: identities cut off; a revoked SPIFFE ID gets no renewal and its peers refuse it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Index, String, Table
+
+from garrison.store.db import UTCDateTime, metadata
+
+DIGEST = 64
+
+join_tokens = Table(
+    "mesh_join_tokens",
+    metadata,
+    Column("digest", String(DIGEST), primary_key=True),
+    Column("spiffe_id", String(255), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("used_at", UTCDateTime, nullable=True),
+)
+
+certificates = Table(
+    "mesh_certificates",
+    metadata,
+    Column("serial", String(40), primary_key=True),  # hex; random 159-bit serials
+    Column("spiffe_id", String(255), nullable=False),
+    Column("not_before", UTCDateTime, nullable=False),
+    Column("not_after", UTCDateTime, nullable=False),
+    Column("obtained_by", String(16), nullable=False),  # "join" or "renewal"
+    Index("mesh_certificates_by_identity", "spiffe_id", "not_after"),
+)
+
+revocations = Table(
+    "mesh_revocations",
+    metadata,
+    Column("spiffe_id", String(255), primary_key=True),
+    Column("revoked_at", UTCDateTime, nullable=False),
+    Column("reason", String(200), nullable=False),
+)
