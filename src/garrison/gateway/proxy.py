@@ -56,9 +56,9 @@ from garrison.gateway.exchange import (
 from garrison.gateway.ratelimit import RateDecision, RateLimiter, rate_limit_lines
 from garrison.gateway.router import RouteMiss
 from garrison.proxy.http1 import LAST_CHUNK, chunk
-from garrison.proxy.normalize import TargetRejected, parse_request_target
 from garrison.proxy.upstream.retry import IDEMPOTENT_METHODS
 from garrison.tokens.jwt import AuthError
+from garrison.uri.normalize import TargetRejected, parse_request_target
 
 if TYPE_CHECKING:
     from garrison.gateway.runtime import Runtime
