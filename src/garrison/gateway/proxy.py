@@ -56,7 +56,6 @@ from garrison.gateway.exchange import (
 from garrison.gateway.ratelimit import RateDecision, RateLimiter, rate_limit_lines
 from garrison.gateway.router import RouteMiss
 from garrison.proxy.http1 import LAST_CHUNK, chunk
-from garrison.proxy.upstream.retry import IDEMPOTENT_METHODS
 from garrison.tokens.jwt import AuthError
 from garrison.uri.normalize import TargetRejected, parse_request_target
 
@@ -554,20 +553,19 @@ class ClientConnection(asyncio.Protocol):
         # 1xx responses are not for HTTP/1.0 clients (RFC 9110 §15.2).
         if exchange.expect_continue and exchange.has_body and exchange.http11 and not exchange.request_done:
             self._write(CONTINUE)
-        exchange.route.service.budget.record_request(self.loop.time())
+        exchange.route.service.record_request(self.loop.time())
         self._dispatch(exchange)
 
     def _dispatch(self, exchange: Exchange) -> None:
         service = exchange.route.service
         now = self.loop.time()
-        target = service.balancer.pick(service.targets, now, exchange.target)
+        target = service.pick(now, exchange.target)
         if target is None:
-            retry_after = min(t.breaker.retry_after(now) for t in service.targets)
+            retry_after = service.retry_after(now)
             self._fail_exchange(exchange, 503, "service_unavailable", b"retry-after: %d\r\n" % retry_after)
             return
         exchange.target = target
         exchange.attempts += 1
-        target.in_flight += 1
         pool = service.pools[target]
         conn = pool.take_idle()
         if conn is not None:
@@ -586,8 +584,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if exchange is not self.active or self.closed:
             pool.release(conn)
-            target.in_flight -= 1
-            target.breaker.release_probe()
+            exchange.route.service.abandoned(target, response_started=False)
             return
         self._send_upstream(exchange, conn)
         self.flush()
@@ -619,11 +616,7 @@ class ClientConnection(asyncio.Protocol):
     def on_upstream_head(self, status: int, headers: list[tuple[bytes, bytes]], chunked: bool) -> None:
         exchange = self.active
         assert exchange is not None and exchange.target is not None
-        now = self.loop.time()
-        if status in (502, 503, 504):
-            exchange.target.breaker.record_failure(now)
-        else:
-            exchange.target.breaker.record_success(now)
+        exchange.route.service.response_head(exchange.target, status, self.loop.time())
         if self.server.draining:
             exchange.keep_alive = False  # tell the client, so it reconnects to a live process
         exchange.status = status
@@ -655,7 +648,7 @@ class ClientConnection(asyncio.Protocol):
         assert exchange is not None and exchange.target is not None
         conn = exchange.upstream
         exchange.upstream = None
-        exchange.target.in_flight -= 1
+        exchange.route.service.responded(exchange.target)
         if exchange.rechunk:
             self._write(LAST_CHUNK)
         if exchange.cache_fill is not None:
@@ -686,10 +679,9 @@ class ClientConnection(asyncio.Protocol):
     def _upstream_failed(self, exchange: Exchange, reason: str) -> None:
         target = exchange.target
         assert target is not None
-        target.in_flight -= 1
-        target.breaker.record_failure(self.loop.time())
-        exchange.cache_fill = None  # a body cut short is never cached
         service = exchange.route.service
+        service.failed(target, self.loop.time())
+        exchange.cache_fill = None  # a body cut short is never cached
         self.server.runtime.metrics.upstream_error(service.name, target.url, reason)
         if exchange.response_started:
             exchange.close_after = True  # a body cut short cannot be mended: close so the client sees it
@@ -698,7 +690,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.closed or exchange is not self.active:
             return
-        if self._may_retry(exchange, reason):
+        if service.may_retry(exchange.method, exchange.has_body, exchange.attempts, reason, self.loop.time()):
             self._dispatch(exchange)
             return
         if reason == "timeout":
@@ -706,25 +698,13 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._fail_exchange(exchange, 502, "bad_gateway")
 
-    def _may_retry(self, exchange: Exchange, reason: str) -> bool:
-        service = exchange.route.service
-        return (
-            reason != "timeout"
-            and exchange.method in IDEMPOTENT_METHODS
-            and not exchange.has_body
-            and exchange.attempts <= service.retry_attempts
-            and service.budget.try_spend(self.loop.time())
-        )
-
     def _drop_upstream(self, exchange: Exchange, reason: str) -> None:
         conn = exchange.upstream
         exchange.upstream = None
         if conn is not None:
             conn.abort()
             if exchange.target is not None:
-                exchange.target.in_flight -= 1
-                if not exchange.response_started:
-                    exchange.target.breaker.release_probe()
+                exchange.route.service.abandoned(exchange.target, exchange.response_started)
 
     # -- the response cache -------------------------------------------------------------------------
     def _answered_from_cache(self, exchange: Exchange) -> bool:

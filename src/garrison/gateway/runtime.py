@@ -33,11 +33,12 @@ from garrison.gateway.iprules import IpRules
 from garrison.gateway.ratelimit import RateLimiter, RateLimitSpec
 from garrison.gateway.redirect import HttpsRedirect
 from garrison.gateway.router import RouteEntry, RouteTable
-from garrison.proxy.upstream.balancer import Balancer, make_balancer
+from garrison.proxy.upstream.balancer import make_balancer
 from garrison.proxy.upstream.circuit import CircuitBreaker, CircuitState
 from garrison.proxy.upstream.health import ActiveHealthChecker, HealthCheckSpec
 from garrison.proxy.upstream.pool import TargetPool
 from garrison.proxy.upstream.retry import RetryBudget
+from garrison.proxy.upstream.service import UpstreamService
 from garrison.proxy.upstream.target import Target
 from garrison.telemetry import logging as log
 from garrison.telemetry.metrics import GatewayMetrics, RouteStats
@@ -46,33 +47,11 @@ from garrison.tokens.jwks import JwksCache
 from garrison.tokens.jwt import JwtVerifier, RevocationCheck, TokenCache
 
 
-@dataclass(eq=False)
-class Service:
-    name: str
-    targets: list[Target]
-    pools: dict[Target, TargetPool]
-    balancer: Balancer
-    budget: RetryBudget
-    retry_attempts: int
-    read_timeout: float
-    health: ActiveHealthChecker | None = None
-
-    def sweep(self, now: float) -> None:
-        for pool in self.pools.values():
-            pool.sweep(now)
-
-    async def close(self) -> None:
-        for pool in self.pools.values():
-            pool.close()
-        if self.health is not None:
-            await self.health.stop()
-
-
 @dataclass(slots=True, eq=False)
 class Route:
     name: str
     log_name: bytes  # JSON-encoded once, for the access log
-    service: Service
+    service: UpstreamService
     stats: RouteStats
     ip_rules: IpRules | None = None
     # Limits keyed by address or route count before authentication, so a flood of bad credentials
@@ -92,7 +71,7 @@ class Route:
 class Runtime:
     config: GarrisonConfig
     routes: RouteTable[Route]
-    services: dict[str, Service]
+    services: dict[str, UpstreamService]
     trusted: TrustedProxies
     scheme: str
     security_headers: bytes  # on every response
@@ -296,7 +275,7 @@ def _security_headers(config: GarrisonConfig) -> bytes:
 
 def _build_service(
     name: str, spec: ServiceConfig, loop: asyncio.AbstractEventLoop, upstream_tls: ssl.SSLContext
-) -> Service:
+) -> UpstreamService:
     targets: list[Target] = []
     for url in spec.targets:
         breaker = CircuitBreaker(
@@ -334,7 +313,7 @@ def _build_service(
             ),
             ssl_context=upstream_tls,
         )
-    return Service(
+    return UpstreamService(
         name=name,
         targets=targets,
         pools=pools,
