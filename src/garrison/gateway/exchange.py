@@ -20,6 +20,7 @@ from garrison.proxy.http1 import (
     parse_content_length,
     status_line,
 )
+from garrison.proxy.state import ResponsePhase
 from garrison.tokens.forwarded import forwarded_element
 
 STATUS_LINES = {status: status_line(status) for status in range(100, 600)}
@@ -80,8 +81,7 @@ class Exchange:
     upstream_start = 0.0
     upstream_time = 0.0
     status = 0
-    response_started = False
-    response_done = False
+    response = ResponsePhase.PENDING  # nothing sent yet; then STARTED (head sent), then DONE
     rechunk = False
     close_after = False
     bytes_out = 0

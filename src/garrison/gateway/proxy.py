@@ -56,6 +56,18 @@ from garrison.gateway.exchange import (
 from garrison.gateway.ratelimit import RateDecision, RateLimiter, rate_limit_lines
 from garrison.gateway.router import RouteMiss
 from garrison.proxy.http1 import LAST_CHUNK, chunk
+from garrison.proxy.state import (
+    CLOSED,
+    CLOSING,
+    IDLE,
+    LEGAL,
+    READING_BODY,
+    READING_HEAD,
+    SERVING,
+    ConnectionState,
+    IllegalTransition,
+)
+from garrison.proxy.state import ResponsePhase as _Phase
 from garrison.tokens.jwt import AuthError
 from garrison.uri.normalize import TargetRejected, parse_request_target
 
@@ -65,14 +77,13 @@ if TYPE_CHECKING:
     from garrison.proxy.upstream.pool import UpstreamConnection
     from garrison.proxy.upstream.target import Target
 
+PENDING, STARTED, DONE = _Phase.PENDING, _Phase.STARTED, _Phase.DONE
+
 # Why reading from the client is paused; reading resumes when no reason is left.
 PAUSE_PIPELINE, PAUSE_BUFFER, PAUSE_UPSTREAM = 1, 2, 4
 MAX_BUFFERED_BODY = 256 * 1024
 LINGER_SECONDS = 1.0
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-# What the connection is waiting for; the server's sweeper enforces the matching timeout.
-WAIT_NONE, WAIT_HEAD, WAIT_BODY, WAIT_IDLE = 0, 1, 2, 3
 
 
 class _HeaderCache:
@@ -102,9 +113,10 @@ class ClientConnection(asyncio.Protocol):
         # only: it holds bound methods of this object, a reference cycle (see _release).
         self.parser: Any = None
         self.peer = "0.0.0.0"
-        self.closed = False
         self.paused = 0
-        self.waiting = WAIT_IDLE
+        # One state (proxy/state.py): what the connection is reading, and whether it is closing;
+        # the server's sweeper enforces the matching timeout against `deadline`.
+        self.state = IDLE
         self.deadline = 0.0
         self.head_bytes = 0
         self.url_parts: list[bytes] = []
@@ -140,10 +152,10 @@ class ClientConnection(asyncio.Protocol):
             self._send_error(Rejected(503, "too_many_connections"), None, close=True)
             return
         server.connections.add(self)
-        self._wait(WAIT_HEAD, server.runtime.limits.header_timeout)
+        self._wait(READING_HEAD, server.runtime.limits.header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self.closed:
+        if self.state >= CLOSING:
             return
         if self.parsing is None:
             # Raw bytes of the head being received, whitespace padding included; a head that
@@ -174,15 +186,15 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(Rejected(431, "header_fields_too_large"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        self.state = CLOSED  # always legal: the transport is gone whatever the state was
         self.server.connections.discard(self)
         self.server.closed_connections += 1  # when to hand freed memory back (gateway/heap.py)
         active = self.active
         self.active = None
-        if active is not None and not active.response_done:
+        if active is not None and active.response is not DONE:
             active.close_after = True
             self._drop_upstream(active, reason="client_closed")
-            if active.status == 0 or not active.response_started:
+            if active.status == 0 or active.response is PENDING:
                 active.status = 499  # as nginx logs it: the client went away first
             self._record(active)
         self._release()
@@ -212,13 +224,13 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks: the request ---------------------------------------------------------
     def on_message_begin(self) -> None:
-        if self.closed:
+        if self.state >= CLOSING:
             raise _Closed
         self.url_parts = []
         self.raw_headers = []
         self.head_size = 0
-        if self.waiting != WAIT_HEAD:
-            self._wait(WAIT_HEAD, self.server.runtime.limits.header_timeout)
+        if self.state is not READING_HEAD:
+            self._wait(READING_HEAD, self.server.runtime.limits.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self.url_parts.append(url)
@@ -241,9 +253,9 @@ class ClientConnection(asyncio.Protocol):
         self.head_size = 0  # from here on, on_header sees trailers, counted on their own
         self.raw_headers = []
         if exchange.has_body:
-            self._wait(WAIT_BODY, runtime.limits.body_timeout)
+            self._wait(READING_BODY, runtime.limits.body_timeout)
         else:
-            self.waiting = WAIT_NONE
+            self._enter(SERVING)
         if self.active is None:
             self._start(exchange)
         else:
@@ -268,9 +280,9 @@ class ClientConnection(asyncio.Protocol):
         if exchange.body_mode == BODY_CHUNKED:
             self._forward_body(exchange, LAST_CHUNK)
         exchange.request_done = True
-        if self.waiting == WAIT_BODY:
-            self.waiting = WAIT_NONE
-        if exchange.response_done:
+        if self.state is READING_BODY:
+            self._enter(SERVING)
+        if exchange.response is DONE:
             self._finish(exchange)
 
     # -- building and starting an exchange -------------------------------------------------------
@@ -445,7 +457,7 @@ class ClientConnection(asyncio.Protocol):
         identity: str,
     ) -> None:
         decision = await limiters[index].hit(identity)  # never raises: a Redis failure is in the decision
-        if exchange is not self.active or self.closed:
+        if exchange is not self.active or self.state >= CLOSING:
             return
         if self._counted(exchange, decision):
             self._limit(exchange, limiters, index + 1, then)
@@ -506,11 +518,11 @@ class ClientConnection(asyncio.Protocol):
         try:
             identity = await auth.authenticate_async(token)
         except AuthError as refusal:
-            if exchange is self.active and not self.closed:
+            if exchange is self.active and self.state < CLOSING:
                 self._refuse_auth(exchange, refusal)
                 self.flush()
             return
-        if exchange is self.active and not self.closed:
+        if exchange is self.active and self.state < CLOSING:
             self._authenticated(exchange, identity)
             self._after_auth(exchange)
             self.flush()
@@ -582,7 +594,7 @@ class ClientConnection(asyncio.Protocol):
             self._upstream_failed(exchange, reason)
             self.flush()
             return
-        if exchange is not self.active or self.closed:
+        if exchange is not self.active or self.state >= CLOSING:
             pool.release(conn)
             exchange.route.service.abandoned(target, response_started=False)
             return
@@ -605,7 +617,7 @@ class ClientConnection(asyncio.Protocol):
         if exchange is self.active and exchange.upstream is not None:
             exchange.upstream.write(data)
             return
-        if exchange.response_done:
+        if exchange.response is DONE:
             return  # the upstream already answered; the rest of the body is read and dropped
         exchange.body_buffer.append(data)
         exchange.buffered += len(data)
@@ -620,7 +632,7 @@ class ClientConnection(asyncio.Protocol):
         if self.server.draining:
             exchange.keep_alive = False  # tell the client, so it reconnects to a live process
         exchange.status = status
-        exchange.response_started = True
+        exchange.response = STARTED
         exchange.upstream_time = perf_counter() - exchange.upstream_start
         runtime = self.server.runtime
         self._write(
@@ -659,7 +671,7 @@ class ClientConnection(asyncio.Protocol):
                 conn.pool.release(conn)
             else:
                 conn.abort()
-        exchange.response_done = True
+        exchange.response = DONE
         if not exchange.request_done:
             exchange.close_after = True  # the rest of the request body would have to be drained
         self._finish(exchange)
@@ -683,12 +695,12 @@ class ClientConnection(asyncio.Protocol):
         service.failed(target, self.loop.time())
         exchange.cache_fill = None  # a body cut short is never cached
         self.server.runtime.metrics.upstream_error(service.name, target.url, reason)
-        if exchange.response_started:
+        if exchange.response is not PENDING:
             exchange.close_after = True  # a body cut short cannot be mended: close so the client sees it
-            exchange.response_done = True
+            exchange.response = DONE
             self._finish(exchange)
             return
-        if self.closed or exchange is not self.active:
+        if self.state >= CLOSING or exchange is not self.active:
             return
         if service.may_retry(exchange.method, exchange.has_body, exchange.attempts, reason, self.loop.time()):
             self._dispatch(exchange)
@@ -704,7 +716,7 @@ class ClientConnection(asyncio.Protocol):
         if conn is not None:
             conn.abort()
             if exchange.target is not None:
-                exchange.route.service.abandoned(exchange.target, exchange.response_started)
+                exchange.route.service.abandoned(exchange.target, exchange.response is not PENDING)
 
     # -- the response cache -------------------------------------------------------------------------
     def _answered_from_cache(self, exchange: Exchange) -> bool:
@@ -732,7 +744,7 @@ class ClientConnection(asyncio.Protocol):
     def _replay(self, exchange: Exchange, entry: CachedResponse) -> None:
         runtime = self.server.runtime
         exchange.status = entry.status
-        exchange.response_started = exchange.response_done = True
+        exchange.response = DONE
         if not exchange.request_done:
             exchange.close_after = True  # the request body would have to be drained
         if exchange.close_after or not exchange.keep_alive:
@@ -762,7 +774,7 @@ class ClientConnection(asyncio.Protocol):
     def _answer_preflight(self, exchange: Exchange, head: bytes) -> None:
         """The gateway's own 204 to an allowed CORS preflight; the upstream never sees it."""
         exchange.status = 204
-        exchange.response_started = exchange.response_done = True
+        exchange.response = DONE
         if not exchange.request_done:
             exchange.close_after = True
         runtime = self.server.runtime
@@ -775,8 +787,7 @@ class ClientConnection(asyncio.Protocol):
         # CORS and RateLimit-* headers go on refusals too, so a page can read why it was refused.
         extra += exchange.extra_response_headers
         exchange.status = status
-        exchange.response_started = True
-        exchange.response_done = True
+        exchange.response = DONE
         if not exchange.request_done:
             exchange.close_after = True
         close = exchange.close_after or not exchange.keep_alive
@@ -800,8 +811,9 @@ class ClientConnection(asyncio.Protocol):
             self._start(self.pending.popleft())
             if not self.pending:
                 self._resume(PAUSE_PIPELINE)
-        elif self.parsing is None:
-            self._wait(WAIT_IDLE, self.server.runtime.limits.keepalive_timeout)
+        elif self.state is SERVING:
+            # Nothing of the next request read yet. (A head already begun keeps its header timeout.)
+            self._wait(IDLE, self.server.runtime.limits.keepalive_timeout)
 
     def _record(self, exchange: Exchange) -> None:
         self.server.record(exchange)
@@ -812,10 +824,10 @@ class ClientConnection(asyncio.Protocol):
         self._pause(PAUSE_PIPELINE)
         active = self.active
         if active is not None:
-            if self.parsing is active and not active.response_done:
+            if self.parsing is active and active.response is not DONE:
                 # The body of the request being served is broken: the upstream gets no more of it.
                 self._drop_upstream(active, reason="bad_request")
-                if not active.response_started:
+                if active.response is PENDING:
                     self._fail_exchange(active, rejection.status, rejection.code, rejection.extra_headers)
                 else:
                     self._close()
@@ -857,32 +869,39 @@ class ClientConnection(asyncio.Protocol):
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and self.state < CLOSING:
             self.transport.write(data)
 
     def _close(self) -> None:
-        if not self.closed and self.transport is not None:
+        if self.state < CLOSING and self.transport is not None:
             self.flush()
-            self.closed = True
             self.server.connections.discard(self)
             if self.parsing is not None and self.transport.can_write_eof():
+                self._enter(CLOSING)
                 # Answered before the request body was all read: closing now, with unread bytes,
                 # would send a TCP reset that can destroy the answer in flight. Half-close, keep
                 # reading (and discarding) for a moment, then close (nginx's "lingering close").
                 self.transport.write_eof()
                 self.loop.call_later(LINGER_SECONDS, self.transport.close)
             else:
+                self._enter(CLOSED)
                 self.transport.close()
         active = self.active
         if active is not None and active.upstream is not None:
             self._drop_upstream(active, reason="client_closed")
 
-    def _wait(self, what: int, timeout: float) -> None:
-        self.waiting = what
+    def _wait(self, state: ConnectionState, timeout: float) -> None:
+        """Enter a state whose timeout runs from now."""
+        self._enter(state)
         self.deadline = self.loop.time() + timeout
 
+    def _enter(self, state: ConnectionState) -> None:
+        if state not in LEGAL[self.state]:
+            raise IllegalTransition(self.state, state)
+        self.state = state
+
     def _pause(self, reason: int) -> None:
-        if not self.paused and self.transport is not None and not self.closed:
+        if not self.paused and self.transport is not None and self.state < CLOSING:
             self.transport.pause_reading()
         self.paused |= reason
 
@@ -890,13 +909,13 @@ class ClientConnection(asyncio.Protocol):
         if not self.paused & reason:
             return
         self.paused &= ~reason
-        if not self.paused and self.transport is not None and not self.closed:
+        if not self.paused and self.transport is not None and self.state < CLOSING:
             self.transport.resume_reading()
 
     # -- timeouts, driven by the server's sweeper --------------------------------------------------
     def check_deadlines(self, now: float) -> None:
         active = self.active
-        if active is not None and active.upstream is not None and not active.response_done:
+        if active is not None and active.upstream is not None and active.response is not DONE:
             conn = active.upstream
             if now - conn.last_read > active.route.service.read_timeout:
                 active.upstream = None
@@ -904,9 +923,10 @@ class ClientConnection(asyncio.Protocol):
                 self._upstream_failed(active, "timeout")
                 self.flush()
                 return
-        if self.waiting == WAIT_NONE or now < self.deadline:
+        state = self.state
+        if state is SERVING or state >= CLOSING or now < self.deadline:
             return
-        if self.waiting == WAIT_IDLE:
+        if state is IDLE:
             self._close()
         else:
             self._refuse(Rejected(408, "request_timeout"))
