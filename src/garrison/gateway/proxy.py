@@ -18,30 +18,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Coroutine
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
-from garrison.gateway.authn import (
-    ApiKeyRouteAuth,
-    CertificateClient,
-    ClientCertificates,
-    Identity,
-    JwtRouteAuth,
-    MtlsRouteAuth,
-    NeedsRefetch,
-    challenge,
-)
-from garrison.gateway.cache import X_CACHE_MISS, CachedResponse
-from garrison.gateway.cache_policy import CacheRequest
+from garrison.gateway.authn import ApiKeyRouteAuth, CertificateClient, ClientCertificates
 from garrison.gateway.errors import error_response
 from garrison.gateway.exchange import (
     BODY_CHUNKED,
     BODY_LENGTH,
     BODY_NONE,
-    STATUS_LINES,
     ClientHeaders,
     Exchange,
     Rejected,
@@ -53,7 +41,7 @@ from garrison.gateway.exchange import (
     trace_for,
     valid_host,
 )
-from garrison.gateway.ratelimit import RateDecision, RateLimiter, rate_limit_lines
+from garrison.gateway.forward import dispatch
 from garrison.gateway.router import RouteMiss
 from garrison.proxy.http1 import LAST_CHUNK, chunk
 from garrison.proxy.state import (
@@ -75,7 +63,6 @@ if TYPE_CHECKING:
     from garrison.gateway.runtime import Runtime
     from garrison.gateway.server import GatewayServer
     from garrison.proxy.upstream.pool import UpstreamConnection
-    from garrison.proxy.upstream.target import Target
 
 PENDING, STARTED, DONE = _Phase.PENDING, _Phase.STARTED, _Phase.DONE
 
@@ -83,7 +70,6 @@ PENDING, STARTED, DONE = _Phase.PENDING, _Phase.STARTED, _Phase.DONE
 PAUSE_PIPELINE, PAUSE_BUFFER, PAUSE_UPSTREAM = 1, 2, 4
 MAX_BUFFERED_BODY = 256 * 1024
 LINGER_SECONDS = 1.0
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class _HeaderCache:
@@ -133,7 +119,7 @@ class ClientConnection(asyncio.Protocol):
         self.header_cache: _HeaderCache | None = None
         # The client certificate's configured client, resolved once per connection and per config
         # (the certificate cannot change on a connection; a reload can change what it maps to).
-        self.certificate_client: tuple[ClientCertificates, CertificateClient | AuthError] | None = None
+        self.certificate_cache: tuple[ClientCertificates, CertificateClient | AuthError] | None = None
         # Output is gathered and written once per event, so a response head and its body leave
         # in one write() system call: on loopback the syscall costs more than all our Python.
         self.out: list[bytes] = []
@@ -210,7 +196,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = None
         self.reject_after = None
         self.header_cache = None
-        self.certificate_client = None
+        self.certificate_cache = None
 
     def pause_writing(self) -> None:
         active = self.active
@@ -283,7 +269,7 @@ class ClientConnection(asyncio.Protocol):
         if self.state is READING_BODY:
             self._enter(SERVING)
         if exchange.response is DONE:
-            self._finish(exchange)
+            self.finish(exchange)
 
     # -- building and starting an exchange -------------------------------------------------------
     def _build_exchange(self, runtime: Runtime) -> Exchange:
@@ -418,117 +404,27 @@ class ClientConnection(asyncio.Protocol):
 
     def _start(self, exchange: Exchange) -> None:
         self.active = exchange
-        if exchange.preflight is not None:
-            self._answer_preflight(exchange, exchange.preflight)
-            return
-        route = exchange.route
-        if route.pre_auth_limits:
-            # Counted before anything costly, token checks included.
-            self._limit(exchange, route.pre_auth_limits, 0, self._proceed)
-        else:
-            self._proceed(exchange)
+        exchange.route.chain.run(exchange, self)  # the route's stages (gateway/stages.py)
 
-    # -- rate limits: each of a route's limits in turn, synchronously while they are in memory ----
-    def _limit(
-        self,
-        exchange: Exchange,
-        limiters: tuple[RateLimiter, ...],
-        index: int,
-        then: Callable[[Exchange], None],
-    ) -> None:
-        while index < len(limiters):
-            limiter = limiters[index]
-            key = limiter.spec.key
-            identity = exchange.client_ip if key == "ip" else ("" if key == "route" else exchange.client)
-            if limiter.spec.storage != "memory":
-                self.server.spawn(self._limit_shared(exchange, limiters, index, then, identity))
-                return
-            if not self._counted(exchange, limiter.hit_sync(identity)):
-                return
-            index += 1
-        self._limits_passed(exchange, limiters, then)
+    # -- what the stages use (gateway/stages.py, policy_stages.py, forward.py) -----------------------
+    @property
+    def runtime(self) -> Runtime:
+        return self.server.runtime
 
-    async def _limit_shared(
-        self,
-        exchange: Exchange,
-        limiters: tuple[RateLimiter, ...],
-        index: int,
-        then: Callable[[Exchange], None],
-        identity: str,
-    ) -> None:
-        decision = await limiters[index].hit(identity)  # never raises: a Redis failure is in the decision
-        if exchange is not self.active or self.state >= CLOSING:
-            return
-        if self._counted(exchange, decision):
-            self._limit(exchange, limiters, index + 1, then)
-        self.flush()
+    def now(self) -> float:
+        return self.loop.time()
 
-    def _counted(self, exchange: Exchange, decision: RateDecision) -> bool:
-        """Keep the tightest decision for the RateLimit-* headers; refuse when a limit is exceeded."""
-        tightest = exchange.rate_decision
-        if not decision.failed_open and (tightest is None or decision.remaining < tightest.remaining):
-            exchange.rate_decision = decision
-        if decision.allowed:
-            return True
-        exchange.rate_decision = decision
-        self._add_rate_headers(exchange)
-        if decision.storage_error:
-            self._fail_exchange(exchange, 503, "rate_limiter_unavailable")
-        else:
-            self._fail_exchange(exchange, 429, "too_many_requests")
-        return False
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.server.spawn(coro)
 
-    def _limits_passed(
-        self, exchange: Exchange, limiters: tuple[RateLimiter, ...], then: Callable[[Exchange], None]
-    ) -> None:
-        if limiters is exchange.route.post_auth_limits or not exchange.route.post_auth_limits:
-            self._add_rate_headers(exchange)  # the last limit of the request has counted
-        then(exchange)
+    def spawn_slow_path(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.server.spawn(coro)
 
-    @staticmethod
-    def _add_rate_headers(exchange: Exchange) -> None:
-        decision = exchange.rate_decision
-        if decision is not None:
-            exchange.extra_response_headers += rate_limit_lines(decision)
+    def serving(self, exchange: Exchange) -> bool:
+        return exchange is self.active and self.state < CLOSING
 
-    # -- authentication ----------------------------------------------------------------------------
-    def _proceed(self, exchange: Exchange) -> None:
-        auth = exchange.route.auth
-        if isinstance(auth, MtlsRouteAuth):
-            try:
-                self._authenticated(exchange, auth.authorize(self._certificate_client(auth.clients)))
-            except AuthError as refusal:
-                self._refuse_auth(exchange, refusal)
-                return
-        elif auth is not None:
-            # After the address limits (a flood of bad tokens is cut before it costs signature checks).
-            try:
-                identity = auth.authenticate(exchange.authorization, exchange.api_key, exchange.query)
-                self._authenticated(exchange, identity)
-            except NeedsRefetch as pending:
-                assert isinstance(auth, JwtRouteAuth)  # only tokens name keys to fetch
-                self.server.spawn(self._authenticate_later(exchange, auth, str(pending.args[0])))
-                return
-            except AuthError as refusal:
-                self._refuse_auth(exchange, refusal)
-                return
-        self._after_auth(exchange)
-
-    async def _authenticate_later(self, exchange: Exchange, auth: JwtRouteAuth, token: str) -> None:
-        try:
-            identity = await auth.authenticate_async(token)
-        except AuthError as refusal:
-            if exchange is self.active and self.state < CLOSING:
-                self._refuse_auth(exchange, refusal)
-                self.flush()
-            return
-        if exchange is self.active and self.state < CLOSING:
-            self._authenticated(exchange, identity)
-            self._after_auth(exchange)
-            self.flush()
-
-    def _certificate_client(self, clients: ClientCertificates) -> CertificateClient:
-        cached = self.certificate_client
+    def certificate_client(self, clients: ClientCertificates) -> CertificateClient:
+        cached = self.certificate_cache
         if cached is None or cached[0] is not clients:
             assert self.transport is not None
             peercert: dict[str, Any] | None = self.transport.get_extra_info("peercert")
@@ -536,72 +432,12 @@ class ClientConnection(asyncio.Protocol):
                 resolved: CertificateClient | AuthError = clients.client_for(peercert)
             except AuthError as refusal:
                 resolved = refusal
-            cached = self.certificate_client = (clients, resolved)
+            cached = self.certificate_cache = (clients, resolved)
         if isinstance(cached[1], AuthError):
             raise cached[1]
         return cached[1]
 
-    def _authenticated(self, exchange: Exchange, identity: Identity) -> None:
-        exchange.identity_headers = identity.headers
-        exchange.log_subject = identity.log_subject
-        exchange.client = identity.client
-
-    def _after_auth(self, exchange: Exchange) -> None:
-        limiters = exchange.route.post_auth_limits
-        if limiters:
-            self._limit(exchange, limiters, 0, self._forward)
-        else:
-            self._forward(exchange)
-
-    def _refuse_auth(self, exchange: Exchange, refusal: AuthError) -> None:
-        if exchange.route.post_auth_limits:
-            self._add_rate_headers(exchange)  # the address limits counted; their headers were held back
-        self.server.runtime.metrics.reject(refusal.error)
-        self._fail_exchange(exchange, refusal.status, refusal.error, challenge(refusal))
-
-    def _forward(self, exchange: Exchange) -> None:
-        if exchange.route.cache_ttl is not None and self._answered_from_cache(exchange):
-            return
-        # 1xx responses are not for HTTP/1.0 clients (RFC 9110 §15.2).
-        if exchange.expect_continue and exchange.has_body and exchange.http11 and not exchange.request_done:
-            self._write(CONTINUE)
-        exchange.route.service.record_request(self.loop.time())
-        self._dispatch(exchange)
-
-    def _dispatch(self, exchange: Exchange) -> None:
-        service = exchange.route.service
-        now = self.loop.time()
-        target = service.pick(now, exchange.target)
-        if target is None:
-            retry_after = service.retry_after(now)
-            self._fail_exchange(exchange, 503, "service_unavailable", b"retry-after: %d\r\n" % retry_after)
-            return
-        exchange.target = target
-        exchange.attempts += 1
-        pool = service.pools[target]
-        conn = pool.take_idle()
-        if conn is not None:
-            self._send_upstream(exchange, conn)
-        else:
-            self.server.spawn(self._connect(exchange, target))
-
-    async def _connect(self, exchange: Exchange, target: Target) -> None:
-        pool = exchange.route.service.pools[target]
-        try:
-            conn = await pool.connect()
-        except (OSError, TimeoutError) as exc:
-            reason = "connect_timeout" if isinstance(exc, TimeoutError) else "connect_error"
-            self._upstream_failed(exchange, reason)
-            self.flush()
-            return
-        if exchange is not self.active or self.state >= CLOSING:
-            pool.release(conn)
-            exchange.route.service.abandoned(target, response_started=False)
-            return
-        self._send_upstream(exchange, conn)
-        self.flush()
-
-    def _send_upstream(self, exchange: Exchange, conn: UpstreamConnection) -> None:
+    def send_upstream(self, exchange: Exchange, conn: UpstreamConnection) -> None:
         assert exchange.target is not None
         exchange.upstream = conn
         exchange.upstream_start = perf_counter()
@@ -635,7 +471,7 @@ class ClientConnection(asyncio.Protocol):
         exchange.response = STARTED
         exchange.upstream_time = perf_counter() - exchange.upstream_start
         runtime = self.server.runtime
-        self._write(
+        self.write(
             response_head(
                 exchange, status, headers, chunked, runtime.security_headers, runtime.referrer_policy_line
             )
@@ -662,7 +498,7 @@ class ClientConnection(asyncio.Protocol):
         exchange.upstream = None
         exchange.route.service.responded(exchange.target)
         if exchange.rechunk:
-            self._write(LAST_CHUNK)
+            self.write(LAST_CHUNK)
         if exchange.cache_fill is not None:
             exchange.cache_fill.commit()  # the whole body arrived
             exchange.cache_fill = None
@@ -674,13 +510,13 @@ class ClientConnection(asyncio.Protocol):
         exchange.response = DONE
         if not exchange.request_done:
             exchange.close_after = True  # the rest of the request body would have to be drained
-        self._finish(exchange)
+        self.finish(exchange)
 
     def on_upstream_failed(self, reason: str) -> None:
         exchange = self.active
         if exchange is not None:
             exchange.upstream = None
-            self._upstream_failed(exchange, reason)
+            self.upstream_failed(exchange, reason)
 
     def on_upstream_writable(self, writable: bool) -> None:
         if writable:
@@ -688,7 +524,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._pause(PAUSE_UPSTREAM)
 
-    def _upstream_failed(self, exchange: Exchange, reason: str) -> None:
+    def upstream_failed(self, exchange: Exchange, reason: str) -> None:
         target = exchange.target
         assert target is not None
         service = exchange.route.service
@@ -698,17 +534,17 @@ class ClientConnection(asyncio.Protocol):
         if exchange.response is not PENDING:
             exchange.close_after = True  # a body cut short cannot be mended: close so the client sees it
             exchange.response = DONE
-            self._finish(exchange)
+            self.finish(exchange)
             return
         if self.state >= CLOSING or exchange is not self.active:
             return
         if service.may_retry(exchange.method, exchange.has_body, exchange.attempts, reason, self.loop.time()):
-            self._dispatch(exchange)
+            dispatch(exchange, self)
             return
         if reason == "timeout":
-            self._fail_exchange(exchange, 504, "gateway_timeout")
+            self.fail(exchange, 504, "gateway_timeout")
         else:
-            self._fail_exchange(exchange, 502, "bad_gateway")
+            self.fail(exchange, 502, "bad_gateway")
 
     def _drop_upstream(self, exchange: Exchange, reason: str) -> None:
         conn = exchange.upstream
@@ -718,60 +554,8 @@ class ClientConnection(asyncio.Protocol):
             if exchange.target is not None:
                 exchange.route.service.abandoned(exchange.target, exchange.response is not PENDING)
 
-    # -- the response cache -------------------------------------------------------------------------
-    def _answered_from_cache(self, exchange: Exchange) -> bool:
-        """Serve a fresh cached response (True), or arrange for the upstream's answer to be stored."""
-        runtime = self.server.runtime
-        cache = runtime.response_cache
-        if cache is None or exchange.request_headers is None:
-            return False  # a reload removed caching since this request was routed
-        # The subject is part of the key: an authenticated caller only ever sees its own entries.
-        subject = b"" if exchange.log_subject == b"null" else exchange.log_subject
-        request = CacheRequest.from_headers(
-            exchange.method, exchange.host, exchange.path, exchange.query, subject, exchange.request_headers
-        )
-        entry = cache.lookup(request)
-        if entry is None:
-            exchange.cache_request = request
-            exchange.cache = cache
-            exchange.extra_response_headers += X_CACHE_MISS
-            runtime.metrics.cache_lookup(exchange.route.name, "miss")
-            return False
-        runtime.metrics.cache_lookup(exchange.route.name, "hit")
-        self._replay(exchange, entry)
-        return True
-
-    def _replay(self, exchange: Exchange, entry: CachedResponse) -> None:
-        runtime = self.server.runtime
-        exchange.status = entry.status
-        exchange.response = DONE
-        if not exchange.request_done:
-            exchange.close_after = True  # the request body would have to be drained
-        if exchange.close_after or not exchange.keep_alive:
-            connection = b"connection: close\r\n"
-        else:
-            connection = b"" if exchange.http11 else b"connection: keep-alive\r\n"
-        body = b"" if exchange.method == b"HEAD" else entry.body
-        exchange.bytes_out = len(body)
-        self._write(
-            b"".join(
-                (
-                    STATUS_LINES[entry.status],
-                    entry.replay_headers(self.loop.time()),
-                    runtime.security_headers,
-                    exchange.extra_response_headers,
-                    b"" if entry.has_referrer_policy else runtime.referrer_policy_line,
-                    exchange.trace_lines,
-                    connection,
-                    b"\r\n",
-                    body,
-                )
-            )
-        )
-        self._finish(exchange)
-
     # -- finishing ---------------------------------------------------------------------------------
-    def _answer_preflight(self, exchange: Exchange, head: bytes) -> None:
+    def answer_preflight(self, exchange: Exchange, head: bytes) -> None:
         """The gateway's own 204 to an allowed CORS preflight; the upstream never sees it."""
         exchange.status = 204
         exchange.response = DONE
@@ -780,10 +564,10 @@ class ClientConnection(asyncio.Protocol):
         runtime = self.server.runtime
         close = b"connection: close\r\n" if exchange.close_after or not exchange.keep_alive else b""
         security = runtime.security_headers + runtime.referrer_policy_line
-        self._write(b"".join((head, security, exchange.trace_lines, close, b"\r\n")))
-        self._finish(exchange)
+        self.write(b"".join((head, security, exchange.trace_lines, close, b"\r\n")))
+        self.finish(exchange)
 
-    def _fail_exchange(self, exchange: Exchange, status: int, code: str, extra: bytes = b"") -> None:
+    def fail(self, exchange: Exchange, status: int, code: str, extra: bytes = b"") -> None:
         # CORS and RateLimit-* headers go on refusals too, so a page can read why it was refused.
         extra += exchange.extra_response_headers
         exchange.status = status
@@ -792,9 +576,9 @@ class ClientConnection(asyncio.Protocol):
             exchange.close_after = True
         close = exchange.close_after or not exchange.keep_alive
         self._send_error(Rejected(status, code, extra), exchange, close=close)
-        self._finish(exchange)
+        self.finish(exchange)
 
-    def _finish(self, exchange: Exchange) -> None:
+    def finish(self, exchange: Exchange) -> None:
         if self.active is not exchange:
             return
         if not exchange.request_done and not exchange.close_after:
@@ -828,7 +612,7 @@ class ClientConnection(asyncio.Protocol):
                 # The body of the request being served is broken: the upstream gets no more of it.
                 self._drop_upstream(active, reason="bad_request")
                 if active.response is PENDING:
-                    self._fail_exchange(active, rejection.status, rejection.code, rejection.extra_headers)
+                    self.fail(active, rejection.status, rejection.code, rejection.extra_headers)
                 else:
                     self._close()
                 return
@@ -845,7 +629,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _send_error(self, rejection: Rejected, exchange: Exchange | None, close: bool) -> None:
         runtime = self.server.runtime
-        self._write(
+        self.write(
             error_response(
                 rejection.status,
                 rejection.code,
@@ -860,7 +644,7 @@ class ClientConnection(asyncio.Protocol):
             self._close()
 
     # -- small helpers -----------------------------------------------------------------------------
-    def _write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
         self.out.append(data)
 
     def flush(self) -> None:
@@ -920,7 +704,7 @@ class ClientConnection(asyncio.Protocol):
             if now - conn.last_read > active.route.service.read_timeout:
                 active.upstream = None
                 conn.abort()
-                self._upstream_failed(active, "timeout")
+                self.upstream_failed(active, "timeout")
                 self.flush()
                 return
         state = self.state

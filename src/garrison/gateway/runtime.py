@@ -33,6 +33,7 @@ from garrison.gateway.iprules import IpRules
 from garrison.gateway.ratelimit import RateLimiter, RateLimitSpec
 from garrison.gateway.redirect import HttpsRedirect
 from garrison.gateway.router import RouteEntry, RouteTable
+from garrison.gateway.stages import EdgeChain, compile_chain
 from garrison.proxy.upstream.balancer import make_balancer
 from garrison.proxy.upstream.circuit import CircuitBreaker, CircuitState
 from garrison.proxy.upstream.health import ActiveHealthChecker, HealthCheckSpec
@@ -61,6 +62,8 @@ class Route:
     auth: RouteAuth | None = None  # None: `require: none`
     cors: CorsPolicy | None = None
     cache_ttl: float | None = None  # seconds; None: responses of this route are not cached
+    # The route's stages after routing, compiled from the fields above (gateway/stages.py).
+    chain: EdgeChain = field(init=False)
 
     @property
     def rate_limiters(self) -> tuple[RateLimiter, ...]:
@@ -364,6 +367,7 @@ def build_runtime(
             _cors(route_config.cors),
             route_config.cache.ttl if route_config.cache is not None else None,
         )
+        route.chain = compile_chain(route)
         match = route_config.match
         entries.append(
             RouteEntry(
