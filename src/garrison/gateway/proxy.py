@@ -24,25 +24,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
-from garrison.gateway.authn import ApiKeyRouteAuth, CertificateClient, ClientCertificates
+from garrison.gateway.authn import CertificateClient, ClientCertificates
 from garrison.gateway.errors import error_response
 from garrison.gateway.exchange import (
     BODY_CHUNKED,
-    BODY_LENGTH,
-    BODY_NONE,
-    ClientHeaders,
     Exchange,
     Rejected,
-    filter_request_headers,
-    forwarding_headers,
-    host_without_port,
-    request_id_for,
     response_head,
-    trace_for,
-    valid_host,
 )
 from garrison.gateway.forward import dispatch
-from garrison.gateway.router import RouteMiss
+from garrison.gateway.head import HeaderCache, build_exchange
 from garrison.proxy.http1 import LAST_CHUNK, chunk
 from garrison.proxy.state import (
     CLOSED,
@@ -57,7 +48,6 @@ from garrison.proxy.state import (
 )
 from garrison.proxy.state import ResponsePhase as _Phase
 from garrison.tokens.jwt import AuthError
-from garrison.uri.normalize import TargetRejected, parse_request_target
 
 if TYPE_CHECKING:
     from garrison.gateway.runtime import Runtime
@@ -70,20 +60,6 @@ PENDING, STARTED, DONE = _Phase.PENDING, _Phase.STARTED, _Phase.DONE
 PAUSE_PIPELINE, PAUSE_BUFFER, PAUSE_UPSTREAM = 1, 2, 4
 MAX_BUFFERED_BODY = 256 * 1024
 LINGER_SECONDS = 1.0
-
-
-class _HeaderCache:
-    """The last header block a connection sent and what the gateway derived from it."""
-
-    __slots__ = ("client_ip", "forwarded_block", "headers", "host", "raw", "runtime")
-
-    def __init__(self, runtime: Runtime, raw: list[tuple[bytes, bytes]], headers: ClientHeaders) -> None:
-        self.runtime = runtime
-        self.raw = raw
-        self.headers = headers
-        self.host: bytes | None = None
-        self.client_ip = ""
-        self.forwarded_block = b""  # the kept client headers plus X-Forwarded-*/Forwarded
 
 
 class _Closed(Exception):
@@ -116,7 +92,7 @@ class ClientConnection(asyncio.Protocol):
         self.host_seen: bytes | None = None
         self.host_lower = b""
         self.host_key = b""
-        self.header_cache: _HeaderCache | None = None
+        self.header_cache: HeaderCache | None = None
         # The client certificate's configured client, resolved once per connection and per config
         # (the certificate cannot change on a connection; a reload can change what it maps to).
         self.certificate_cache: tuple[ClientCertificates, CertificateClient | AuthError] | None = None
@@ -233,7 +209,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         runtime = self.server.runtime
-        exchange = self._build_exchange(runtime)
+        exchange = build_exchange(self, runtime)  # admission and route (gateway/head.py)
         self.parsing = exchange
         self.head_bytes = 0
         self.head_size = 0  # from here on, on_header sees trailers, counted on their own
@@ -272,135 +248,6 @@ class ClientConnection(asyncio.Protocol):
             self.finish(exchange)
 
     # -- building and starting an exchange -------------------------------------------------------
-    def _build_exchange(self, runtime: Runtime) -> Exchange:
-        limits = runtime.limits
-        head_size = max(self.head_size, self.head_bytes)
-        if len(self.raw_headers) > limits.max_headers or head_size > limits.max_header_bytes:
-            raise Rejected(431, "header_fields_too_large")
-        if self.parser.should_upgrade():
-            raise Rejected(501, "not_implemented")
-        version = self.parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            raise Rejected(505, "http_version_not_supported")
-        method: bytes = self.parser.get_method()
-        if method == b"CONNECT":
-            raise Rejected(501, "not_implemented")
-        try:
-            target = parse_request_target(b"".join(self.url_parts))
-        except TargetRejected as exc:
-            raise Rejected(exc.status, "uri_too_long" if exc.status == 414 else "bad_request") from None
-        raw = self.raw_headers
-        cache = self.header_cache
-        if cache is None or cache.runtime is not runtime or cache.raw != raw:
-            # Keep-alive clients send the same header block again and again; filter it once.
-            cache = self.header_cache = _HeaderCache(
-                runtime, raw, filter_request_headers(raw, runtime.allow_underscores)
-            )
-            cache.client_ip = runtime.trusted.resolve_client(self.peer, cache.headers.forwarded_for)
-        headers = cache.headers
-        client_ip = cache.client_ip
-        # Address controls come before routing: a blocked client costs no further work. The
-        # address is the one resolved through trusted_proxies, so a forged X-Forwarded-For
-        # changes nothing.
-        if self.server.blocklist.is_blocked(client_ip) or (
-            runtime.ip_rules is not None and not runtime.ip_rules.permits(client_ip)
-        ):
-            raise Rejected(403, "forbidden", client_ip=client_ip)
-        http11 = version == "1.1"
-        host = headers.host
-        if target.authority is not None:
-            # Absolute form: the target's authority wins (RFC 9112 §3.2.2); a Host that disagrees is refused.
-            if host is not None and host.lower() != target.authority:
-                raise Rejected(400, "bad_request")
-            host = target.authority
-        if host is None:
-            if http11:
-                raise Rejected(400, "bad_request")
-            host = b""
-        if host != self.host_seen:
-            # Keep-alive clients repeat the same Host: validate it once per connection.
-            lowered = host.lower()
-            if lowered and not valid_host(lowered):
-                raise Rejected(400, "bad_request")
-            self.host_seen, self.host_lower, self.host_key = host, lowered, host_without_port(lowered)
-        host = self.host_lower
-        if headers.chunked:
-            body_mode, length = BODY_CHUNKED, 0
-        elif headers.content_length:
-            body_mode, length = BODY_LENGTH, headers.content_length
-        else:
-            body_mode, length = BODY_NONE, 0
-        if length > limits.max_body:
-            raise Rejected(413, "payload_too_large")
-        announced = headers.cors_method if method == b"OPTIONS" and headers.origin is not None else None
-        preflight = announced is not None
-        # A preflight is routed as the request it announces, so route methods need not list OPTIONS.
-        match = runtime.routes.match(target.path, announced or method, self.host_key)
-        if preflight and not isinstance(match, RouteMiss) and match.payload.cors is None:
-            preflight = False  # not a CORS route: an OPTIONS request like any other
-            match = runtime.routes.match(target.path, method, self.host_key)
-        if isinstance(match, RouteMiss):
-            allow = b"allow: %s\r\n" % b", ".join(match.allowed) if match.allowed else b""
-            raise Rejected(match.status, "not_found" if match.status == 404 else "method_not_allowed", allow)
-        route = match.payload
-        if route.ip_rules is not None and not route.ip_rules.permits(client_ip):
-            raise Rejected(403, "forbidden", client_ip=client_ip)
-        if cache.host != host:
-            cache.host = host
-            forwarding = forwarding_headers(runtime, self.peer, client_ip, headers, host)
-            cache.forwarded_block = b"".join((*headers.kept, forwarding))
-        request_id = request_id_for(headers.request_id)
-        trace_id, span_id, flags = trace_for(headers.traceparent)
-        request_line = b"%s %s%s%s HTTP/1.1\r\n" % (
-            method,
-            target.path,
-            b"?" if target.has_query else b"",
-            target.query,
-        )
-        framing = (
-            b"transfer-encoding: chunked\r\n"
-            if body_mode == BODY_CHUNKED
-            else (b"content-length: %d\r\n" % length if headers.content_length is not None else b"")
-        )
-        trace = b"x-request-id: %s\r\ntraceparent: 00-%s-%s-%s\r\n" % (request_id, trace_id, span_id, flags)
-        credentials = b""
-        if headers.api_key_lines and not isinstance(route.auth, ApiKeyRouteAuth):
-            credentials = b"".join(headers.api_key_lines)  # not ours to consume: pass them on
-        head_rest = b"".join((cache.forwarded_block, credentials, trace, framing, b"\r\n"))
-        exchange = Exchange(
-            method=method,
-            path=target.path,
-            request_line=request_line,
-            host=host,
-            http11=http11,
-            keep_alive=bool(self.parser.should_keep_alive()),
-            start=perf_counter(),
-            route=route,
-            client_ip=client_ip,
-            request_id=request_id,
-            trace_id=trace_id,
-            body_mode=body_mode,
-            content_length=length,
-            head_rest=head_rest,
-            trace_lines=trace,
-            authorization=headers.authorization,
-            api_key=headers.api_key,
-            query=target.query,
-            expect_continue=headers.expect_continue,
-        )
-        if route.cache_ttl is not None and (method == b"GET" or method == b"HEAD"):
-            exchange.request_headers = raw  # for the cache's Vary and Cache-Control, read after auth
-        cors = route.cors
-        if cors is not None and headers.origin is not None:
-            if preflight:
-                assert headers.cors_method is not None
-                answer = cors.preflight(headers.origin, headers.cors_method, headers.cors_headers)
-                if answer is None:
-                    raise Rejected(403, "forbidden", client_ip=client_ip)
-                exchange.preflight = answer
-            else:
-                exchange.extra_response_headers = cors.response_headers(headers.origin)
-        return exchange
 
     def _start(self, exchange: Exchange) -> None:
         self.active = exchange
