@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from garrison.config.loader import parse_config
-from garrison.gateway.exchange import BODY_NONE, Exchange
+from garrison.gateway.exchange import Exchange
 from garrison.gateway.policy_stages import AuthStage, RateLimitStage
 from garrison.gateway.runtime import Route, Runtime, build_runtime
+from garrison.proxy.exchange import BODY_NONE
 from garrison.proxy.upstream.pool import UpstreamConnection
 from garrison.telemetry.metrics import GatewayMetrics
 

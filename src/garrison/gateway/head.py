@@ -14,9 +14,6 @@ from typing import TYPE_CHECKING
 
 from garrison.gateway.authn import ApiKeyRouteAuth
 from garrison.gateway.exchange import (
-    BODY_CHUNKED,
-    BODY_LENGTH,
-    BODY_NONE,
     ClientHeaders,
     Exchange,
     Rejected,
@@ -28,6 +25,7 @@ from garrison.gateway.exchange import (
     valid_host,
 )
 from garrison.gateway.router import RouteMiss
+from garrison.proxy.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE
 from garrison.uri.normalize import TargetRejected, parse_request_target
 
 if TYPE_CHECKING:

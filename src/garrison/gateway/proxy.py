@@ -24,10 +24,11 @@ from typing import cast
 
 import httptools
 
-from garrison.gateway.exchange import BODY_CHUNKED, Rejected
+from garrison.gateway.exchange import Rejected
 from garrison.gateway.forward import ForwardingConnection
 from garrison.gateway.head import build_exchange
 from garrison.proxy.connection import PAUSE_PIPELINE
+from garrison.proxy.exchange import BODY_CHUNKED
 from garrison.proxy.http1 import LAST_CHUNK, chunk
 from garrison.proxy.state import CLOSED, CLOSING, IDLE, READING_BODY, READING_HEAD, SERVING
 from garrison.proxy.state import ResponsePhase as _Phase
