@@ -44,6 +44,7 @@ class ForwardHost(ChainHost["Exchange"], Protocol):
     def write(self, data: bytes) -> None: ...
     def now(self) -> float: ...
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
+    # -- the request, on its way up ------------------------------------------------------------------
     def send_upstream(self, exchange: Exchange, conn: UpstreamConnection) -> None: ...
     def upstream_failed(self, exchange: Exchange, reason: str) -> None: ...
 
@@ -97,6 +98,10 @@ async def _connect(exchange: Exchange, host: ForwardHost, target: Target) -> Non
 
 
 class ForwardingConnection(AnsweringConnection):
+    """The client connection's upstream half: it sends the request on, and is the pool's
+    ``UpstreamListener`` for the response, which it writes straight to the client."""
+
+    # -- back-pressure between the two sides ------------------------------------------------------
     def pause_writing(self) -> None:
         active = self.active
         if active is not None and active.upstream is not None:
@@ -107,6 +112,7 @@ class ForwardingConnection(AnsweringConnection):
         if active is not None and active.upstream is not None:
             active.upstream.resume_reading()
 
+    # -- the request, on its way up ------------------------------------------------------------------
     def send_upstream(self, exchange: Exchange, conn: UpstreamConnection) -> None:
         assert exchange.target is not None
         exchange.upstream = conn
@@ -130,6 +136,7 @@ class ForwardingConnection(AnsweringConnection):
         if exchange.buffered > MAX_BUFFERED_BODY:
             self._pause(PAUSE_BUFFER)
 
+    # -- upstream callbacks (UpstreamListener) ---------------------------------------------------
     def on_upstream_head(self, status: int, headers: list[tuple[bytes, bytes]], chunked: bool) -> None:
         exchange = self.active
         assert exchange is not None and exchange.target is not None
