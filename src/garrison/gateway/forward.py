@@ -56,15 +56,15 @@ class UpstreamStage:
         # 1xx responses are not for HTTP/1.0 clients (RFC 9110 §15.2).
         if exchange.expect_continue and exchange.has_body and exchange.http11 and not exchange.request_done:
             host.write(CONTINUE_LINE)
-        exchange.route.service.record_request(host.now())
-        dispatch(exchange, host)
+        now = host.now()
+        exchange.route.service.record_request(now)
+        dispatch(exchange, host, now)
         return DONE
 
 
-def dispatch(exchange: Exchange, host: ForwardHost) -> None:
+def dispatch(exchange: Exchange, host: ForwardHost, now: float) -> None:
     """One attempt (the first, or a retry): pick a target and send on an idle or new connection."""
     service = exchange.route.service
-    now = host.now()
     target = service.pick(now, exchange.target)
     if target is None:
         retry_after = service.retry_after(now)
@@ -215,7 +215,7 @@ class ForwardingConnection(AnsweringConnection):
         if self.state >= CLOSING or exchange is not self.active:
             return
         if service.may_retry(exchange.method, exchange.has_body, exchange.attempts, reason, self.loop.time()):
-            dispatch(exchange, self)
+            dispatch(exchange, self, self.loop.time())
             return
         if reason == "timeout":
             self.fail(exchange, 504, "gateway_timeout")

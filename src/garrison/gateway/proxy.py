@@ -30,7 +30,16 @@ from garrison.gateway.head import build_exchange
 from garrison.proxy.connection import PAUSE_PIPELINE
 from garrison.proxy.exchange import BODY_CHUNKED
 from garrison.proxy.http1 import LAST_CHUNK, chunk
-from garrison.proxy.state import CLOSED, CLOSING, IDLE, READING_BODY, READING_HEAD, SERVING
+from garrison.proxy.state import (
+    CLOSED,
+    CLOSING,
+    IDLE,
+    LEGAL,
+    READING_BODY,
+    READING_HEAD,
+    SERVING,
+    IllegalTransition,
+)
 from garrison.proxy.state import ResponsePhase as _Phase
 
 PENDING, DONE = _Phase.PENDING, _Phase.DONE
@@ -152,8 +161,10 @@ class ClientConnection(ForwardingConnection):
         self.raw_headers = []
         if exchange.has_body:
             self._wait(READING_BODY, runtime.limits.body_timeout)
+        elif SERVING in LEGAL[self.state]:  # _enter(SERVING), inlined: once a request
+            self.state = SERVING
         else:
-            self._enter(SERVING)
+            raise IllegalTransition(self.state, SERVING)
         if self.active is None:
             self._start(exchange)
         else:

@@ -50,7 +50,9 @@ class ProxyConnection(asyncio.Protocol):
 
     def _wait(self, state: ConnectionState, timeout: float) -> None:
         """Enter a state whose timeout runs from now."""
-        self._enter(state)
+        if state not in LEGAL[self.state]:  # _enter, inlined: this runs several times a request
+            raise IllegalTransition(self.state, state)
+        self.state = state
         self.deadline = self.loop.time() + timeout
 
     def _enter(self, state: ConnectionState) -> None:
