@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from garrison.gateway.authn import (
+    ApiKeyRouteAuth,
     CertificateClient,
     ClientCertificates,
     Identity,
     JwtRouteAuth,
     MtlsRouteAuth,
     NeedsRefetch,
-    RouteAuth,
     challenge,
 )
 from garrison.gateway.cache import X_CACHE_MISS, CachedResponse
@@ -94,22 +94,32 @@ class RateLimitStage:
 
 
 class AuthStage:
-    """The route's credential check; a token naming a key not fetched yet waits for the key set."""
+    """The route's credential check: ``CredentialAuthStage`` or ``MtlsAuthStage``, chosen at load."""
 
     name = "auth"
 
-    def __init__(self, auth: RouteAuth, *, held_rate_headers: bool) -> None:
-        self.auth = auth
+    def __init__(self, *, held_rate_headers: bool) -> None:
         self.held_rate_headers = held_rate_headers
 
+    def _refuse(self, exchange: Exchange, host: PolicyHost, refusal: AuthError) -> None:
+        if self.held_rate_headers:
+            add_rate_headers(exchange)  # the address limits counted; their headers were held back
+        host.runtime.metrics.reject(refusal.error)
+        host.fail(exchange, refusal.status, refusal.error, challenge(refusal))
+
+
+class CredentialAuthStage(AuthStage):
+    """A token or an API key; a token naming a key not fetched yet waits for the key set."""
+
+    def __init__(self, auth: JwtRouteAuth | ApiKeyRouteAuth, *, held_rate_headers: bool) -> None:
+        super().__init__(held_rate_headers=held_rate_headers)
+        self.auth = auth
+
     def check(self, exchange: Exchange, host: PolicyHost) -> Verdict | SlowPath:
-        auth = self.auth
         try:
-            if isinstance(auth, MtlsRouteAuth):
-                identity = auth.authorize(host.certificate_client(auth.clients))
-            else:
-                identity = auth.authenticate(exchange.authorization, exchange.api_key, exchange.query)
+            identity = self.auth.authenticate(exchange.authorization, exchange.api_key, exchange.query)
         except NeedsRefetch as pending:
+            auth = self.auth
             assert isinstance(auth, JwtRouteAuth)  # only tokens name keys to fetch
             return self._later(exchange, host, auth, str(pending.args[0]))
         except AuthError as refusal:
@@ -130,11 +140,23 @@ class AuthStage:
         _authenticated(exchange, identity)
         return CONTINUE
 
-    def _refuse(self, exchange: Exchange, host: PolicyHost, refusal: AuthError) -> None:
-        if self.held_rate_headers:
-            add_rate_headers(exchange)  # the address limits counted; their headers were held back
-        host.runtime.metrics.reject(refusal.error)
-        host.fail(exchange, refusal.status, refusal.error, challenge(refusal))
+
+class MtlsAuthStage(AuthStage):
+    """The route's client-certificate check: the certificate is the connection's, resolved once."""
+
+    def __init__(self, auth: MtlsRouteAuth, *, held_rate_headers: bool) -> None:
+        super().__init__(held_rate_headers=held_rate_headers)
+        self.mtls = auth
+
+    def check(self, exchange: Exchange, host: PolicyHost) -> Verdict | SlowPath:
+        auth = self.mtls
+        try:
+            identity = auth.authorize(host.certificate_client(auth.clients))
+        except AuthError as refusal:
+            self._refuse(exchange, host, refusal)
+            return DONE
+        _authenticated(exchange, identity)
+        return CONTINUE
 
 
 def _authenticated(exchange: Exchange, identity: Identity) -> None:

@@ -13,7 +13,8 @@ The path, in order (docs/gateway.md, "Request path"):
    credential: a browser sends no credentials on a preflight, so authenticating it would refuse it.
 4. ``RateLimitStage`` per limit keyed by address or route: before authentication, so a flood of
    bad credentials is cut before it costs signature checks or key look-ups.
-5. ``AuthStage``: the route's JWT, API key or mTLS check (gateway/policy_stages.py).
+5. ``CredentialAuthStage`` (JWT or API key) or ``MtlsAuthStage``, chosen at load: the route's
+   credential check (gateway/policy_stages.py).
 6. ``RateLimitStage`` per limit keyed by client: after authentication, which names the client.
 7. ``CacheStage``: after authentication, because the subject is part of the key, so a caller only
    ever sees its own entries; a hit answers without the upstream.
@@ -27,8 +28,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from garrison.gateway.authn import MtlsRouteAuth
 from garrison.gateway.forward import UpstreamStage
-from garrison.gateway.policy_stages import AuthStage, CacheStage, RateLimitStage
+from garrison.gateway.policy_stages import CacheStage, CredentialAuthStage, MtlsAuthStage, RateLimitStage
 from garrison.proxy.stages import CONTINUE, DONE, Chain, ChainHost, Stage, Verdict
 
 if TYPE_CHECKING:
@@ -69,7 +71,14 @@ def compile_chain(route: Route) -> EdgeChain:
     if route.auth is not None:
         # Refused credentials still carry the address limits' headers when client limits follow
         # (they would have gone out after those).
-        stages.append(AuthStage(route.auth, held_rate_headers=bool(route.post_auth_limits)))
+        held = bool(route.post_auth_limits)
+        auth = route.auth
+        # Which check runs is decided here, once, not per request.
+        stages.append(
+            MtlsAuthStage(auth, held_rate_headers=held)
+            if isinstance(auth, MtlsRouteAuth)
+            else CredentialAuthStage(auth, held_rate_headers=held)
+        )
     stages.extend(RateLimitStage(limiter, last=limiter is last_limit) for limiter in route.post_auth_limits)
     if route.cache_ttl is not None:
         stages.append(CacheStage(route.cache_ttl))
