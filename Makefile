@@ -23,8 +23,14 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# --dist loadscope: a module's tests run on one worker, so a module-scoped fixture (a provider, a gateway)
+# starts once, not once per worker.
 test: lint
-	$(BIN)/pytest -n 2 tests
+	$(BIN)/pytest -n 2 --dist loadscope tests
+
+# The tests that start no process or listener and need no service (tests/helpers/unit_guard.py checks).
+unit: $(STAMP)
+	$(BIN)/pytest -q -m "not process" tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/gateway/run.py

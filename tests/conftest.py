@@ -1,5 +1,11 @@
 """Shared fixtures: a recording upstream and real gateway processes (see tests/helpers/gateway_harness.py),
-PostgreSQL and Redis, and ``backend`` for tests on the SQL store (see tests/helpers/db_backend.py)."""
+PostgreSQL and Redis, and ``backend`` for tests on the SQL store (see tests/helpers/db_backend.py).
+
+It also marks ``process`` every test that starts a real process or listener, or needs PostgreSQL or Redis
+(``make unit`` runs the others: ``-m "not process"``), by the fixtures it uses, by its directory, or by an
+explicit mark; a ``-m "not process"`` run is guarded by tests/helpers/unit_guard.py so that a test that
+starts a process or a listener without the mark fails.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +25,50 @@ from gateway_harness import (
     base_config,
     deep_merge,
 )
+from ports import refused_port as _refused_port
+from ports import reserved_port
+from unit_guard import UnitGuard, wanted
 
 GatewayFactory = Callable[..., GatewayProcess]
+
+# Fixtures that start a process or a listener, or reach a service: a test using one is a process test.
+PROCESS_FIXTURES = frozenset(
+    {
+        "upstream",
+        "module_upstream",
+        "gateway_factory",
+        "module_gateway_factory",
+        "gateway",
+        "held_port",
+        "redis_url",
+        "postgres_url",
+    }
+)
+# Directories whose tests all drive real processes.
+PROCESS_DIRECTORIES = ("e2e",)
+TESTS = Path(__file__).parent
+
+
+def _is_process_test(item: pytest.Item) -> bool:
+    if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "postgresql" in callspec.params.values():
+        return True  # the PostgreSQL run of ``backend`` or of a module's provider fixture
+    parts = item.path.relative_to(TESTS).parts
+    return parts[0] in PROCESS_DIRECTORIES
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if wanted(config):
+        config.pluginmanager.register(UnitGuard(), "garrison-unit-guard")
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` selects by the marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _is_process_test(item):
+            item.add_marker(pytest.mark.process)
 
 
 class _Gateways:
@@ -86,6 +134,21 @@ def module_gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield gateways
     finally:
         gateways.stop_all()
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A loopback port held for this test (``ports.reserved_port``), for a server that has to be told a
+    concrete port in its configuration, e.g. so that the CLI finds ``gateway.admin.listen``."""
+    with reserved_port() as port:
+        yield port
+
+
+@pytest.fixture(name="refused_port")
+def refused_port_fixture() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test (``ports.refused_port``)."""
+    with _refused_port() as port:
+        yield port
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from rich.console import Console
 
@@ -63,6 +64,7 @@ def test_up_logs_and_prints_deaths_under_its_own_event_names() -> None:
     assert isinstance(supervisor, Supervisor) and supervisor.events == "up.component"
 
 
+@pytest.mark.process
 def test_a_component_failing_its_first_start_stops_up_with_its_error(tmp_path: Path) -> None:
     """The identity provider cannot bind (its port is in use): `up` says so, starts nothing else, exits 1."""
     import socket

@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -39,11 +39,19 @@ class ServerDied(Exception):
     """The server under test exited while it was being measured."""
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago (bind port 0, read it, close)."""
-    with socket.socket() as sock:
+@contextlib.contextmanager
+def reserved_port() -> Iterator[int]:
+    """A loopback port held for the block, for a server that must be told its port on the command line.
+
+    A socket bound to port 0 with SO_REUSEADDR and never listening holds it: nobody else can bind it or
+    get it as an ephemeral port, but a server that sets SO_REUSEADDR too (nginx, asyncio, node) can bind
+    and listen on it. Keep the block open until the server answers; from then on the server holds it.
+    Servers that write a ready file (Garrison) listen on port 0 instead and report their address.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
 
 
 class Server:

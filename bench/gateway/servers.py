@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 from common import processes
-from common.processes import StartError, Unavailable, free_port, wait_for
+from common.processes import StartError, Unavailable, reserved_port, wait_for
 from issuer import Issuer
 
 from garrison.core.ready import read_ready
@@ -111,24 +111,24 @@ def start_nginx(name: str, conf: Path, tmp: Path, prefix: list[str], port: int) 
 
 
 def start_upstream(tmp: Path, pin: Pinning) -> Server:
-    port = free_port()
-    conf = render_nginx("upstream.conf", tmp, port=port)
-    return start_nginx("upstream", conf, tmp, pin.upstream(), port)
+    with reserved_port() as port:  # held until nginx answers on it
+        conf = render_nginx("upstream.conf", tmp, port=port)
+        return start_nginx("upstream", conf, tmp, pin.upstream(), port)
 
 
 def start_nginx_proxy(tmp: Path, pin: Pinning, upstream_port: int) -> Server:
-    port = free_port()
-    conf = render_nginx("nginx-proxy.conf", tmp, port=port, upstream_port=upstream_port)
-    return start_nginx("nginx", conf, tmp, pin.server(), port)
+    with reserved_port() as port:  # held until nginx answers on it
+        conf = render_nginx("nginx-proxy.conf", tmp, port=port, upstream_port=upstream_port)
+        return start_nginx("nginx", conf, tmp, pin.server(), port)
 
 
 def start_aiohttp(tmp: Path, pin: Pinning, upstream_port: int, loop: str) -> Server:
-    port = free_port()
     script = HERE / "aiohttp_proxy.py"
     upstream = f"http://127.0.0.1:{upstream_port}"
-    argv = [*pin.server(), sys.executable, str(script), "--listen", f"127.0.0.1:{port}"]
-    argv += ["--upstream", upstream, "--loop", loop]
-    return started(Server("aiohttp", argv, tmp / "aiohttp.out"), f"127.0.0.1:{port}")
+    with reserved_port() as port:  # held until aiohttp answers on it
+        argv = [*pin.server(), sys.executable, str(script), "--listen", f"127.0.0.1:{port}"]
+        argv += ["--upstream", upstream, "--loop", loop]
+        return started(Server("aiohttp", argv, tmp / "aiohttp.out"), f"127.0.0.1:{port}")
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ def ready_address(ready: Path) -> str | None:
 def start_garrison(tmp: Path, pin: Pinning, upstream_port: int, variant: GarrisonVariant = PLAIN) -> Server:
     if not variant.binary.exists():
         raise StartError(f"{variant.binary} not found (is the package installed in that .venv?)")
-    config = garrison_config(tmp, free_port(), upstream_port, variant)
+    config = garrison_config(tmp, 0, upstream_port, variant)  # port 0: the ready file says which
     ready = tmp / f"{variant.name}-ready.json"
     argv = [*pin.server(), str(variant.binary), "gateway", "-c", str(config), "--ready-file", str(ready)]
     server = Server(variant.name, argv, tmp / f"{variant.name}.out")

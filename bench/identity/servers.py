@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 from common import processes
-from common.processes import Server, StartError, Unavailable, free_port, wait_for
+from common.processes import Server, StartError, Unavailable, wait_for
 from oauth import basic_authorization
 
 from garrison.core.ready import read_ready
@@ -135,12 +135,12 @@ def start_oidc_provider(tmp: Path, pin: Pinning) -> Provider:
 NOT_AVAILABLE = "garrison identity is not available yet"
 
 
-def garrison_config(tmp: Path, port: int) -> Path:
+def garrison_config(tmp: Path) -> Path:
     config = {
         "state_dir": str(tmp / "garrison-state"),
         "identity": {
-            "listen": f"127.0.0.1:{port}",
-            "issuer": f"http://127.0.0.1:{port}",  # the port is picked here because the issuer names it
+            "listen": "127.0.0.1:0",
+            "issuer": "http://127.0.0.1:0",  # port 0: the issuer follows the port, the ready file says both
             "tls": {"insecure_disable": True},  # plain HTTP, as oidc-provider is served here
             "access_token_ttl": ACCESS_TOKEN_TTL,
         },
@@ -190,7 +190,7 @@ def _garrison_ready_address(ready: Path) -> str | None:
 def start_garrison(tmp: Path, pin: Pinning) -> Provider:
     if not GARRISON_BIN.exists():
         raise StartError(f"{NOT_AVAILABLE}: {GARRISON_BIN} not found (is the package installed in .venv?)")
-    config = garrison_config(tmp, free_port())
+    config = garrison_config(tmp)
     client_id, secret = create_garrison_client(config)
     ready = tmp / "garrison-ready.json"
     argv = [*pin.server(), str(GARRISON_BIN), "identity", "-c", str(config), "--ready-file", str(ready)]
@@ -207,5 +207,5 @@ def start_garrison(tmp: Path, pin: Pinning) -> Provider:
     except BaseException:
         server.stop()
         raise
-    issuer = str(yaml.safe_load(config.read_text())["identity"]["issuer"])
+    issuer = str(json.loads(ready.read_text())["issuer"])
     return Provider("garrison", server, address, issuer, basic_authorization(client_id, secret))

@@ -97,6 +97,7 @@ async def _request(address: str, head: bytes) -> tuple[int, bytes]:
     return status, data
 
 
+@pytest.mark.process
 def test_the_listener_serves_the_api_behind_the_guard(tmp_path: Path) -> None:
     token_path = tmp_path / "admin.token"
 

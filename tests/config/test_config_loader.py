@@ -624,6 +624,7 @@ def test_check_on_a_missing_file_exits_1(tmp_path: Path) -> None:
     assert "cannot read the file" in result.stderr
 
 
+@pytest.mark.process
 def test_check_runs_as_a_real_command() -> None:
     garrison = shutil.which("garrison", path=str(Path(sys.executable).parent))
     assert garrison is not None

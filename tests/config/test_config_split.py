@@ -74,10 +74,12 @@ def test_routes_and_services_use_the_proxy_grammar_alone() -> None:
         ("garrison.config.loader", {"garrison.proxy", "garrison.gateway", "garrison.identity"}),
     ],
 )
+@pytest.mark.process
 def test_a_config_module_loads_nothing_above_it(module: str, absent: set[str]) -> None:
     assert imported_by(f"import {module}") & absent == set()
 
 
+@pytest.mark.process
 def test_validation_fails_closed_with_no_component_loaded() -> None:
     """Nothing to register: a bare loader, with no proxy or component imported, refuses bad paths
     and targets exactly as `garrison check` and the gateway do."""

@@ -89,6 +89,7 @@ class Backoff:
         await asyncio.sleep(0)
 
 
+@pytest.mark.process
 def test_a_death_is_restarted_after_its_back_off_and_a_failing_restart_backs_off_further(
     tmp_path: Path, logs: io.StringIO
 ) -> None:
@@ -125,6 +126,7 @@ def test_a_death_is_restarted_after_its_back_off_and_a_failing_restart_backs_off
     asyncio.run(scenario())
 
 
+@pytest.mark.process
 def test_a_first_start_that_fails_raises_start_failed(tmp_path: Path, logs: io.StringIO) -> None:
     async def scenario() -> None:
         supervisor = Supervisor()
@@ -137,6 +139,7 @@ def test_a_first_start_that_fails_raises_start_failed(tmp_path: Path, logs: io.S
     asyncio.run(scenario())
 
 
+@pytest.mark.process
 def test_a_first_start_that_hangs_raises_start_failed(tmp_path: Path, logs: io.StringIO) -> None:
     async def scenario() -> None:
         supervisor = Supervisor(ready_timeout=0.5)
@@ -149,6 +152,7 @@ def test_a_first_start_that_hangs_raises_start_failed(tmp_path: Path, logs: io.S
     asyncio.run(scenario())
 
 
+@pytest.mark.process
 def test_a_hung_restart_is_killed_and_backed_off_further(tmp_path: Path, logs: io.StringIO) -> None:
     backoff = Backoff()
     child_spec = spec(tmp_path, "svc", "ready")
@@ -173,6 +177,7 @@ def test_a_hung_restart_is_killed_and_backed_off_further(tmp_path: Path, logs: i
     asyncio.run(scenario())
 
 
+@pytest.mark.process
 def test_stopping_cancels_a_pending_restart_and_stops_the_last_started_first(
     tmp_path: Path, logs: io.StringIO
 ) -> None:
@@ -200,6 +205,7 @@ def test_stopping_cancels_a_pending_restart_and_stops_the_last_started_first(
     assert (tmp_path / "stops").read_text().split() == ["third", "first"]
 
 
+@pytest.mark.process
 def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path, logs: io.StringIO) -> None:
     async def scenario() -> None:
         supervisor = Supervisor(grace=0.5)

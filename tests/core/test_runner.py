@@ -103,6 +103,7 @@ def start(tmp_path: Path, children: list[Child], mode: str) -> Child:
     return child
 
 
+@pytest.mark.process
 def test_ready_then_sigterm_drains_and_exits_0(tmp_path: Path, children: list[Child]) -> None:
     child = start(tmp_path, children, "serve")
     ready = child.ready()
@@ -114,6 +115,7 @@ def test_ready_then_sigterm_drains_and_exits_0(tmp_path: Path, children: list[Ch
     assert child.journal.read_text() == "drained\n"
 
 
+@pytest.mark.process
 def test_sigint_drains_too(tmp_path: Path, children: list[Child]) -> None:
     child = start(tmp_path, children, "serve")
     child.ready()
@@ -121,6 +123,7 @@ def test_sigint_drains_too(tmp_path: Path, children: list[Child]) -> None:
     assert child.proc.wait(20) == 0 and child.journal.read_text() == "drained\n"
 
 
+@pytest.mark.process
 def test_sighup_reloads(tmp_path: Path, children: list[Child]) -> None:
     child = start(tmp_path, children, "serve")
     child.ready()
@@ -132,6 +135,7 @@ def test_sighup_reloads(tmp_path: Path, children: list[Child]) -> None:
     assert child.proc.wait(20) == 0
 
 
+@pytest.mark.process
 def test_a_component_that_cannot_reload_says_so_and_keeps_running(
     tmp_path: Path, children: list[Child]
 ) -> None:
@@ -144,6 +148,7 @@ def test_a_component_that_cannot_reload_says_so_and_keeps_running(
     assert child.proc.wait(20) == 0 and child.journal.read_text() == "drained\n"
 
 
+@pytest.mark.process
 def test_a_start_failure_exits_2_with_a_clear_message(tmp_path: Path, children: list[Child]) -> None:
     child = start(tmp_path, children, "fail")
     assert child.proc.wait(20) == 2

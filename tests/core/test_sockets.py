@@ -30,6 +30,7 @@ def test_ipv6_addresses_are_bracketed() -> None:
         assert address_of(sock) == f"[::1]:{sock.getsockname()[1]}"
 
 
+@pytest.mark.process
 def test_reuse_port_lets_several_processes_share_a_port() -> None:
     with bind_socket("127.0.0.1:0", reuse_port=True) as first:
         first.listen()
@@ -37,6 +38,7 @@ def test_reuse_port_lets_several_processes_share_a_port() -> None:
             assert second.getsockname() == first.getsockname()
 
 
+@pytest.mark.process
 def test_a_port_in_use_is_refused_without_reuse_port() -> None:
     with bind_socket("127.0.0.1:0") as first:
         first.listen()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_harness import RecordingUpstream, free_port, http_call, wait_until
+from gateway_harness import RecordingUpstream, http_call, wait_until
 from identity_harness import IdentityProcess, identity_config
 
 
@@ -37,8 +37,9 @@ def test_a_token_revoked_at_the_provider_is_refused_by_the_gateway(
     gateway_factory: Any,
     upstream: RecordingUpstream,
     request: pytest.FixtureRequest,
+    held_port: int,
 ) -> None:
-    admin_port = free_port()
+    admin_port = held_port  # the provider is told where to push before the gateway starts
     config = identity_config(tmp_path / "idp")
     shared: dict[str, Any] = {}  # for the gateway section
     top: dict[str, Any] = {}  # for the top level of both files

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 from garrison.core.ready import read_ready
 
@@ -101,6 +102,17 @@ routes:
 {routes}
 """
     )
+
+
+def health_changes(gateway: Gateway, healthy: bool) -> list[dict[str, object]]:
+    """The gateway's ``gateway.health.changed`` log lines so far that say ``healthy``."""
+    found = []
+    for line in gateway.log_path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if record.get("event") == "gateway.health.changed" and record.get("healthy") is healthy:
+                found.append(record)
+    return found
 
 
 class Gateway:
@@ -210,16 +222,21 @@ def test_reload_under_load_drops_nothing(tmp_path: Path, upstreams: list[Upstrea
     try:
         for worker in workers:
             worker.start()
-        time.sleep(0.3)
+        wait_until(lambda: "a" in seen, what="the load to reach upstream a")
+
         write_config(config, tmp_path / "state", ROUTE_ALL % "b", services)
         gateway.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        wait_until(lambda: "b" in seen, what="the load to reach upstream b after the SIGHUP reload")
         bad_route = "routes:\n  - {match: {path: /bad}, service: nope, auth: {require: none}}"
         config.write_text(config.read_text().replace("routes:", bad_route))
         gateway.proc.send_signal(signal.SIGHUP)  # refused: the old config keeps serving
-        time.sleep(0.5)
+        wait_until(
+            lambda: '"gateway.reload.failed"' in gateway.log_path.read_text(), what="the refused reload"
+        )
         write_config(config, tmp_path / "state", ROUTE_ALL % "a", services)
-        time.sleep(1.6)  # the file watcher notices the change without a signal
+        # The file watcher notices the change without a signal: new requests go to upstream a again.
+        routed_to_a = lambda: json.loads(gateway.get("/")[1])["upstream"] == "a"  # noqa: E731
+        wait_until(routed_to_a, interval=0.1, what="the file watcher's reload back to upstream a")
     finally:
         stop.set()
         for worker in workers:
@@ -256,6 +273,8 @@ def test_circuit_opens_when_upstream_dies_and_closes_when_it_returns(
         assert 1 <= int(headers["retry-after"]) <= 1
         assert circuit_state(gateway.metrics()) == "open"
         upstreams.append(Upstream("u-again", port=port))
+        # Real elapsed time is the behaviour under test: the circuit stays open for 1 s (in the gateway
+        # process, whose clock a test cannot move), and the next request after that is the probe.
         time.sleep(1.1)
         status, body, _ = gateway.get("/")  # the half-open probe
         assert status == 200 and json.loads(body)["upstream"] == "u-again"
@@ -303,7 +322,7 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path, upstreams: list[Upstr
     result: list[int] = []
     request = threading.Thread(target=lambda: result.append(gateway.get("/")[0]))
     request.start()
-    time.sleep(0.3)
+    wait_until(lambda: slow.requests >= 1, what="the request to reach the (slow) upstream")  # in flight
     gateway.proc.send_signal(signal.SIGTERM)
     request.join(10)
     assert result == [200]
@@ -347,12 +366,13 @@ def test_active_health_checks_take_a_dead_target_out_and_bring_it_back(
     try:
         assert {json.loads(gateway.get("/")[1])["upstream"] for _ in range(6)} == {"a", "b"}
         a.stop()
-        time.sleep(0.8)  # two failed probes at 0.1 s intervals, with margin
+        # Two failed probes at 0.1 s intervals mark it down.
+        wait_until(lambda: health_changes(gateway, healthy=False), what="target a to be marked unhealthy")
         answers = [gateway.get("/") for _ in range(10)]
         assert [status for status, _, _ in answers] == [200] * 10  # no retries: only health checks
         assert {json.loads(body)["upstream"] for _, body, _ in answers} == {"b"}
         upstreams.append(Upstream("a-again", port=port_a))
-        time.sleep(0.8)
+        wait_until(lambda: health_changes(gateway, healthy=True), what="target a to be marked healthy again")
         assert "a-again" in {json.loads(gateway.get("/")[1])["upstream"] for _ in range(6)}
         assert "gateway.health.changed" in gateway.log_path.read_text()
     finally:

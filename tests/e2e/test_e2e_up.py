@@ -1,8 +1,13 @@
-"""`garrison up --demo`, the command behind `make demo`, run end to end on free ports."""
+"""`garrison up --demo`, the command behind `make demo`, run end to end on ports held for the test.
+
+The demo's configuration names fixed ports (and the issuer URL carries one), so the test cannot use port 0:
+it holds its ports (``ports.reserved_port``) for the whole test instead. Every component binds with
+SO_REUSEADDR and may take its port; nobody else can, not even while `up` restarts a killed component."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -16,9 +21,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
+from ports import reserved_port
 
 from garrison.core.ready import read_ready
 
@@ -26,17 +34,17 @@ ROOT = Path(__file__).resolve().parents[2]
 GARRISON = [sys.executable, "-m", "garrison"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@pytest.fixture
+def ports() -> Iterator[dict[str, int]]:
+    """The demo's ports by name, held for the test."""
+    with contextlib.ExitStack() as stack:
+        names = ("gateway", "admin", "redirect", "demo", "identity", "identity_admin")
+        yield {name: stack.enter_context(reserved_port()) for name in names}
 
 
-def write_demo_config(tmp_path: Path) -> dict[str, int]:
-    """examples/garrison.yaml on free ports with its state under ``tmp_path``; the ports by name."""
+def write_demo_config(tmp_path: Path, ports: dict[str, int]) -> dict[str, int]:
+    """examples/garrison.yaml on ``ports`` with its state under ``tmp_path``; the ports by name."""
     shutil.copy(ROOT / "examples" / "demo_upstream.py", tmp_path / "demo_upstream.py")
-    names = ("gateway", "admin", "redirect", "demo", "identity", "identity_admin")
-    ports = {name: free_port() for name in names}
     config = (ROOT / "examples" / "garrison.yaml").read_text()
     for old, new in (
         ("127.0.0.1:8443", f"127.0.0.1:{ports['gateway']}"),
@@ -54,8 +62,8 @@ def write_demo_config(tmp_path: Path) -> dict[str, int]:
     return ports
 
 
-def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    ports = write_demo_config(tmp_path)
+def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path, ports: dict[str, int]) -> None:
+    write_demo_config(tmp_path, ports)
     output = tmp_path / "up.out"
     with output.open("wb") as sink:
         proc = subprocess.Popen(
@@ -201,12 +209,14 @@ def https(
         return int(exc.code), exc.read().decode()
 
 
-def test_up_restarts_a_killed_component_while_the_others_keep_serving(tmp_path: Path) -> None:
+def test_up_restarts_a_killed_component_while_the_others_keep_serving(
+    tmp_path: Path, ports: dict[str, int]
+) -> None:
     """kill -9 the identity provider: the gateway keeps serving (open route, and a token it verified
     before the kill), and the provider comes back on its own (after a failed restart, retried) and
     issues tokens again. Then kill -9 the gateway: the provider keeps answering, and the gateway comes
     back and serves again."""
-    ports = write_demo_config(tmp_path)
+    write_demo_config(tmp_path, ports)
     up = UpProcess(tmp_path, ports)
     try:
         state = up.state

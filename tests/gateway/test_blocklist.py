@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 import redis
+import redis.asyncio
 
 from garrison.gateway.blocklist import BlocklistUnavailable, MemoryBlocklist, RedisBlocklist
 
@@ -39,6 +39,19 @@ async def _eventually(predicate: Callable[[], bool], within: float = 1.5) -> flo
         assert time.monotonic() - started < within, "not within the deadline"
         await asyncio.sleep(0.01)
     return time.monotonic() - started
+
+
+async def _subscribed(redis_url: str, channel: str, count: int, within: float = 10.0) -> None:
+    """Wait until ``count`` connections subscribe to ``channel`` (PUBSUB NUMSUB): a change published from
+    then on reaches them all."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + within
+        while (await client.pubsub_numsub(channel))[0][1] < count:
+            assert time.monotonic() < deadline, f"fewer than {count} subscribers on {channel}"
+            await asyncio.sleep(0.01)  # the poll interval
+    finally:
+        await client.aclose()
 
 
 # -- memory ------------------------------------------------------------------------------------------
@@ -96,7 +109,7 @@ def test_redis_block_propagates_between_instances(redis_url: str, prefix: str) -
         await first.start()
         await second.start()
         try:
-            await asyncio.sleep(0.1)  # both subscribed
+            await _subscribed(redis_url, f"{prefix}:events", 2)  # both follow the channel now
             await first.block("192.0.2.10", 60, "automated response")
             assert first.is_blocked("192.0.2.10")  # at once where it was made
             waited = await _eventually(lambda: second.is_blocked("192.0.2.10"))
@@ -156,13 +169,9 @@ def test_redis_resync_catches_changes_without_messages(redis_url: str, prefix: s
     asyncio.run(main())
 
 
-def test_redis_unreachable(redis_url: str) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-
+def test_redis_unreachable(redis_url: str, refused_port: int) -> None:
     async def main() -> None:
-        blocklist = RedisBlocklist(f"redis://127.0.0.1:{port}/0", "x", timeout=0.5)
+        blocklist = RedisBlocklist(f"redis://127.0.0.1:{refused_port}/0", "x", timeout=0.5)
         await blocklist.start()  # logs, does not raise: the followers keep retrying
         try:
             assert blocklist.synced_at is None

@@ -20,7 +20,6 @@ from gateway_harness import (
     GatewayProcess,
     RawClient,
     RecordingUpstream,
-    free_port,
     garrison_cli,
     get,
     http_call,
@@ -186,8 +185,10 @@ def test_sets_are_capped_in_redis(gateway_factory: Any, upstream: RecordingUpstr
     assert call(other, "/blocklist?ip=192.0.2.4&for=1h", "POST", token=other.admin_token)[0] == 507
 
 
-def test_the_cli_uses_the_token_file(gateway_factory: Any, upstream: RecordingUpstream) -> None:
-    gw = gateway_factory(upstream, {"gateway": {"admin": {"listen": f"127.0.0.1:{free_port()}"}}})
+def test_the_cli_uses_the_token_file(
+    gateway_factory: Any, upstream: RecordingUpstream, held_port: int
+) -> None:
+    gw = gateway_factory(upstream, {"gateway": {"admin": {"listen": f"127.0.0.1:{held_port}"}}})
     config = str(gw.config_path)
     done = garrison_cli("block", "192.0.2.5", "--for", "1h", "-c", config)
     assert done.returncode == 0, done.stderr
@@ -233,10 +234,11 @@ def _tls_call(gw: GatewayProcess, context: ssl.SSLContext, target: str, method: 
 
 
 def test_a_client_certificate_is_a_credential(
-    gateway_factory: Any, upstream: RecordingUpstream, tmp_path: Path
+    gateway_factory: Any, upstream: RecordingUpstream, tmp_path: Path, held_port: int
 ) -> None:
     tls, client_ca, trust = _admin_tls(tmp_path)
-    gw = gateway_factory(upstream, {"gateway": {"admin": {"listen": f"127.0.0.1:{free_port()}", "tls": tls}}})
+    # A concrete port, held for the test: the CLI at the end reads it from the config.
+    gw = gateway_factory(upstream, {"gateway": {"admin": {"listen": f"127.0.0.1:{held_port}", "tls": tls}}})
     assert _tls_call(gw, trust, "/blocklist?ip=192.0.2.1&for=1h", "POST") == 401
     with_cert = ssl.create_default_context(cafile=str(tmp_path / "server-ca.pem"))
     with_cert.load_cert_chain(*client_ca.issue(tmp_path, "operator", common_name="operator"))

@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any
 
-from gateway_harness import GatewayProcess, RecordingUpstream, free_port, garrison_cli, http_call, wait_until
+from gateway_harness import GatewayProcess, RecordingUpstream, garrison_cli, http_call, wait_until
 
 
 def status_of(gw: GatewayProcess, path: str = "/x", headers: dict[str, str] | None = None) -> int:
@@ -81,11 +81,8 @@ def test_block_expires_and_unblock_lifts_it(gateway_factory, upstream: Recording
     assert admin(gw, "POST", "ip=127.0.0.1&for=-5s")[0] == 400
 
 
-def test_cli_blocks_every_worker(gateway_factory, upstream: RecordingUpstream) -> None:
-    admin_port = free_port()
-    gw = gateway_factory(
-        upstream, {"gateway": {"workers": 2, "admin": {"listen": f"127.0.0.1:{admin_port}"}}}
-    )
+def test_cli_blocks_every_worker(gateway_factory, upstream: RecordingUpstream, held_port: int) -> None:
+    gw = gateway_factory(upstream, {"gateway": {"workers": 2, "admin": {"listen": f"127.0.0.1:{held_port}"}}})
     config = str(gw.config_path)
     result = garrison_cli("block", "127.0.0.1", "--for", "1h", "--reason", "cli test", "-c", config)
     assert result.returncode == 0, result.stderr

@@ -16,11 +16,11 @@ from gateway_harness import (
     RecordingUpstream,
     Reply,
     Response,
-    free_port,
     get,
     one_request,
     wait_until,
 )
+from ports import refused_port
 from prometheus_client.parser import text_string_to_metric_families
 
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -41,14 +41,14 @@ FIELDS = {
 SLOW_TIMEOUT = 0.3
 
 
-def start_ops_gateway(factory, upstream: RecordingUpstream) -> GatewayProcess:
+def start_ops_gateway(factory, upstream: RecordingUpstream, down_port: int) -> GatewayProcess:
     """Three services: ``rec`` and ``slow`` (short read timeout) on the upstream, ``down`` on a dead port."""
     target = [f"http://127.0.0.1:{upstream.port}"]
     overrides = {
         "services": {
             "rec": {"targets": target, "read_timeout": "1s", "connect_timeout": "0.5s"},
             "slow": {"targets": target, "read_timeout": f"{SLOW_TIMEOUT}s", "connect_timeout": "0.5s"},
-            "down": {"targets": [f"http://127.0.0.1:{free_port()}"], "connect_timeout": "0.5s"},
+            "down": {"targets": [f"http://127.0.0.1:{down_port}"], "connect_timeout": "0.5s"},
         },
         "routes": [
             {
@@ -75,8 +75,16 @@ def start_ops_gateway(factory, upstream: RecordingUpstream) -> GatewayProcess:
 
 
 @pytest.fixture(scope="module")
-def gw(module_gateway_factory, module_upstream: RecordingUpstream) -> GatewayProcess:
-    return start_ops_gateway(module_gateway_factory, module_upstream)
+def down_port() -> Iterator[int]:
+    """The ``down`` service's port: it refuses connections for the whole module."""
+    with refused_port() as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def gw(down_port: int, module_gateway_factory, module_upstream: RecordingUpstream) -> GatewayProcess:
+    # down_port first: set up first, it is torn down last, after the gateway has stopped
+    return start_ops_gateway(module_gateway_factory, module_upstream, down_port)
 
 
 @pytest.fixture
@@ -280,9 +288,9 @@ def test_response_cut_short_closes_the_client_connection(
 
 
 def test_circuit_opens_after_consecutive_failures(
-    gateway_factory, module_upstream: RecordingUpstream
+    gateway_factory, module_upstream: RecordingUpstream, down_port: int
 ) -> None:
-    gw = start_ops_gateway(gateway_factory, module_upstream)
+    gw = start_ops_gateway(gateway_factory, module_upstream, down_port)
     statuses = []
     for _ in range(8):
         response = one_request(gw.port, get("/down/x"))

@@ -78,7 +78,7 @@ def test_redis_going_away_follows_the_fail_mode_and_recovers(
     overrides["redis"] = {"url": f"redis://127.0.0.1:{throwaway_redis.port}/0"}
     gw = gateway_factory(upstream, overrides)
     assert call(gw)[0] == 200
-    throwaway_redis.stop()
+    throwaway_redis.kill()
     assert {call(gw)[0] for _ in range(5)} == {status_while_down}
     throwaway_redis.start()
     assert wait_until(lambda: call(gw)[0] == 200 and call(gw)[0] == 200, timeout=5)

@@ -16,7 +16,6 @@ from gateway_harness import (
     GatewayProcess,
     RecordingUpstream,
     deep_merge,
-    free_port,
     garrison_cli,
     http_call,
     wait_until,
@@ -84,9 +83,9 @@ def test_admin_revocation_refuses_a_cached_token(
 
 
 def test_cli_revokes_on_every_worker(
-    gateway_factory: Any, upstream: RecordingUpstream, issuer: Issuer
+    gateway_factory: Any, upstream: RecordingUpstream, issuer: Issuer, held_port: int
 ) -> None:
-    admin_listen = {"gateway": {"workers": 2, "admin": {"listen": f"127.0.0.1:{free_port()}"}}}
+    admin_listen = {"gateway": {"workers": 2, "admin": {"listen": f"127.0.0.1:{held_port}"}}}
     gw = revocation_gateway(gateway_factory, upstream, issuer, admin_listen)
     config = str(gw.config_path)
     token, jti, _ = minted(issuer)

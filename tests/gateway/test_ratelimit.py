@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 import multiprocessing
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,12 +35,6 @@ def route(redis_url: str) -> Iterator[str]:
     name = _route()
     yield name
     _delete_keys(redis_url, name)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 NOW = 1_800_000_000.0  # the injected clock's time: decisions are checked against it exactly
@@ -80,7 +73,10 @@ def test_memory_allows_exactly_n_then_refuses(strategy: str) -> None:
 def test_memory_window_frees_capacity(strategy: str) -> None:
     limiter = RateLimiter(RateLimitSpec(rate="2/second", strategy=strategy))  # type: ignore[arg-type]
     assert [limiter.hit_sync("a").allowed for _ in range(3)] == [True, True, False]
-    time.sleep(2.05)  # the sliding counter weighs the previous second too: wait two
+    # Real elapsed time is the behaviour under test: the in-memory storage keeps its windows on time.time()
+    # (an injected clock only shifts the times the limiter reports). The sliding counter weighs the
+    # previous second too: wait two.
+    time.sleep(2.05)
     assert limiter.hit_sync("a").allowed
 
 
@@ -251,7 +247,7 @@ def test_redis_strategy_change_reuses_the_key(redis_url: str, route: str) -> Non
     assert second.allowed and not second.storage_error and second.remaining == 4
 
 
-def _hammer(redis_url: str, route: str, strategy: str, start: Any, results: Any) -> None:
+def _hammer(redis_url: str, route: str, strategy: str, ready: Any, start: Any, results: Any) -> None:
     """One gateway-like process: 2 rounds of 100 concurrent hits on one key."""
 
     async def main() -> int:
@@ -259,6 +255,7 @@ def _hammer(redis_url: str, route: str, strategy: str, start: Any, results: Any)
         limiter = RateLimiter(spec, route=route)
         try:
             await limiter.hit("warm-up")  # connect before the race starts
+            ready.put(None)
             start.wait(10)
             allowed = 0
             for _ in range(2):
@@ -275,14 +272,16 @@ def _hammer(redis_url: str, route: str, strategy: str, start: Any, results: Any)
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_two_processes_share_a_redis_limit(strategy: str, redis_url: str, route: str) -> None:
     context = multiprocessing.get_context("spawn")
-    start, results = context.Event(), context.Queue()
+    ready, start, results = context.Queue(), context.Event(), context.Queue()
     workers = [
-        context.Process(target=_hammer, args=(redis_url, route, strategy, start, results)) for _ in range(2)
+        context.Process(target=_hammer, args=(redis_url, route, strategy, ready, start, results))
+        for _ in range(2)
     ]
     for worker in workers:
         worker.start()
     try:
-        time.sleep(0.2)
+        for _ in workers:
+            ready.get(timeout=60)  # each connected and waiting: the race starts for both at once
         start.set()
         counts = [results.get(timeout=4) for _ in workers]
     finally:
@@ -291,21 +290,22 @@ def test_two_processes_share_a_redis_limit(strategy: str, redis_url: str, route:
             if worker.is_alive():
                 worker.kill()
                 worker.join()
-        results.close()
-        results.join_thread()
+        for queue in (ready, results):
+            queue.close()
+            queue.join_thread()
     assert abs(sum(counts) - 200) <= 2, counts  # within 1% of the limit
     assert all(worker.exitcode == 0 for worker in workers)
 
 
 @pytest.mark.parametrize("mode", ["open", "closed"])
-def test_unreachable_redis_follows_the_fail_mode(mode: str) -> None:
+def test_unreachable_redis_follows_the_fail_mode(mode: str, held_port: int) -> None:
     seen: list[str] = []
 
     async def main() -> tuple[list[RateDecision], str]:
         spec = RateLimitSpec(
             rate="5/second",
             storage="redis",
-            redis_url=f"redis://127.0.0.1:{_free_port()}/0",
+            redis_url=f"redis://127.0.0.1:{held_port}/0",  # held: it refuses connections
             on_redis_error=mode,  # type: ignore[arg-type]
         )
         limiter = RateLimiter(spec, seen.append, route="down")
@@ -331,6 +331,7 @@ def test_unreachable_redis_follows_the_fail_mode(mode: str) -> None:
     assert breaker_state == "open"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("mode", ["open", "closed"])
 def test_redis_killed_mid_run_then_recovers(mode: str) -> None:
     server = ThrowawayRedis()
@@ -349,7 +350,7 @@ def test_redis_killed_mid_run_then_recovers(mode: str) -> None:
             before = await limiter.hit("a")
             assert before.allowed and not before.storage_error and before.remaining == 999
 
-            server.stop()
+            server.kill()
             during = [await limiter.hit("a") for _ in range(5)]
             assert all(d.storage_error for d in during)
             assert all(d.allowed is (mode == "open") for d in during)

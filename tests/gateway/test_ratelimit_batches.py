@@ -159,6 +159,7 @@ def test_a_cancelled_hit_still_counts_and_the_others_are_decided(redis_url: str,
     assert [d.remaining for d in decisions] == [8, 7, 6, 5]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("mode", ["open", "closed"])
 def test_every_waiter_of_a_failed_round_trip_gets_the_fail_mode(mode: str) -> None:
     server = ThrowawayRedis()
@@ -178,7 +179,7 @@ def test_every_waiter_of_a_failed_round_trip_gets_the_fail_mode(mode: str) -> No
         try:
             before = await limiter.hit("a")
             # Redis dies as the batch goes out: the round trip fails for every hit in it.
-            script = CountingScript(limiter, before=server.stop)
+            script = CountingScript(limiter, before=server.kill)
             during = await asyncio.gather(*(limiter.hit(identity) for identity in "abcabcabca"))
             script.before = None
             server.start()  # a fresh, empty Redis
@@ -271,6 +272,7 @@ def test_more_keys_than_one_call_takes_go_in_several_round_trips(
     assert all(d.allowed for d in decisions)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("mode", ["open", "closed"])
 def test_a_redis_that_never_answers_times_out_and_opens_the_breaker(mode: str) -> None:
     """A server that accepts connections and says nothing: every round trip meets its deadline."""

@@ -38,6 +38,8 @@ from typing import Any
 import httptools
 import pytest
 import yaml
+from ports import reserved_port
+from waiting import poll_until, wait_until
 
 from garrison.core.ready import read_ready
 
@@ -61,23 +63,6 @@ def payload(size: int) -> bytes:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 3.0, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy; return it, or None on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (connections to it are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- recording upstream -----------------------------------------------------------------------------
@@ -373,9 +358,10 @@ class RecordingUpstream:
             got = [r for r in self.requests if r.complete or not complete]
             return got if len(got) >= count else None
 
-        got = wait_until(enough, timeout)
-        assert got is not None, f"upstream got {len(self.requests)} request(s), expected {count}"
-        return got
+        def what() -> str:
+            return f"{count} request(s); the upstream got {len(self.requests)}"
+
+        return wait_until(enough, timeout, what=what)
 
     def settle(self, quiet: float = 0.15) -> list[RecordedRequest]:
         """Wait until nothing new arrives for ``quiet`` seconds; return every request recorded."""
@@ -508,7 +494,7 @@ class GatewayProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.listeners: dict[str, str] = {}
 
-    def start(self, timeout: float = 20.0) -> GatewayProcess:
+    def start(self, timeout: float = 60.0) -> GatewayProcess:  # a ceiling for a loaded machine
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.ready_path.unlink(missing_ok=True)
         with open(self.stderr_path, "wb") as err, open(self.stdout_path, "wb") as out:
@@ -600,9 +586,10 @@ class GatewayProcess:
         def find() -> dict[str, Any] | None:
             return next((line for line in self.access_log_lines() if predicate(line)), None)
 
-        line = wait_until(find, timeout)
-        assert line is not None, f"no matching access-log line in {self.access_log_lines()!r}"
-        return line
+        def what() -> str:
+            return f"a matching access-log line in {self.access_log_lines()!r}"
+
+        return wait_until(find, timeout, what=what)
 
     def log_for(self, request_id: str) -> dict[str, Any]:
         return self.wait_access_log(lambda line: line.get("request_id") == request_id)
@@ -829,11 +816,11 @@ __all__ = [
     "deep_merge",
     "forwarded_elements",
     "forwarded_params",
-    "free_port",
     "get",
     "one_request",
     "parse_head",
     "payload",
+    "poll_until",
     "running_gateway",
     "sha256",
     "stop_process",
@@ -865,10 +852,15 @@ def garrison_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 class ThrowawayRedis:
-    """A redis-server of the test's own on a free port, to kill and restart mid-run."""
+    """A redis-server of the test's own, to kill and restart mid-run on the same port.
+
+    The port is held (``ports.reserved_port``) from ``start()`` to ``stop()``: while the server is killed
+    connections to it are refused, and nobody else can take it before the restart.
+    """
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self._reservation: contextlib.ExitStack | None = None
+        self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -877,12 +869,15 @@ class ThrowawayRedis:
             if os.environ.get("CI") == "true":
                 pytest.fail("redis-server is not installed (CI must run these tests)")
             pytest.skip("redis-server is not installed")
+        if self._reservation is None:
+            self._reservation = contextlib.ExitStack()
+            self.port = self._reservation.enter_context(reserved_port())
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        assert wait_until(self._answers, timeout=5), "redis-server did not start"
+        wait_until(self._answers, timeout=10, what="redis-server to answer PING")
 
     def _answers(self) -> bool:
         try:
@@ -892,8 +887,16 @@ class ThrowawayRedis:
         except OSError:
             return False
 
-    def stop(self) -> None:
+    def kill(self) -> None:
+        """Kill the server mid-run; its port stays held (and refuses connections) until ``stop()``."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+    def stop(self) -> None:
+        """Kill the server and give its port back."""
+        self.kill()
+        if self._reservation is not None:
+            self._reservation.close()
+            self._reservation = None

@@ -59,14 +59,20 @@ class IdentityProcess:
         self.admin_address = ""  # the admin listener's host:port ("" when it did not open)
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(GARRISON), "identity", *args, "-c", str(self.config_path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            input=stdin,
-        )
+        """`garrison identity ARGS -c CONFIG`: exit code, stdout and stderr, as the command gives them.
+
+        It runs the command's own typer app in this process: a process start per call cost seconds on a
+        loaded machine, and test modules make dozens of calls while setting up. test_identity_cli.py runs
+        the installed command as separate processes."""
+        from typer.testing import CliRunner
+
+        from garrison.cli import app
+
+        argv = ["identity", *args, "-c", str(self.config_path)]
+        result = CliRunner().invoke(app, argv, input=stdin)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return subprocess.CompletedProcess(argv, result.exit_code, result.stdout, result.stderr)
 
     def create_role(self, name: str, *scopes: str) -> None:
         result = self.cli("role", "create", name, *(arg for scope in scopes for arg in ("--scope", scope)))
@@ -154,7 +160,7 @@ class IdentityProcess:
         created: dict[str, Any] = json.loads(result.stdout)
         return created
 
-    def start(self, timeout: float = 20.0) -> IdentityProcess:
+    def start(self, timeout: float = 60.0) -> IdentityProcess:  # a ceiling for a loaded machine
         self.ready_path.unlink(missing_ok=True)
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(

@@ -17,8 +17,10 @@ AUDIENCE = "shop-api"
 class Issuer:
     """A JWKS server on loopback with its own ES256 keys; counts JWKS fetches.
 
-    ``Issuer(port=free_port(), serve=False)`` has its URL and keys (tokens can be minted) but nothing
-    listens until ``serve()``: an issuer that is down, then comes up.
+    ``Issuer(port=held_port, serve=False)`` has its URL and keys (tokens can be minted) but nothing
+    listens until ``serve()``: an issuer that is down, then comes up. ``held_port`` (tests/conftest.py)
+    keeps the port from anyone else meanwhile; ``http.server`` binds with SO_REUSEADDR, so ``serve()``
+    can still take it.
     """
 
     def __init__(self, port: int = 0, serve: bool = True) -> None:

@@ -66,6 +66,7 @@ def login_page(browser: Browser, client: dict[str, Any]) -> httpx.Response:
     return page
 
 
+@pytest.mark.process
 def test_live_and_ready_answer(idp: IdentityProcess) -> None:
     live = httpx.get(admin_url(idp, "/live"))
     assert (live.status_code, live.text) == (200, "ok\n")
@@ -80,6 +81,7 @@ def _token_header(idp: IdentityProcess) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
+@pytest.mark.process
 def test_the_guard_refuses_changes_without_the_token_foreign_origins_and_other_hosts(
     idp: IdentityProcess,
 ) -> None:
@@ -92,6 +94,7 @@ def test_the_guard_refuses_changes_without_the_token_foreign_origins_and_other_h
     assert httpx.post(url, headers=_token_header(idp)).status_code == 405
 
 
+@pytest.mark.process
 def test_metrics_count_tokens_sign_ins_introspections_and_refusals(idp: IdentityProcess) -> None:
     before = samples(idp)
     service = idp.create_client("metrics-svc", "--scope", "orders:read")
@@ -131,6 +134,7 @@ def test_metrics_count_tokens_sign_ins_introspections_and_refusals(idp: Identity
     assert moved("garrison_identity_throttle_refusals_total", limit="user") == 1
 
 
+@pytest.mark.process
 def test_promtool_accepts_the_exposition(idp: IdentityProcess, tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:

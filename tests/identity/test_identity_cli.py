@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.process  # every test here starts real processes or listeners
+
 GARRISON = Path(sys.executable).parent / "garrison"
 
 

@@ -27,6 +27,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from identity_harness import IdentityProcess, identity_config, postgres_database
 from sqlalchemy import event, select, text, update
+from waiting import wait_until
 
 from garrison.config.loader import parse_config
 from garrison.identity.adapter import Headers
@@ -37,6 +38,8 @@ from garrison.identity.tables import throttle as throttle_table
 from garrison.identity.web import HttpRequest, HttpResponse, parse_params
 from garrison.pki.kek import KeyEncryption
 from garrison.telemetry import logging as log
+
+pytestmark = pytest.mark.process  # every test here starts real processes or listeners
 
 LOCKOUT = {"max_failures": 5, "ip_max_failures": 1000, "window": 300, "lock_for": 300}
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -85,13 +88,24 @@ def events(idp: IdentityProcess, name: str, **fields: Any) -> list[dict[str, Any
     return [r for r in records if r.get("event") == name and all(r.get(k) == v for k, v in fields.items())]
 
 
+def known_client(idp: IdentityProcess, name: str, *args: str) -> dict[str, Any]:
+    """A client made with `garrison identity client create`, once the running provider knows it: it
+    reloads its client directory every second (sooner on a miss), and until then the client's requests
+    count as an unknown client's. A client with a secret is known once the right one gets a token."""
+    created = idp.create_client(name, *args)
+    if created.get("client_secret"):
+        known = lambda: token(idp, created, address()).status_code == 200  # noqa: E731
+        wait_until(known, interval=0.1, what=f"the provider to know client {name}")
+    return created
+
+
 def refused_as_invalid_client(response: httpx.Response) -> bool:
     return response.status_code == 401 and response.json()["error"] == "invalid_client"
 
 
 def test_parallel_wrong_secrets_lock_the_client_and_the_right_one_is_refused(idp: IdentityProcess) -> None:
-    victim = idp.create_client(f"victim-{uuid.uuid4().hex[:6]}", "--scope", "orders:read")
-    bystander = idp.create_client(f"bystander-{uuid.uuid4().hex[:6]}", "--scope", "orders:read")
+    victim = known_client(idp, f"victim-{uuid.uuid4().hex[:6]}", "--scope", "orders:read")
+    bystander = known_client(idp, f"bystander-{uuid.uuid4().hex[:6]}", "--scope", "orders:read")
     guesser = address()
 
     def guess(number: int) -> httpx.Response:
@@ -100,7 +114,13 @@ def test_parallel_wrong_secrets_lock_the_client_and_the_right_one_is_refused(idp
     with ThreadPoolExecutor(30) as pool:
         answers = list(pool.map(guess, range(30)))
     assert all(refused_as_invalid_client(answer) for answer in answers)
-    failed = events(idp, "identity.client_auth.failed", client_id=victim["client_id"])
+
+    def thirty_failures() -> list[dict[str, Any]] | None:
+        found = events(idp, "identity.client_auth.failed", client_id=victim["client_id"])
+        return found if len(found) >= 30 else None
+
+    # The provider may log after it answers: wait for its thirty lines.
+    failed = wait_until(thirty_failures, what="30 identity.client_auth.failed lines in the log")
     assert len(failed) == 30 and all(e["endpoint"] == "token" and e["ip"] == guesser for e in failed)
     assert sum(e["locked"] == "client" for e in failed) == 25  # counted on a locked key: after the 5th
     assert len(events(idp, "identity.lockout", key="client:" + victim["client_id"])) == 1
@@ -116,7 +136,7 @@ def test_parallel_wrong_secrets_lock_the_client_and_the_right_one_is_refused(idp
 
 
 def test_failures_at_introspect_and_revoke_count_too(idp: IdentityProcess) -> None:
-    client = idp.create_client(f"rs-{uuid.uuid4().hex[:6]}", "--scope", "garrison:introspect")
+    client = known_client(idp, f"rs-{uuid.uuid4().hex[:6]}", "--scope", "garrison:introspect")
     source = address()
     good = token(idp, client, source).json()["access_token"]
     wrong = (client["client_id"], "gcs_" + "B" * 43)
@@ -139,7 +159,7 @@ def test_private_key_jwt_failures_count_too(idp: IdentityProcess, tmp_path: Path
     jwks = tmp_path / "client.jwks"
     jwks.write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "ES256", "use": "sig"}]}))
     method = ("--auth-method", "private_key_jwt", "--jwks-file", str(jwks))
-    created = idp.create_client(f"keyed-{uuid.uuid4().hex[:6]}", "--scope", "reports", *method)
+    created = known_client(idp, f"keyed-{uuid.uuid4().hex[:6]}", "--scope", "reports", *method)
     client_id, source = created["client_id"], address()
 
     def assertion(signer: ec.EllipticCurvePrivateKey) -> dict[str, str]:
@@ -160,7 +180,7 @@ def test_private_key_jwt_failures_count_too(idp: IdentityProcess, tmp_path: Path
 
 
 def test_a_success_resets_the_client_counter(idp: IdentityProcess) -> None:
-    client = idp.create_client(f"clumsy-{uuid.uuid4().hex[:6]}", "--scope", "orders:read")
+    client = known_client(idp, f"clumsy-{uuid.uuid4().hex[:6]}", "--scope", "orders:read")
     source = address()
     for _ in range(3):  # 12 failures in all, never 5 in a row
         for _ in range(4):
@@ -172,7 +192,7 @@ def test_a_success_resets_the_client_counter(idp: IdentityProcess) -> None:
 def test_parallel_good_requests_of_a_client_with_failures_all_get_tokens(idp: IdentityProcess) -> None:
     """A busy service after a few typos (its own, or a guesser's): its good requests are not counted, so
     however many run at once they never lock it."""
-    busy = idp.create_client(f"busy-{uuid.uuid4().hex[:6]}", "--scope", "orders:read")
+    busy = known_client(idp, f"busy-{uuid.uuid4().hex[:6]}", "--scope", "orders:read")
     source = address()
     for _ in range(4):
         assert refused_as_invalid_client(token(idp, busy, source, secret="gcs_typo"))
@@ -201,8 +221,8 @@ def test_unknown_and_public_client_ids_count_on_the_address_only(idp: IdentityPr
 def test_one_credential_and_one_client_per_request(idp: IdentityProcess) -> None:
     """RFC 6749 §2.3: one authentication method per request; a good credential for one client can never
     be paired with a guess at another."""
-    mine = idp.create_client(f"mine-{uuid.uuid4().hex[:6]}", "--scope", "a")
-    theirs = idp.create_client(f"theirs-{uuid.uuid4().hex[:6]}", "--scope", "a")
+    mine = known_client(idp, f"mine-{uuid.uuid4().hex[:6]}", "--scope", "a")
+    theirs = known_client(idp, f"theirs-{uuid.uuid4().hex[:6]}", "--scope", "a")
     source, basic = address(), (mine["client_id"], mine["client_secret"])
     cases = [
         {"client_id": mine["client_id"], "client_secret": mine["client_secret"]},  # Basic and post

@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from identity_harness import IdentityProcess, identity_config
 from requests_oauth2client import ClientSecretBasic, InvalidScope, OAuth2Client, PrivateKeyJwt
 
+pytestmark = pytest.mark.process  # every test here starts real processes or listeners
+
 
 @pytest.fixture(scope="module")
 def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IdentityProcess]:

@@ -19,9 +19,12 @@ from authlib.integrations.httpx_client import OAuth2Client
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from identity_harness import IdentityProcess, identity_config, postgres_database
+from waiting import wait_until
 
 from garrison.tokens.jwks import JwksCache
 from garrison.tokens.jwt import JwtVerifier
+
+pytestmark = pytest.mark.process  # every test here starts real processes or listeners
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -268,8 +271,6 @@ def test_cli_lists_and_deletes_clients(idp: IdentityProcess, tmp_path: Path) -> 
     assert "short-lived" in listing.stdout and created["client_secret"] not in listing.stdout
     assert idp.cli("client", "delete", "short-lived").returncode == 0
     # Deleted: refused within about a second (the provider reloads its client directory).
-    deadline = time.monotonic() + 5
-    while idp.token(created).status_code != 401:
-        assert time.monotonic() < deadline, "a deleted client kept getting tokens"
-        time.sleep(0.1)
+    refused = lambda: idp.token(created).status_code == 401  # noqa: E731
+    wait_until(refused, timeout=10, interval=0.1, what="a deleted client to be refused tokens")
     assert "gcs_" not in idp.stderr_text()  # no secret ever reaches the log

@@ -123,6 +123,7 @@ def test_repr_shows_no_key(intermediate: Authority) -> None:
     assert "PRIVATE" not in shown and "key" not in shown.lower()
 
 
+@pytest.mark.process
 def test_mutual_tls_between_two_workloads_names_each_peer(tmp_path: Path) -> None:
     """OpenSSL verifies both chains to the root; each side reads the other's SPIFFE ID."""
     asyncio.run(_mutual_tls(tmp_path))
@@ -149,6 +150,7 @@ async def _mutual_tls(tmp_path: Path) -> None:
         writer.close()
 
 
+@pytest.mark.process
 def test_a_certificate_from_another_ca_fails_the_handshake(tmp_path: Path) -> None:
     asyncio.run(_stranger(tmp_path))
 

@@ -65,6 +65,7 @@ def _db(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+@pytest.mark.process
 def test_status_then_upgrade(tmp_path: Path, database: str | None) -> None:
     config = str(_config(tmp_path, database))
     code, output = _db("status", "-c", config, "--check")
@@ -81,6 +82,7 @@ def test_status_then_upgrade(tmp_path: Path, database: str | None) -> None:
     assert len(lines) == 1 and lines[0].count("identity_0001") == 2  # current and head
 
 
+@pytest.mark.process
 def test_upgrade_adopts_a_database_created_before_migrations(tmp_path: Path, database: str | None) -> None:
     config = _config(tmp_path, database)
 

@@ -321,6 +321,7 @@ def keys() -> dict[str, Key]:
 # -- fetching ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_fetch_discovery_once_then_jwks(keys: dict[str, Key]) -> None:
     async def main() -> None:
         async with JwksServer() as server:
@@ -349,6 +350,7 @@ def test_fetch_discovery_once_then_jwks(keys: dict[str, Key]) -> None:
         {"issuer": "SELF"},  # no jwks_uri
     ],
 )
+@pytest.mark.process
 def test_bad_discovery_documents(keys: dict[str, Key], discovery: dict[str, str]) -> None:
     async def main() -> None:
         async with JwksServer() as server:
@@ -371,6 +373,7 @@ def test_bad_discovery_documents(keys: dict[str, Key], discovery: dict[str, str]
     run(main)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("mode", ["status", "garbage", "huge", "huge_unsized", "hang", "redirect"])
 def test_failed_refresh_keeps_previous_keys(keys: dict[str, Key], mode: str) -> None:
     async def main() -> None:
@@ -396,6 +399,7 @@ def test_failed_refresh_keeps_previous_keys(keys: dict[str, Key], mode: str) -> 
     run(main)
 
 
+@pytest.mark.process
 def test_start_with_issuer_down_recovers_on_demand(keys: dict[str, Key]) -> None:
     async def main() -> None:
         clock = FakeClock()
@@ -426,6 +430,7 @@ def test_backoff_doubles_from_one_second_to_the_cap() -> None:
     assert JwksCache(jwks_uri="http://127.0.0.1:9/jwks", refresh_interval=5).startup_backoff.cap == 5
 
 
+@pytest.mark.process
 def test_no_keys_retries_on_the_short_backoff_then_follows_the_normal_rules(keys: dict[str, Key]) -> None:
     async def main() -> None:
         clock = FakeClock()
@@ -474,6 +479,7 @@ def test_no_keys_retries_on_the_short_backoff_then_follows_the_normal_rules(keys
     run(main)
 
 
+@pytest.mark.process
 def test_a_key_set_without_usable_keys_changes_nothing(keys: dict[str, Key]) -> None:
     async def main() -> None:
         async with JwksServer() as server:
@@ -506,6 +512,7 @@ def test_a_reloaded_cache_adopts_the_keys_of_the_same_source(keys: dict[str, Key
     assert not other.has_keys and not by_discovery.has_keys  # another source: its keys are not these
 
 
+@pytest.mark.process
 def test_scheduled_refresh_picks_up_announced_rotation(keys: dict[str, Key]) -> None:
     async def main() -> None:
         async with JwksServer() as server:
@@ -536,6 +543,7 @@ def test_scheduled_refresh_picks_up_announced_rotation(keys: dict[str, Key]) -> 
     run(main)
 
 
+@pytest.mark.process
 def test_unannounced_rotation_is_picked_up_without_failures(keys: dict[str, Key]) -> None:
     async def main() -> None:
         clock = FakeClock()
@@ -557,6 +565,7 @@ def test_unannounced_rotation_is_picked_up_without_failures(keys: dict[str, Key]
     run(main)
 
 
+@pytest.mark.process
 def test_flood_of_random_kids_costs_one_fetch_per_interval(keys: dict[str, Key]) -> None:
     async def main() -> None:
         clock = FakeClock()
@@ -602,6 +611,7 @@ def test_flood_of_random_kids_costs_one_fetch_per_interval(keys: dict[str, Key])
     run(main, timeout=20)
 
 
+@pytest.mark.process
 def test_cancelled_caller_does_not_cancel_the_shared_fetch(keys: dict[str, Key]) -> None:
     async def main() -> None:
         async with JwksServer() as server:
@@ -623,6 +633,7 @@ def test_cancelled_caller_does_not_cancel_the_shared_fetch(keys: dict[str, Key])
     run(main)
 
 
+@pytest.mark.process
 def test_stop_during_a_fetch_closes_everything(keys: dict[str, Key]) -> None:
     async def main() -> None:
         async with JwksServer() as server:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -212,6 +211,7 @@ def test_redis_never_shortens_and_ignores_bad_messages(redis_url: str, prefix: s
     asyncio.run(main())
 
 
+@pytest.mark.process
 def test_redis_down_keeps_the_snapshot_and_refuses_writes() -> None:
     server = ThrowawayRedis()
     server.start()
@@ -221,7 +221,7 @@ def test_redis_down_keeps_the_snapshot_and_refuses_writes() -> None:
         await feed.start()
         try:
             await feed.revoke("known", time.time() + 300)
-            server.stop()
+            server.kill()
             await asyncio.sleep(0.5)  # resyncs fail meanwhile
             assert feed.is_revoked("known", time.time())
             with pytest.raises(RevocationsUnavailable):
@@ -236,13 +236,9 @@ def test_redis_down_keeps_the_snapshot_and_refuses_writes() -> None:
         server.stop()
 
 
-def test_redis_unreachable_at_start() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-
+def test_redis_unreachable_at_start(refused_port: int) -> None:
     async def main() -> None:
-        feed = RedisRevocations(f"redis://127.0.0.1:{port}/0", timeout=0.5)
+        feed = RedisRevocations(f"redis://127.0.0.1:{refused_port}/0", timeout=0.5)
         await feed.start()  # logs, does not raise: the followers keep retrying
         try:
             assert feed.synced_at is None and not feed.is_revoked("j", time.time())

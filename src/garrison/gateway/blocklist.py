@@ -32,6 +32,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from garrison.config.gateway import BlocklistConfig
 from garrison.gateway.iprules import canonical_ip
 from garrison.store.shared_set import (
     Member,
@@ -210,3 +211,12 @@ class RedisBlocklist(SharedSetOwner, Blocklist):
 
     def members_replaced(self, members: list[Member]) -> None:
         self._replace([BlockEntry(m.name, m.until, m.payload) for m in members])
+
+
+def blocklist_from_config(spec: BlocklistConfig, redis_url: str | None) -> Blocklist:
+    """The blocklist ``gateway.blocklist`` asks for (the loader refuses `redis` without `redis.url`)."""
+    if spec.storage == "redis":
+        if not redis_url:
+            raise ValueError("gateway.blocklist.storage is `redis` but redis.url is not set")
+        return RedisBlocklist(redis_url, spec.prefix, max_entries=spec.max_entries)
+    return MemoryBlocklist(max_entries=spec.max_entries)

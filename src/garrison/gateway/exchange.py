@@ -10,6 +10,7 @@ import re
 from random import getrandbits
 from typing import TYPE_CHECKING
 
+from garrison.proxy.exchange import ProxyExchange
 from garrison.proxy.http1 import (
     GATEWAY_SET,
     HOP_BY_HOP,
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from garrison.gateway.cache_policy import CacheRequest
     from garrison.gateway.ratelimit import RateDecision
     from garrison.gateway.runtime import Route, Runtime
-    from garrison.proxy.upstream.pool import UpstreamConnection
     from garrison.proxy.upstream.target import Target
 
 _REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -49,8 +49,6 @@ RESPONSE_DROP = HOP_BY_HOP | {
     b"x-powered-by",
 }
 
-BODY_NONE, BODY_LENGTH, BODY_CHUNKED = 0, 1, 2
-
 
 class Rejected(Exception):
     """A request refused before it reaches an upstream."""
@@ -65,26 +63,12 @@ class Rejected(Exception):
         self.client_ip = client_ip  # the resolved client, when known, for the access log
 
 
-class Exchange:
-    """One request and its response. A plain class: most fields keep their class-level default,
-    so creating one per request sets only what the request head decided."""
+class Exchange(ProxyExchange):
+    """One request and its response at the edge: the generic proxy fields (proxy/exchange.py) plus
+    the route and what its stages decide. A plain class: most fields keep their class-level
+    default, so creating one per request sets only what the request head decided."""
 
-    # Per-exchange state with defaults (instance attributes shadow these once set).
-    expect_continue = False
-    body_seen = 0
-    buffered = 0
-    request_done = False
-    target: Target | None = None
-    upstream: UpstreamConnection | None = None
-    attempts = 0
-    upstream_start = 0.0
-    upstream_time = 0.0
-    status = 0
-    response_started = False
-    response_done = False
-    rechunk = False
-    close_after = False
-    bytes_out = 0
+    # Edge state with defaults (instance attributes shadow these once set).
     extra_response_headers = b""  # e.g. RateLimit-* from the route's rate limiter
     identity_headers = b""  # X-Garrison-* lines for the upstream, once authenticated
     preflight: bytes | None = None  # head of the gateway's own answer to a CORS preflight
@@ -139,13 +123,9 @@ class Exchange:
         self.authorization = authorization
         self.api_key = api_key
         self.query = query
-        self.body_buffer: list[bytes] = []
+        self.body_buffer = []
         if expect_continue:
             self.expect_continue = True
-
-    @property
-    def has_body(self) -> bool:
-        return self.body_mode != BODY_NONE
 
     def upstream_head(self, target: Target, preserve_host: bool) -> bytes:
         host = self.host if preserve_host else target.host_header

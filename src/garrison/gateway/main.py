@@ -10,7 +10,7 @@ import uvloop
 
 from garrison.config.loader import LoadedConfig, load_config
 from garrison.core.runner import run_component
-from garrison.gateway.server import GatewayComponent, worker_settings
+from garrison.gateway.component import GatewayComponent, worker_settings
 from garrison.telemetry import logging as log
 
 

@@ -1,10 +1,13 @@
 """The client side of the gateway: one asyncio Protocol per client connection.
 
 Everything on the hot path is a callback: llhttp (httptools) calls ``on_headers_complete``, which
-validates, routes and writes the request head to a pooled upstream connection in the same call;
+admits and routes the request (gateway/head.py) and runs the route's chain of stages
+(gateway/stages.py), the last of which writes the request head to a pooled upstream connection, all
+in the same call;
 the upstream's parser calls back ``on_upstream_head/body/complete``, which write straight to the
 client. No task, queue or future is created for a request unless a new upstream connection must be
-opened. Pipelined requests wait in a queue and are served in order.
+opened (or a stage must wait for Redis or a key set). Pipelined requests wait in a queue and are
+served in order.
 
 A closed connection is freed at once, by reference counting: the parser, which holds bound methods
 of the connection, exists only from ``connection_made`` to ``connection_lost``, and
@@ -17,115 +20,40 @@ that was hundreds of megabytes (issue 7; docs/THREAT_MODEL.md, gateway, denial o
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import Callable
-from time import perf_counter
-from typing import TYPE_CHECKING, Any, cast
+from typing import cast
 
 import httptools
 
-from garrison.gateway.authn import (
-    ApiKeyRouteAuth,
-    CertificateClient,
-    ClientCertificates,
-    Identity,
-    JwtRouteAuth,
-    MtlsRouteAuth,
-    NeedsRefetch,
-    challenge,
-)
-from garrison.gateway.cache import X_CACHE_MISS, CachedResponse
-from garrison.gateway.cache_policy import CacheRequest
-from garrison.gateway.errors import error_response
-from garrison.gateway.exchange import (
-    BODY_CHUNKED,
-    BODY_LENGTH,
-    BODY_NONE,
-    STATUS_LINES,
-    ClientHeaders,
-    Exchange,
-    Rejected,
-    filter_request_headers,
-    forwarding_headers,
-    host_without_port,
-    request_id_for,
-    response_head,
-    trace_for,
-    valid_host,
-)
-from garrison.gateway.ratelimit import RateDecision, RateLimiter, rate_limit_lines
-from garrison.gateway.router import RouteMiss
+from garrison.gateway.exchange import Rejected
+from garrison.gateway.forward import ForwardingConnection
+from garrison.gateway.head import build_exchange
+from garrison.proxy.connection import PAUSE_PIPELINE
+from garrison.proxy.exchange import BODY_CHUNKED
 from garrison.proxy.http1 import LAST_CHUNK, chunk
-from garrison.proxy.normalize import TargetRejected, parse_request_target
-from garrison.proxy.upstream.retry import IDEMPOTENT_METHODS
-from garrison.tokens.jwt import AuthError
+from garrison.proxy.state import (
+    CLOSED,
+    CLOSING,
+    IDLE,
+    LEGAL,
+    READING_BODY,
+    READING_HEAD,
+    SERVING,
+    IllegalTransition,
+)
+from garrison.proxy.state import ResponsePhase as _Phase
 
-if TYPE_CHECKING:
-    from garrison.gateway.runtime import Runtime
-    from garrison.gateway.server import GatewayServer
-    from garrison.proxy.upstream.pool import UpstreamConnection
-    from garrison.proxy.upstream.target import Target
-
-# Why reading from the client is paused; reading resumes when no reason is left.
-PAUSE_PIPELINE, PAUSE_BUFFER, PAUSE_UPSTREAM = 1, 2, 4
-MAX_BUFFERED_BODY = 256 * 1024
-LINGER_SECONDS = 1.0
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-# What the connection is waiting for; the server's sweeper enforces the matching timeout.
-WAIT_NONE, WAIT_HEAD, WAIT_BODY, WAIT_IDLE = 0, 1, 2, 3
-
-
-class _HeaderCache:
-    """The last header block a connection sent and what the gateway derived from it."""
-
-    __slots__ = ("client_ip", "forwarded_block", "headers", "host", "raw", "runtime")
-
-    def __init__(self, runtime: Runtime, raw: list[tuple[bytes, bytes]], headers: ClientHeaders) -> None:
-        self.runtime = runtime
-        self.raw = raw
-        self.headers = headers
-        self.host: bytes | None = None
-        self.client_ip = ""
-        self.forwarded_block = b""  # the kept client headers plus X-Forwarded-*/Forwarded
+PENDING, DONE = _Phase.PENDING, _Phase.DONE
 
 
 class _Closed(Exception):
     """Raised from a parser callback to stop parsing input that arrived before a close."""
 
 
-class ClientConnection(asyncio.Protocol):
-    def __init__(self, server: GatewayServer) -> None:
-        self.server = server
-        self.loop = server.loop
-        self.transport: asyncio.Transport | None = None
-        # An httptools.HttpRequestParser (untyped, hence Any) from connection_made to connection_lost
-        # only: it holds bound methods of this object, a reference cycle (see _release).
-        self.parser: Any = None
-        self.peer = "0.0.0.0"
-        self.closed = False
-        self.paused = 0
-        self.waiting = WAIT_IDLE
-        self.deadline = 0.0
-        self.head_bytes = 0
-        self.url_parts: list[bytes] = []
-        self.raw_headers: list[tuple[bytes, bytes]] = []
-        self.parsing: Exchange | None = None  # request whose body is being read
-        self.active: Exchange | None = None  # request being served
-        self.pending: deque[Exchange] = deque()
-        self.reject_after: Rejected | None = None
-        self.head_size = 0
-        # Per-connection caches of work that depends only on values a keep-alive client repeats.
-        self.host_seen: bytes | None = None
-        self.host_lower = b""
-        self.host_key = b""
-        self.header_cache: _HeaderCache | None = None
-        # The client certificate's configured client, resolved once per connection and per config
-        # (the certificate cannot change on a connection; a reload can change what it maps to).
-        self.certificate_client: tuple[ClientCertificates, CertificateClient | AuthError] | None = None
-        # Output is gathered and written once per event, so a response head and its body leave
-        # in one write() system call: on loopback the syscall costs more than all our Python.
-        self.out: list[bytes] = []
+class ClientConnection(ForwardingConnection):
+    """The parser callbacks and the connection's life; the rest is in its bases:
+    ``ForwardingConnection`` (gateway/forward.py: upstream dispatch and response),
+    ``AnsweringConnection`` (gateway/answers.py: per-request state, answers, the stages' host) and
+    ``ProxyConnection`` (proxy/connection.py: state machine, flow control, output)."""
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -141,10 +69,10 @@ class ClientConnection(asyncio.Protocol):
             self._send_error(Rejected(503, "too_many_connections"), None, close=True)
             return
         server.connections.add(self)
-        self._wait(WAIT_HEAD, server.runtime.limits.header_timeout)
+        self._wait(READING_HEAD, server.runtime.limits.header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self.closed:
+        if self.state >= CLOSING:
             return
         if self.parsing is None:
             # Raw bytes of the head being received, whitespace padding included; a head that
@@ -175,15 +103,15 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(Rejected(431, "header_fields_too_large"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        self.state = CLOSED  # always legal: the transport is gone whatever the state was
         self.server.connections.discard(self)
         self.server.closed_connections += 1  # when to hand freed memory back (gateway/heap.py)
         active = self.active
         self.active = None
-        if active is not None and not active.response_done:
+        if active is not None and active.response is not DONE:
             active.close_after = True
             self._drop_upstream(active, reason="client_closed")
-            if active.status == 0 or not active.response_started:
+            if active.status == 0 or active.response is PENDING:
                 active.status = 499  # as nginx logs it: the client went away first
             self._record(active)
         self._release()
@@ -199,27 +127,17 @@ class ClientConnection(asyncio.Protocol):
         self.transport = None
         self.reject_after = None
         self.header_cache = None
-        self.certificate_client = None
-
-    def pause_writing(self) -> None:
-        active = self.active
-        if active is not None and active.upstream is not None:
-            active.upstream.pause_reading()
-
-    def resume_writing(self) -> None:
-        active = self.active
-        if active is not None and active.upstream is not None:
-            active.upstream.resume_reading()
+        self.certificate_cache = None
 
     # -- httptools callbacks: the request ---------------------------------------------------------
     def on_message_begin(self) -> None:
-        if self.closed:
+        if self.state >= CLOSING:
             raise _Closed
         self.url_parts = []
         self.raw_headers = []
         self.head_size = 0
-        if self.waiting != WAIT_HEAD:
-            self._wait(WAIT_HEAD, self.server.runtime.limits.header_timeout)
+        if self.state is not READING_HEAD:
+            self._wait(READING_HEAD, self.server.runtime.limits.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self.url_parts.append(url)
@@ -236,15 +154,17 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         runtime = self.server.runtime
-        exchange = self._build_exchange(runtime)
+        exchange = build_exchange(self, runtime)  # admission and route (gateway/head.py)
         self.parsing = exchange
         self.head_bytes = 0
         self.head_size = 0  # from here on, on_header sees trailers, counted on their own
         self.raw_headers = []
         if exchange.has_body:
-            self._wait(WAIT_BODY, runtime.limits.body_timeout)
+            self._wait(READING_BODY, runtime.limits.body_timeout)
+        elif SERVING in LEGAL[self.state]:  # _enter(SERVING), inlined: once a request
+            self.state = SERVING
         else:
-            self.waiting = WAIT_NONE
+            raise IllegalTransition(self.state, SERVING)
         if self.active is None:
             self._start(exchange)
         else:
@@ -269,664 +189,26 @@ class ClientConnection(asyncio.Protocol):
         if exchange.body_mode == BODY_CHUNKED:
             self._forward_body(exchange, LAST_CHUNK)
         exchange.request_done = True
-        if self.waiting == WAIT_BODY:
-            self.waiting = WAIT_NONE
-        if exchange.response_done:
-            self._finish(exchange)
-
-    # -- building and starting an exchange -------------------------------------------------------
-    def _build_exchange(self, runtime: Runtime) -> Exchange:
-        limits = runtime.limits
-        head_size = max(self.head_size, self.head_bytes)
-        if len(self.raw_headers) > limits.max_headers or head_size > limits.max_header_bytes:
-            raise Rejected(431, "header_fields_too_large")
-        if self.parser.should_upgrade():
-            raise Rejected(501, "not_implemented")
-        version = self.parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            raise Rejected(505, "http_version_not_supported")
-        method: bytes = self.parser.get_method()
-        if method == b"CONNECT":
-            raise Rejected(501, "not_implemented")
-        try:
-            target = parse_request_target(b"".join(self.url_parts))
-        except TargetRejected as exc:
-            raise Rejected(exc.status, "uri_too_long" if exc.status == 414 else "bad_request") from None
-        raw = self.raw_headers
-        cache = self.header_cache
-        if cache is None or cache.runtime is not runtime or cache.raw != raw:
-            # Keep-alive clients send the same header block again and again; filter it once.
-            cache = self.header_cache = _HeaderCache(
-                runtime, raw, filter_request_headers(raw, runtime.allow_underscores)
-            )
-            cache.client_ip = runtime.trusted.resolve_client(self.peer, cache.headers.forwarded_for)
-        headers = cache.headers
-        client_ip = cache.client_ip
-        # Address controls come before routing: a blocked client costs no further work. The
-        # address is the one resolved through trusted_proxies, so a forged X-Forwarded-For
-        # changes nothing.
-        if self.server.blocklist.is_blocked(client_ip) or (
-            runtime.ip_rules is not None and not runtime.ip_rules.permits(client_ip)
-        ):
-            raise Rejected(403, "forbidden", client_ip=client_ip)
-        http11 = version == "1.1"
-        host = headers.host
-        if target.authority is not None:
-            # Absolute form: the target's authority wins (RFC 9112 §3.2.2); a Host that disagrees is refused.
-            if host is not None and host.lower() != target.authority:
-                raise Rejected(400, "bad_request")
-            host = target.authority
-        if host is None:
-            if http11:
-                raise Rejected(400, "bad_request")
-            host = b""
-        if host != self.host_seen:
-            # Keep-alive clients repeat the same Host: validate it once per connection.
-            lowered = host.lower()
-            if lowered and not valid_host(lowered):
-                raise Rejected(400, "bad_request")
-            self.host_seen, self.host_lower, self.host_key = host, lowered, host_without_port(lowered)
-        host = self.host_lower
-        if headers.chunked:
-            body_mode, length = BODY_CHUNKED, 0
-        elif headers.content_length:
-            body_mode, length = BODY_LENGTH, headers.content_length
-        else:
-            body_mode, length = BODY_NONE, 0
-        if length > limits.max_body:
-            raise Rejected(413, "payload_too_large")
-        announced = headers.cors_method if method == b"OPTIONS" and headers.origin is not None else None
-        preflight = announced is not None
-        # A preflight is routed as the request it announces, so route methods need not list OPTIONS.
-        match = runtime.routes.match(target.path, announced or method, self.host_key)
-        if preflight and not isinstance(match, RouteMiss) and match.payload.cors is None:
-            preflight = False  # not a CORS route: an OPTIONS request like any other
-            match = runtime.routes.match(target.path, method, self.host_key)
-        if isinstance(match, RouteMiss):
-            allow = b"allow: %s\r\n" % b", ".join(match.allowed) if match.allowed else b""
-            raise Rejected(match.status, "not_found" if match.status == 404 else "method_not_allowed", allow)
-        route = match.payload
-        if route.ip_rules is not None and not route.ip_rules.permits(client_ip):
-            raise Rejected(403, "forbidden", client_ip=client_ip)
-        if cache.host != host:
-            cache.host = host
-            forwarding = forwarding_headers(runtime, self.peer, client_ip, headers, host)
-            cache.forwarded_block = b"".join((*headers.kept, forwarding))
-        request_id = request_id_for(headers.request_id)
-        trace_id, span_id, flags = trace_for(headers.traceparent)
-        request_line = b"%s %s%s%s HTTP/1.1\r\n" % (
-            method,
-            target.path,
-            b"?" if target.has_query else b"",
-            target.query,
-        )
-        framing = (
-            b"transfer-encoding: chunked\r\n"
-            if body_mode == BODY_CHUNKED
-            else (b"content-length: %d\r\n" % length if headers.content_length is not None else b"")
-        )
-        trace = b"x-request-id: %s\r\ntraceparent: 00-%s-%s-%s\r\n" % (request_id, trace_id, span_id, flags)
-        credentials = b""
-        if headers.api_key_lines and not isinstance(route.auth, ApiKeyRouteAuth):
-            credentials = b"".join(headers.api_key_lines)  # not ours to consume: pass them on
-        head_rest = b"".join((cache.forwarded_block, credentials, trace, framing, b"\r\n"))
-        exchange = Exchange(
-            method=method,
-            path=target.path,
-            request_line=request_line,
-            host=host,
-            http11=http11,
-            keep_alive=bool(self.parser.should_keep_alive()),
-            start=perf_counter(),
-            route=route,
-            client_ip=client_ip,
-            request_id=request_id,
-            trace_id=trace_id,
-            body_mode=body_mode,
-            content_length=length,
-            head_rest=head_rest,
-            trace_lines=trace,
-            authorization=headers.authorization,
-            api_key=headers.api_key,
-            query=target.query,
-            expect_continue=headers.expect_continue,
-        )
-        if route.cache_ttl is not None and (method == b"GET" or method == b"HEAD"):
-            exchange.request_headers = raw  # for the cache's Vary and Cache-Control, read after auth
-        cors = route.cors
-        if cors is not None and headers.origin is not None:
-            if preflight:
-                assert headers.cors_method is not None
-                answer = cors.preflight(headers.origin, headers.cors_method, headers.cors_headers)
-                if answer is None:
-                    raise Rejected(403, "forbidden", client_ip=client_ip)
-                exchange.preflight = answer
-            else:
-                exchange.extra_response_headers = cors.response_headers(headers.origin)
-        return exchange
-
-    def _start(self, exchange: Exchange) -> None:
-        self.active = exchange
-        if exchange.preflight is not None:
-            self._answer_preflight(exchange, exchange.preflight)
-            return
-        route = exchange.route
-        if route.pre_auth_limits:
-            # Counted before anything costly, token checks included.
-            self._limit(exchange, route.pre_auth_limits, 0, self._proceed)
-        else:
-            self._proceed(exchange)
-
-    # -- rate limits: each of a route's limits in turn, synchronously while they are in memory ----
-    def _limit(
-        self,
-        exchange: Exchange,
-        limiters: tuple[RateLimiter, ...],
-        index: int,
-        then: Callable[[Exchange], None],
-    ) -> None:
-        while index < len(limiters):
-            limiter = limiters[index]
-            key = limiter.spec.key
-            identity = exchange.client_ip if key == "ip" else ("" if key == "route" else exchange.client)
-            if limiter.spec.storage != "memory":
-                self.server.spawn(self._limit_shared(exchange, limiters, index, then, identity))
-                return
-            if not self._counted(exchange, limiter.hit_sync(identity)):
-                return
-            index += 1
-        self._limits_passed(exchange, limiters, then)
-
-    async def _limit_shared(
-        self,
-        exchange: Exchange,
-        limiters: tuple[RateLimiter, ...],
-        index: int,
-        then: Callable[[Exchange], None],
-        identity: str,
-    ) -> None:
-        decision = await limiters[index].hit(identity)  # never raises: a Redis failure is in the decision
-        if exchange is not self.active or self.closed:
-            return
-        if self._counted(exchange, decision):
-            self._limit(exchange, limiters, index + 1, then)
-        self.flush()
-
-    def _counted(self, exchange: Exchange, decision: RateDecision) -> bool:
-        """Keep the tightest decision for the RateLimit-* headers; refuse when a limit is exceeded."""
-        tightest = exchange.rate_decision
-        if not decision.failed_open and (tightest is None or decision.remaining < tightest.remaining):
-            exchange.rate_decision = decision
-        if decision.allowed:
-            return True
-        exchange.rate_decision = decision
-        self._add_rate_headers(exchange)
-        if decision.storage_error:
-            self._fail_exchange(exchange, 503, "rate_limiter_unavailable")
-        else:
-            self._fail_exchange(exchange, 429, "too_many_requests")
-        return False
-
-    def _limits_passed(
-        self, exchange: Exchange, limiters: tuple[RateLimiter, ...], then: Callable[[Exchange], None]
-    ) -> None:
-        if limiters is exchange.route.post_auth_limits or not exchange.route.post_auth_limits:
-            self._add_rate_headers(exchange)  # the last limit of the request has counted
-        then(exchange)
-
-    @staticmethod
-    def _add_rate_headers(exchange: Exchange) -> None:
-        decision = exchange.rate_decision
-        if decision is not None:
-            exchange.extra_response_headers += rate_limit_lines(decision)
-
-    # -- authentication ----------------------------------------------------------------------------
-    def _proceed(self, exchange: Exchange) -> None:
-        auth = exchange.route.auth
-        if isinstance(auth, MtlsRouteAuth):
-            try:
-                self._authenticated(exchange, auth.authorize(self._certificate_client(auth.clients)))
-            except AuthError as refusal:
-                self._refuse_auth(exchange, refusal)
-                return
-        elif auth is not None:
-            # After the address limits (a flood of bad tokens is cut before it costs signature checks).
-            try:
-                identity = auth.authenticate(exchange.authorization, exchange.api_key, exchange.query)
-                self._authenticated(exchange, identity)
-            except NeedsRefetch as pending:
-                assert isinstance(auth, JwtRouteAuth)  # only tokens name keys to fetch
-                self.server.spawn(self._authenticate_later(exchange, auth, str(pending.args[0])))
-                return
-            except AuthError as refusal:
-                self._refuse_auth(exchange, refusal)
-                return
-        self._after_auth(exchange)
-
-    async def _authenticate_later(self, exchange: Exchange, auth: JwtRouteAuth, token: str) -> None:
-        try:
-            identity = await auth.authenticate_async(token)
-        except AuthError as refusal:
-            if exchange is self.active and not self.closed:
-                self._refuse_auth(exchange, refusal)
-                self.flush()
-            return
-        if exchange is self.active and not self.closed:
-            self._authenticated(exchange, identity)
-            self._after_auth(exchange)
-            self.flush()
-
-    def _certificate_client(self, clients: ClientCertificates) -> CertificateClient:
-        cached = self.certificate_client
-        if cached is None or cached[0] is not clients:
-            assert self.transport is not None
-            peercert: dict[str, Any] | None = self.transport.get_extra_info("peercert")
-            try:
-                resolved: CertificateClient | AuthError = clients.client_for(peercert)
-            except AuthError as refusal:
-                resolved = refusal
-            cached = self.certificate_client = (clients, resolved)
-        if isinstance(cached[1], AuthError):
-            raise cached[1]
-        return cached[1]
-
-    def _authenticated(self, exchange: Exchange, identity: Identity) -> None:
-        exchange.identity_headers = identity.headers
-        exchange.log_subject = identity.log_subject
-        exchange.client = identity.client
-
-    def _after_auth(self, exchange: Exchange) -> None:
-        limiters = exchange.route.post_auth_limits
-        if limiters:
-            self._limit(exchange, limiters, 0, self._forward)
-        else:
-            self._forward(exchange)
-
-    def _refuse_auth(self, exchange: Exchange, refusal: AuthError) -> None:
-        if exchange.route.post_auth_limits:
-            self._add_rate_headers(exchange)  # the address limits counted; their headers were held back
-        self.server.runtime.metrics.reject(refusal.error)
-        self._fail_exchange(exchange, refusal.status, refusal.error, challenge(refusal))
-
-    def _forward(self, exchange: Exchange) -> None:
-        if exchange.route.cache_ttl is not None and self._answered_from_cache(exchange):
-            return
-        # 1xx responses are not for HTTP/1.0 clients (RFC 9110 §15.2).
-        if exchange.expect_continue and exchange.has_body and exchange.http11 and not exchange.request_done:
-            self._write(CONTINUE)
-        exchange.route.service.budget.record_request(self.loop.time())
-        self._dispatch(exchange)
-
-    def _dispatch(self, exchange: Exchange) -> None:
-        service = exchange.route.service
-        now = self.loop.time()
-        target = service.balancer.pick(service.targets, now, exchange.target)
-        if target is None:
-            retry_after = min(t.breaker.retry_after(now) for t in service.targets)
-            self._fail_exchange(exchange, 503, "service_unavailable", b"retry-after: %d\r\n" % retry_after)
-            return
-        exchange.target = target
-        exchange.attempts += 1
-        target.in_flight += 1
-        pool = service.pools[target]
-        conn = pool.take_idle()
-        if conn is not None:
-            self._send_upstream(exchange, conn)
-        else:
-            self.server.spawn(self._connect(exchange, target))
-
-    async def _connect(self, exchange: Exchange, target: Target) -> None:
-        pool = exchange.route.service.pools[target]
-        try:
-            conn = await pool.connect()
-        except (OSError, TimeoutError) as exc:
-            reason = "connect_timeout" if isinstance(exc, TimeoutError) else "connect_error"
-            self._upstream_failed(exchange, reason)
-            self.flush()
-            return
-        if exchange is not self.active or self.closed:
-            pool.release(conn)
-            target.in_flight -= 1
-            target.breaker.release_probe()
-            return
-        self._send_upstream(exchange, conn)
-        self.flush()
-
-    def _send_upstream(self, exchange: Exchange, conn: UpstreamConnection) -> None:
-        assert exchange.target is not None
-        exchange.upstream = conn
-        exchange.upstream_start = perf_counter()
-        head = exchange.upstream_head(exchange.target, self.server.runtime.preserve_host)
-        if exchange.body_buffer:
-            head = b"".join((head, *exchange.body_buffer))
-            exchange.body_buffer = []
-            exchange.buffered = 0
-            self._resume(PAUSE_BUFFER)
-        conn.start(self, head, head_only=exchange.method == b"HEAD")
-
-    def _forward_body(self, exchange: Exchange, data: bytes) -> None:
-        if exchange is self.active and exchange.upstream is not None:
-            exchange.upstream.write(data)
-            return
-        if exchange.response_done:
-            return  # the upstream already answered; the rest of the body is read and dropped
-        exchange.body_buffer.append(data)
-        exchange.buffered += len(data)
-        if exchange.buffered > MAX_BUFFERED_BODY:
-            self._pause(PAUSE_BUFFER)
-
-    # -- upstream callbacks (UpstreamListener) ---------------------------------------------------
-    def on_upstream_head(self, status: int, headers: list[tuple[bytes, bytes]], chunked: bool) -> None:
-        exchange = self.active
-        assert exchange is not None and exchange.target is not None
-        now = self.loop.time()
-        if status in (502, 503, 504):
-            exchange.target.breaker.record_failure(now)
-        else:
-            exchange.target.breaker.record_success(now)
-        if self.server.draining:
-            exchange.keep_alive = False  # tell the client, so it reconnects to a live process
-        exchange.status = status
-        exchange.response_started = True
-        exchange.upstream_time = perf_counter() - exchange.upstream_start
-        runtime = self.server.runtime
-        self._write(
-            response_head(
-                exchange, status, headers, chunked, runtime.security_headers, runtime.referrer_policy_line
-            )
-        )
-        if exchange.cache is not None and exchange.cache_request is not None:
-            ttl = exchange.route.cache_ttl
-            assert ttl is not None
-            exchange.cache_fill = exchange.cache.start_fill(exchange.cache_request, status, headers, ttl)
-
-    def on_upstream_body(self, data: bytes) -> None:
-        exchange = self.active
-        if exchange is None or self.transport is None:
-            return
-        exchange.bytes_out += len(data)
-        self.out.append(chunk(data) if exchange.rechunk else data)
-        fill = exchange.cache_fill
-        if fill is not None and not fill.add(data):
-            exchange.cache_fill = None  # too large to cache
-
-    def on_upstream_complete(self, keep_alive: bool) -> None:
-        exchange = self.active
-        assert exchange is not None and exchange.target is not None
-        conn = exchange.upstream
-        exchange.upstream = None
-        exchange.target.in_flight -= 1
-        if exchange.rechunk:
-            self._write(LAST_CHUNK)
-        if exchange.cache_fill is not None:
-            exchange.cache_fill.commit()  # the whole body arrived
-            exchange.cache_fill = None
-        if conn is not None:
-            if keep_alive and exchange.request_done:
-                conn.pool.release(conn)
-            else:
-                conn.abort()
-        exchange.response_done = True
-        if not exchange.request_done:
-            exchange.close_after = True  # the rest of the request body would have to be drained
-        self._finish(exchange)
-
-    def on_upstream_failed(self, reason: str) -> None:
-        exchange = self.active
-        if exchange is not None:
-            exchange.upstream = None
-            self._upstream_failed(exchange, reason)
-
-    def on_upstream_writable(self, writable: bool) -> None:
-        if writable:
-            self._resume(PAUSE_UPSTREAM)
-        else:
-            self._pause(PAUSE_UPSTREAM)
-
-    def _upstream_failed(self, exchange: Exchange, reason: str) -> None:
-        target = exchange.target
-        assert target is not None
-        target.in_flight -= 1
-        target.breaker.record_failure(self.loop.time())
-        exchange.cache_fill = None  # a body cut short is never cached
-        service = exchange.route.service
-        self.server.runtime.metrics.upstream_error(service.name, target.url, reason)
-        if exchange.response_started:
-            exchange.close_after = True  # a body cut short cannot be mended: close so the client sees it
-            exchange.response_done = True
-            self._finish(exchange)
-            return
-        if self.closed or exchange is not self.active:
-            return
-        if self._may_retry(exchange, reason):
-            self._dispatch(exchange)
-            return
-        if reason == "timeout":
-            self._fail_exchange(exchange, 504, "gateway_timeout")
-        else:
-            self._fail_exchange(exchange, 502, "bad_gateway")
-
-    def _may_retry(self, exchange: Exchange, reason: str) -> bool:
-        service = exchange.route.service
-        return (
-            reason != "timeout"
-            and exchange.method in IDEMPOTENT_METHODS
-            and not exchange.has_body
-            and exchange.attempts <= service.retry_attempts
-            and service.budget.try_spend(self.loop.time())
-        )
-
-    def _drop_upstream(self, exchange: Exchange, reason: str) -> None:
-        conn = exchange.upstream
-        exchange.upstream = None
-        if conn is not None:
-            conn.abort()
-            if exchange.target is not None:
-                exchange.target.in_flight -= 1
-                if not exchange.response_started:
-                    exchange.target.breaker.release_probe()
-
-    # -- the response cache -------------------------------------------------------------------------
-    def _answered_from_cache(self, exchange: Exchange) -> bool:
-        """Serve a fresh cached response (True), or arrange for the upstream's answer to be stored."""
-        runtime = self.server.runtime
-        cache = runtime.response_cache
-        if cache is None or exchange.request_headers is None:
-            return False  # a reload removed caching since this request was routed
-        # The subject is part of the key: an authenticated caller only ever sees its own entries.
-        subject = b"" if exchange.log_subject == b"null" else exchange.log_subject
-        request = CacheRequest.from_headers(
-            exchange.method, exchange.host, exchange.path, exchange.query, subject, exchange.request_headers
-        )
-        entry = cache.lookup(request)
-        if entry is None:
-            exchange.cache_request = request
-            exchange.cache = cache
-            exchange.extra_response_headers += X_CACHE_MISS
-            runtime.metrics.cache_lookup(exchange.route.name, "miss")
-            return False
-        runtime.metrics.cache_lookup(exchange.route.name, "hit")
-        self._replay(exchange, entry)
-        return True
-
-    def _replay(self, exchange: Exchange, entry: CachedResponse) -> None:
-        runtime = self.server.runtime
-        exchange.status = entry.status
-        exchange.response_started = exchange.response_done = True
-        if not exchange.request_done:
-            exchange.close_after = True  # the request body would have to be drained
-        if exchange.close_after or not exchange.keep_alive:
-            connection = b"connection: close\r\n"
-        else:
-            connection = b"" if exchange.http11 else b"connection: keep-alive\r\n"
-        body = b"" if exchange.method == b"HEAD" else entry.body
-        exchange.bytes_out = len(body)
-        self._write(
-            b"".join(
-                (
-                    STATUS_LINES[entry.status],
-                    entry.replay_headers(self.loop.time()),
-                    runtime.security_headers,
-                    exchange.extra_response_headers,
-                    b"" if entry.has_referrer_policy else runtime.referrer_policy_line,
-                    exchange.trace_lines,
-                    connection,
-                    b"\r\n",
-                    body,
-                )
-            )
-        )
-        self._finish(exchange)
-
-    # -- finishing ---------------------------------------------------------------------------------
-    def _answer_preflight(self, exchange: Exchange, head: bytes) -> None:
-        """The gateway's own 204 to an allowed CORS preflight; the upstream never sees it."""
-        exchange.status = 204
-        exchange.response_started = exchange.response_done = True
-        if not exchange.request_done:
-            exchange.close_after = True
-        runtime = self.server.runtime
-        close = b"connection: close\r\n" if exchange.close_after or not exchange.keep_alive else b""
-        security = runtime.security_headers + runtime.referrer_policy_line
-        self._write(b"".join((head, security, exchange.trace_lines, close, b"\r\n")))
-        self._finish(exchange)
-
-    def _fail_exchange(self, exchange: Exchange, status: int, code: str, extra: bytes = b"") -> None:
-        # CORS and RateLimit-* headers go on refusals too, so a page can read why it was refused.
-        extra += exchange.extra_response_headers
-        exchange.status = status
-        exchange.response_started = True
-        exchange.response_done = True
-        if not exchange.request_done:
-            exchange.close_after = True
-        close = exchange.close_after or not exchange.keep_alive
-        self._send_error(Rejected(status, code, extra), exchange, close=close)
-        self._finish(exchange)
-
-    def _finish(self, exchange: Exchange) -> None:
-        if self.active is not exchange:
-            return
-        if not exchange.request_done and not exchange.close_after:
-            return  # response done, request body still arriving: finish on message complete
-        self._record(exchange)
-        self.active = None
-        if exchange.close_after or not exchange.keep_alive:
-            self._close()
-            return
-        if self.reject_after is not None:
-            self._send_error(self.reject_after, None, close=True)
-            return
-        if self.pending:
-            self._start(self.pending.popleft())
-            if not self.pending:
-                self._resume(PAUSE_PIPELINE)
-        elif self.parsing is None:
-            self._wait(WAIT_IDLE, self.server.runtime.limits.keepalive_timeout)
-
-    def _record(self, exchange: Exchange) -> None:
-        self.server.record(exchange)
-
-    def _refuse(self, rejection: Rejected) -> None:
-        """A request that fails validation: answer it (after any response in progress) and close."""
-        self.server.runtime.metrics.reject(rejection.code)
-        self._pause(PAUSE_PIPELINE)
-        active = self.active
-        if active is not None:
-            if self.parsing is active and not active.response_done:
-                # The body of the request being served is broken: the upstream gets no more of it.
-                self._drop_upstream(active, reason="bad_request")
-                if not active.response_started:
-                    self._fail_exchange(active, rejection.status, rejection.code, rejection.extra_headers)
-                else:
-                    self._close()
-                return
-            self.reject_after = rejection
-            return
-        self._send_error(rejection, self.parsing, close=True)
-        if self.parsing is not None:
-            self.parsing.status = rejection.status
-            self._record(self.parsing)
-        else:
-            # Refused before it became an exchange (bad framing, bad target, no route...): it is
-            # still logged, with what is known safely about it.
-            self.server.record_refusal(rejection.client_ip or self.peer, rejection.status, rejection.code)
-
-    def _send_error(self, rejection: Rejected, exchange: Exchange | None, close: bool) -> None:
-        runtime = self.server.runtime
-        self._write(
-            error_response(
-                rejection.status,
-                rejection.code,
-                request_id=exchange.request_id if exchange is not None else None,
-                security_headers=runtime.security_headers + runtime.referrer_policy_line,
-                close=close,
-                extra_headers=rejection.extra_headers,
-                head_only=exchange is not None and exchange.method == b"HEAD",
-            )
-        )
-        if close:
-            self._close()
-
-    # -- small helpers -----------------------------------------------------------------------------
-    def _write(self, data: bytes) -> None:
-        self.out.append(data)
-
-    def flush(self) -> None:
-        out = self.out
-        if not out:
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
-
-    def _close(self) -> None:
-        if not self.closed and self.transport is not None:
-            self.flush()
-            self.closed = True
-            self.server.connections.discard(self)
-            if self.parsing is not None and self.transport.can_write_eof():
-                # Answered before the request body was all read: closing now, with unread bytes,
-                # would send a TCP reset that can destroy the answer in flight. Half-close, keep
-                # reading (and discarding) for a moment, then close (nginx's "lingering close").
-                self.transport.write_eof()
-                self.loop.call_later(LINGER_SECONDS, self.transport.close)
-            else:
-                self.transport.close()
-        active = self.active
-        if active is not None and active.upstream is not None:
-            self._drop_upstream(active, reason="client_closed")
-
-    def _wait(self, what: int, timeout: float) -> None:
-        self.waiting = what
-        self.deadline = self.loop.time() + timeout
-
-    def _pause(self, reason: int) -> None:
-        if not self.paused and self.transport is not None and not self.closed:
-            self.transport.pause_reading()
-        self.paused |= reason
-
-    def _resume(self, reason: int) -> None:
-        if not self.paused & reason:
-            return
-        self.paused &= ~reason
-        if not self.paused and self.transport is not None and not self.closed:
-            self.transport.resume_reading()
+        if self.state is READING_BODY:
+            self._enter(SERVING)
+        if exchange.response is DONE:
+            self.finish(exchange)
 
     # -- timeouts, driven by the server's sweeper --------------------------------------------------
     def check_deadlines(self, now: float) -> None:
         active = self.active
-        if active is not None and active.upstream is not None and not active.response_done:
+        if active is not None and active.upstream is not None and active.response is not DONE:
             conn = active.upstream
             if now - conn.last_read > active.route.service.read_timeout:
                 active.upstream = None
                 conn.abort()
-                self._upstream_failed(active, "timeout")
+                self.upstream_failed(active, "timeout")
                 self.flush()
                 return
-        if self.waiting == WAIT_NONE or now < self.deadline:
+        state = self.state
+        if state is SERVING or state >= CLOSING or now < self.deadline:
             return
-        if self.waiting == WAIT_IDLE:
+        if state is IDLE:
             self._close()
         else:
             self._refuse(Rejected(408, "request_timeout"))

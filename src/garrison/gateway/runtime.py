@@ -33,11 +33,13 @@ from garrison.gateway.iprules import IpRules
 from garrison.gateway.ratelimit import RateLimiter, RateLimitSpec
 from garrison.gateway.redirect import HttpsRedirect
 from garrison.gateway.router import RouteEntry, RouteTable
-from garrison.proxy.upstream.balancer import Balancer, make_balancer
+from garrison.gateway.stages import EdgeChain, compile_chain
+from garrison.proxy.upstream.balancer import make_balancer
 from garrison.proxy.upstream.circuit import CircuitBreaker, CircuitState
 from garrison.proxy.upstream.health import ActiveHealthChecker, HealthCheckSpec
 from garrison.proxy.upstream.pool import TargetPool
 from garrison.proxy.upstream.retry import RetryBudget
+from garrison.proxy.upstream.service import UpstreamService
 from garrison.proxy.upstream.target import Target
 from garrison.telemetry import logging as log
 from garrison.telemetry.metrics import GatewayMetrics, RouteStats
@@ -47,33 +49,11 @@ from garrison.tokens.jwt import JwtVerifier, RevocationCheck, TokenCache
 from garrison.web.headers import hsts_value, render, security_headers
 
 
-@dataclass(eq=False)
-class Service:
-    name: str
-    targets: list[Target]
-    pools: dict[Target, TargetPool]
-    balancer: Balancer
-    budget: RetryBudget
-    retry_attempts: int
-    read_timeout: float
-    health: ActiveHealthChecker | None = None
-
-    def sweep(self, now: float) -> None:
-        for pool in self.pools.values():
-            pool.sweep(now)
-
-    async def close(self) -> None:
-        for pool in self.pools.values():
-            pool.close()
-        if self.health is not None:
-            await self.health.stop()
-
-
 @dataclass(slots=True, eq=False)
 class Route:
     name: str
     log_name: bytes  # JSON-encoded once, for the access log
-    service: Service
+    service: UpstreamService
     stats: RouteStats
     ip_rules: IpRules | None = None
     # Limits keyed by address or route count before authentication, so a flood of bad credentials
@@ -83,6 +63,8 @@ class Route:
     auth: RouteAuth | None = None  # None: `require: none`
     cors: CorsPolicy | None = None
     cache_ttl: float | None = None  # seconds; None: responses of this route are not cached
+    # The route's stages after routing, compiled from the fields above (gateway/stages.py).
+    chain: EdgeChain = field(init=False)
 
     @property
     def rate_limiters(self) -> tuple[RateLimiter, ...]:
@@ -93,7 +75,7 @@ class Route:
 class Runtime:
     config: GarrisonConfig
     routes: RouteTable[Route]
-    services: dict[str, Service]
+    services: dict[str, UpstreamService]
     trusted: TrustedProxies
     scheme: str
     security_headers: bytes  # on every response
@@ -294,7 +276,7 @@ def _security_headers(config: GarrisonConfig) -> bytes:
 
 def _build_service(
     name: str, spec: ServiceConfig, loop: asyncio.AbstractEventLoop, upstream_tls: ssl.SSLContext
-) -> Service:
+) -> UpstreamService:
     targets: list[Target] = []
     for url in spec.targets:
         breaker = CircuitBreaker(
@@ -332,7 +314,7 @@ def _build_service(
             ),
             ssl_context=upstream_tls,
         )
-    return Service(
+    return UpstreamService(
         name=name,
         targets=targets,
         pools=pools,
@@ -383,6 +365,7 @@ def build_runtime(
             _cors(route_config.cors),
             route_config.cache.ttl if route_config.cache is not None else None,
         )
+        route.chain = compile_chain(route)
         match = route_config.match
         entries.append(
             RouteEntry(

@@ -18,12 +18,12 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
-from garrison.config.model import BlocklistConfig, GarrisonConfig, parse_listen
+from garrison.config.model import GarrisonConfig, parse_listen
 from garrison.config.store import StoreConfig
 from garrison.core.sockets import BACKLOG, address_of, bind_socket
 from garrison.gateway.admin import gateway_admin_api
 from garrison.gateway.auth.apikeys import ApiKeyCache, ApiKeyStore
-from garrison.gateway.blocklist import Blocklist, MemoryBlocklist, RedisBlocklist
+from garrison.gateway.blocklist import blocklist_from_config
 from garrison.gateway.exchange import Exchange
 from garrison.gateway.heap import HeapTrimmer, glibc_malloc_trim
 from garrison.gateway.listeners import open_admin_listener
@@ -38,18 +38,6 @@ from garrison.telemetry.accesslog import AccessLog
 from garrison.telemetry.metrics import GatewayMetrics
 from garrison.tokens.revocations import revocations_from_config
 from garrison.web.simplehttp import SimpleHttpProtocol, SimpleRequest, SimpleResponse
-
-WORKER_ENV = "GARRISON_GATEWAY_WORKER"  # "index|listen-address|run-dir", set by the worker supervisor only
-
-
-def worker_settings() -> tuple[int, str, Path] | None:
-    """(index, listen address, run dir) when this process is a worker started by the supervisor."""
-    value = os.environ.get(WORKER_ENV)
-    if not value:
-        return None
-    index, listen, run_dir = value.split("|", 2)
-    return int(index), listen, Path(run_dir)
-
 
 SWEEP_INTERVAL = 0.1
 WATCH_INTERVAL = 1.0
@@ -86,7 +74,7 @@ class GatewayServer:
         self.draining = False
         self.ready = False
         self.access_log = self._open_access_log(loaded)
-        self.blocklist = make_blocklist(loaded.config.gateway.blocklist, loaded.config.redis.url)
+        self.blocklist = blocklist_from_config(loaded.config.gateway.blocklist, loaded.config.redis.url)
         self.admin_api = gateway_admin_api(
             self.not_ready_reasons,
             self.metrics.registry,
@@ -372,58 +360,3 @@ async def create_tables(engine: AsyncEngine, store: StoreConfig, config_file: Pa
     """Bring the API-key table to this release's schema (or check it, see store/startup.py). Gateway
     workers start together: the migration runner's lock lets one migrate and the others find it done."""
     await prepare_schema(engine, GATEWAY_SCHEMA, store, config_file=str(config_file))
-
-
-def make_blocklist(spec: BlocklistConfig, redis_url: str | None) -> Blocklist:
-    if spec.storage == "redis":
-        assert redis_url is not None  # the loader refuses `redis` storage without a URL
-        return RedisBlocklist(redis_url, spec.prefix, max_entries=spec.max_entries)
-    return MemoryBlocklist(max_entries=spec.max_entries)
-
-
-class GatewayComponent:
-    """One gateway process (or one worker under ``workers: N``), run by core/runner.py: SIGHUP
-    reloads, SIGTERM drains."""
-
-    name = "gateway"
-
-    def __init__(self, loaded: LoadedConfig) -> None:
-        self.loaded = loaded
-        self.server: GatewayServer | None = None
-
-    async def start(self) -> dict[str, str]:
-        loop = asyncio.get_running_loop()
-        gateway = self.loaded.config.gateway
-        for warning in self.loaded.warnings:
-            log.warn("config.warning", problem=warning.render(str(self.loaded.source)))
-        server = self.server = GatewayServer(self.loaded, loop)
-        worker = worker_settings()
-        if worker is None:
-            listeners = await server.start(bind_socket(gateway.listen, reuse_port=gateway.workers > 1))
-        else:
-            # A worker under `workers: N`: the supervisor owns the admin and redirect listeners.
-            index, listen, run_dir = worker
-            listeners = await server.start(bind_socket(listen, reuse_port=True), with_side_listeners=False)
-            metrics_path = run_dir / f"worker-{index}.sock"
-            metrics_path.unlink(missing_ok=True)
-            server.servers.append(
-                await loop.create_unix_server(
-                    lambda: SimpleHttpProtocol(server.admin_handler), str(metrics_path)
-                )
-            )
-        log.log("gateway.listening", listeners=listeners, pid=os.getpid())
-        return listeners
-
-    def details(self) -> dict[str, Any]:
-        return {}
-
-    async def reload(self) -> None:
-        assert self.server is not None
-        await self.server.reload("SIGHUP")  # a failure is logged there; the old config keeps serving
-
-    async def drain(self) -> None:
-        assert self.server is not None
-        timeout = self.loaded.config.gateway.drain_timeout
-        log.log("gateway.draining", timeout=timeout)
-        await self.server.drain(timeout)
-        log.log("gateway.stopped")

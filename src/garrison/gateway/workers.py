@@ -34,9 +34,10 @@ from garrison.admin.api import AdminApi
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
 from garrison.core.sockets import address_of, bind_socket
 from garrison.core.supervisor import ChildSpec, Supervisor
+from garrison.gateway.component import WORKER_ENV
 from garrison.gateway.listeners import open_admin_listener
 from garrison.gateway.redirect import HttpsRedirect
-from garrison.gateway.server import WATCH_INTERVAL, WORKER_ENV, GatewayServer, create_tables
+from garrison.gateway.server import WATCH_INTERVAL, GatewayServer, create_tables
 from garrison.store.db import make_engine
 from garrison.telemetry import logging as log
 from garrison.telemetry.metrics import admin_denied_family

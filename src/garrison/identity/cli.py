@@ -55,7 +55,7 @@ def identity(
         return
     import uvloop
 
-    from garrison.identity.service import serve
+    from garrison.identity.component import serve
 
     loaded = _load(config)
     try:

@@ -4,38 +4,30 @@ Startup order matters: tables exist, the key-encryption key is loaded, a signing
 client directory is in memory before the listener accepts its first connection, so the first token
 request never waits on (or fails for) something still loading.
 
+How it is served (TLS, uvicorn, the admin listener, signals) is ``component.py``.
+
 Routes: the OAuth endpoints (/token, /introspect, /revoke), OpenID Connect (/authorize and its pages
 /login, /mfa, /consent; /userinfo; /logout) and metadata (discovery, /jwks, /live).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-import ssl
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import uvicorn
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only
 
 from garrison.admin.auth import admin_token_path
-from garrison.admin.listener import AdminListener
-from garrison.config.loader import LoadedConfig
 from garrison.config.model import GarrisonConfig, IdentityConfig
-from garrison.core.runner import ReloadUnsupported, StartFailed, run_component
-from garrison.core.sockets import address_of, bind_socket
 from garrison.identity import tables
-from garrison.identity.admin import start_identity_admin
 from garrison.identity.authserver import AccessTokenGenerator, IdentityServer, build_server
 from garrison.identity.client_throttle import ClientAuthGuard
 from garrison.identity.clients import ClientDirectory, ClientStore
@@ -54,7 +46,6 @@ from garrison.identity.throttle import Throttle
 from garrison.identity.users import UserStore
 from garrison.identity.web import HttpRequest, HttpResponse, IdentityApp, json_response
 from garrison.pki.kek import KeyEncryption
-from garrison.pki.tls import resolve_certificate, server_context
 from garrison.store.db import make_engine
 from garrison.store.shared_set import SharedSetFull
 from garrison.store.startup import prepare_schema
@@ -249,142 +240,3 @@ def _routes(provider: Provider) -> None:
     app.route("GET", "/userinfo", userinfo)
     app.route("POST", "/userinfo", userinfo)
     app.route("GET", "/live", live)
-
-
-def tls_context(config: GarrisonConfig, config_dir: Path) -> ssl.SSLContext | None:
-    identity = config.identity
-    assert identity is not None
-    if identity.tls.insecure_disable:
-        log.warn(
-            "identity.tls.disabled", message="TLS is OFF: the identity provider serves plaintext (insecure)"
-        )
-        # The operator chose plaintext explicitly (and is warned above): Authlib's own transport check
-        # would only re-parse every request URL to refuse what was already decided.
-        os.environ["AUTHLIB_INSECURE_TRANSPORT"] = "1"
-        return None
-    cert, key = resolve_certificate(identity.tls, config.state_dir / "identity", config_dir)
-    return server_context(cert, key, identity.tls.min_version)
-
-
-class _Uvicorn(uvicorn.Server):
-    """uvicorn without its own signal handling: core/runner.py owns the signals of every component."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-class IdentityComponent:
-    """The provider as a component run by core/runner.py: SIGTERM finishes requests in flight, then
-    the stores close and the process exits 0; SIGHUP reloads nothing (restart to reconfigure)."""
-
-    name = "identity"
-
-    def __init__(self, loaded: LoadedConfig) -> None:
-        self.loaded = loaded
-        self.issuer = ""
-        self.provider: Provider | None = None
-        self.server: _Uvicorn | None = None
-        self.tasks: list[asyncio.Task[None]] = []
-        self.admin: AdminListener | None = None
-
-    async def start(self) -> dict[str, str]:
-        config = self.loaded.config
-        identity = config.identity
-        if identity is None:
-            raise StartFailed("garrison.yaml has no `identity` section")
-        sock = bind_socket(identity.listen)
-        listening = address_of(sock)
-        if urlsplit(identity.issuer).port == 0:
-            # `issuer: http://127.0.0.1:0` with `listen: ...:0` (tests, benchmarks): the issuer is
-            # wherever the listener landed.
-            parts = urlsplit(identity.issuer)
-            issuer = urlunsplit(
-                (parts.scheme, f"{parts.hostname}:{sock.getsockname()[1]}", parts.path, "", "")
-            )
-            identity = identity.model_copy(update={"issuer": issuer.rstrip("/")})
-            config = config.model_copy(update={"identity": identity})
-        self.issuer = identity.issuer
-        context = tls_context(config, Path(self.loaded.source).parent)
-        provider = self.provider = await open_provider(config, identity.issuer)
-        server = self.server = _Uvicorn(_uvicorn_config(provider, context))
-        self.admin = await start_identity_admin(config, Path(self.loaded.source).parent, provider, server)
-        serving = asyncio.create_task(server.serve(sockets=[sock]), name="identity-server")
-        self.tasks = [serving, asyncio.create_task(_maintain(provider), name="identity-maintenance")]
-        while not server.started:
-            if serving.done():  # uvicorn gave up before serving (it logged why)
-                serving.result()
-                raise StartFailed("the HTTP server stopped while starting")
-            await asyncio.sleep(0.01)
-        log.log("identity.listening", address=listening, issuer=identity.issuer)
-        return {"identity": listening} | ({"admin": self.admin.address} if self.admin else {})
-
-    def details(self) -> dict[str, Any]:
-        return {"issuer": self.issuer}
-
-    async def reload(self) -> None:
-        raise ReloadUnsupported
-
-    async def drain(self) -> None:
-        assert self.server is not None and self.provider is not None
-        self.server.should_exit = True  # stop accepting, finish requests in flight
-        serving, maintenance = self.tasks
-        await serving
-        maintenance.cancel()
-        if self.admin is not None:
-            await self.admin.close()
-        provider = self.provider
-        await provider.directory.stop()
-        await provider.revocations.stop()
-        await provider.push.stop()
-        await provider.engine.dispose()
-        log.log("identity.stopped")
-
-
-def _uvicorn_config(provider: Provider, context: ssl.SSLContext | None) -> uvicorn.Config:
-    assert provider.app is not None
-    return uvicorn.Config(
-        provider.app,
-        loop="none",  # serve on the running (uvloop) loop
-        ssl_context_factory=(lambda _config, _default: context) if context is not None else None,
-        http="httptools",
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        limit_concurrency=10_000,
-        timeout_keep_alive=30,
-        h11_max_incomplete_event_size=16 * 1024,
-    )
-
-
-async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
-    """Run the provider until SIGTERM/SIGINT (core/runner.py)."""
-    return await run_component(IdentityComponent(loaded), ready_file)
-
-
-async def _maintain(provider: Provider) -> None:
-    """Key schedule, JWKS refresh and the client throttle's look at the table every few seconds;
-    expired codes, families, sessions and throttle counters forgotten every minute."""
-    rounds = 0
-    while True:
-        await asyncio.sleep(5.0)
-        rounds += 1
-        try:
-            await provider.keys.maintain_once()
-            provider.refresh_jwks()
-        except Exception as exc:  # keep serving with the keys we have; say so
-            log.warn("identity.keys.maintenance_failed", error=type(exc).__name__)
-        if provider.client_guard is not None:
-            try:
-                await provider.client_guard.refresh()
-            except Exception as exc:  # this process's own failures still count; try again next round
-                log.warn("identity.client_throttle.refresh_failed", error=type(exc).__name__)
-        if rounds % 12:
-            continue
-        for purge in provider.purgers:
-            try:
-                await purge()
-            except Exception as exc:  # expired rows only cost space; try again next time
-                log.warn("identity.purge_failed", error=type(exc).__name__)

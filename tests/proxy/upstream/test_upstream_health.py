@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -114,13 +113,6 @@ def run(coro: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 # --- probe ----------------------------------------------------------------------------------------
 
 
@@ -136,6 +128,7 @@ def closed_port() -> int:
         ("status_only", False),
     ],
 )
+@pytest.mark.process
 def test_probe_status(mode: str, healthy: bool) -> None:
     async def main() -> None:
         async with HealthServer() as server:
@@ -146,6 +139,7 @@ def test_probe_status(mode: str, healthy: bool) -> None:
     run(main)
 
 
+@pytest.mark.process
 def test_probe_request_shape() -> None:
     async def main() -> None:
         async with HealthServer() as server:
@@ -160,6 +154,7 @@ def test_probe_request_shape() -> None:
     run(main)
 
 
+@pytest.mark.process
 def test_probe_times_out_on_hang() -> None:
     async def main() -> None:
         async with HealthServer() as server:
@@ -171,9 +166,9 @@ def test_probe_times_out_on_hang() -> None:
     run(main)
 
 
-def test_probe_connection_refused() -> None:
+def test_probe_connection_refused(refused_port: int) -> None:
     async def main() -> None:
-        target = Target.from_url(f"http://127.0.0.1:{closed_port()}", CircuitBreaker())
+        target = Target.from_url(f"http://127.0.0.1:{refused_port}", CircuitBreaker())
         assert not await ActiveHealthChecker([], FAST).probe(target)
 
     run(main)
@@ -212,6 +207,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+@pytest.mark.process
 def test_probe_https(tls_files: tuple[Path, Path]) -> None:
     cert_path, key_path = tls_files
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -233,6 +229,7 @@ def test_probe_https(tls_files: tuple[Path, Path]) -> None:
 # --- checker --------------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_thresholds_flip_health() -> None:
     async def main() -> None:
         async with HealthServer() as server:
@@ -262,6 +259,7 @@ def test_thresholds_flip_health() -> None:
     run(main)
 
 
+@pytest.mark.process
 def test_isolated_failures_do_not_flap() -> None:
     async def main() -> None:
         async with HealthServer() as server:
@@ -282,6 +280,7 @@ def test_isolated_failures_do_not_flap() -> None:
     run(main)
 
 
+@pytest.mark.process
 def test_hanging_target_goes_unhealthy_and_others_unaffected() -> None:
     async def main() -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -306,6 +305,7 @@ def test_hanging_target_goes_unhealthy_and_others_unaffected() -> None:
     run(main)
 
 
+@pytest.mark.process
 def test_stop_ends_probing_and_closes_connections() -> None:
     async def main() -> None:
         async with HealthServer() as server:
@@ -327,6 +327,7 @@ def test_stop_ends_probing_and_closes_connections() -> None:
     run(main)
 
 
+@pytest.mark.process
 def test_failing_callback_does_not_stop_checks() -> None:
     async def main() -> None:
         async with HealthServer() as server:
