@@ -5,12 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from ca_harness import CaProcess
-from gateway_harness import free_port
+from ports import reserved_port
+
+pytestmark = pytest.mark.process
 
 
 def test_cli_with_the_ca_down_then_up(tmp_path: Path) -> None:
-    ca = CaProcess(tmp_path, admin={"listen": f"127.0.0.1:{free_port()}"})
+    with reserved_port() as port:
+        _down_then_up(CaProcess(tmp_path, admin={"listen": f"127.0.0.1:{port}"}))
+
+
+def _down_then_up(ca: CaProcess) -> None:
     assert "garrison ca init" in ca.cli("ca", "status").stderr
     ca.init()
     again = ca.cli("ca", "init")

@@ -9,10 +9,13 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+import pytest
 from ca_harness import GARRISON, CaProcess
 from cryptography import x509
 
 from garrison.pki.workload import WorkloadIdentity, connect, require_spiffe_id
+
+pytestmark = pytest.mark.process  # real CA processes (or an in-process CA) and TLS listeners
 
 ORDERS = "spiffe://shop.local/svc/orders"
 PAYMENTS = "spiffe://shop.local/svc/payments"

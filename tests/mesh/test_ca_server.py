@@ -20,6 +20,8 @@ from garrison.pki.authority import new_intermediate, new_key, new_root, pem, req
 from garrison.pki.identity import spiffe_id_of_certificate
 from garrison.pki.workload import JoinTokenNeeded, WorkloadError, WorkloadIdentity
 
+pytestmark = pytest.mark.process  # real CA processes (or an in-process CA) and TLS listeners
+
 ORDERS = "spiffe://shop.local/svc/orders"
 
 

@@ -24,6 +24,8 @@ from garrison.pki.workload import (
     require_spiffe_id,
 )
 
+pytestmark = pytest.mark.process  # real CA processes (or an in-process CA) and TLS listeners
+
 ORDERS = "spiffe://shop.local/svc/orders"
 PAYMENTS = "spiffe://shop.local/svc/payments"
 
