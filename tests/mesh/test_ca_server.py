@@ -69,6 +69,9 @@ def test_malformed_requests_are_400_and_large_bodies_413(ca: CaProcess) -> None:
     assert ca.api("POST", "/v1/join", {"token": "gjt_x", "csr": "not a csr"}).json()["error"] == "bad_request"
     assert ca.api("POST", "/v1/join", {"token": "gjt_x", "csr": "x" * 20_000}).status_code == 413
     assert ca.api("GET", "/v1/state?after=abc").status_code == 400
+    with httpx.Client(verify=ca.api_context(), timeout=10) as client:
+        chunked = client.post(f"{ca.url}/v1/join", content=iter([b'{"token": "gjt_x", ', b'"csr": "x"}']))
+    assert chunked.status_code == 411
     assert ca.api("GET", "/v1/nothing").status_code == 404
     bundle = ca.api("GET", "/v1/bundle")
     assert bundle.status_code == 200 and bundle.content == ca.bundle_file.read_bytes()

@@ -29,7 +29,7 @@ class SimpleRequest:
     headers: dict[bytes, bytes]  # lower-cased names; a repeated header keeps the first value
     peer_certificate: bool = False  # a TLS client certificate was sent and verified in the handshake
     body: bytes = b""  # only with max_body > 0
-    peer_der: bytes | None = None  # the verified client certificate (DER), if any
+    peer_der: bytes | None = None  # the verified client certificate (DER), if one was sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +78,7 @@ class SimpleHttpProtocol(asyncio.Protocol):
         # Only a context that asks for certificates (the admin listener's `client_ca`) gets one, and
         # OpenSSL has verified it by now: an unverifiable certificate fails the handshake.
         self.peer_certificate = bool(transport.get_extra_info("peercert"))
-        if self.peer_certificate and self.max_body:
+        if self.peer_certificate:
             ssl_object = transport.get_extra_info("ssl_object")
             self.peer_der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         self.timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, self._timed_out)
