@@ -3,10 +3,12 @@ database when it is down; `ca status` shows both."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
 from ca_harness import CaProcess
+from cryptography import x509
 from ports import reserved_port
 
 pytestmark = pytest.mark.process
@@ -14,12 +16,14 @@ pytestmark = pytest.mark.process
 
 def test_cli_with_the_ca_down_then_up(tmp_path: Path) -> None:
     with reserved_port() as port:
-        _down_then_up(CaProcess(tmp_path, admin={"listen": f"127.0.0.1:{port}"}))
+        _down_then_up(CaProcess(tmp_path, admin={"listen": f"127.0.0.1:{port}"}, intermediate_ttl="30d"))
 
 
 def _down_then_up(ca: CaProcess) -> None:
     assert "garrison ca init" in ca.cli("ca", "status").stderr
     ca.init()
+    issuing = x509.load_pem_x509_certificates((ca.state_dir / "ca" / "issuing.pem").read_bytes())[0]
+    assert issuing.not_valid_after_utc - issuing.not_valid_before_utc <= dt.timedelta(days=30, minutes=1)
     again = ca.cli("ca", "init")
     assert again.returncode == 1 and "already exists" in again.stderr
     # Down: straight to the database.

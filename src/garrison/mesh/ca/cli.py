@@ -75,6 +75,11 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _intermediate_ttl(loaded: LoadedConfig) -> dt.timedelta:
+    assert loaded.config.mesh is not None
+    return dt.timedelta(seconds=loaded.config.mesh.ca.intermediate_ttl)
+
+
 def _with_parts(loaded: LoadedConfig, work: Callable[[CaParts], Awaitable[T]]) -> T:
     """Run ``work`` on the CA's files and database (the CA not running)."""
     from garrison.core.runner import StartFailed
@@ -145,7 +150,12 @@ def init(
     loaded = _load(config)
     files = ca_files(loaded.config)
     try:
-        issuing = files.init(loaded.config.trust_domain, now=_now(), offline_root=offline_root)
+        issuing = files.init(
+            loaded.config.trust_domain,
+            now=_now(),
+            offline_root=offline_root,
+            intermediate_lifetime=_intermediate_ttl(loaded),
+        )
     except AuthorityFilesError as exc:
         raise _fail(str(exc)) from None
     out.print(f"CA created in {files.directory}: issuing {issuing.certificate.subject.rfc4514_string()}")
@@ -267,7 +277,10 @@ def rotate_intermediate(config: ConfigOption = Path("garrison.yaml"), root_key: 
     files = ca_files(loaded.config)
     try:
         issuing = files.rotate_intermediate(
-            files.root(key_file=root_key), loaded.config.trust_domain, now=_now()
+            files.root(key_file=root_key),
+            loaded.config.trust_domain,
+            now=_now(),
+            lifetime=_intermediate_ttl(loaded),
         )
     except AuthorityFilesError as exc:
         raise _fail(str(exc)) from None
@@ -305,7 +318,7 @@ def root_activate(config: ConfigOption = Path("garrison.yaml"), root_key: RootKe
     try:
         newest = max(files.bundle(), key=lambda cert: cert.not_valid_before_utc)
         root = files.root(newest.serial_number, key_file=root_key)
-        files.activate_root(root, loaded.config.trust_domain, now=_now())
+        files.activate_root(root, loaded.config.trust_domain, now=_now(), lifetime=_intermediate_ttl(loaded))
     except AuthorityFilesError as exc:
         raise _fail(str(exc)) from None
     out.print(f"issuing under root {newest.serial_number:x}")
