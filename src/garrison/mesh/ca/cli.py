@@ -100,13 +100,14 @@ def _with_parts(loaded: LoadedConfig, work: Callable[[CaParts], Awaitable[T]]) -
 
 def _admin(loaded: LoadedConfig, method: str, path: str, query: dict[str, str]) -> dict[str, Any] | None:
     """One call to the running CA's admin API; None when it is not running (nothing listens)."""
+    from garrison.admin.auth import AdminTokenError
     from garrison.mesh.ca.admin_client import AdminUnreachable, ca_admin_call
 
     try:
         return ca_admin_call(loaded, method, path, query)
     except AdminUnreachable:
         return None
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, AdminTokenError) as exc:
         raise _fail(str(exc)) from None
 
 
