@@ -231,6 +231,12 @@ from garrison.identity.cli import identity_app  # noqa: E402 - a sub-application
 
 app.add_typer(identity_app, name="identity")
 
+from garrison.mesh.ca.cli import ca_app, quarantine, unquarantine  # noqa: E402 - a sub-application, registered here
+
+app.add_typer(ca_app, name="ca")
+app.command()(quarantine)
+app.command()(unquarantine)
+
 from garrison.dbcli import db_app  # noqa: E402 - a sub-application, registered here
 
 app.add_typer(db_app, name="db")

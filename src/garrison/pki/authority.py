@@ -18,7 +18,9 @@ Clocks are passed in (``now``) so that expiry and rotation are tested without wa
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -36,6 +38,7 @@ __all__ = [
     "new_root",
     "pem",
     "request_for",
+    "sign_server",
     "sign_workload",
     "trust_domain_id",
     "workload_id",
@@ -170,6 +173,45 @@ def sign_workload(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,
         )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key()), critical=False
+        )
+        .sign(authority.key, hashes.SHA256())
+    )
+
+
+def sign_server(
+    authority: Authority,
+    public_key: ec.EllipticCurvePublicKey,
+    spiffe_id: str,
+    *,
+    dns_names: Sequence[str] = (),
+    addresses: Sequence[str] = (),
+    now: dt.datetime,
+    lifetime: dt.timedelta = WORKLOAD_LIFETIME,
+) -> x509.Certificate:
+    """A certificate for a Garrison server of the trust domain itself (the CA's API: its SPIFFE ID
+    ``spiffe://<td>/ca``), with DNS and IP names beside the SPIFFE ID so that ordinary HTTPS clients
+    (curl with the bundle) can check the name too. Signed by an intermediate, never a root."""
+    if authority.is_root:
+        raise CsrRefused("a root signs intermediates only")
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_id)]
+    names += [x509.DNSName(name) for name in dns_names]
+    names += [x509.IPAddress(ipaddress.ip_address(address)) for address in addresses]
+    lifetime = _within(authority.certificate, now, lifetime)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Garrison server")]))
+        .issuer_name(authority.certificate.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + lifetime)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_usage(digital_signature=True), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key()), critical=False

@@ -33,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from garrison.pki.authority import Authority, new_intermediate, new_root, pem
+from garrison.pki.authority import INTERMEDIATE_LIFETIME, Authority, new_intermediate, new_root, pem
 from garrison.pki.kek import KeyEncryption, KeyEncryptionError
 
 __all__ = ["AuthorityFiles", "AuthorityFilesError"]
@@ -62,7 +62,14 @@ class AuthorityFiles:
 
     # -- set-up ----------------------------------------------------------------------------------
 
-    def init(self, trust_domain: str, *, now: dt.datetime, offline_root: Path | None = None) -> Authority:
+    def init(
+        self,
+        trust_domain: str,
+        *,
+        now: dt.datetime,
+        offline_root: Path | None = None,
+        intermediate_lifetime: dt.timedelta = INTERMEDIATE_LIFETIME,
+    ) -> Authority:
         """A new root and an intermediate under it; the root's key goes to ``offline_root`` when given
         (a file to move off this machine), else next to its certificate. Refuses to overwrite a CA."""
         if self.exists():
@@ -73,7 +80,7 @@ class AuthorityFiles:
         root = new_root(trust_domain, now=now)
         self._save_root(root, offline_root)
         self._write(self.bundle_file, pem(root.certificate))
-        issuing = new_intermediate(root, trust_domain, now=now)
+        issuing = new_intermediate(root, trust_domain, now=now, lifetime=intermediate_lifetime)
         self._save_issuing(issuing)
         return issuing
 
@@ -106,11 +113,18 @@ class AuthorityFiles:
 
     # -- rotation --------------------------------------------------------------------------------
 
-    def rotate_intermediate(self, root: Authority, trust_domain: str, *, now: dt.datetime) -> Authority:
+    def rotate_intermediate(
+        self,
+        root: Authority,
+        trust_domain: str,
+        *,
+        now: dt.datetime,
+        lifetime: dt.timedelta = INTERMEDIATE_LIFETIME,
+    ) -> Authority:
         """A fresh intermediate under ``root`` (which must be trusted); certificates it signed before
         stay valid, since the root they chain to is unchanged."""
         self._require_trusted(root.certificate)
-        issuing = new_intermediate(root, trust_domain, now=now)
+        issuing = new_intermediate(root, trust_domain, now=now, lifetime=lifetime)
         self._save_issuing(issuing)
         return issuing
 
@@ -123,9 +137,16 @@ class AuthorityFiles:
         self._write(self.bundle_file, pem(*self.bundle(), root.certificate))
         return root
 
-    def activate_root(self, root: Authority, trust_domain: str, *, now: dt.datetime) -> Authority:
+    def activate_root(
+        self,
+        root: Authority,
+        trust_domain: str,
+        *,
+        now: dt.datetime,
+        lifetime: dt.timedelta = INTERMEDIATE_LIFETIME,
+    ) -> Authority:
         """Step 2: issue under ``root`` (added by ``add_root``) from now on; both roots stay trusted."""
-        return self.rotate_intermediate(root, trust_domain, now=now)
+        return self.rotate_intermediate(root, trust_domain, now=now, lifetime=lifetime)
 
     def retire_root(self, serial: int) -> None:
         """Step 3: ``serial`` leaves the bundle. Refused for the root that is issuing."""

@@ -3,6 +3,11 @@
 These listeners answer a handful of fixed requests, so a full framework would be the larger risk;
 the same llhttp parser as the main listener reads the request, bodies are refused, and every
 connection closes after one response.
+
+A listener that takes small JSON bodies (the mesh CA's API) passes ``max_body``: a body with a
+``content-length`` up to that size is read before the handler runs (chunked bodies are refused), and
+``long_responses`` lets the handler take longer than the request timeout (a long-poll). The verified
+client certificate is handed over as DER (``peer_der``) for a handler that needs more than "one was sent".
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ class SimpleRequest:
     target: bytes
     headers: dict[bytes, bytes]  # lower-cased names; a repeated header keeps the first value
     peer_certificate: bool = False  # a TLS client certificate was sent and verified in the handshake
+    body: bytes = b""  # only with max_body > 0
+    peer_der: bytes | None = None  # the verified client certificate (DER), if one was sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +46,19 @@ REQUEST_TIMEOUT = 10.0  # a client that has not sent its request by then is cut 
 
 
 class SimpleHttpProtocol(asyncio.Protocol):
-    def __init__(self, handler: Handler, security_headers: bytes = b"") -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        security_headers: bytes = b"",
+        max_body: int = 0,
+        long_responses: bool = False,
+    ) -> None:
         self.handler = handler
         self.security_headers = security_headers
+        self.max_body = max_body
+        self.long_responses = long_responses
+        self.body = bytearray()
+        self.peer_der: bytes | None = None
         # An httptools.HttpRequestParser (untyped, hence Any) while connected: it holds bound methods
         # of this object, a cycle broken in connection_lost so a closed connection is freed at once.
         self.parser: Any = None
@@ -61,6 +78,9 @@ class SimpleHttpProtocol(asyncio.Protocol):
         # Only a context that asks for certificates (the admin listener's `client_ca`) gets one, and
         # OpenSSL has verified it by now: an unverifiable certificate fails the handshake.
         self.peer_certificate = bool(transport.get_extra_info("peercert"))
+        if self.peer_certificate:
+            ssl_object = transport.get_extra_info("ssl_object")
+            self.peer_der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         self.timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, self._timed_out)
 
     def _timed_out(self) -> None:
@@ -78,7 +98,7 @@ class SimpleHttpProtocol(asyncio.Protocol):
         self.received += len(data)
         if self.done:
             return
-        if self.received > MAX_HEAD:
+        if self.received > MAX_HEAD + self.max_body:
             self._respond(SimpleResponse(431, b"request too large\n"))
             return
         try:
@@ -95,10 +115,41 @@ class SimpleHttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if self.done:
             return
+        if self.max_body:
+            self._check_body_headers()
+            return
         if self.headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in self.headers:
             self._respond(SimpleResponse(400, b"request bodies are not accepted here\n"))
             return
-        request = SimpleRequest(self.parser.get_method(), self.url, self.headers, self.peer_certificate)
+        self._dispatch()
+
+    def _check_body_headers(self) -> None:
+        length = self.headers.get(b"content-length", b"0")
+        if b"transfer-encoding" in self.headers:
+            self._respond(SimpleResponse(411, b"send a content-length, not a chunked body\n"))
+        elif not length.isdigit() or int(length) > self.max_body:
+            self._respond(SimpleResponse(413, b"request body too large\n"))
+
+    def on_body(self, body: bytes) -> None:
+        if not self.done:
+            self.body += body
+
+    def on_message_complete(self) -> None:
+        if self.max_body and not self.done and self.task is None:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        if self.long_responses and self.timer is not None:
+            self.timer.cancel()  # the request is in; the handler may take its time (a long-poll)
+            self.timer = None
+        request = SimpleRequest(
+            self.parser.get_method(),
+            self.url,
+            self.headers,
+            self.peer_certificate,
+            bytes(self.body),
+            self.peer_der,
+        )
         try:
             response = self.handler(request)
         except Exception:  # a handler bug answers 500 rather than killing the listener

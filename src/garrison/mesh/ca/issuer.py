@@ -38,7 +38,12 @@ REASON_LENGTH = 200
 
 
 class Refused(Exception):
-    """The CA will not issue; the message is safe to show the caller."""
+    """The CA will not issue; the message is safe to show the caller. ``reason`` is one word for
+    metrics: token, revoked, csr, certificate (the presented one names no workload), cap."""
+
+    def __init__(self, message: str, reason: str = "other") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class Issuer:
             spiffe_id = await self._tokens.redeem(token)
         except JoinTokenRefused as exc:
             log.warn("mesh.ca.refused", how="join", reason="token")
-            raise Refused(str(exc)) from None
+            raise Refused(str(exc), "token") from None
         return await self._issue(spiffe_id, csr, "join")
 
     async def renew(self, presented: x509.Certificate, csr: x509.CertificateSigningRequest) -> Issued:
@@ -83,7 +88,7 @@ class Issuer:
         spiffe_id = spiffe_id_of_certificate(presented)
         if spiffe_id is None:
             log.warn("mesh.ca.refused", how="renewal", reason="no SPIFFE ID")
-            raise Refused("the client certificate names no workload (one spiffe:// URI SAN)")
+            raise Refused("the client certificate names no workload (one spiffe:// URI SAN)", "certificate")
         return await self._issue(spiffe_id, csr, "renewal")
 
     async def revoke(self, spiffe_id: str, reason: str) -> None:
@@ -93,7 +98,9 @@ class Issuer:
             if not await self._is_revoked(spiffe_id, connection):
                 beyond_cap = select(revocations.c.spiffe_id).limit(1).offset(MAX_REVOKED - 1)
                 if await connection.scalar(beyond_cap) is not None:
-                    raise Refused(f"{MAX_REVOKED} identities are revoked (the cap): reinstate old ones first")
+                    raise Refused(
+                        f"{MAX_REVOKED} identities are revoked (the cap): reinstate old ones first", "cap"
+                    )
             await connection.execute(delete(revocations).where(revocations.c.spiffe_id == spiffe_id))
             await connection.execute(
                 insert(revocations).values(spiffe_id=spiffe_id, revoked_at=now, reason=reason[:REASON_LENGTH])
@@ -118,19 +125,19 @@ class Issuer:
             check_request(csr)
         except CsrRefused as exc:
             log.warn("mesh.ca.refused", how=how, reason=str(exc))
-            raise Refused(str(exc)) from None
+            raise Refused(str(exc), "csr") from None
 
     async def _issue(self, spiffe_id: str, csr: x509.CertificateSigningRequest, how: str) -> Issued:
         if await self._is_revoked(spiffe_id):
             log.warn("mesh.ca.refused", how=how, reason="revoked", spiffe_id=spiffe_id)
-            raise Refused(f"{spiffe_id} is revoked")
+            raise Refused(f"{spiffe_id} is revoked", "revoked")
         authority = self._files.issuing()
         now = self._clock()
         try:
             certificate = sign_workload(authority, csr, spiffe_id, now=now, lifetime=self._lifetime)
         except CsrRefused as exc:
             log.warn("mesh.ca.refused", how=how, reason=str(exc), spiffe_id=spiffe_id)
-            raise Refused(str(exc)) from None
+            raise Refused(str(exc), "csr") from None
         async with self._engine.begin() as connection:
             await connection.execute(
                 insert(certificates).values(

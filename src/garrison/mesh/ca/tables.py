@@ -8,11 +8,15 @@
 - ``mesh_certificates``: every certificate issued (serial, SPIFFE ID, validity, how it was obtained),
   for audit and to answer "what does this service hold".
 - ``mesh_revocations``: identities cut off; a revoked SPIFFE ID gets no renewal and its peers refuse it.
+- ``mesh_quarantine``: services cut off from every peer by their sidecars (``garrison quarantine``).
+- ``mesh_state``: one row, the version of what ``/v1/state`` publishes (revocations, quarantine, trust
+  bundle). It moves on every change and lives in the database so a restarted CA never goes back to a
+  version sidecars have already seen.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, String, Table
+from sqlalchemy import BigInteger, Column, Index, Integer, String, Table
 
 from garrison.store.db import UTCDateTime, metadata
 
@@ -45,4 +49,20 @@ revocations = Table(
     Column("spiffe_id", String(255), primary_key=True),
     Column("revoked_at", UTCDateTime, nullable=False),
     Column("reason", String(200), nullable=False),
+)
+
+quarantine = Table(
+    "mesh_quarantine",
+    metadata,
+    Column("service", String(63), primary_key=True),
+    Column("quarantined_at", UTCDateTime, nullable=False),
+    Column("reason", String(200), nullable=False),
+)
+
+state = Table(
+    "mesh_state",
+    metadata,
+    Column("id", Integer, primary_key=True),  # always 1
+    Column("version", BigInteger, nullable=False),
+    Column("bundle_digest", String(64), nullable=False),  # SHA-256 of the bundle the version covers
 )

@@ -13,7 +13,7 @@ from garrison.store.migrations import Schema
 
 
 def _tables() -> list[Table]:
-    return [tables.join_tokens, tables.certificates, tables.revocations]
+    return [tables.join_tokens, tables.certificates, tables.revocations, tables.quarantine, tables.state]
 
 
 SCHEMA = Schema("mesh", Path(__file__).parent / "versions", _tables)
