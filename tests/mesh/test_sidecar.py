@@ -1,0 +1,200 @@
+"""The sidecar's inbound side: real mTLS with certificates minted by pki/authority, the policy on the
+normalised path, the caller's identity in Garrison-owned headers, handshake refusals, revocation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import ssl
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gateway_harness import RecordingUpstream
+from mesh_sidecars import LogLines, MeshPki, SidecarThread, answer, close_clients, mtls, svc
+from ports import reserved_port
+
+from garrison.mesh.sidecar.identity import StaticState
+from garrison.telemetry import logging as log
+
+pytestmark = pytest.mark.process
+
+CONFIG = """
+trust_domain: shop.local
+state_dir: {state}
+services:
+  orders:
+    targets: [http://127.0.0.1:{orders_app}]
+    calls:
+      - {{service: payments, methods: [POST], paths: [/charges]}}
+      - {{service: payments, methods: [GET], paths: [/charges/**]}}
+  payments:
+    targets: [http://127.0.0.1:{payments_app}]
+  inventory:
+    targets: [http://127.0.0.1:{payments_app}]
+mesh:
+  sidecars:
+    orders: {{inbound: "127.0.0.1:{orders_in}"}}
+    payments: {{inbound: "127.0.0.1:{payments_in}"}}
+"""
+
+
+@pytest.fixture
+def logs() -> Iterator[LogLines]:
+    lines = LogLines()
+    log.configure("sidecar", stream=lines)
+    try:
+        yield lines
+    finally:
+        log.configure("garrison", stream=sys.stderr)
+
+
+@pytest.fixture(autouse=True)
+def clients() -> Iterator[None]:
+    yield
+    close_clients()
+
+
+@pytest.fixture
+def pki() -> MeshPki:
+    return MeshPki()
+
+
+@pytest.fixture
+def payments(tmp_path: Path, pki: MeshPki, upstream, logs: LogLines) -> Iterator[SidecarThread]:
+    """The payments sidecar (its app: the recording upstream); orders' and inventory's certs issued."""
+    with reserved_port() as orders_in, reserved_port() as payments_in:
+        config = tmp_path / "garrison.yaml"
+        config.write_text(
+            CONFIG.format(
+                state=tmp_path / "state",
+                orders_app=upstream.port,
+                payments_app=upstream.port,
+                orders_in=orders_in,
+                payments_in=payments_in,
+            )
+        )
+        for name in ("orders", "payments", "inventory"):
+            pki.issue(tmp_path / name, svc(name))
+        sidecar = SidecarThread(config, "payments", tmp_path / "payments").start()
+        try:
+            yield sidecar
+        finally:
+            close_clients()  # first: draining waits for open connections
+            sidecar.stop()
+
+
+def test_allowed_call_reaches_the_app_with_the_callers_identity_only(
+    payments: SidecarThread,
+    tmp_path: Path,
+    upstream: RecordingUpstream,
+) -> None:
+    conn = mtls(payments.port("inbound"), tmp_path / "orders")
+    spoofed = {"garrison-caller": svc("admin"), "Garrison-Caller-Service": "admin", "X-Garrison-Caller": "x"}
+    status, _ = answer(conn, "GET", "/charges/42?full=1", spoofed)
+    assert status == 200
+    (seen,) = upstream.wait_for_requests(1)
+    assert seen.target == b"/charges/42?full=1"
+    assert seen.header_values("garrison-caller") == [svc("orders").encode()]
+    assert seen.header_values("garrison-caller-service") == [b"orders"]
+    assert seen.header_values("x-garrison-caller") == []
+    assert seen.header("traceparent") is not None
+
+
+@pytest.mark.parametrize(
+    ("caller", "method", "path"),
+    [
+        ("inventory", "GET", "/charges/42"),  # a caller the policy does not list
+        ("orders", "DELETE", "/charges/42"),  # a method not allowed
+        ("orders", "POST", "/charges/42"),  # POST only on /charges itself
+        ("orders", "GET", "/refunds"),  # a path not allowed
+        ("orders", "GET", "/charges/../admin"),  # decided as /admin
+        ("orders", "GET", "/charges/%2e%2e/admin"),  # decoded, then decided as /admin
+        ("orders", "GET", "/charges/x/%2E%2E/%2e%2e/admin"),
+        ("orders", "GET", "//admin//charges"),  # slashes merge: /admin/charges
+    ],
+)
+def test_denied_calls_get_a_json_403_and_an_audit_line(
+    payments: SidecarThread,
+    tmp_path: Path,
+    upstream: RecordingUpstream,
+    logs: LogLines,
+    caller: str,
+    method: str,
+    path: str,
+) -> None:
+    conn = mtls(payments.port("inbound"), tmp_path / caller)
+    status, body = answer(conn, method, path)
+    assert status == 403
+    assert json.loads(body)["error"] == "forbidden"
+    (denied,) = logs.events("mesh.call.denied")
+    assert denied["caller"] == svc(caller)
+    assert denied["callee"] == "payments"
+    assert denied["method"] == method
+    assert len(denied["trace_id"]) == 32
+    assert upstream.requests == []
+
+
+def test_double_slashes_merge_as_the_normaliser_says(
+    payments: SidecarThread,
+    tmp_path: Path,
+    upstream: RecordingUpstream,
+) -> None:
+    conn = mtls(payments.port("inbound"), tmp_path / "orders")
+    assert answer(conn, "GET", "//charges///42")[0] == 200
+    (seen,) = upstream.wait_for_requests(1)
+    assert seen.target == b"/charges/42"
+
+
+def test_a_target_that_does_not_normalise_is_refused_before_the_policy(
+    payments: SidecarThread,
+    tmp_path: Path,
+    upstream: RecordingUpstream,
+) -> None:
+    conn = mtls(payments.port("inbound"), tmp_path / "orders")
+    assert answer(conn, "GET", "/charges/..%2fadmin")[0] == 400
+    assert upstream.requests == []
+
+
+def _refused_in_handshake(port: int, directory: Path, bundle: Path) -> None:
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        answer(mtls(port, directory, bundle), "GET", "/charges/1")
+
+
+def test_a_client_certificate_from_another_ca_is_refused_in_the_handshake(
+    payments: SidecarThread,
+    tmp_path: Path,
+    upstream: RecordingUpstream,
+) -> None:
+    other = MeshPki()
+    other.issue(tmp_path / "impostor", svc("orders"))  # the right name, the wrong CA
+    _refused_in_handshake(payments.port("inbound"), tmp_path / "impostor", tmp_path / "orders" / "bundle.pem")
+    assert upstream.requests == []
+
+
+def test_an_expired_client_certificate_is_refused_in_the_handshake(
+    payments: SidecarThread,
+    tmp_path: Path,
+    pki: MeshPki,
+    upstream: RecordingUpstream,
+) -> None:
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)
+    pki.issue(tmp_path / "expired", svc("orders"), now=past, hours=1)
+    _refused_in_handshake(payments.port("inbound"), tmp_path / "expired", tmp_path / "orders" / "bundle.pem")
+    assert upstream.requests == []
+
+
+def test_a_revoked_identity_is_refused_on_open_and_new_connections(
+    payments: SidecarThread,
+    tmp_path: Path,
+    upstream: RecordingUpstream,
+    logs: LogLines,
+) -> None:
+    conn = mtls(payments.port("inbound"), tmp_path / "orders")
+    assert answer(conn, "GET", "/charges/1")[0] == 200
+    payments.on_loop(lambda: payments.identity.publish(StaticState(revoked=frozenset({svc("orders")}))))
+    assert answer(conn, "GET", "/charges/2")[0] == 403  # the same keep-alive connection
+    assert answer(mtls(payments.port("inbound"), tmp_path / "orders"), "GET", "/charges/3")[0] == 403
+    assert [line["reason"] for line in logs.events("mesh.call.denied")] == ["revoked", "revoked"]
+    assert len(upstream.requests) == 1
