@@ -36,6 +36,44 @@ def svc(name: str) -> str:
     return f"spiffe://{TD}/svc/{name}"
 
 
+CONFIG = """
+trust_domain: shop.local
+state_dir: {state}
+services:
+  orders:
+    targets: [http://127.0.0.1:{orders_app}]
+    calls:
+      - {{service: payments, methods: [POST], paths: [/charges]}}
+      - {{service: payments, methods: [GET], paths: [/charges/**]}}
+  payments:
+    targets: [http://127.0.0.1:{payments_app}]
+  inventory:
+    targets: [http://127.0.0.1:{payments_app}]
+mesh:
+  sidecars:
+    orders: {{inbound: "127.0.0.1:{orders_in}"}}
+    payments: {{inbound: "127.0.0.1:{payments_in}"}}
+"""
+
+
+def write_mesh(directory: Path, pki: MeshPki, app_port: int, orders_in: int, payments_in: int) -> Path:
+    """garrison.yaml for orders -> payments (both apps: ``app_port``); certs for orders, payments,
+    inventory in ``directory/<name>``."""
+    config = directory / "garrison.yaml"
+    config.write_text(
+        CONFIG.format(
+            state=directory / "state",
+            orders_app=app_port,
+            payments_app=app_port,
+            orders_in=orders_in,
+            payments_in=payments_in,
+        )
+    )
+    for name in ("orders", "payments", "inventory"):
+        pki.issue(directory / name, svc(name))
+    return config
+
+
 class MeshPki:
     def __init__(self, trust_domain: str = TD) -> None:
         now = dt.datetime.now(dt.UTC)

@@ -12,32 +12,13 @@ from pathlib import Path
 
 import pytest
 from gateway_harness import RecordingUpstream
-from mesh_sidecars import LogLines, MeshPki, SidecarThread, answer, close_clients, mtls, svc
+from mesh_sidecars import LogLines, MeshPki, SidecarThread, answer, close_clients, mtls, svc, write_mesh
 from ports import reserved_port
 
 from garrison.mesh.sidecar.identity import StaticState
 from garrison.telemetry import logging as log
 
 pytestmark = pytest.mark.process
-
-CONFIG = """
-trust_domain: shop.local
-state_dir: {state}
-services:
-  orders:
-    targets: [http://127.0.0.1:{orders_app}]
-    calls:
-      - {{service: payments, methods: [POST], paths: [/charges]}}
-      - {{service: payments, methods: [GET], paths: [/charges/**]}}
-  payments:
-    targets: [http://127.0.0.1:{payments_app}]
-  inventory:
-    targets: [http://127.0.0.1:{payments_app}]
-mesh:
-  sidecars:
-    orders: {{inbound: "127.0.0.1:{orders_in}"}}
-    payments: {{inbound: "127.0.0.1:{payments_in}"}}
-"""
 
 
 @pytest.fixture
@@ -65,18 +46,7 @@ def pki() -> MeshPki:
 def payments(tmp_path: Path, pki: MeshPki, upstream, logs: LogLines) -> Iterator[SidecarThread]:
     """The payments sidecar (its app: the recording upstream); orders' and inventory's certs issued."""
     with reserved_port() as orders_in, reserved_port() as payments_in:
-        config = tmp_path / "garrison.yaml"
-        config.write_text(
-            CONFIG.format(
-                state=tmp_path / "state",
-                orders_app=upstream.port,
-                payments_app=upstream.port,
-                orders_in=orders_in,
-                payments_in=payments_in,
-            )
-        )
-        for name in ("orders", "payments", "inventory"):
-            pki.issue(tmp_path / name, svc(name))
+        config = write_mesh(tmp_path, pki, upstream.port, orders_in, payments_in)
         sidecar = SidecarThread(config, "payments", tmp_path / "payments").start()
         try:
             yield sidecar
