@@ -61,7 +61,12 @@ def test_allowed_call_reaches_the_app_with_the_callers_identity_only(
     upstream: RecordingUpstream,
 ) -> None:
     conn = mtls(payments.port("inbound"), tmp_path / "orders")
-    spoofed = {"garrison-caller": svc("admin"), "Garrison-Caller-Service": "admin", "X-Garrison-Caller": "x"}
+    spoofed = {
+        "garrison-caller": svc("admin"),
+        "Garrison-Caller-Service": "admin",
+        "X-Garrison-Caller": "x",
+        "garrison_caller": svc("admin"),  # CGI-style frameworks read it as garrison-caller
+    }
     status, _ = answer(conn, "GET", "/charges/42?full=1", spoofed)
     assert status == 200
     (seen,) = upstream.wait_for_requests(1)
@@ -69,6 +74,7 @@ def test_allowed_call_reaches_the_app_with_the_callers_identity_only(
     assert seen.header_values("garrison-caller") == [svc("orders").encode()]
     assert seen.header_values("garrison-caller-service") == [b"orders"]
     assert seen.header_values("x-garrison-caller") == []
+    assert seen.header_values("garrison_caller") == []
     assert seen.header("traceparent") is not None
 
 

@@ -78,12 +78,14 @@ def split_headers(raw: list[tuple[bytes, bytes]]) -> Headers:
             headers.request_id = value
         elif lower == b"traceparent":
             headers.traceparent = value
+        # Underscores as dashes: CGI-style frameworks read garrison_caller as garrison-caller.
+        dashed = lower.replace(b"_", b"-")
         if (
             lower in HOP_BY_HOP
             or lower in SIDECAR_SET
             or lower in named
-            or lower.startswith(OWNED_HEADER_PREFIX)
-            or lower.startswith(OWNED_PREFIX)
+            or dashed.startswith(OWNED_HEADER_PREFIX)
+            or dashed.startswith(OWNED_PREFIX)
         ):
             continue
         headers.kept.append(b"%s: %s\r\n" % (name, value))
