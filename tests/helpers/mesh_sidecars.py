@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -170,7 +171,7 @@ class SidecarThread:
     def __init__(self, config: Path, service: str, cert_dir: Path) -> None:
         self.identity = FileIdentity.from_directory(cert_dir)
         self.component = SidecarComponent(config, service, self.identity, load_config(config).config)
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()  # as `garrison sidecar` runs
         self.thread = threading.Thread(target=self.loop.run_forever, name=f"sidecar-{service}", daemon=True)
         self.listeners: dict[str, str] = {}
 

@@ -61,8 +61,11 @@ def start_pair(
         config = write_mesh(tmp_path, pki, upstream.port, orders_in, payments_in)
 
         def start(as_service: str = "payments") -> Pair:
+            """``as_service`` empty: payments' sidecar is not started (its port refuses)."""
             orders = SidecarThread(config, "orders", tmp_path / "orders").start()
             started.append(orders)
+            if not as_service:
+                return orders, orders
             payments = SidecarThread(config, "payments", tmp_path / as_service).start()
             started.append(payments)
             return orders, payments
@@ -115,6 +118,18 @@ def test_a_server_presenting_another_services_certificate_is_refused(
     assert mismatch["expected"] == svc("payments")
     assert mismatch["presented"] == svc("inventory")
     assert upstream.requests == []
+
+
+def test_a_dead_peer_is_retried_then_its_breaker_opens(start_pair: Callable[[str], Pair]) -> None:
+    orders, _ = start_pair("")
+    conn = plain(orders.port("outbound"))
+    statuses = [answer(conn, "GET", "/payments/charges/1")[0] for _ in range(4)]
+    # Each GET is tried twice (one retry); five failures in a row open the breaker: the third
+    # request's first attempt is the fifth failure, its retry finds the circuit open (503), and so
+    # does every request after it, without a connection attempt.
+    assert statuses == [502, 502, 503, 503]
+    errors = orders.component.metrics.upstream_errors.labels("payments", "ConnectionRefusedError")
+    assert errors._value.get() == 5
 
 
 def test_quarantine_cuts_a_service_off_both_ways_at_once(
@@ -209,7 +224,8 @@ def test_three_rotations_under_load_fail_no_request(
     start_pair: Callable[[str], Pair], tmp_path: Path, pki: MeshPki
 ) -> None:
     orders, payments = start_pair("payments")
-    load = LoadLoop(orders, payments, tmp_path / "orders")
+    pki.issue(tmp_path / "client", svc("orders"))  # the test's own client, not rotated under it
+    load = LoadLoop(orders, payments, tmp_path / "client")
     for thread in load.threads:
         thread.start()
     try:

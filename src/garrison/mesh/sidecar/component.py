@@ -116,6 +116,9 @@ class SidecarComponent:
                 await side.drain()
         if self.admin is not None:
             await self.admin.close()
+        close: Any = getattr(self.identity, "close", None)  # the CA client's renewal and state tasks
+        if close is not None:
+            await close()
 
     async def reload(self) -> None:
         """SIGHUP: the call policy from the file again; a file identity's certificate too."""
