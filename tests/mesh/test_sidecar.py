@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 import ssl
 import sys
 from collections.abc import Iterator
@@ -12,7 +13,17 @@ from pathlib import Path
 
 import pytest
 from gateway_harness import RecordingUpstream
-from mesh_sidecars import LogLines, MeshPki, SidecarThread, answer, close_clients, mtls, svc, write_mesh
+from mesh_sidecars import (
+    LogLines,
+    MeshPki,
+    SidecarThread,
+    answer,
+    client_context,
+    close_clients,
+    mtls,
+    svc,
+    write_mesh,
+)
 from ports import reserved_port
 
 from garrison.mesh.sidecar.identity import StaticState
@@ -174,3 +185,22 @@ def test_a_revoked_identity_is_refused_on_open_and_new_connections(
     assert answer(mtls(payments.port("inbound"), tmp_path / "orders"), "GET", "/charges/3")[0] == 403
     assert [line["reason"] for line in logs.events("mesh.call.denied")] == ["revoked", "revoked"]
     assert len(upstream.requests) == 1
+
+
+def test_expect_100_continue_is_answered_before_the_body(
+    payments: SidecarThread, tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    context = client_context(tmp_path / "orders")
+    with (
+        socket.create_connection(("127.0.0.1", payments.port("inbound")), timeout=30) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        tls.sendall(
+            b"POST /charges HTTP/1.1\r\nhost: payments\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n"
+        )
+        assert tls.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        tls.sendall(b"hello")
+        assert tls.recv(4096).startswith(b"HTTP/1.1 200 ")
+    (seen,) = upstream.wait_for_requests(1)
+    assert seen.body == b"hello"
+    assert seen.header("expect") is None

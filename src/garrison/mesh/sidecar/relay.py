@@ -29,6 +29,7 @@ __all__ = ["RelayConnection"]
 
 MAX_HEADERS, MAX_HEAD_BYTES, MAX_BODY = 100, 64 * 1024, 8 * 1024 * 1024
 HEADER_TIMEOUT, BODY_TIMEOUT = 10.0, 30.0
+CONTINUE_LINE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class _Closed(Exception):
@@ -112,6 +113,10 @@ class RelayConnection(ForwardingRelay):
         self.raw_headers = []
         if headers.chunked or headers.content_length:
             self._wait(READING_BODY, BODY_TIMEOUT)
+            if headers.expect_continue and self.active is None:
+                # The body is buffered here before anything goes upstream: let the client send it
+                # now rather than after its own timeout (curl waits a second).
+                self.write(CONTINUE_LINE)
         else:
             self._enter(SERVING)
 
@@ -139,7 +144,9 @@ class RelayConnection(ForwardingRelay):
 
     def _refuse(self, reject: Reject) -> None:
         """A request refused while parsing: answered, then the connection closes."""
-        request = self.parsing or Request(b"GET", b"/", None, split_headers([]), False)
+        request = self.parsing or Request(
+            b"-", b"", None, split_headers([]), False
+        )  # nothing of it is logged
         self.parsing = None
         request.close_after = True
         if self.active is not None:

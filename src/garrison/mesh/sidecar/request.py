@@ -47,7 +47,7 @@ class Reject(Exception):
 class Headers:
     """What ``split_headers`` keeps and reads from a request head."""
 
-    __slots__ = ("chunked", "content_length", "kept", "request_id", "traceparent")
+    __slots__ = ("chunked", "content_length", "expect_continue", "kept", "request_id", "traceparent")
 
     def __init__(self) -> None:
         self.kept: list[bytes] = []  # "name: value\r\n" lines passed on
@@ -55,6 +55,7 @@ class Headers:
         self.content_length: int | None = None
         self.request_id: bytes | None = None
         self.traceparent: bytes | None = None
+        self.expect_continue = False
 
 
 def split_headers(raw: list[tuple[bytes, bytes]]) -> Headers:
@@ -78,6 +79,8 @@ def split_headers(raw: list[tuple[bytes, bytes]]) -> Headers:
             headers.request_id = value
         elif lower == b"traceparent":
             headers.traceparent = value
+        elif lower == b"expect":
+            headers.expect_continue = value.lower() == b"100-continue"
         # Underscores as dashes: CGI-style frameworks read garrison_caller as garrison-caller.
         dashed = lower.replace(b"_", b"-")
         if (
