@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gateway_harness import RecordingUpstream
+from gateway_harness import RecordingUpstream, Reply
 from mesh_sidecars import (
     LogLines,
     MeshPki,
@@ -26,6 +26,7 @@ from mesh_sidecars import (
 )
 from ports import reserved_port
 
+from garrison.mesh.policy import gateway_id
 from garrison.mesh.sidecar.identity import StaticState
 from garrison.telemetry import logging as log
 
@@ -204,3 +205,46 @@ def test_expect_100_continue_is_answered_before_the_body(
     (seen,) = upstream.wait_for_requests(1)
     assert seen.body == b"hello"
     assert seen.header("expect") is None
+
+
+def test_the_gateway_identity_may_call_what_the_routes_send_here(
+    tmp_path: Path, pki: MeshPki, upstream: RecordingUpstream
+) -> None:
+    with reserved_port() as orders_in, reserved_port() as payments_in:
+        config = write_mesh(tmp_path, pki, upstream.port, orders_in, payments_in)
+        routes = (
+            "routes:\n  - match: {path: /api/pay, prefix: true, methods: [GET]}\n"
+            "    service: payments\n    auth: {require: none}\n"
+        )
+        config.write_text(config.read_text() + routes)
+        pki.issue(tmp_path / "gateway", gateway_id("shop.local"))
+        sidecar = SidecarThread(config, "payments", tmp_path / "payments").start()
+        try:
+            conn = mtls(sidecar.port("inbound"), tmp_path / "gateway")
+            assert answer(conn, "GET", "/api/pay/1")[0] == 200
+            assert answer(conn, "POST", "/api/pay/1")[0] == 403  # the route allows GET only
+            assert answer(conn, "GET", "/charges/1")[0] == 403  # no route sends that here
+            (seen,) = upstream.wait_for_requests(1)
+            assert seen.header_values("garrison-caller") == [gateway_id("shop.local").encode()]
+            assert seen.header_values("garrison-caller-service") == []  # not a service identity
+        finally:
+            close_clients()
+            sidecar.stop()
+
+
+def test_a_slow_app_is_a_504(tmp_path: Path, pki: MeshPki, upstream: RecordingUpstream) -> None:
+    with reserved_port() as orders_in, reserved_port() as payments_in:
+        config = write_mesh(tmp_path, pki, upstream.port, orders_in, payments_in)
+        text = config.read_text().replace(
+            "  payments:\n    targets:", "  payments:\n    read_timeout: 0.2s\n    targets:"
+        )
+        config.write_text(text)
+        upstream.reply = Reply(delay=30.0)  # far past the read timeout: its expiry is what answers
+        sidecar = SidecarThread(config, "payments", tmp_path / "payments").start()
+        try:
+            status, body = answer(mtls(sidecar.port("inbound"), tmp_path / "orders"), "GET", "/charges/1")
+            assert status == 504
+            assert json.loads(body)["error"] == "gateway_timeout"
+        finally:
+            close_clients()
+            sidecar.stop()

@@ -49,8 +49,10 @@ class AnsweringRelay(ProxyConnection):
         self.handle(request)
 
     # -- answers ------------------------------------------------------------------------------------
-    def answer_json(self, request: Request, status: int, error: str, message: str) -> None:
-        """The sidecar's own answer: a JSON body ``{"error", "message"}``."""
+    def answer_json(
+        self, request: Request, status: int, error: str, message: str, extra: bytes = b""
+    ) -> None:
+        """The sidecar's own answer: a JSON body ``{"error", "message"}`` (``extra``: header lines)."""
         body = json.dumps({"error": error, "message": message}).encode()
         request.status = status
         request.close_after = request.close_after or self.side.draining
@@ -60,6 +62,7 @@ class AnsweringRelay(ProxyConnection):
                     status_line(status),
                     b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
                     request.trace,
+                    extra,
                     b"connection: close\r\n" if request.close_after else b"",
                     b"\r\n",
                     b"" if request.method == b"HEAD" else body,

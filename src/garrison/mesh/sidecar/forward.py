@@ -47,9 +47,12 @@ class ForwardingRelay(AnsweringRelay):
     def dispatch(self, request: Request) -> None:
         service = request.service
         assert service is not None
-        target = service.pick(self.loop.time(), request.target)
-        if target is None:
-            self.answer_json(request, 503, "unavailable", f"{request.peer or 'the app'} is unavailable")
+        now = self.loop.time()
+        target = service.pick(now, request.target)
+        if target is None:  # every breaker open: refused at once, with when to come back
+            retry = b"retry-after: %d\r\n" % max(1, service.retry_after(now))
+            message = f"{request.peer or 'the app'} is unavailable"
+            self.answer_json(request, 503, "unavailable", message, extra=retry)
             return
         request.target = target
         request.attempts += 1
