@@ -87,6 +87,33 @@ def gateway(
 
 
 @app.command()
+def sidecar(
+    service: Annotated[
+        str, typer.Option("--service", help="The service (a key of mesh.sidecars) to run for.")
+    ],
+    config: ConfigOption = Path("garrison.yaml"),
+    ready_file: Annotated[
+        Path | None, typer.Option(help="Write the listening addresses here as JSON once serving.")
+    ] = None,
+    cert_dir: Annotated[
+        Path | None, typer.Option(help="Use cert.pem, key.pem and bundle.pem from here instead of the CA.")
+    ] = None,
+) -> None:
+    """Run a service's mesh sidecar (mTLS in and out; reload the call policy: SIGHUP)."""
+    from garrison.config.loader import ConfigError
+    from garrison.mesh.sidecar.main import run
+
+    try:
+        code = run(
+            str(config), service, str(ready_file) if ready_file else None, str(cert_dir) if cert_dir else None
+        )
+    except ConfigError as exc:
+        err.print(f"[red]cannot start[/red]: {exc}\nRun `garrison check -c {config}` for details.")
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+@app.command()
 def up(
     config: ConfigOption = Path("garrison.yaml"),
     demo: Annotated[bool, typer.Option(help="Also run the demo upstream service from examples/.")] = False,

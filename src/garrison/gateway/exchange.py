@@ -7,7 +7,6 @@ is told about the client, how a response is re-framed) are plain functions over 
 from __future__ import annotations
 
 import re
-from random import getrandbits
 from typing import TYPE_CHECKING
 
 from garrison.proxy.exchange import ProxyExchange
@@ -32,10 +31,7 @@ if TYPE_CHECKING:
     from garrison.gateway.runtime import Route, Runtime
     from garrison.proxy.upstream.target import Target
 
-_REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
-_TRACEPARENT_RE = re.compile(rb"00-([0-9a-f]{32})-[0-9a-f]{16}-([0-9a-f]{2})")
 _HOST_RE = re.compile(rb"([a-z0-9._~!$&'()*+,;=-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
-_ZERO_TRACE = b"0" * 32
 
 # Response headers the gateway never passes on: framing it redoes, security headers it owns, and
 # the upstream's software banner.
@@ -248,22 +244,6 @@ def host_without_port(host: bytes) -> bytes:
     if host.startswith(b"["):
         return host[: host.find(b"]") + 1]
     return host.rsplit(b":", 1)[0] if b":" in host else host
-
-
-def request_id_for(candidate: bytes | None) -> bytes:
-    if candidate is not None and _REQUEST_ID_RE.fullmatch(candidate):
-        return candidate
-    return b"%032x" % getrandbits(128)
-
-
-def trace_for(traceparent: bytes | None) -> tuple[bytes, bytes, bytes]:
-    """(trace id, our span id, flags): continue a valid W3C traceparent, else start a trace."""
-    span = b"%016x" % getrandbits(64)
-    if traceparent is not None:
-        match = _TRACEPARENT_RE.fullmatch(traceparent.strip())
-        if match is not None and match.group(1) != _ZERO_TRACE:
-            return match.group(1), span, match.group(2)
-    return b"%032x" % getrandbits(128), span, b"01"
 
 
 def forwarding_headers(

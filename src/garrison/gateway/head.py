@@ -20,12 +20,11 @@ from garrison.gateway.exchange import (
     filter_request_headers,
     forwarding_headers,
     host_without_port,
-    request_id_for,
-    trace_for,
     valid_host,
 )
 from garrison.gateway.router import RouteMiss
 from garrison.proxy.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE
+from garrison.proxy.trace import request_id_for, trace_for
 from garrison.uri.normalize import TargetRejected, parse_request_target
 
 if TYPE_CHECKING:

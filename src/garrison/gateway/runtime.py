@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import json
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from garrison.config.model import (
@@ -22,7 +21,6 @@ from garrison.config.model import (
     LimitsConfig,
     MtlsConfig,
     RateLimitConfig,
-    ServiceConfig,
 )
 from garrison.gateway.auth.apikeys import ApiKeyCache
 from garrison.gateway.auth.authz import Requirement
@@ -34,14 +32,8 @@ from garrison.gateway.ratelimit import RateLimiter, RateLimitSpec
 from garrison.gateway.redirect import HttpsRedirect
 from garrison.gateway.router import RouteEntry, RouteTable
 from garrison.gateway.stages import EdgeChain, compile_chain
-from garrison.proxy.upstream.balancer import make_balancer
-from garrison.proxy.upstream.circuit import CircuitBreaker, CircuitState
-from garrison.proxy.upstream.health import ActiveHealthChecker, HealthCheckSpec
-from garrison.proxy.upstream.pool import TargetPool
-from garrison.proxy.upstream.retry import RetryBudget
+from garrison.proxy.upstream.build import build_service
 from garrison.proxy.upstream.service import UpstreamService
-from garrison.proxy.upstream.target import Target
-from garrison.telemetry import logging as log
 from garrison.telemetry.metrics import GatewayMetrics, RouteStats
 from garrison.tokens.forwarded import TrustedProxies
 from garrison.tokens.jwks import JwksCache
@@ -274,65 +266,6 @@ def _security_headers(config: GarrisonConfig) -> bytes:
     return render(security_headers(hsts=hsts, referrer_policy=None, frame_deny=False))
 
 
-def _build_service(
-    name: str, spec: ServiceConfig, loop: asyncio.AbstractEventLoop, upstream_tls: ssl.SSLContext
-) -> UpstreamService:
-    targets: list[Target] = []
-    for url in spec.targets:
-        breaker = CircuitBreaker(
-            consecutive_failures=spec.circuit_breaker.consecutive_failures,
-            open_for=spec.circuit_breaker.open_for,
-            half_open_probes=spec.circuit_breaker.half_open_probes,
-            on_change=_log_circuit(name, url),
-        )
-        targets.append(Target.from_url(url, breaker))
-    pools = {
-        target: TargetPool(
-            target,
-            loop,
-            max_idle=spec.pool.max_idle,
-            idle_timeout=spec.pool.idle_timeout,
-            connect_timeout=spec.connect_timeout,
-            ssl_context=upstream_tls if target.scheme == "https" else None,
-        )
-        for target in targets
-    }
-    health = None
-    if spec.health_check is not None:
-        check = spec.health_check
-        health = ActiveHealthChecker(
-            targets,
-            HealthCheckSpec(
-                path=check.path,
-                interval=check.interval,
-                timeout=check.timeout,
-                healthy_threshold=check.healthy_threshold,
-                unhealthy_threshold=check.unhealthy_threshold,
-            ),
-            on_change=lambda target, healthy: log.log(
-                "gateway.health.changed", service=name, target=target.url, healthy=healthy
-            ),
-            ssl_context=upstream_tls,
-        )
-    return UpstreamService(
-        name=name,
-        targets=targets,
-        pools=pools,
-        balancer=make_balancer(spec.balancer),
-        budget=RetryBudget(spec.retries.budget_ratio, spec.retries.min_per_second),
-        retry_attempts=spec.retries.attempts,
-        read_timeout=spec.read_timeout,
-        health=health,
-    )
-
-
-def _log_circuit(service: str, url: str) -> Callable[[CircuitState], None]:
-    def changed(state: CircuitState) -> None:
-        log.log("gateway.circuit.changed", service=service, target=url, state=state.value)
-
-    return changed
-
-
 def build_runtime(
     config: GarrisonConfig,
     loop: asyncio.AbstractEventLoop,
@@ -344,7 +277,8 @@ def build_runtime(
     """Compile a validated config. Raises ValueError for what validation could not see."""
     upstream_tls = ssl.create_default_context()
     services = {
-        name: _build_service(name, spec, loop, upstream_tls) for name, spec in config.services.items()
+        name: build_service(name, spec, loop, upstream_tls, component="gateway")
+        for name, spec in config.services.items()
     }
     jwks, verifier = _jwt(config.gateway.jwt, revocations)
     certificates = _client_certificates(config.gateway.mtls)

@@ -1,0 +1,177 @@
+"""The upstream half of a sidecar connection: an exchange taken to an ``UpstreamService`` and back.
+
+``forward`` hands a request to its service (proxy/upstream/service.py): pick (counted in flight), an
+idle pooled connection or a new one, and exactly one of responded / failed / abandoned; retries of
+idempotent bodiless requests within the service's budget. Outbound (``expected_peer`` set), a new
+connection uses the identity's current client context and is used only if the server's verified
+SPIFFE ID is the peer's. The response is streamed back as the upstream's parser produces it (this is
+the pool's ``UpstreamListener``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from garrison.mesh.sidecar.answers import AnsweringRelay
+from garrison.mesh.sidecar.request import Request
+from garrison.proxy.connection import PAUSE_UPSTREAM
+from garrison.proxy.http1 import HOP_BY_HOP, LAST_CHUNK, chunk, status_line
+from garrison.proxy.state import CLOSING
+from garrison.proxy.state import ResponsePhase as Phase
+
+if TYPE_CHECKING:
+    from garrison.proxy.upstream.pool import TargetPool, UpstreamConnection
+
+__all__ = ["ForwardingRelay"]
+
+_RESPONSE_DROPPED = HOP_BY_HOP | {b"content-length"}
+
+
+class ForwardingRelay(AnsweringRelay):
+    def pause_writing(self) -> None:
+        if self.active is not None and self.active.upstream is not None:
+            self.active.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.active is not None and self.active.upstream is not None:
+            self.active.upstream.resume_reading()
+
+    # -- to the upstream ------------------------------------------------------------------------------
+    def forward(self, request: Request, head: bytes) -> None:
+        """Send ``head`` (and the body) to ``request.service``; ``expected_peer`` set: over mTLS."""
+        assert request.service is not None
+        request.upstream_head = head
+        request.service.record_request(self.loop.time())
+        self.dispatch(request)
+
+    def dispatch(self, request: Request) -> None:
+        service = request.service
+        assert service is not None
+        now = self.loop.time()
+        target = service.pick(now, request.target)
+        if target is None:  # every breaker open: refused at once, with when to come back
+            retry = b"retry-after: %d\r\n" % max(1, service.retry_after(now))
+            message = f"{request.peer or 'the app'} is unavailable"
+            self.answer_json(request, 503, "unavailable", message, extra=retry)
+            return
+        request.target = target
+        request.attempts += 1
+        pool = service.pools[target]
+        conn = pool.take_idle()
+        if conn is not None:
+            self._send(request, conn)
+        else:
+            self.side.spawn(self._connect(request, pool))
+
+    async def _connect(self, request: Request, pool: TargetPool) -> None:
+        target = request.target
+        assert target is not None and request.service is not None
+        if request.expected_peer is not None:
+            pool.ssl_context = self.side.client_context()  # the identity's current one, never a copy
+        try:
+            conn = await pool.connect()
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            if not self.serving(request):
+                request.service.abandoned(target, response_started=False)
+                return
+            self.side.upstream_error(request, type(exc).__name__)
+            self.upstream_failed(request, "connect")
+            self.flush()
+            return
+        if not self.serving(request):
+            pool.release(conn)
+            request.service.abandoned(target, response_started=False)
+            return
+        if request.expected_peer is not None and not self.side.verify_peer(request, conn):
+            conn.abort()
+            request.service.failed(target, self.loop.time())
+            self.answer_json(request, 502, "bad_gateway", f"{request.peer} presented another identity")
+            self.flush()
+            return
+        self._send(request, conn)
+        self.flush()
+
+    def _send(self, request: Request, conn: UpstreamConnection) -> None:
+        request.upstream = conn
+        conn.start(self, request.upstream_head, head_only=request.method == b"HEAD")
+
+    def _drop_upstream(self, request: Request) -> None:
+        conn, request.upstream = request.upstream, None
+        if conn is not None:
+            conn.abort()
+        if request.target is not None and request.service is not None and conn is not None:
+            request.service.abandoned(request.target, request.response is not Phase.PENDING)
+
+    # -- from the upstream (proxy/upstream/pool.UpstreamListener) ---------------------------------------
+    def on_upstream_head(self, status: int, headers: list[tuple[bytes, bytes]], chunked: bool) -> None:
+        request = self.active
+        assert request is not None and request.target is not None and request.service is not None
+        request.service.response_head(request.target, status, self.loop.time())
+        request.status = status
+        request.response = Phase.STARTED
+        length = next((value for name, value in headers if name.lower() == b"content-length"), None)
+        bodiless = request.method == b"HEAD" or status in (204, 304)
+        request.rechunk = not bodiless and (chunked or length is None)
+        lines = [status_line(status)]
+        lines += [b"%s: %s\r\n" % (n, v) for n, v in headers if n.lower() not in _RESPONSE_DROPPED]
+        if request.rechunk:
+            lines.append(b"transfer-encoding: chunked\r\n")
+        elif length is not None:
+            lines.append(b"content-length: %s\r\n" % length)
+        if request.close_after or self.side.draining:
+            request.close_after = True
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        self.write(b"".join(lines))
+
+    def on_upstream_body(self, data: bytes) -> None:
+        request = self.active
+        if request is not None and self.transport is not None:
+            self.out.append(chunk(data) if request.rechunk else data)
+
+    def on_upstream_complete(self, keep_alive: bool) -> None:
+        request = self.active
+        assert request is not None and request.target is not None and request.service is not None
+        conn, request.upstream = request.upstream, None
+        request.service.responded(request.target)
+        if request.rechunk:
+            self.write(LAST_CHUNK)
+        if conn is not None:
+            if keep_alive:
+                conn.pool.release(conn)
+            else:
+                conn.abort()
+        request.response = Phase.DONE
+        self.finish(request)
+
+    def on_upstream_failed(self, reason: str) -> None:
+        request = self.active
+        if request is not None:
+            request.upstream = None
+            self.upstream_failed(request, reason)
+
+    def on_upstream_writable(self, writable: bool) -> None:
+        if writable:
+            self._resume(PAUSE_UPSTREAM)
+        else:
+            self._pause(PAUSE_UPSTREAM)
+
+    def upstream_failed(self, request: Request, reason: str) -> None:
+        """An attempt failed: retried when idempotent and within budget, else 502 (504 on timeout)."""
+        service, target = request.service, request.target
+        assert service is not None and target is not None
+        now = self.loop.time()
+        service.failed(target, now)
+        if request.response is not Phase.PENDING:
+            request.close_after = True  # a body cut short cannot be mended: the client must see it
+            request.response = Phase.DONE
+            self.finish(request)
+            return
+        if self.state >= CLOSING or request is not self.active:
+            return
+        if service.may_retry(request.method, request.body_size > 0, request.attempts, reason, now):
+            self.dispatch(request)
+        elif reason == "timeout":
+            self.answer_json(request, 504, "gateway_timeout", f"{request.peer or 'the app'} timed out")
+        else:
+            self.answer_json(request, 502, "bad_gateway", f"{request.peer or 'the app'} is unreachable")

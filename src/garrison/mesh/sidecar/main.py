@@ -1,0 +1,63 @@
+"""Entry point of ``garrison sidecar``: the config, the workload identity, then run_component.
+
+The identity is, with ``--cert-dir DIR``, ``DIR/cert.pem``, ``key.pem`` and ``bundle.pem`` (a static
+identity, rotated by replacing the files and sending SIGHUP); otherwise the Garrison CA's workload
+client (``garrison.pki.workload.WorkloadIdentity``: join with ``GARRISON_JOIN_TOKEN``, renewal in
+place, the CA's state), kept under ``state_dir/sidecars/<service>``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any, cast
+
+import uvloop
+
+from garrison.config.assembly import GarrisonConfig
+from garrison.config.loader import load_config
+from garrison.core.runner import EXIT_START_FAILED, StartFailed, run_component
+from garrison.mesh.sidecar.component import SidecarComponent
+from garrison.mesh.sidecar.identity import FileIdentity, SidecarIdentity
+from garrison.telemetry import logging as log
+
+__all__ = ["run"]
+
+
+def run(config_path: str, service: str, ready_file: str | None, cert_dir: str | None) -> int:
+    log.configure("sidecar")
+    loaded = load_config(config_path)
+    ready = Path(ready_file) if ready_file else None
+    code: int = uvloop.run(_run(loaded.source, loaded.config, service, ready, cert_dir))
+    return code
+
+
+async def _run(
+    source: Path, config: GarrisonConfig, service: str, ready: Path | None, cert_dir: str | None
+) -> int:
+    try:
+        identity = FileIdentity.from_directory(Path(cert_dir)) if cert_dir else await _joined(config, service)
+        component = SidecarComponent(source, service, identity, config)
+    except (StartFailed, OSError, ValueError) as exc:
+        log.error("sidecar.start_failed", message=str(exc), error=type(exc).__name__)
+        sys.stderr.write(f"StartFailed: {exc}\n")  # as the runner words it
+        return EXIT_START_FAILED
+    return await run_component(component, ready)
+
+
+async def _joined(config: GarrisonConfig, service: str) -> SidecarIdentity:
+    """The CA's workload client (pki/workload.py), joined or restored, renewing in place."""
+    try:
+        workload: Any = importlib.import_module("garrison.pki.workload")
+    except ImportError:
+        raise StartFailed("no CA client in this build: pass --cert-dir") from None
+    mesh = config.mesh
+    if mesh is None or mesh.ca.url is None:
+        raise StartFailed("no mesh.ca configured: pass --cert-dir")
+    state_dir = Path(config.state_dir)
+    identity = workload.WorkloadIdentity(
+        mesh.ca.url, state_dir / "sidecars" / service, ca_bundle=state_dir / "ca" / "bundle.pem"
+    )
+    await identity.start()
+    return cast(SidecarIdentity, identity)

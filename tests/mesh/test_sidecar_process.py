@@ -1,0 +1,111 @@
+"""`garrison sidecar` as a process: ready file, SIGHUP reloading the call policy (and a certificate from
+--cert-dir, in place), per-edge metrics on the admin listener, SIGTERM exiting 0."""
+
+from __future__ import annotations
+
+import json
+import signal
+import ssl
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from gateway_harness import GARRISON, RecordingUpstream
+from mesh_sidecars import MeshPki, answer, close_clients, mtls, svc, write_mesh
+from ports import reserved_port
+from waiting import read_ready_file, wait_until
+
+pytestmark = pytest.mark.process
+
+
+class SidecarProcess:
+    def __init__(self, config: Path, service: str, cert_dir: Path) -> None:
+        self.ready = config.parent / f"{service}.ready.json"
+        self.stderr = config.parent / f"{service}.stderr"
+        with open(self.stderr, "wb") as err:
+            self.proc = subprocess.Popen(
+                [str(GARRISON), "sidecar", "-c", str(config), "--service", service,
+                 "--cert-dir", str(cert_dir), "--ready-file", str(self.ready)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )  # fmt: skip
+        found = wait_until(
+            lambda: read_ready_file(self.ready) or self.proc.poll() is not None,
+            timeout=60,
+            what=lambda: self.stderr.read_text(),
+        )
+        assert isinstance(found, dict), self.stderr.read_text()
+        self.listeners: dict[str, str] = found["listeners"]
+
+    def port(self, name: str) -> int:
+        return int(self.listeners[name].rsplit(":", 1)[1])
+
+    def events(self, name: str) -> list[dict[str, object]]:
+        lines = [json.loads(line) for line in self.stderr.read_text().splitlines() if line.startswith("{")]
+        return [line for line in lines if line.get("event") == name]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(30)
+
+
+@pytest.fixture
+def payments(tmp_path: Path, upstream: RecordingUpstream) -> Iterator[tuple[SidecarProcess, Path, MeshPki]]:
+    pki = MeshPki()
+    with reserved_port() as orders_in, reserved_port() as payments_in:
+        config = write_mesh(tmp_path, pki, upstream.port, orders_in, payments_in)
+        process = SidecarProcess(config, "payments", tmp_path / "payments")
+        try:
+            yield process, config, pki
+        finally:
+            close_clients()
+            process.stop()
+
+
+def _serial(conn: object) -> int:
+    sock = getattr(conn, "sock", None)
+    assert isinstance(sock, ssl.SSLSocket)
+    der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_sighup_reloads_the_policy_and_the_certificate(
+    payments: tuple[SidecarProcess, Path, MeshPki], tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    process, config, pki = payments
+    inbound = process.port("inbound")
+    assert answer(mtls(inbound, tmp_path / "inventory"), "GET", "/charges/1")[0] == 403
+    config.write_text(
+        config.read_text().replace(
+            "  inventory:\n", "  inventory:\n    calls:\n      - {service: payments, methods: [GET]}\n"
+        )
+    )
+    rotated = pki.issue(tmp_path / "payments", svc("payments"))
+    process.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: process.events("sidecar.reloaded"), timeout=30, what="sidecar.reloaded")
+    conn = mtls(inbound, tmp_path / "inventory")
+    assert answer(conn, "GET", "/charges/1")[0] == 200
+    assert _serial(conn) == rotated.serial_number  # a new handshake: the new certificate
+    (seen,) = upstream.wait_for_requests(1)
+    assert seen.header_values("garrison-caller") == [svc("inventory").encode()]
+    with urllib.request.urlopen(f"http://127.0.0.1:{process.port('admin')}/metrics", timeout=30) as response:
+        metrics = response.read().decode()
+    assert (
+        'garrison_mesh_requests_total{callee="payments",caller="inventory",decision="denied",'
+        'direction="inbound",status="4xx"} 1.0' in metrics
+    )
+    assert (
+        'garrison_mesh_requests_total{callee="payments",caller="inventory",decision="allowed",'
+        'direction="inbound",status="2xx"} 1.0' in metrics
+    )
+    assert process.stop() == 0
