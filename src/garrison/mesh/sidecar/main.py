@@ -8,10 +8,8 @@ place, the CA's state), kept under ``state_dir/sidecars/<service>``.
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
-from typing import Any, cast
 
 import uvloop
 
@@ -20,6 +18,7 @@ from garrison.config.loader import load_config
 from garrison.core.runner import EXIT_START_FAILED, StartFailed, run_component
 from garrison.mesh.sidecar.component import SidecarComponent
 from garrison.mesh.sidecar.identity import FileIdentity, SidecarIdentity
+from garrison.pki.workload import WorkloadIdentity
 from garrison.telemetry import logging as log
 
 __all__ = ["run"]
@@ -48,16 +47,12 @@ async def _run(
 
 async def _joined(config: GarrisonConfig, service: str) -> SidecarIdentity:
     """The CA's workload client (pki/workload.py), joined or restored, renewing in place."""
-    try:
-        workload: Any = importlib.import_module("garrison.pki.workload")
-    except ImportError:
-        raise StartFailed("no CA client in this build: pass --cert-dir") from None
     mesh = config.mesh
     if mesh is None or mesh.ca.url is None:
         raise StartFailed("no mesh.ca configured: pass --cert-dir")
     state_dir = Path(config.state_dir)
-    identity = workload.WorkloadIdentity(
+    identity = WorkloadIdentity(
         mesh.ca.url, state_dir / "sidecars" / service, ca_bundle=state_dir / "ca" / "bundle.pem"
     )
     await identity.start()
-    return cast(SidecarIdentity, identity)
+    return identity
