@@ -113,8 +113,9 @@ def test_with_a_mesh_the_ca_and_the_sidecars_start_first_and_stop_last(tmp_path:
     ca, orders = specs[0], specs[1]
     assert ca.argv == [sys.executable, "-m", "garrison", "ca", "serve", "-c", str(config),
                        "--ready-file", str(run_dir / "up-ca.ready")]  # fmt: skip
+    ready = str(run_dir / "up-sidecar-orders.ready")
     assert orders.argv == [sys.executable, "-m", "garrison", "sidecar", "--service", "orders",
-                           "-c", str(config), "--ready-file", str(run_dir / "up-sidecar-orders.ready")]  # fmt: skip
+                           "-c", str(config), "--ready-file", ready]  # fmt: skip
     assert orders.prepare is not None and specs[-1].prepare is not None  # tokens, minted at each start
     assert specs[4].argv[-2:] == ["--outbound", "127.0.0.1:15000"] and specs[4].probe == ("127.0.0.1", 7002)
 
