@@ -4,6 +4,7 @@ and that a component failing its first start stops `up` with that component's er
 
 from __future__ import annotations
 
+import asyncio
 import io
 import subprocess
 import sys
@@ -84,3 +85,58 @@ def test_a_component_failing_its_first_start_stops_up_with_its_error(tmp_path: P
     assert "identity exited (exit_code 2) while starting" in up.stderr
     assert not (tmp_path / "state" / "run" / "up-gateway.ready").exists()  # never started
     assert "stopped." in up.stderr
+
+
+MESH = {
+    "ca": {"listen": "127.0.0.1:8700", "admin": {"listen": "127.0.0.1:0"}},
+    "sidecars": {
+        "orders": {"inbound": "127.0.0.1:15001", "outbound": "127.0.0.1:15000"},
+        "payments": {"inbound": "127.0.0.1:15002", "outbound": "127.0.0.1:15010"},
+    },
+}
+MESH_SERVICES = {
+    "demo": {"targets": ["http://127.0.0.1:9"]},
+    "orders": {"targets": ["http://127.0.0.1:7002"]},
+    "payments": {"targets": ["http://127.0.0.1:7003"]},
+}
+
+
+def test_with_a_mesh_the_ca_and_the_sidecars_start_first_and_stop_last(tmp_path: Path) -> None:
+    (tmp_path / "demo_upstream.py").write_text("")
+    (tmp_path / "demo_mesh_app.py").write_text("")
+    config = write_config(tmp_path, mesh=MESH, services=MESH_SERVICES)
+    run_dir = tmp_path / "run"
+    specs = build_components(load_config(config), demo=True, run_dir=run_dir)
+    names = [spec.name for spec in specs]
+    assert names[:3] == ["ca", "sidecar orders", "sidecar payments"]
+    assert names[3:] == ["demo upstream", "orders app", "payments app", "identity", "gateway"]
+    ca, orders = specs[0], specs[1]
+    assert ca.argv == [sys.executable, "-m", "garrison", "ca", "serve", "-c", str(config),
+                       "--ready-file", str(run_dir / "up-ca.ready")]  # fmt: skip
+    ready = str(run_dir / "up-sidecar-orders.ready")
+    assert orders.argv == [sys.executable, "-m", "garrison", "sidecar", "--service", "orders",
+                           "-c", str(config), "--ready-file", ready]  # fmt: skip
+    assert orders.prepare is not None and specs[-1].prepare is not None  # tokens, minted at each start
+    assert specs[4].argv[-2:] == ["--outbound", "127.0.0.1:15000"] and specs[4].probe == ("127.0.0.1", 7002)
+
+
+def test_a_token_that_cannot_be_minted_is_logged_and_the_sidecar_starts_without_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No CA yet (and its admin port 0: no API to ask): nothing minted, the sidecar will say why it
+    cannot join. up's own GARRISON_JOIN_TOKEN, if it has one, is never handed down."""
+    from garrison.telemetry import logging as log
+
+    config = write_config(tmp_path, mesh=MESH, services=MESH_SERVICES)
+    [_, orders, *_] = build_components(load_config(config), demo=False, run_dir=tmp_path)
+    assert orders.prepare is not None
+    log.configure("up", sys.stdout)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("GARRISON_JOIN_TOKEN", "gjt_inherited")
+            asyncio.run(orders.prepare(orders))
+    finally:
+        log.configure("garrison", sys.__stderr__)
+    assert orders.env is not None and "GARRISON_JOIN_TOKEN" not in orders.env
+    assert '"event":"up.join_token.failed"' in capsys.readouterr().out
+    assert "env=" not in repr(orders)  # where a token would be

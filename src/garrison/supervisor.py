@@ -3,10 +3,18 @@
 Each component runs exactly as it would in production (``garrison gateway -c FILE``), so what
 ``up`` proves works is what gets deployed. This module is the thin layer above the one supervisor
 (core/supervisor.py, which the gateway's ``workers: N`` uses too): it builds the list of components
-from the config (the demo upstream, the identity provider, then the gateway, which fetches the
-provider's keys before it serves), starts them in that order, waits for each ready file (core/ready.py),
-prints where each listens, and on Ctrl-C or SIGTERM stops them all, the gateway first (SIGTERM, then
-SIGKILL after a grace period).
+from the config (with a ``mesh`` section: the workload CA, then a sidecar per service; then the demo
+upstream and apps, the identity provider, then the gateway, which fetches the provider's keys before
+it serves), starts them in that order, waits for each ready file (core/ready.py),
+prints where each listens, and on Ctrl-C or SIGTERM stops them all in reverse order, the gateway
+first (SIGTERM, then SIGKILL after a grace period).
+
+The mesh: ``up`` creates a CA under ``state_dir/ca`` if there is none (saying so: production runs
+``garrison ca init --offline-root``). Before each start of a sidecar, it mints a short-lived join
+token only when the sidecar has no usable saved identity (``state_dir/sidecars/<service>``): a
+restarted sidecar renews from the identity it kept, and one whose certificate lapsed gets a new
+token. The gateway gets a token for ``spiffe://<td>/gateway`` at each start. Tokens travel in the
+child's environment (``GARRISON_JOIN_TOKEN``), never on a command line or in a log line.
 
 A component that dies after it was up is restarted on its own, after a back-off
 (core/restart.py: 1 s, doubling to 30 s, reset after 60 s up), while the others keep running: the
@@ -21,6 +29,8 @@ per attempt; it is never given up on silently. A component that fails during the
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -33,7 +43,19 @@ from rich.table import Table
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
 from garrison.core.runner import StartFailed
 from garrison.core.supervisor import Child, ChildSpec, Supervisor
+from garrison.mesh.enrolment import (
+    EnrolmentError,
+    ensure_ca,
+    identity_usable,
+    mint_join_token,
+    sidecar_directory,
+)
+from garrison.pki.authority import trust_domain_id
+from garrison.pki.workload import JOIN_TOKEN_ENV
 from garrison.telemetry import logging as log
+
+JOIN_TOKEN_TTL = dt.timedelta(minutes=5)  # spent within seconds of being minted; short if it leaks
+MESH_APPS = ("orders", "payments")  # the demo's services with an app of their own (examples/demo_mesh_app.py)
 
 
 def _demo_component(loaded: LoadedConfig) -> ChildSpec:
@@ -51,11 +73,90 @@ def _demo_component(loaded: LoadedConfig) -> ChildSpec:
     return ChildSpec("demo upstream", argv, probe=(host, port))
 
 
-def _garrison_component(command: str, loaded: LoadedConfig, run_dir: Path) -> ChildSpec:
-    """``garrison COMMAND -c FILE --ready-file ...``, exactly as it runs in production."""
-    ready = run_dir / f"up-{command}.ready"
-    argv = [sys.executable, "-m", "garrison", command, "-c", str(loaded.source), "--ready-file", str(ready)]
-    return ChildSpec(command, argv, ready_file=ready)
+def _garrison_component(
+    command: str, loaded: LoadedConfig, run_dir: Path, *args: str, name: str | None = None
+) -> ChildSpec:
+    """``garrison COMMAND ARGS -c FILE --ready-file ...``, exactly as it runs in production."""
+    name = name or command
+    ready = run_dir / f"up-{name.replace(' ', '-')}.ready"
+    argv = [sys.executable, "-m", "garrison", command, *args, "-c", str(loaded.source)]
+    return ChildSpec(name, [*argv, "--ready-file", str(ready)], ready_file=ready)
+
+
+def _environment(token: str | None) -> dict[str, str]:
+    """up's environment for a child, with ``token`` as its join token (and never up's own)."""
+    env = {key: value for key, value in os.environ.items() if key != JOIN_TOKEN_ENV}
+    return env | ({JOIN_TOKEN_ENV: token} if token is not None else {})
+
+
+async def _token_for(loaded: LoadedConfig, spec: ChildSpec, named: dict[str, str]) -> str | None:
+    """A fresh join token for ``named``; None (and the reason logged) when the CA did not mint one."""
+    try:
+        token = await asyncio.to_thread(mint_join_token, loaded, named, JOIN_TOKEN_TTL)
+    except EnrolmentError as exc:
+        log.error("up.join_token.failed", name=spec.name, message=str(exc), **named)
+        return None
+    log.log("up.join_token.minted", name=spec.name, ttl=JOIN_TOKEN_TTL.total_seconds(), **named)
+    return token
+
+
+def _sidecar_component(loaded: LoadedConfig, run_dir: Path, service: str) -> ChildSpec:
+    """``garrison sidecar --service SERVICE``, with a join token only when it has no usable identity."""
+    spec = _garrison_component("sidecar", loaded, run_dir, "--service", service, name=f"sidecar {service}")
+    directory = sidecar_directory(loaded.config, service)
+
+    async def enrol(spec: ChildSpec) -> None:
+        if identity_usable(directory):
+            spec.env = _environment(None)  # it renews from what it saved
+        else:
+            spec.env = _environment(await _token_for(loaded, spec, {"service": service}))
+
+    spec.prepare = enrol
+    return spec
+
+
+def _mesh_components(loaded: LoadedConfig, run_dir: Path) -> list[ChildSpec]:
+    """The CA, then a sidecar per ``mesh.sidecars`` entry (none without a ``mesh`` section)."""
+    mesh = loaded.config.mesh
+    if mesh is None:
+        return []
+    specs = [_garrison_component("ca", loaded, run_dir, "serve")]
+    return specs + [_sidecar_component(loaded, run_dir, service) for service in mesh.sidecars]
+
+
+def _gateway_component(loaded: LoadedConfig, run_dir: Path) -> ChildSpec:
+    """The gateway; with a mesh, a join token for ``spiffe://<td>/gateway`` at each start, so that it
+    can call services through their sidecars with an identity of its own."""
+    spec = _garrison_component("gateway", loaded, run_dir)
+    if loaded.config.mesh is None:
+        return spec
+    spiffe_id = trust_domain_id(loaded.config.trust_domain) + "/gateway"
+
+    async def enrol(spec: ChildSpec) -> None:
+        spec.env = _environment(await _token_for(loaded, spec, {"spiffe_id": spiffe_id}))
+
+    spec.prepare = enrol
+    return spec
+
+
+def _demo_apps(loaded: LoadedConfig) -> list[ChildSpec]:
+    """The demo's orders and payments apps (examples/demo_mesh_app.py), each calling its peers
+    through its sidecar's outbound port; none without a mesh or without the script."""
+    mesh, script = loaded.config.mesh, loaded.source.parent / "demo_mesh_app.py"
+    if mesh is None or not script.exists():
+        return []
+    from urllib.parse import urlsplit
+
+    specs = []
+    for service in (name for name in MESH_APPS if name in mesh.sidecars and name in loaded.config.services):
+        target = urlsplit(loaded.config.services[service].targets[0])
+        host, port = target.hostname or "127.0.0.1", target.port or 80
+        outbound = mesh.sidecars[service].outbound
+        if outbound.endswith(":0"):
+            raise RuntimeError(f"--demo needs a fixed port in mesh.sidecars.{service}.outbound")
+        argv = [sys.executable, str(script), "--service", service, "--host", host, "--port", str(port)]
+        specs.append(ChildSpec(f"{service} app", [*argv, "--outbound", outbound], probe=(host, port)))
+    return specs
 
 
 def _describe(listeners: dict[str, str]) -> str:
@@ -73,15 +174,18 @@ def _table(children: list[Child]) -> Table:
 
 
 def build_components(loaded: LoadedConfig, demo: bool, run_dir: Path) -> list[ChildSpec]:
-    """What ``up`` runs, in start order: each needs the one before it."""
-    specs = [_demo_component(loaded)] if demo else []
+    """What ``up`` runs, in start order: each needs the one before it (the CA first, the gateway last)."""
+    specs = _mesh_components(loaded, run_dir)
+    if demo:
+        specs += [_demo_component(loaded), *_demo_apps(loaded)]
     if loaded.config.identity is not None:
         specs.append(_garrison_component("identity", loaded, run_dir))
-    specs.append(_garrison_component("gateway", loaded, run_dir))
+    specs.append(_gateway_component(loaded, run_dir))
     return specs
 
 
 STARTING = {
+    "ca": "starting the workload CA…",
     "demo upstream": "starting the demo upstream…",
     "identity": "starting the identity provider (keys and certificates on first run)…",
     "gateway": "starting the gateway (creating TLS certificates on first run)…",
@@ -113,10 +217,24 @@ def run_up(config_path: Path, demo: bool, console: Console) -> int:
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         specs = build_components(loaded, demo, run_dir)
-    except RuntimeError as exc:
+        _ensure_ca(loaded, console)
+    except (RuntimeError, EnrolmentError, OSError) as exc:
         console.print(f"[red]{exc}[/red]")
         return 1
     return asyncio.run(_up(loaded, specs, demo, console))
+
+
+def _ensure_ca(loaded: LoadedConfig, console: Console) -> None:
+    """A CA for the mesh on first run (this machine holds its root: fine for a demo, not production)."""
+    if loaded.config.mesh is None:
+        return
+    created = ensure_ca(loaded.config)
+    if created is not None:
+        console.print(
+            f"created a CA for {loaded.config.trust_domain} under {created}; for production run "
+            "`garrison ca init` with --offline-root",
+            soft_wrap=True,
+        )
 
 
 async def _up(loaded: LoadedConfig, specs: list[ChildSpec], demo: bool, console: Console) -> int:
@@ -139,6 +257,7 @@ async def _up(loaded: LoadedConfig, specs: list[ChildSpec], demo: bool, console:
             # They run their own event loop (asyncio.run): a thread of their own, while this one waits.
             await asyncio.to_thread(demo_flows.open_route, loaded.config, gateway, console)
             await asyncio.to_thread(demo_flows.protected_route, loaded.config, gateway, console)
+            await asyncio.to_thread(demo_flows.mesh_calls, loaded.config, console)
         console.print("\nPress Ctrl-C to stop.")
         supervisor.supervise()
         await stop.wait()

@@ -559,7 +559,7 @@ def test_check_exits_0_on_the_example() -> None:
     assert result.exit_code == 0, result.stderr
     assert "ok" in result.stderr
     # The demo routes are deliberately open (require: none), and check says so.
-    assert "1 service(s), 3 route(s), 2 warning(s)" in result.stderr
+    assert "3 service(s), 3 route(s), 2 warning(s)" in result.stderr  # demo, orders, payments
 
 
 def test_check_lists_every_problem_and_exits_1(tmp_path: Path) -> None:

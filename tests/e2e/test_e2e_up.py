@@ -32,19 +32,31 @@ from garrison.core.ready import read_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 GARRISON = [sys.executable, "-m", "garrison"]
+# The demo's mesh: its two apps, the CA (API and admin) and the sidecars' ports, by name.
+MESH_PORTS = {
+    "orders_app": "127.0.0.1:7002",
+    "payments_app": "127.0.0.1:7003",
+    "ca": "127.0.0.1:8700",
+    "ca_admin": "127.0.0.1:9903",
+    "orders_outbound": "127.0.0.1:15000",
+    "orders_inbound": "127.0.0.1:15001",
+    "payments_inbound": "127.0.0.1:15002",
+    "payments_outbound": "127.0.0.1:15010",
+}
 
 
 @pytest.fixture
 def ports() -> Iterator[dict[str, int]]:
     """The demo's ports by name, held for the test."""
     with contextlib.ExitStack() as stack:
-        names = ("gateway", "admin", "redirect", "demo", "identity", "identity_admin")
+        names = ("gateway", "admin", "redirect", "demo", "identity", "identity_admin", *MESH_PORTS)
         yield {name: stack.enter_context(reserved_port()) for name in names}
 
 
 def write_demo_config(tmp_path: Path, ports: dict[str, int]) -> dict[str, int]:
     """examples/garrison.yaml on ``ports`` with its state under ``tmp_path``; the ports by name."""
     shutil.copy(ROOT / "examples" / "demo_upstream.py", tmp_path / "demo_upstream.py")
+    shutil.copy(ROOT / "examples" / "demo_mesh_app.py", tmp_path / "demo_mesh_app.py")
     config = (ROOT / "examples" / "garrison.yaml").read_text()
     for old, new in (
         ("127.0.0.1:8443", f"127.0.0.1:{ports['gateway']}"),
@@ -55,6 +67,7 @@ def write_demo_config(tmp_path: Path, ports: dict[str, int]) -> dict[str, int]:
         ("127.0.0.1:9443", f"127.0.0.1:{ports['identity']}"),
         ("https://localhost:9443", f"https://localhost:{ports['identity']}"),
         ("state_dir: ../.garrison", f"state_dir: {tmp_path / 'state'}"),
+        *((address, f"127.0.0.1:{ports[name]}") for name, address in MESH_PORTS.items()),
     ):
         assert old in config
         config = config.replace(old, new)
@@ -89,6 +102,7 @@ def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path, ports: dic
             assert "/api/orders/42 with the token -> 200" in text
             assert '"x-garrison-scopes": "orders:read"' in text
             try_it_yourself_reads_the_secret_from_a_private_file(text, tmp_path / "state")
+            the_mesh_allowed_one_call_and_denied_the_other(text, tmp_path / "state")
             proc.send_signal(signal.SIGINT)
             assert proc.wait(20) == 0
         finally:
@@ -99,6 +113,27 @@ def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path, ports: dic
     for port in (ports["gateway"], ports["demo"], ports["identity"], ports["identity_admin"]):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
+
+
+def the_mesh_allowed_one_call_and_denied_the_other(text: str, state_dir: Path) -> None:
+    """A CA was created on this first run; orders -> payments went through both sidecars (payments
+    saw orders' verified identity); payments -> orders was refused, and orders' sidecar logged it."""
+    assert f"created a CA for demo.local under {state_dir / 'ca'}" in text
+    assert "--offline-root" in text
+    assert "orders -> payments: POST /charges -> 200" in text
+    assert "payments' app saw the caller spiffe://demo.local/svc/orders" in text
+    assert "payments -> orders: POST /orders/42 -> 403" in text
+    trace = re.search(r"mesh\.call\.denied line above \(trace_id ([0-9a-f]{32})\)", text)
+    assert trace is not None, text
+    denied = [
+        json.loads(line)
+        for line in text.splitlines()
+        if line.startswith("{") and '"event":"mesh.call.denied"' in line
+    ]
+    [line] = [record for record in denied if record["trace_id"] == trace[1]]
+    assert line["caller"] == "spiffe://demo.local/svc/payments" and line["path"] == "/orders/42"
+    assert text.index('"event":"mesh.call.denied"') < trace.start()  # above the demo's line, as it says
+    assert "GARRISON_JOIN_TOKEN" not in text and "gjt_" not in text
 
 
 def try_it_yourself_reads_the_secret_from_a_private_file(text: str, state_dir: Path) -> None:

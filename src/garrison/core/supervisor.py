@@ -46,11 +46,14 @@ class ChildSpec:
     argv: list[str]
     ready_file: Path | None = None
     probe: tuple[str, int] | None = None  # ready when this port accepts (a process without a ready file)
-    env: dict[str, str] | None = None
+    env: dict[str, str] | None = field(default=None, repr=False)  # may hold a join token
     # Its own session: Ctrl-C at a terminal reaches the supervisor only (which stops children in
     # order), and what a dead child leaves in its session (its own children) can be killed with it.
     own_session: bool = True
     fields: dict[str, Any] = field(default_factory=dict)  # added to its log events
+    # Awaited before every spawn, first start and restarts (``up`` decides there whether a sidecar
+    # needs a fresh join token in ``env``). It must not raise: a failure is the child's to report.
+    prepare: Callable[[ChildSpec], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -75,6 +78,8 @@ class Child:
         if self.spec.ready_file is not None:
             # The child writes it afresh once it serves: a stale one would announce it too early.
             self.spec.ready_file.unlink(missing_ok=True)
+        if self.spec.prepare is not None:
+            await self.spec.prepare(self.spec)
         self.process = await asyncio.create_subprocess_exec(
             *self.spec.argv, env=self.spec.env, start_new_session=self.spec.own_session
         )
