@@ -81,7 +81,7 @@ async def running_ca(directory: Path) -> AsyncIterator[CaComponent]:
         await component.drain()
 
 
-async def joined(ca: CaComponent, directory: Path, spiffe_id: str) -> WorkloadIdentity:
+async def joined(ca: CaComponent, directory: Path, spiffe_id: str, follow_state: bool) -> WorkloadIdentity:
     assert ca.parts is not None
     token = await ca.parts.tokens.mint(spiffe_id, dt.timedelta(minutes=5))
     identity = WorkloadIdentity(
@@ -89,7 +89,7 @@ async def joined(ca: CaComponent, directory: Path, spiffe_id: str) -> WorkloadId
         directory,
         ca_bundle=ca.parts.files.bundle_file,
         join_token=token,
-        follow_state=False,
+        follow_state=follow_state,
     )
     await identity.start()
     return identity
@@ -106,7 +106,7 @@ async def serving(identity: WorkloadIdentity, service: str) -> AsyncIterator[str
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[listener]))
     try:
-        yield "127.0.0.1:%d" % listener.getsockname()[1]
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
     finally:
         server.should_exit = True
         await task
@@ -114,14 +114,14 @@ async def serving(identity: WorkloadIdentity, service: str) -> AsyncIterator[str
 
 
 @contextlib.asynccontextmanager
-async def mesh(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+async def mesh(tmp_path: Path, *, follow_state: bool = False) -> AsyncIterator[dict[str, Any]]:
     async with running_ca(tmp_path / "ca") as ca:
         ids = {
-            name: await joined(ca, tmp_path / name, f"{TD}/svc/{name}")
+            name: await joined(ca, tmp_path / name, f"{TD}/svc/{name}", follow_state)
             for name in ("orders", "payments", "inventory")
         }
         async with serving(ids["payments"], "payments") as address:
-            yield {"ids": ids, "address": address}
+            yield {"ids": ids, "address": address, "ca": ca}
         for identity in ids.values():
             await identity.close()
 
@@ -182,7 +182,8 @@ def test_a_server_with_another_services_certificate_is_refused(tmp_path: Path) -
     async def body() -> None:
         async with mesh(tmp_path) as m:
             # "inventory" is dialed at the payments server: its certificate says payments, not inventory.
-            async with client(m["ids"]["orders"], {"inventory": m["address"]}) as orders:
+            orders = client(m["ids"]["orders"], {"inventory": m["address"]})
+            async with orders:
                 with pytest.raises(PeerRefused, match=f"the peer is {PAYMENTS}, not {INVENTORY}"):
                     await orders.get("https://inventory/stock")
                 with pytest.raises(PeerRefused, match="no workload identity"):
@@ -191,46 +192,116 @@ def test_a_server_with_another_services_certificate_is_refused(tmp_path: Path) -
     asyncio.run(body())
 
 
+class Load:
+    """A request loop from orders to payments, bounded (workers x limit) and stopped by the test, that
+    records every failure and the certificates each side presented."""
+
+    def __init__(self, orders: httpx.AsyncClient) -> None:
+        self.orders = orders
+        self.failures: list[str] = []
+        self.client_serials: set[int] = set()
+        self.server_serials: set[int] = set()
+        self.done = 0
+        self.stopped = False
+        self.finished = False
+        self.progress = asyncio.Condition()
+
+    async def run(self, workers: int, limit: int) -> None:
+        await asyncio.gather(*(self._worker(limit) for _ in range(workers)))
+        async with self.progress:
+            self.finished = not self.stopped  # hit the bound, not stopped by the test
+            self.progress.notify_all()
+
+    async def reached(self, count: int) -> None:
+        """Until ``count`` requests were answered (or the bound was hit: the test's asserts say so)."""
+        async with self.progress:
+            await self.progress.wait_for(lambda: self.done >= count or self.finished)
+
+    async def _worker(self, limit: int) -> None:
+        for index in range(limit):
+            if self.stopped:
+                return
+            # every third request closes its connection: new connections must present the current certificate
+            headers = {"connection": "close"} if index % 3 == 0 else {}
+            try:
+                answer = await self.orders.get("https://payments/charges/1", headers=headers)
+                self._record(answer)
+            except httpx.HTTPError as exc:
+                self.failures.append(repr(exc))
+            async with self.progress:
+                self.done += 1
+                self.progress.notify_all()
+
+    def _record(self, answer: httpx.Response) -> None:
+        if answer.status_code != 200:
+            self.failures.append(f"{answer.status_code} {answer.text}")
+            return
+        self.client_serials.add(yaml.safe_load(answer.text)["client_serial"])
+        ssl_object = answer.extensions["network_stream"].get_extra_info("ssl_object")
+        self.server_serials.add(x509.load_der_x509_certificate(ssl_object.getpeercert(True)).serial_number)
+
+
 def test_both_sides_rotate_three_times_under_a_request_loop_with_zero_failures(tmp_path: Path) -> None:
     async def body() -> None:
         async with mesh(tmp_path) as m:
             orders_id, payments_id = m["ids"]["orders"], m["ids"]["payments"]
-            client_serials: set[int] = set()
-            server_serials: set[int] = set()
-            failures: list[str] = []
-            done = 0
-            progress = asyncio.Condition()
-
-            async def worker(orders: httpx.AsyncClient, count: int) -> None:
-                nonlocal done
-                for index in range(count):
-                    # every third request on a fresh connection: it must present the current certificate
-                    headers = {"connection": "close"} if index % 3 == 0 else {}
-                    try:
-                        answer = await orders.get("https://payments/charges/1", headers=headers)
-                        if answer.status_code != 200:
-                            failures.append(f"{answer.status_code} {answer.text}")
-                        else:
-                            client_serials.add(yaml.safe_load(answer.text)["client_serial"])
-                            ssl_object = answer.extensions["network_stream"].get_extra_info("ssl_object")
-                            server_serials.add(
-                                x509.load_der_x509_certificate(ssl_object.getpeercert(True)).serial_number
-                            )
-                    except httpx.HTTPError as exc:
-                        failures.append(repr(exc))
-                    async with progress:
-                        done += 1
-                        progress.notify_all()
-
-            async def rotations() -> None:
-                for step in (1, 2, 3):
-                    async with progress:
-                        await progress.wait_for(lambda: done >= 30 * step)
-                    await asyncio.gather(orders_id.renew(), payments_id.renew())
-
             async with client(orders_id, {"payments": m["address"]}) as orders:
-                await asyncio.gather(rotations(), *(worker(orders, 40) for _ in range(4)))
-            assert failures == []
-            assert len(client_serials) == 4 and len(server_serials) == 4  # each rotation was used
+                load = Load(orders)
+
+                async def rotations() -> None:
+                    for due in (30, 60, 90, 120):
+                        await load.reached(due)
+                        if due < 120:
+                            await asyncio.gather(orders_id.renew(), payments_id.renew())
+                    load.stopped = True
+
+                await asyncio.gather(rotations(), load.run(workers=4, limit=2000))
+            assert not load.finished and load.failures == []  # stopped after the rotations, nothing failed
+            assert len(load.client_serials) == 4 and len(load.server_serials) == 4  # each rotation was used
+
+    asyncio.run(body())
+
+
+def test_a_root_rotation_replaces_the_pools_under_a_request_loop_with_zero_failures(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with mesh(tmp_path, follow_state=True) as m:
+            ca: CaComponent = m["ca"]
+            assert ca.parts is not None
+            files, now = ca.parts.files, dt.datetime.now(dt.UTC)
+            (old_root,) = files.bundle()
+            orders_id, payments_id = m["ids"]["orders"], m["ids"]["payments"]
+            replaced = {"orders": asyncio.Event(), "payments": asyncio.Event()}
+            for name in replaced:
+                m["ids"][name].on_contexts(lambda server, client, name=name: replaced[name].set())
+
+            async def bundle_changed() -> None:  # the CA publishes it within a second
+                await asyncio.wait_for(asyncio.gather(*(event.wait() for event in replaced.values())), 10)
+                for event in replaced.values():
+                    event.clear()
+
+            transport = GarrisonTransport(orders_id, peers={"payments": m["address"]})
+            async with httpx.AsyncClient(transport=transport) as orders:
+                load = Load(orders)
+
+                async def rotation() -> None:
+                    await load.reached(20)
+                    root = files.add_root("shop.local", now=now)
+                    await bundle_changed()
+                    await load.reached(load.done + 20)
+                    files.activate_root(root, "shop.local", now=now)
+                    await asyncio.gather(orders_id.renew(), payments_id.renew())
+                    await load.reached(load.done + 20)
+                    files.retire_root(old_root.serial_number)
+                    await bundle_changed()
+                    await load.reached(load.done + 30)
+                    load.stopped = True
+
+                await asyncio.gather(rotation(), load.run(workers=4, limit=5000))
+                assert not load.finished  # the whole rotation ran under the loop
+                assert transport.generation == 2  # each bundle change built new pools
+            assert load.failures == []
+            (new_root,) = files.bundle()
+            chain = x509.load_pem_x509_certificates((tmp_path / "orders" / "identity.pem").read_bytes())
+            chain[-1].verify_directly_issued_by(new_root)  # renewed under the new root
 
     asyncio.run(body())

@@ -78,6 +78,7 @@ class GarrisonTransport(httpx.AsyncBaseTransport):
         self._retired: list[_Pool] = []
         self._checked: weakref.WeakSet[object] = weakref.WeakSet()
         self._closed = False
+        self.generation = 0  # how many times the pools were replaced (trust bundle changes)
         identity.on_contexts(self._contexts_replaced)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -126,6 +127,7 @@ class GarrisonTransport(httpx.AsyncBaseTransport):
             pool.retired = True
             self._retired.append(pool)
         self._pools = {}
+        self.generation += 1
 
     async def _close_idle_retired(self) -> None:
         if not self._retired:
