@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from garrison.mesh.policy import CallPolicy, CallRule
 from garrison.mesh.python.asgi import GarrisonMiddleware, Receive, Scope, Send
 from garrison.mesh.python.serving import uvicorn_config
 from garrison.mesh.python.transport import GarrisonTransport, PeerRefused
-from garrison.pki.workload import WorkloadIdentity
+from garrison.pki.workload import MeshState, WorkloadIdentity
 
 pytestmark = pytest.mark.process  # an in-process CA and uvicorn on real TLS sockets
 
@@ -188,6 +188,33 @@ def test_a_server_with_another_services_certificate_is_refused(tmp_path: Path) -
                     await orders.get("https://inventory/stock")
                 with pytest.raises(PeerRefused, match="no workload identity"):
                     await orders.get(f"http://{m['address']}/charges")
+
+    asyncio.run(body())
+
+
+def test_revoked_and_quarantined_callers_are_refused_as_soon_as_the_state_arrives(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with mesh(tmp_path, follow_state=True) as m:
+            ca: CaComponent = m["ca"]
+            assert ca.parts is not None
+            changes = asyncio.Queue[MeshState]()
+            m["ids"]["payments"].on_state(changes.put_nowait)
+
+            async def state_where(check: Callable[[MeshState], bool]) -> None:
+                while not check(await asyncio.wait_for(changes.get(), 10)):
+                    pass
+
+            async with client(m["ids"]["orders"], {"payments": m["address"]}) as orders:
+                assert (await orders.post("https://payments/charges")).status_code == 200
+                await ca.parts.state.quarantine("orders", "test")
+                await state_where(lambda state: "orders" in state.quarantined)
+                assert (await orders.post("https://payments/charges")).status_code == 403  # same connection
+                await ca.parts.state.unquarantine("orders")
+                await state_where(lambda state: not state.quarantined)
+                assert (await orders.post("https://payments/charges")).status_code == 200
+                await ca.parts.state.revoke(ORDERS, "test")
+                await state_where(lambda state: ORDERS in state.revoked)
+                assert (await orders.post("https://payments/charges")).status_code == 403
 
     asyncio.run(body())
 
