@@ -22,7 +22,7 @@ from garrison.mesh.ca.server import CaComponent, ca_files
 from garrison.mesh.policy import CallPolicy, CallRule
 from garrison.mesh.python.asgi import GarrisonMiddleware, Receive, Scope, Send
 from garrison.mesh.python.serving import uvicorn_config
-from garrison.mesh.python.transport import GarrisonTransport, PeerRefused
+from garrison.mesh.python.transport import GarrisonSyncTransport, GarrisonTransport, PeerRefused
 from garrison.pki.workload import MeshState, WorkloadIdentity
 
 pytestmark = pytest.mark.process  # an in-process CA and uvicorn on real TLS sockets
@@ -184,10 +184,32 @@ def test_a_server_with_another_services_certificate_is_refused(tmp_path: Path) -
             # "inventory" is dialed at the payments server: its certificate says payments, not inventory.
             orders = client(m["ids"]["orders"], {"inventory": m["address"]})
             async with orders:
-                with pytest.raises(PeerRefused, match=f"the peer is {PAYMENTS}, not {INVENTORY}"):
+                with pytest.raises(PeerRefused) as refused:
                     await orders.get("https://inventory/stock")
+                assert str(refused.value) == f"the peer is {PAYMENTS}, not {INVENTORY}"
                 with pytest.raises(PeerRefused, match="no workload identity"):
                     await orders.get(f"http://{m['address']}/charges")
+
+    asyncio.run(body())
+
+
+def test_the_sync_transport_calls_and_refuses_the_same_way(tmp_path: Path) -> None:
+    def calls(identity: WorkloadIdentity, address: str) -> tuple[int, int, str]:
+        transport = GarrisonSyncTransport(identity, peers={"payments": address, "inventory": address})
+        with httpx.Client(transport=transport) as orders:
+            allowed = orders.post("https://payments/charges", headers={"garrison-caller": INVENTORY})
+            denied = orders.get("https://payments/admin")
+            with pytest.raises(PeerRefused) as refused:
+                orders.get("https://inventory/stock")
+            return allowed.status_code, denied.status_code, str(refused.value)
+
+    async def body() -> None:
+        async with mesh(
+            tmp_path
+        ) as m:  # the server and the identity run on this loop, the client in a thread
+            allowed, denied, refused = await asyncio.to_thread(calls, m["ids"]["orders"], m["address"])
+            assert (allowed, denied) == (200, 403)
+            assert refused == f"the peer is {PAYMENTS}, not {INVENTORY}"
 
     asyncio.run(body())
 

@@ -19,43 +19,32 @@ connection pool) on the identity's current client context, so:
   reused for another, even when two peers share an address. As a second line, a response that came
   over a connection this transport did not check is refused too (fail closed).
 
-Only ``https`` (or scheme-less service names mapped through ``peers``) is sent: a plain ``http`` URL
-is refused, since it would carry no identity at all.
+Only ``https`` is sent: a plain ``http`` URL is refused, since it would carry no identity at all.
+``GarrisonSyncTransport`` does the same for ``httpx.Client`` (thread-safe; the identity still runs
+on an event loop, e.g. in a thread of its own).
 """
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
 
+from garrison.mesh.python.pools import PeerPools, PeerRefused, Pool
 from garrison.pki.workload import WorkloadIdentity
-from garrison.pki.workload_tls import PeerIdentityMismatch, peer_spiffe_id
 
-__all__ = ["GarrisonTransport", "PeerRefused"]
+__all__ = ["GarrisonSyncTransport", "GarrisonTransport", "PeerRefused"]
 
-TraceCallback = Callable[[str, dict[str, Any]], Awaitable[None]]
-
-
-class PeerRefused(httpx.ConnectError):
-    """The server's certificate verified, but it is not the service the request was meant for."""
+AsyncTrace = Callable[[str, dict[str, Any]], Awaitable[None]]
+SyncTrace = Callable[[str, dict[str, Any]], None]
+HANDSHAKE_DONE = "connection.start_tls.complete"  # httpcore's trace event, with the TLS stream
 
 
-class _Pool:
-    """One peer's httpx transport and the responses still open on it (to close it when retired)."""
-
-    __slots__ = ("open", "retired", "transport")
-
-    def __init__(self, transport: httpx.AsyncHTTPTransport) -> None:
-        self.transport = transport
-        self.open = 0
-        self.retired = False
-
-    @property
-    def idle_retired(self) -> bool:
-        return self.retired and self.open == 0
+def _pool_options(options: dict[str, Any]) -> dict[str, Any]:
+    if "verify" in options or "cert" in options:
+        raise ValueError("verify and cert come from the workload identity")
+    return options
 
 
 class GarrisonTransport(httpx.AsyncBaseTransport):
@@ -64,113 +53,117 @@ class GarrisonTransport(httpx.AsyncBaseTransport):
     retries, ...; not ``verify`` or ``cert``, which are the identity's)."""
 
     def __init__(
-        self,
-        identity: WorkloadIdentity,
-        peers: Mapping[str, str] | None = None,
-        **pool_options: Any,
+        self, identity: WorkloadIdentity, peers: Mapping[str, str] | None = None, **pool_options: Any
     ) -> None:
-        if "verify" in pool_options or "cert" in pool_options:
-            raise ValueError("verify and cert come from the workload identity")
-        self._identity = identity
-        self._peers = {service: _split_address(address) for service, address in (peers or {}).items()}
-        self._pool_options = pool_options
-        self._pools: dict[str, _Pool] = {}
-        self._retired: list[_Pool] = []
-        self._checked: weakref.WeakSet[object] = weakref.WeakSet()
-        self._closed = False
-        self.generation = 0  # how many times the pools were replaced (trust bundle changes)
-        identity.on_contexts(self._contexts_replaced)
+        options = _pool_options(pool_options)
+        self._pools = PeerPools(
+            identity, peers, lambda context: httpx.AsyncHTTPTransport(verify=context, **options)
+        )
+
+    @property
+    def generation(self) -> int:
+        """How many times the pools were replaced (trust bundle changes)."""
+        return self._pools.generation
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._closed:
-            raise RuntimeError("the transport is closed")
-        await self._close_idle_retired()
-        if request.url.scheme != "https":
-            raise PeerRefused(
-                f"{request.url.scheme}:// carries no workload identity: use https://", request=request
-            )
         service = request.url.host
-        expected = f"{self._identity.trust_domain_id}/svc/{service}"
-        address = self._peers.get(service)
-        if address is not None:
-            request.url = request.url.copy_with(host=address[0], port=address[1])
+        expected = self._pools.route(request)
         request.extensions = {**request.extensions, "trace": self._checker(expected, request)}
-        pool = self._pool_for(service)
-        pool.open += 1
+        pool, idle = self._pools.acquire(service)
+        for old in idle:
+            await old.transport.aclose()
         try:
             response = await pool.transport.handle_async_request(request)
-            self._require_checked(response, request)
+            self._pools.require_checked(response, request)
         except BaseException:
-            pool.open -= 1
+            self._pools.release(pool)
             raise
-        response.stream = _Release(response.stream, pool)
+        response.stream = _Release(response.stream, pool, self._pools)
         return response
 
     async def aclose(self) -> None:
-        self._closed = True
-        pools, self._pools = [*self._pools.values(), *self._retired], {}
-        self._retired = []
-        for pool in pools:
+        for pool in self._pools.close_all():
             await pool.transport.aclose()
 
-    def _pool_for(self, service: str) -> _Pool:
-        pool = self._pools.get(service)
-        if pool is None:
-            context = self._identity.client_context()
-            pool = _Pool(httpx.AsyncHTTPTransport(verify=context, **self._pool_options))
-            self._pools[service] = pool
-        return pool
-
-    def _contexts_replaced(self, server: object, client: object) -> None:
-        """A new trust bundle: new requests get new pools; old ones close when their last response does."""
-        for pool in self._pools.values():
-            pool.retired = True
-            self._retired.append(pool)
-        self._pools = {}
-        self.generation += 1
-
-    async def _close_idle_retired(self) -> None:
-        if not self._retired:
-            return
-        idle = [pool for pool in self._retired if pool.idle_retired]
-        self._retired = [pool for pool in self._retired if not pool.idle_retired]
-        for pool in idle:
-            await pool.transport.aclose()
-
-    def _checker(self, expected: str, request: httpx.Request) -> TraceCallback:
-        outer: TraceCallback | None = request.extensions.get("trace")
+    def _checker(self, expected: str, request: httpx.Request) -> AsyncTrace:
+        outer: AsyncTrace | None = request.extensions.get("trace")
 
         async def trace(event: str, info: dict[str, Any]) -> None:
-            if event == "connection.start_tls.complete":
+            if event == HANDSHAKE_DONE:
                 stream = info["return_value"]
-                found = peer_spiffe_id(stream.get_extra_info("ssl_object"))
-                if found != expected:
+                try:
+                    self._pools.check(stream, expected, request)
+                except PeerRefused:
                     await stream.aclose()
-                    mismatch = PeerIdentityMismatch(
-                        f"the peer is {found or 'no SPIFFE identity'}, not {expected}"
-                    )
-                    raise PeerRefused(str(mismatch), request=request) from mismatch
-                self._checked.add(stream)
+                    raise
             if outer is not None:
                 await outer(event, info)
 
         return trace
 
-    def _require_checked(self, response: httpx.Response, request: httpx.Request) -> None:
-        stream = response.extensions.get("network_stream")
-        if stream is None or stream not in self._checked:
-            raise PeerRefused(
-                "the response came over a connection whose peer was not checked", request=request
-            )
+
+class GarrisonSyncTransport(httpx.BaseTransport):
+    """``GarrisonTransport`` for ``httpx.Client``: same routing, pools and checks."""
+
+    def __init__(
+        self, identity: WorkloadIdentity, peers: Mapping[str, str] | None = None, **pool_options: Any
+    ) -> None:
+        options = _pool_options(pool_options)
+        self._pools = PeerPools(
+            identity, peers, lambda context: httpx.HTTPTransport(verify=context, **options)
+        )
+
+    @property
+    def generation(self) -> int:
+        return self._pools.generation
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        service = request.url.host
+        expected = self._pools.route(request)
+        request.extensions = {**request.extensions, "trace": self._checker(expected, request)}
+        pool, idle = self._pools.acquire(service)
+        for old in idle:
+            old.transport.close()
+        try:
+            response = pool.transport.handle_request(request)
+            self._pools.require_checked(response, request)
+        except BaseException:
+            self._pools.release(pool)
+            raise
+        response.stream = _SyncRelease(response.stream, pool, self._pools)
+        return response
+
+    def close(self) -> None:
+        for pool in self._pools.close_all():
+            pool.transport.close()
+
+    def _checker(self, expected: str, request: httpx.Request) -> SyncTrace:
+        outer: SyncTrace | None = request.extensions.get("trace")
+
+        def trace(event: str, info: dict[str, Any]) -> None:
+            if event == HANDSHAKE_DONE:
+                stream = info["return_value"]
+                try:
+                    self._pools.check(stream, expected, request)
+                except PeerRefused:
+                    stream.close()
+                    raise
+            if outer is not None:
+                outer(event, info)
+
+        return trace
 
 
 class _Release(httpx.AsyncByteStream):
     """The response body; closing it lets a retired pool close."""
 
-    def __init__(self, stream: httpx.SyncByteStream | httpx.AsyncByteStream, pool: _Pool) -> None:
+    def __init__(
+        self, stream: httpx.SyncByteStream | httpx.AsyncByteStream, pool: Pool[Any], pools: PeerPools[Any]
+    ) -> None:
         assert isinstance(stream, httpx.AsyncByteStream)
         self._stream = stream
-        self._pool: _Pool | None = pool
+        self._pool: Pool[Any] | None = pool
+        self._pools = pools
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._stream:
@@ -181,13 +174,26 @@ class _Release(httpx.AsyncByteStream):
             await self._stream.aclose()
         finally:
             if self._pool is not None:
-                self._pool.open -= 1
+                self._pools.release(self._pool)
                 self._pool = None
 
 
-def _split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"a peer address is host:port, not {address!r}")
-    host = host.strip("[]")
-    return ("127.0.0.1" if host == "0.0.0.0" else host), int(port)
+class _SyncRelease(httpx.SyncByteStream):
+    def __init__(
+        self, stream: httpx.SyncByteStream | httpx.AsyncByteStream, pool: Pool[Any], pools: PeerPools[Any]
+    ) -> None:
+        assert isinstance(stream, httpx.SyncByteStream)
+        self._stream = stream
+        self._pool: Pool[Any] | None = pool
+        self._pools = pools
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._stream
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            if self._pool is not None:
+                self._pools.release(self._pool)
+                self._pool = None
