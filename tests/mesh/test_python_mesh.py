@@ -7,20 +7,21 @@ import asyncio
 import contextlib
 import datetime as dt
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+import uvloop
 import yaml
 from cryptography import x509
 
 from garrison.config.loader import load_config
 from garrison.mesh.ca.server import CaComponent, ca_files
 from garrison.mesh.policy import CallPolicy, CallRule
-from garrison.mesh.python.asgi import GarrisonMiddleware, Receive, Scope, Send
+from garrison.mesh.python.asgi import GarrisonMiddleware, Message, Receive, Scope, Send
 from garrison.mesh.python.serving import uvicorn_config
 from garrison.mesh.python.transport import GarrisonSyncTransport, GarrisonTransport, PeerRefused
 from garrison.pki.workload import MeshState, WorkloadIdentity
@@ -130,7 +131,10 @@ def client(identity: WorkloadIdentity, peers: dict[str, str]) -> httpx.AsyncClie
     return httpx.AsyncClient(transport=GarrisonTransport(identity, peers=peers))
 
 
-def test_an_allowed_call_reaches_the_app_with_the_caller_and_spoofed_headers_stripped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_an_allowed_call_reaches_the_app_with_the_caller_and_spoofed_headers_stripped(
+    tmp_path: Path, run: Callable[[Coroutine[Any, Any, None]], None]
+) -> None:
     async def body() -> None:
         async with mesh(tmp_path) as m, client(m["ids"]["orders"], {"payments": m["address"]}) as orders:
             spoofed = {
@@ -148,7 +152,7 @@ def test_an_allowed_call_reaches_the_app_with_the_caller_and_spoofed_headers_str
             ]
             assert (await orders.get("https://payments/charges/7")).status_code == 200
 
-    asyncio.run(body())
+    run(body())
 
 
 def test_denied_callers_methods_and_path_tricks_get_403_json(tmp_path: Path) -> None:
@@ -174,6 +178,40 @@ def test_denied_callers_methods_and_path_tricks_get_403_json(tmp_path: Path) -> 
                 bad = orders.build_request("GET", "https://payments/x")
                 bad.url = bad.url.copy_with(raw_path=b"/charges/..%2fadmin")
                 assert (await orders.send(bad)).status_code == 400  # does not normalise: no policy at all
+
+    asyncio.run(body())
+
+
+def test_without_a_verified_certificate_nothing_passes_and_lifespan_does(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with mesh(tmp_path) as m:
+            seen: list[str] = []
+
+            async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+                seen.append(scope["type"])
+
+            guarded = GarrisonMiddleware(inner, m["ids"]["payments"], POLICY, service="payments")
+            sent: list[Message] = []
+
+            async def send(message: Message) -> None:
+                sent.append(message)
+
+            async def receive() -> Message:
+                return {"type": "http.request", "body": b""}
+
+            plain = {
+                "type": "http",
+                "method": "POST",
+                "path": "/charges",
+                "raw_path": b"/charges",
+                "headers": [],
+            }
+            await guarded(plain, receive, send)  # served without TLS: no tls extension, no caller
+            assert sent[0]["status"] == 403
+            await guarded({"type": "websocket", "path": "/charges", "headers": []}, receive, send)
+            assert sent[-1] == {"type": "websocket.close", "code": 1008}
+            await guarded({"type": "lifespan"}, receive, send)
+            assert seen == ["lifespan"]
 
     asyncio.run(body())
 

@@ -36,7 +36,7 @@ from garrison.pki.workload import WorkloadIdentity
 from garrison.telemetry import logging as log
 from garrison.uri.normalize import TargetRejected, normalize_path
 
-__all__ = ["ASGIApp", "GarrisonMiddleware", "caller_of"]
+__all__ = ["ASGIApp", "GarrisonMiddleware", "Message", "Receive", "Scope", "Send", "caller_of"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
