@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from garrison.config.loader import load_config
 from garrison.mesh.ca.server import CaComponent, ca_files
 from garrison.mesh.policy import CallPolicy, CallRule
 from garrison.mesh.python.asgi import GarrisonMiddleware, Message, Receive, Scope, Send
-from garrison.mesh.python.serving import uvicorn_config
+from garrison.mesh.python.serving import listening_socket, uvicorn_config
 from garrison.mesh.python.transport import GarrisonSyncTransport, GarrisonTransport, PeerRefused
 from garrison.pki.workload import MeshState, WorkloadIdentity
 
@@ -99,9 +98,7 @@ async def joined(ca: CaComponent, directory: Path, spiffe_id: str, follow_state:
 @contextlib.asynccontextmanager
 async def serving(identity: WorkloadIdentity, service: str) -> AsyncIterator[str]:
     """``service``'s app behind the middleware, on uvicorn, on a socket bound to port 0 up front."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
+    listener = listening_socket("127.0.0.1", 0)
     guarded = GarrisonMiddleware(app, identity, POLICY, service=service)
     config = uvicorn_config(guarded, identity, lifespan="off", log_level="warning", access_log=False)
     server = uvicorn.Server(config)
