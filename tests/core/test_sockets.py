@@ -49,3 +49,13 @@ def test_a_port_in_use_is_refused_without_reuse_port() -> None:
 def test_inheritable_for_a_child_process() -> None:
     with bind_socket("127.0.0.1:0", inheritable=True) as sock:
         assert sock.get_inheritable()
+
+
+def test_sockets_say_tcp_so_the_standard_loop_turns_nagle_off() -> None:
+    """asyncio's selector loop sets TCP_NODELAY on accepted sockets only when the listener's protocol is
+    IPPROTO_TCP; with protocol 0 each small response waits for a delayed ACK (~40 ms)."""
+    sock = bind_socket("127.0.0.1:0")
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

@@ -25,7 +25,10 @@ def bind_socket(address: str, reuse_port: bool = False, inheritable: bool = Fals
     ``inheritable``: the descriptor survives ``exec`` (for a child process handed the socket)."""
     host, port = parse_listen(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP said outright: asyncio's standard loop turns Nagle off (TCP_NODELAY) only for sockets
+    # whose protocol is IPPROTO_TCP, and with protocol 0 every small response waited ~40 ms for a
+    # delayed ACK (uvloop sets TCP_NODELAY either way).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
