@@ -11,7 +11,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from garrison.gateway.blocklist import blocklist_from_config
 from garrison.gateway.exchange import Exchange
 from garrison.gateway.heap import HeapTrimmer, glibc_malloc_trim
 from garrison.gateway.listeners import open_admin_listener
+from garrison.gateway.mesh import gateway_identity
 from garrison.gateway.migrations import SCHEMA as GATEWAY_SCHEMA
 from garrison.gateway.proxy import ClientConnection
 from garrison.gateway.runtime import Runtime, build_runtime
@@ -61,8 +62,15 @@ class GatewayServer:
         self._ensure_api_keys(loaded.config)
         # Created before the first runtime, whose token cache reads it; kept across reloads.
         self.revocations = revocations_from_config(loaded.config.revocations, loaded.config.redis.url)
+        # The mesh identity (started in start()) is asked for its context per new upstream connection.
+        self.identity = gateway_identity(loaded.config)
         self.runtime: Runtime = build_runtime(
-            loaded.config, loop, self.metrics, self.api_keys, revocations=self.revocations
+            loaded.config,
+            loop,
+            self.metrics,
+            self.api_keys,
+            revocations=self.revocations,
+            mesh_tls=self.mesh_tls,
         )
         self.connections: set[ClientConnection] = set()
         self.closed_connections = 0  # client connections ever closed: when to trim the heap
@@ -91,6 +99,10 @@ class GatewayServer:
         self._background: set[asyncio.Task[None]] = set()
         self._log_second = 0
         self._log_prefix = b""
+
+    @property
+    def mesh_tls(self) -> Callable[[], ssl.SSLContext] | None:
+        return self.identity.client_context if self.identity is not None else None
 
     def _ensure_api_keys(self, config: GarrisonConfig) -> None:
         """Open the API-key store once some route needs it (then it stays open across reloads)."""
@@ -124,6 +136,8 @@ class GatewayServer:
                 ca_file = Path(gateway.mtls.ca)
                 ask_for_client_certificates(self.tls_context, self.source.parent / ca_file)
         await self.revocations.start()  # before serving: a revoked token is never let in at start
+        if self.identity is not None:
+            await self.identity.start()  # joins or renews: sidecars' services need it from the start
         server = await self.loop.create_server(
             lambda: ClientConnection(self), sock=main_sock, ssl=self.tls_context, backlog=BACKLOG
         )
@@ -264,7 +278,12 @@ class GatewayServer:
             self._ensure_api_keys(loaded.config)
             await self._start_api_keys()
             runtime = build_runtime(
-                loaded.config, self.loop, self.metrics, self.api_keys, revocations=self.revocations
+                loaded.config,
+                self.loop,
+                self.metrics,
+                self.api_keys,
+                revocations=self.revocations,
+                mesh_tls=self.mesh_tls,
             )
         except ConfigError as exc:
             self.metrics.reloads["failure"] += 1
@@ -345,6 +364,8 @@ class GatewayServer:
         await self.runtime.close()
         await self.blocklist.stop()
         await self.revocations.stop()
+        if self.identity is not None:
+            await self.identity.close()
         if self.api_keys is not None:
             await self.api_keys.stop()
             await self.api_keys.store.engine.dispose()
