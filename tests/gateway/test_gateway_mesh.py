@@ -2,11 +2,15 @@
 ``spiffe://<td>/gateway``, joined at a real CA process (`garrison ca serve`) with GARRISON_JOIN_TOKEN.
 
 The gateway and the sidecar run in-process (each on its own uvloop thread, as their commands run them);
-the CA is a real process, and every certificate (gateway, sidecars) comes from it."""
+the CA is a real process, and every certificate (gateway, sidecars) comes from it. Then ``tls.cert:
+auto`` listener certificates from the CA's files (pki/tls.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import socket
+import ssl
 import sys
 import threading
 import urllib.parse
@@ -28,6 +32,9 @@ from waiting import wait_until
 from garrison.config.loader import load_config
 from garrison.gateway.component import GatewayComponent
 from garrison.pki.authority import new_key, request_for
+from garrison.pki.authority_files import AuthorityFiles
+from garrison.pki.kek import KeyEncryption
+from garrison.pki.tls import CaIssuer, resolve_certificate
 from garrison.pki.workload import WorkloadIdentity
 from garrison.telemetry import logging as log
 
@@ -280,3 +287,68 @@ def test_gateway_identity_rotation_under_load_fails_no_request(
         worker.join(60)
     assert len(serials) == 4
     assert len(statuses) >= 60 and set(statuses) == {200}
+
+
+# -- `tls.cert: auto` from the CA ------------------------------------------------------------------
+
+
+def tls_config(directory: Path, with_mesh: bool) -> Path:
+    config: dict[str, Any] = {
+        "state_dir": str(directory / "state"),
+        "trust_domain": "shop.local",
+        "gateway": {"listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0"}, "watch_config": False},
+        "services": {"app": {"targets": ["http://127.0.0.1:9"]}},
+        "routes": [{"match": {"path": "/", "prefix": True}, "service": "app", "auth": {"require": "none"}}],
+    }
+    if with_mesh:
+        config["mesh"] = {"ca": {"listen": "127.0.0.1:0"}}
+    path = directory / "garrison.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def make_ca(state_dir: Path) -> AuthorityFiles:
+    files = AuthorityFiles(state_dir / "ca", KeyEncryption.load(state_dir))
+    files.init("shop.local", now=dt.datetime.now(dt.UTC))
+    return files
+
+
+def test_auto_certificates_chain_to_the_ca_bundle_when_a_ca_exists(tmp_path: Path) -> None:
+    config = tls_config(tmp_path, with_mesh=True)
+    make_ca(tmp_path / "state")
+    gateway = GatewayThread(config).start()
+    try:
+        client = ssl.create_default_context(cafile=tmp_path / "state" / "ca" / "bundle.pem")
+        with (
+            socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as raw,
+            client.wrap_socket(raw, server_hostname="127.0.0.1") as tls,  # the IP name is checked too
+        ):
+            presented = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True) or b"")
+    finally:
+        gateway.stop()
+    names = presented.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.UniformResourceIdentifier) == [GATEWAY_ID]
+    assert "localhost" in names.get_values_for_type(x509.DNSName)
+
+
+def test_auto_certificates_follow_an_intermediate_rotation_and_stay_local_without_a_ca(
+    tmp_path: Path,
+) -> None:
+    loaded = load_config(tls_config(tmp_path, with_mesh=True)).config
+    tls, state = loaded.gateway.tls, loaded.state_dir
+    assert CaIssuer.for_config(loaded, "identity") is None  # no CA made yet: the local one, as before
+    local_cert, _ = resolve_certificate(tls, state / "identity", tmp_path)
+    assert local_cert.name == "server.pem"
+    files = make_ca(state)
+    issuer = CaIssuer.for_config(loaded, "identity")
+    assert issuer is not None and issuer.spiffe_id == "spiffe://shop.local/identity"
+    first, _ = resolve_certificate(tls, state / "identity", tmp_path, issuer)
+    first_serial = serial(first)
+    assert resolve_certificate(tls, state / "identity", tmp_path, issuer)[0] == first
+    assert serial(first) == first_serial  # still valid: not issued again
+    files.rotate_intermediate(files.root(), "shop.local", now=dt.datetime.now(dt.UTC))
+    resolve_certificate(tls, state / "identity", tmp_path, issuer)
+    chain = x509.load_pem_x509_certificates(first.read_bytes())
+    assert serial(first) != first_serial
+    assert chain[0].issuer == files.issuing().certificate.subject
+    assert chain[1] == files.issuing().certificate

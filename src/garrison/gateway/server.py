@@ -31,7 +31,7 @@ from garrison.gateway.mesh import gateway_identity
 from garrison.gateway.migrations import SCHEMA as GATEWAY_SCHEMA
 from garrison.gateway.proxy import ClientConnection
 from garrison.gateway.runtime import Runtime, build_runtime
-from garrison.pki.tls import ask_for_client_certificates, resolve_certificate, server_context
+from garrison.pki.tls import CaIssuer, ask_for_client_certificates, resolve_certificate, server_context
 from garrison.store.db import make_engine
 from garrison.store.startup import prepare_schema
 from garrison.telemetry import logging as log
@@ -130,7 +130,8 @@ class GatewayServer:
         if gateway.tls.insecure_disable:
             log.warn("gateway.tls.disabled", message="TLS is OFF: serving plaintext HTTP (insecure)")
         else:
-            cert, key = resolve_certificate(gateway.tls, config.state_dir, self.source.parent)
+            ca = CaIssuer.for_config(config, "gateway")
+            cert, key = resolve_certificate(gateway.tls, config.state_dir, self.source.parent, ca)
             self.tls_context = server_context(cert, key, gateway.tls.min_version)
             if gateway.mtls is not None:
                 ca_file = Path(gateway.mtls.ca)
@@ -312,7 +313,10 @@ class GatewayServer:
         if self.tls_context is not None and not loaded.config.gateway.tls.insecure_disable:
             # New handshakes use the new certificate; live connections keep theirs.
             cert, key = resolve_certificate(
-                loaded.config.gateway.tls, loaded.config.state_dir, self.source.parent
+                loaded.config.gateway.tls,
+                loaded.config.state_dir,
+                self.source.parent,
+                CaIssuer.for_config(loaded.config, "gateway"),
             )
             self.tls_context.load_cert_chain(cert, key)
         await old.close()
