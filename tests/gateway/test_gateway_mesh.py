@@ -24,7 +24,7 @@ import yaml
 from ca_harness import CaProcess
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from gateway_harness import RecordingUpstream
+from gateway_harness import GatewayProcess, RecordingUpstream
 from mesh_sidecars import LogLines, SidecarThread, answer, close_clients, plain
 from ports import reserved_port
 from waiting import wait_until
@@ -352,3 +352,22 @@ def test_auto_certificates_follow_an_intermediate_rotation_and_stay_local_withou
     assert serial(first) != first_serial
     assert chain[0].issuer == files.issuing().certificate.subject
     assert chain[1] == files.issuing().certificate
+
+
+def test_workers_share_one_join_and_each_reaches_the_sidecar(
+    mesh: Mesh, upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    """`workers: 2` as a real process: the supervisor joins with the token, the workers load the saved
+    identity (a second join would be refused: the token is spent)."""
+    config = mesh_config(mesh.ca, upstream.port, mesh.sidecar_port, ["GET"])
+    mesh.sidecar(mesh.config("sidecar.yaml", ["GET"]))
+    config["gateway"]["workers"] = 2
+    gateway = GatewayProcess(tmp_path / "gw", config).start()
+    try:
+        for _ in range(20):  # fresh client connections: SO_REUSEPORT spreads them over both workers
+            client = plain(gateway.port)
+            assert answer(client, "GET", "/charges")[0] == 200
+            client.close()
+        assert {r.header("garrison-caller") for r in upstream.settle()} == {GATEWAY_ID.encode()}
+    finally:
+        assert gateway.stop() == 0, gateway.stderr_tail()
