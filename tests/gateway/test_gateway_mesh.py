@@ -35,7 +35,7 @@ from garrison.pki.authority import new_key, request_for
 from garrison.pki.authority_files import AuthorityFiles
 from garrison.pki.kek import KeyEncryption
 from garrison.pki.tls import CaIssuer, resolve_certificate
-from garrison.pki.workload import WorkloadIdentity
+from garrison.pki.workload import JoinTokenNeeded, WorkloadIdentity
 from garrison.telemetry import logging as log
 
 pytestmark = pytest.mark.process
@@ -231,6 +231,14 @@ def test_a_restart_renews_the_saved_identity_instead_of_joining(
     second.run(second.identity.renew())
     assert serial(saved) != before
     assert answer(plain(second.port), "GET", "/charges")[0] == 200
+
+
+def test_without_a_token_or_a_saved_identity_the_gateway_does_not_start(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GARRISON_JOIN_TOKEN")
+    with pytest.raises(JoinTokenNeeded, match="GARRISON_JOIN_TOKEN"):
+        GatewayThread(mesh.config("garrison.yaml", ["GET"])).start()
 
 
 def test_a_sidecar_presenting_another_services_certificate_is_a_502(

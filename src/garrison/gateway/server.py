@@ -124,6 +124,12 @@ class GatewayServer:
     # -- listeners -------------------------------------------------------------------------------
     async def start(self, main_sock: socket.socket, with_side_listeners: bool = True) -> dict[str, str]:
         """Serve on ``main_sock`` (bound, not listening). Returns listener name -> address."""
+        if self.identity is not None:
+            try:  # first: joins or renews; services behind sidecars need it from the first request
+                await self.identity.start()
+            except BaseException:
+                main_sock.close()
+                raise
         config = self.runtime.config
         gateway = config.gateway
         listeners: dict[str, str] = {}
@@ -137,8 +143,6 @@ class GatewayServer:
                 ca_file = Path(gateway.mtls.ca)
                 ask_for_client_certificates(self.tls_context, self.source.parent / ca_file)
         await self.revocations.start()  # before serving: a revoked token is never let in at start
-        if self.identity is not None:
-            await self.identity.start()  # joins or renews: sidecars' services need it from the start
         server = await self.loop.create_server(
             lambda: ClientConnection(self), sock=main_sock, ssl=self.tls_context, backlog=BACKLOG
         )
