@@ -4,9 +4,9 @@ Shared by the gateway (a service per ``services`` entry) and the mesh sidecar (i
 per peer sidecar, whose settings come from the peer's own ``services`` entry): one construction, so a
 service's timeouts, retries and breaker mean the same whichever proxy calls it. ``targets`` overrides
 the entry's targets (the sidecar's ``app``, a peer sidecar's ``address``); ``upstream_tls`` is each
-https pool's TLS context; ``tls_source`` with
-``expected_peer``: every target is a mesh sidecar, dialled with the context ``tls_source`` returns at
-each new connection and required to present exactly ``expected_peer``.
+https pool's TLS context. With ``tls_source`` and ``expected_peer`` every target is a mesh sidecar
+(the gateway's services behind one): dialled with the context ``tls_source`` returns at each new
+connection, and required to present exactly ``expected_peer``.
 """
 
 from __future__ import annotations
