@@ -81,6 +81,15 @@ class SidecarConfig(Strict):
         description="The sidecar's admin listener (metrics per edge, quarantine, liveness).",
     )
 
+    def dial_address(self) -> str:
+        """host:port callers dial (the gateway, peer sidecars): ``address``, or ``inbound`` with a
+        wildcard host as loopback."""
+        if self.address is not None:
+            return self.address
+        host, port = parse_listen(self.inbound)
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
 
 class MeshConfig(ComponentConfig):
     """Workload identity and default-deny mTLS between services."""

@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Protocol
 
 from garrison.gateway.answers import AnsweringConnection
 from garrison.gateway.exchange import response_head
+from garrison.pki.workload_tls import PeerIdentityMismatch
 from garrison.proxy.connection import PAUSE_BUFFER, PAUSE_UPSTREAM
 from garrison.proxy.http1 import LAST_CHUNK, chunk
 from garrison.proxy.stages import DONE, ChainHost, Verdict
 from garrison.proxy.state import CLOSING
 from garrison.proxy.state import ResponsePhase as _Phase
+from garrison.telemetry import logging as log
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -47,6 +49,7 @@ class ForwardHost(ChainHost["Exchange"], Protocol):
     # -- the request, on its way up ------------------------------------------------------------------
     def send_upstream(self, exchange: Exchange, conn: UpstreamConnection) -> None: ...
     def upstream_failed(self, exchange: Exchange, reason: str) -> None: ...
+    def mesh_mismatch(self, exchange: Exchange) -> None: ...
 
 
 class UpstreamStage:
@@ -84,6 +87,11 @@ async def _connect(exchange: Exchange, host: ForwardHost, target: Target) -> Non
     pool = service.pools[target]
     try:
         conn = await pool.connect()
+    except PeerIdentityMismatch as exc:  # a sidecar presenting another identity: nothing was sent
+        log.warn("gateway.mesh.peer_mismatch", service=service.name, target=target.url, message=str(exc))
+        host.mesh_mismatch(exchange)
+        host.flush()
+        return
     except (OSError, TimeoutError) as exc:
         reason = "connect_timeout" if isinstance(exc, TimeoutError) else "connect_error"
         host.upstream_failed(exchange, reason)
@@ -199,6 +207,16 @@ class ForwardingConnection(AnsweringConnection):
             self._resume(PAUSE_UPSTREAM)
         else:
             self._pause(PAUSE_UPSTREAM)
+
+    def mesh_mismatch(self, exchange: Exchange) -> None:
+        """The sidecar presented another SPIFFE ID: 502 at once, never retried (it would say the same)."""
+        target = exchange.target
+        assert target is not None
+        service = exchange.route.service
+        service.failed(target, self.loop.time())
+        self.server.runtime.metrics.upstream_error(service.name, target.url, "identity_mismatch")
+        if self.state < CLOSING and exchange is self.active:
+            self.fail(exchange, 502, "bad_gateway")
 
     def upstream_failed(self, exchange: Exchange, reason: str) -> None:
         target = exchange.target

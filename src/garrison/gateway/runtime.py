@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from garrison.config.model import (
@@ -28,6 +29,7 @@ from garrison.gateway.authn import ApiKeyRouteAuth, ClientCertificates, JwtRoute
 from garrison.gateway.cache import ResponseCache
 from garrison.gateway.cors import CorsPolicy
 from garrison.gateway.iprules import IpRules
+from garrison.gateway.mesh import sidecar_peers
 from garrison.gateway.ratelimit import RateLimiter, RateLimitSpec
 from garrison.gateway.redirect import HttpsRedirect
 from garrison.gateway.router import RouteEntry, RouteTable
@@ -273,13 +275,31 @@ def build_runtime(
     api_keys: ApiKeyCache | None = None,
     *,
     revocations: RevocationCheck | None = None,
+    mesh_tls: Callable[[], ssl.SSLContext] | None = None,
 ) -> Runtime:
-    """Compile a validated config. Raises ValueError for what validation could not see."""
+    """Compile a validated config. Raises ValueError for what validation could not see.
+    ``mesh_tls``: the gateway identity's current client context (gateway/mesh.py), needed when a
+    routed service has a sidecar."""
     upstream_tls = ssl.create_default_context()
     services = {
         name: build_service(name, spec, loop, upstream_tls, component="gateway")
         for name, spec in config.services.items()
     }
+    for name, (address, spiffe_id) in sidecar_peers(config).items():
+        if mesh_tls is None:
+            raise ValueError(f"{name} is reached through its sidecar: restart the gateway to join the mesh")
+        # The sidecar checks the app's health; its mTLS port answers only the policy's calls.
+        services[name] = build_service(
+            name,
+            config.services[name],
+            loop,
+            upstream_tls,
+            component="gateway",
+            targets=[f"https://{address}"],
+            health_checks=False,
+            tls_source=mesh_tls,
+            expected_peer=spiffe_id,
+        )
     jwks, verifier = _jwt(config.gateway.jwt, revocations)
     certificates = _client_certificates(config.gateway.mtls)
     entries: list[RouteEntry[Route]] = []

@@ -11,7 +11,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,11 @@ from garrison.gateway.blocklist import blocklist_from_config
 from garrison.gateway.exchange import Exchange
 from garrison.gateway.heap import HeapTrimmer, glibc_malloc_trim
 from garrison.gateway.listeners import open_admin_listener
+from garrison.gateway.mesh import gateway_identity
 from garrison.gateway.migrations import SCHEMA as GATEWAY_SCHEMA
 from garrison.gateway.proxy import ClientConnection
 from garrison.gateway.runtime import Runtime, build_runtime
-from garrison.pki.tls import ask_for_client_certificates, resolve_certificate, server_context
+from garrison.pki.tls import CaIssuer, ask_for_client_certificates, resolve_certificate, server_context
 from garrison.store.db import make_engine
 from garrison.store.startup import prepare_schema
 from garrison.telemetry import logging as log
@@ -61,8 +62,15 @@ class GatewayServer:
         self._ensure_api_keys(loaded.config)
         # Created before the first runtime, whose token cache reads it; kept across reloads.
         self.revocations = revocations_from_config(loaded.config.revocations, loaded.config.redis.url)
+        # The mesh identity (started in start()) is asked for its context per new upstream connection.
+        self.identity = gateway_identity(loaded.config)
         self.runtime: Runtime = build_runtime(
-            loaded.config, loop, self.metrics, self.api_keys, revocations=self.revocations
+            loaded.config,
+            loop,
+            self.metrics,
+            self.api_keys,
+            revocations=self.revocations,
+            mesh_tls=self.mesh_tls,
         )
         self.connections: set[ClientConnection] = set()
         self.closed_connections = 0  # client connections ever closed: when to trim the heap
@@ -92,6 +100,10 @@ class GatewayServer:
         self._log_second = 0
         self._log_prefix = b""
 
+    @property
+    def mesh_tls(self) -> Callable[[], ssl.SSLContext] | None:
+        return self.identity.client_context if self.identity is not None else None
+
     def _ensure_api_keys(self, config: GarrisonConfig) -> None:
         """Open the API-key store once some route needs it (then it stays open across reloads)."""
         if self.api_keys is None and any(route.auth.require == "api_key" for route in config.routes):
@@ -112,13 +124,20 @@ class GatewayServer:
     # -- listeners -------------------------------------------------------------------------------
     async def start(self, main_sock: socket.socket, with_side_listeners: bool = True) -> dict[str, str]:
         """Serve on ``main_sock`` (bound, not listening). Returns listener name -> address."""
+        if self.identity is not None:
+            try:  # first: joins or renews; services behind sidecars need it from the first request
+                await self.identity.start()
+            except BaseException:
+                main_sock.close()
+                raise
         config = self.runtime.config
         gateway = config.gateway
         listeners: dict[str, str] = {}
         if gateway.tls.insecure_disable:
             log.warn("gateway.tls.disabled", message="TLS is OFF: serving plaintext HTTP (insecure)")
         else:
-            cert, key = resolve_certificate(gateway.tls, config.state_dir, self.source.parent)
+            ca = CaIssuer.for_config(config, "gateway")
+            cert, key = resolve_certificate(gateway.tls, config.state_dir, self.source.parent, ca)
             self.tls_context = server_context(cert, key, gateway.tls.min_version)
             if gateway.mtls is not None:
                 ca_file = Path(gateway.mtls.ca)
@@ -264,7 +283,12 @@ class GatewayServer:
             self._ensure_api_keys(loaded.config)
             await self._start_api_keys()
             runtime = build_runtime(
-                loaded.config, self.loop, self.metrics, self.api_keys, revocations=self.revocations
+                loaded.config,
+                self.loop,
+                self.metrics,
+                self.api_keys,
+                revocations=self.revocations,
+                mesh_tls=self.mesh_tls,
             )
         except ConfigError as exc:
             self.metrics.reloads["failure"] += 1
@@ -293,7 +317,10 @@ class GatewayServer:
         if self.tls_context is not None and not loaded.config.gateway.tls.insecure_disable:
             # New handshakes use the new certificate; live connections keep theirs.
             cert, key = resolve_certificate(
-                loaded.config.gateway.tls, loaded.config.state_dir, self.source.parent
+                loaded.config.gateway.tls,
+                loaded.config.state_dir,
+                self.source.parent,
+                CaIssuer.for_config(loaded.config, "gateway"),
             )
             self.tls_context.load_cert_chain(cert, key)
         await old.close()
@@ -345,6 +372,8 @@ class GatewayServer:
         await self.runtime.close()
         await self.blocklist.stop()
         await self.revocations.stop()
+        if self.identity is not None:
+            await self.identity.close()
         if self.api_keys is not None:
             await self.api_keys.stop()
             await self.api_keys.store.engine.dispose()

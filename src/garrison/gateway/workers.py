@@ -100,6 +100,10 @@ class WorkerSupervisor:
                 await create_tables(engine, config.store, self.loaded.source)
             finally:
                 await engine.dispose()
+        if self.shell.identity is not None:
+            # Join (or renew) once, here: the workers load the saved identity (gateway/mesh.py).
+            await self.shell.identity.start()
+            await self.shell.identity.close()
         # Hold the port (bound, not listening) so port 0 resolves once and every worker shares it.
         self.reserved = bind_socket(config.gateway.listen, reuse_port=True)
         listen = address_of(self.reserved)

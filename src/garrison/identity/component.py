@@ -26,7 +26,7 @@ from garrison.core.runner import ReloadUnsupported, StartFailed, run_component
 from garrison.core.sockets import address_of, bind_socket
 from garrison.identity.admin import start_identity_admin
 from garrison.identity.service import Provider, open_provider
-from garrison.pki.tls import resolve_certificate, server_context
+from garrison.pki.tls import CaIssuer, resolve_certificate, server_context
 from garrison.telemetry import logging as log
 
 
@@ -41,7 +41,8 @@ def tls_context(config: GarrisonConfig, config_dir: Path) -> ssl.SSLContext | No
         # would only re-parse every request URL to refuse what was already decided.
         os.environ["AUTHLIB_INSECURE_TRANSPORT"] = "1"
         return None
-    cert, key = resolve_certificate(identity.tls, config.state_dir / "identity", config_dir)
+    ca = CaIssuer.for_config(config, "identity")  # Garrison's CA signs `auto` when it exists
+    cert, key = resolve_certificate(identity.tls, config.state_dir / "identity", config_dir, ca)
     return server_context(cert, key, identity.tls.min_version)
 
 

@@ -1,9 +1,12 @@
 """TLS for Garrison's listeners (gateway, identity provider, admin): a hardened server context, and the
 ``auto`` certificates.
 
-``cert: auto`` creates a local CA and a server certificate under ``state_dir/tls`` (private keys
-0600), renewed when they near expiry or when the configured names change. A later release replaces
-this local CA with Garrison's own workload CA.
+``cert: auto`` makes a server certificate under ``state_dir/tls`` (private keys 0600), renewed when it
+nears expiry or when the configured names change (checked at start and at each reload). When Garrison's
+CA exists (``mesh`` configured and ``garrison ca init`` run: ``state_dir/ca``), the certificate comes
+from the CA's issuing intermediate (``pki/authority.sign_server``: the component's SPIFFE ID beside the
+same DNS and IP names), so clients trust ``state_dir/ca/bundle.pem``; it is also renewed when the
+intermediate changed (a rotation). Without a CA, a local self-made CA signs it, as before.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import datetime as dt
 import ipaddress
 import os
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -19,7 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from garrison.config.model import TlsConfig
+from garrison.config.model import GarrisonConfig, TlsConfig
+from garrison.pki.authority import sign_server
+from garrison.pki.authority_files import AuthorityFiles
+from garrison.pki.kek import KeyEncryption
 
 MODERN_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 SERVER_CERT_DAYS = 90
@@ -48,12 +55,71 @@ def ask_for_client_certificates(context: ssl.SSLContext, ca_file: Path) -> None:
     context.verify_flags |= ssl.VERIFY_X509_STRICT
 
 
-def resolve_certificate(tls: TlsConfig, state_dir: Path, config_dir: Path) -> tuple[Path, Path]:
-    """The (certificate, key) files to serve, creating the ``auto`` ones when needed."""
+@dataclass(frozen=True)
+class CaIssuer:
+    """Garrison's CA as the issuer of ``auto`` listener certificates: its files and the SPIFFE ID the
+    listener's certificate carries (``spiffe://<td>/gateway``, ``spiffe://<td>/identity``)."""
+
+    state_dir: Path  # the deployment's: the CA in state_dir/ca, its key-encryption key as the CA finds it
+    spiffe_id: str
+
+    @classmethod
+    def for_config(cls, config: GarrisonConfig, component: str) -> CaIssuer | None:
+        """The CA when the mesh is configured and the CA has been made, else None (local CA)."""
+        if config.mesh is None or not (config.state_dir / "ca" / "issuing.pem").exists():
+            return None
+        return cls(config.state_dir, f"spiffe://{config.trust_domain}/{component}")
+
+    def files(self) -> AuthorityFiles:
+        return AuthorityFiles(self.state_dir / "ca", KeyEncryption.load(self.state_dir))
+
+
+def resolve_certificate(
+    tls: TlsConfig, state_dir: Path, config_dir: Path, ca: CaIssuer | None = None
+) -> tuple[Path, Path]:
+    """The (certificate, key) files to serve, creating the ``auto`` ones when needed (from ``ca``
+    when given)."""
     if tls.cert != "auto":
         assert tls.key is not None
         return _relative(Path(tls.cert), config_dir), _relative(Path(tls.key), config_dir)
+    if ca is not None:
+        return ensure_ca_certificate(state_dir / "tls", tls.server_names, ca)
     return ensure_auto_certificate(state_dir / "tls", tls.server_names)
+
+
+def ensure_ca_certificate(directory: Path, names: list[str], ca: CaIssuer) -> tuple[Path, Path]:
+    """``ca-server.pem`` (leaf and intermediate) and ``ca-server.key`` from the CA's issuing
+    intermediate; issued again near expiry, when the names change, or after an intermediate rotation."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cert_file, key_file = directory / "ca-server.pem", directory / "ca-server.key"
+    files = ca.files()
+    issuing_pem = (files.directory / "issuing.pem").read_bytes()
+    current_issuer = x509.load_pem_x509_certificates(issuing_pem)[0]
+    if _valid(cert_file, key_file, names=names) and _issued_by(cert_file, current_issuer):
+        return cert_file, key_file
+    issuing = files.issuing()
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = sign_server(
+        issuing,
+        key.public_key(),
+        ca.spiffe_id,
+        dns_names=names,
+        addresses=["127.0.0.1", "::1"],
+        now=dt.datetime.now(dt.UTC),
+        lifetime=dt.timedelta(days=SERVER_CERT_DAYS),
+    )
+    _write_key(key_file, key)
+    chain = cert.public_bytes(serialization.Encoding.PEM)
+    chain += issuing.certificate.public_bytes(serialization.Encoding.PEM)
+    temporary = cert_file.with_name(f".{cert_file.name}.tmp")
+    temporary.write_bytes(chain)
+    temporary.replace(cert_file)
+    return cert_file, key_file
+
+
+def _issued_by(cert_file: Path, issuer: x509.Certificate) -> bool:
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    return cert.issuer == issuer.subject
 
 
 def _relative(path: Path, base: Path) -> Path:

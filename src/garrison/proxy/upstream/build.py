@@ -3,8 +3,10 @@
 Shared by the gateway (a service per ``services`` entry) and the mesh sidecar (its app, and a service
 per peer sidecar, whose settings come from the peer's own ``services`` entry): one construction, so a
 service's timeouts, retries and breaker mean the same whichever proxy calls it. ``targets`` overrides
-the entry's targets (the sidecar's ``app``, a peer sidecar's ``address``); ``ssl_for`` decides each
-pool's TLS context (default: ``upstream_tls`` for https targets).
+the entry's targets (the sidecar's ``app``, a peer sidecar's ``address``); ``upstream_tls`` is each
+https pool's TLS context. With ``tls_source`` and ``expected_peer`` every target is a mesh sidecar
+(the gateway's services behind one): dialled with the context ``tls_source`` returns at each new
+connection, and required to present exactly ``expected_peer``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def build_service(
     component: str,
     targets: list[str] | None = None,
     health_checks: bool = True,
+    tls_source: Callable[[], ssl.SSLContext] | None = None,
+    expected_peer: str | None = None,
 ) -> UpstreamService:
     """``component`` prefixes the log events (``gateway.circuit.changed``)."""
     built: list[Target] = []
@@ -54,6 +58,8 @@ def build_service(
             idle_timeout=spec.pool.idle_timeout,
             connect_timeout=spec.connect_timeout,
             ssl_context=upstream_tls if target.scheme == "https" else None,
+            tls_source=tls_source,
+            expected_peer=expected_peer,
         )
         for target in built
     }

@@ -6,6 +6,12 @@ Idle connections wait in a LIFO stack (the most recently used is the least likel
 closed by the upstream), and an idle sweep closes those past ``idle_timeout``. As on the client
 side (gateway/proxy.py), the parser lives only while the connection is open, so a closed
 connection is not kept alive by a reference cycle.
+
+A pool may take its TLS client context from a function (``tls_source``), asked once per new
+connection, so a workload identity renewed in place or rebuilt after a trust-bundle change is used
+by the next connection; with ``expected_peer`` the server's verified SPIFFE ID must be exactly that
+(a mesh sidecar): otherwise the connection is dropped before a byte is sent and ``connect`` raises
+``PeerIdentityMismatch`` (an ``ssl.SSLError``, so an ``OSError``).
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 import httptools
 
+from garrison.pki.workload_tls import require_spiffe_id
 from garrison.proxy.upstream.target import Target
 
 
@@ -187,6 +195,8 @@ class TargetPool:
         idle_timeout: float,
         connect_timeout: float,
         ssl_context: ssl.SSLContext | None,
+        tls_source: Callable[[], ssl.SSLContext] | None = None,
+        expected_peer: str | None = None,
     ) -> None:
         self.target = target
         self.loop = loop
@@ -194,6 +204,8 @@ class TargetPool:
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self.ssl_context = ssl_context
+        self.tls_source = tls_source  # asked per new connection: the identity's current context
+        self.expected_peer = expected_peer  # the SPIFFE ID the server must present
         self.idle: deque[UpstreamConnection] = deque()
         self.open = 0
         self.retired = False
@@ -206,16 +218,25 @@ class TargetPool:
         return None
 
     async def connect(self) -> UpstreamConnection:
-        """Open a new connection; raises OSError or TimeoutError."""
+        """Open a new connection; raises OSError (``PeerIdentityMismatch`` for the wrong SPIFFE ID)
+        or TimeoutError."""
         target = self.target
+        context = self.tls_source() if self.tls_source is not None else self.ssl_context
         async with asyncio.timeout(self.connect_timeout):
-            _, protocol = await self.loop.create_connection(
+            transport, protocol = await self.loop.create_connection(
                 lambda: UpstreamConnection(self),
                 target.host,
                 target.port,
-                ssl=self.ssl_context,
-                server_hostname=target.host if self.ssl_context is not None else None,
+                ssl=context,
+                server_hostname=target.host if context is not None else None,
             )
+        if self.expected_peer is not None:
+            try:
+                require_spiffe_id(transport.get_extra_info("ssl_object"), self.expected_peer)
+            except ssl.SSLError:
+                protocol.closed = True
+                transport.abort()
+                raise
         self.open += 1
         protocol.counted = True
         return protocol
