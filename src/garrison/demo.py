@@ -27,6 +27,7 @@ from typing import Any
 from rich.console import Console
 
 from garrison.config.model import GarrisonConfig
+from garrison.pki.tls import auto_trust_file
 
 DEMO_CLIENT = "demo-service"
 SECRET_FILE = "demo-client.secret"  # noqa: S105 - a file name, under state_dir
@@ -50,7 +51,7 @@ def gateway_url(config: GarrisonConfig, gateway_listen: str, path: str) -> tuple
     port = gateway_listen.rpartition(":")[2]
     if config.gateway.tls.insecure_disable:
         return f"http://localhost:{port}{path}", None
-    return f"https://localhost:{port}{path}", _context(config.state_dir / "tls" / "ca.pem")
+    return f"https://localhost:{port}{path}", _context(auto_trust_file(config, config.state_dir))
 
 
 def open_route(config: GarrisonConfig, gateway_listen: str, console: Console) -> None:
@@ -62,7 +63,7 @@ def open_route(config: GarrisonConfig, gateway_listen: str, console: Console) ->
         return
     console.print(f"[green]GET {url} -> {status}[/green] (an open route)")
     console.print(body.strip())
-    ca = f"--cacert {config.state_dir / 'tls' / 'ca.pem'} " if context is not None else ""
+    ca = f"--cacert {auto_trust_file(config, config.state_dir)} " if context is not None else ""
     console.print(f"\nTry it yourself:  [bold]curl -i {ca}{url}[/bold]", soft_wrap=True)
 
 
@@ -106,7 +107,7 @@ def protected_route(config: GarrisonConfig, gateway_listen: str, console: Consol
         return
     client = asyncio.run(_register_demo_client(config))
     secret_file = write_secret(config.state_dir, client["client_secret"])
-    idp_ca = config.state_dir / "identity" / "tls" / "ca.pem"
+    idp_ca = auto_trust_file(config, config.state_dir / "identity")
     idp_context = None if identity.tls.insecure_disable else _context(idp_ca)
     basic = base64.b64encode(f"{client['client_id']}:{client['client_secret']}".encode()).decode()
     try:
@@ -130,7 +131,7 @@ def protected_route(config: GarrisonConfig, gateway_listen: str, console: Consol
     status, body = _call(url, context, {"Authorization": f"Bearer {token}"})
     console.print(f"[green]GET {url} with the token -> {status}[/green]")
     console.print(body.strip())
-    gw_ca = f"--cacert {config.state_dir / 'tls' / 'ca.pem'} " if context is not None else ""
+    gw_ca = f"--cacert {auto_trust_file(config, config.state_dir)} " if context is not None else ""
     idp_ca_flag = f"--cacert {idp_ca} " if idp_context is not None else ""
     console.print(
         f"\nTry it yourself ({DEMO_CLIENT}'s secret is in {secret_file}, readable by you only):\n"

@@ -28,7 +28,9 @@ from typing import Any
 import pytest
 from ports import reserved_port
 
+from garrison.config.loader import load_config
 from garrison.core.ready import read_ready
+from garrison.pki.tls import auto_trust_file
 
 ROOT = Path(__file__).resolve().parents[2]
 GARRISON = [sys.executable, "-m", "garrison"]
@@ -256,7 +258,8 @@ def test_up_restarts_a_killed_component_while_the_others_keep_serving(
     try:
         state = up.state
         issuer = f"https://localhost:{ports['identity']}"
-        idp_ca, gw_ca = state / "identity" / "tls" / "ca.pem", state / "tls" / "ca.pem"
+        config = load_config(tmp_path / "garrison.yaml").config
+        idp_ca, gw_ca = auto_trust_file(config, state / "identity"), auto_trust_file(config, state)
         client_secret = (state / "demo-client.secret").read_text().strip()
         client_id = re.search(r'-u "([^:"]+):\$\(cat ', up.text())  # from the printed curl line
         assert client_id is not None, up.text()

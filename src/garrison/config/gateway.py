@@ -274,16 +274,23 @@ class GatewayConfig(ComponentConfig):
 
     def with_derived_defaults(self, config: GarrisonConfig) -> Self:
         """With an `identity` section and no `gateway.jwt`, verify that provider's access tokens
-        (and trust its `auto` CA for the JWKS fetch)."""
+        (and trust its `auto` certificate's CA for the JWKS fetch: the mesh CA's bundle with a mesh)."""
         identity = config.identity
         if identity is None or self.jwt is not None:
             return self
         auto_ca = identity.tls.cert == "auto" and not identity.tls.insecure_disable
+        # With a mesh, the provider's `auto` certificate comes from the mesh CA (pki/tls.CaIssuer), whose
+        # roots are state_dir/ca/bundle.pem; without one, from its own local CA.
+        ca_file = (
+            config.state_dir / "ca" / "bundle.pem"
+            if config.mesh is not None
+            else config.state_dir / "identity" / "tls" / "ca.pem"
+        )
         jwt = JwtConfig(
             issuer=identity.issuer,
             jwks_url=identity.issuer + "/jwks",
             audiences=[identity.access_token_audience],
-            ca=str(config.state_dir / "identity" / "tls" / "ca.pem") if auto_ca else None,
+            ca=str(ca_file) if auto_ca else None,
         )
         return self.model_copy(update={"jwt": jwt})
 

@@ -142,12 +142,24 @@ def _cors(spec: CorsConfig | None) -> CorsPolicy | None:
     )
 
 
+def _ca_context(ca_file: str) -> ssl.SSLContext:
+    """The context that verifies the JWKS endpoint; a missing CA file is an error that says what it is."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"gateway.jwt.ca: {ca_file} does not exist (the identity provider's `auto` certificate is "
+            "made at its first start; with a mesh section it comes from the mesh CA: run `garrison ca "
+            "init` or `garrison up`)"
+        ) from None
+
+
 def _jwt(
     spec: JwtConfig | None, revocations: RevocationCheck | None
 ) -> tuple[JwksCache | None, JwtVerifier | None]:
     if spec is None:
         return None, None
-    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=spec.ca) if spec.ca else True
+    verify: ssl.SSLContext | bool = _ca_context(spec.ca) if spec.ca else True
     if spec.jwks_url:
         jwks = JwksCache(
             jwks_uri=spec.jwks_url,

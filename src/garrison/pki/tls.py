@@ -55,6 +55,11 @@ def ask_for_client_certificates(context: ssl.SSLContext, ca_file: Path) -> None:
     context.verify_flags |= ssl.VERIFY_X509_STRICT
 
 
+def mesh_ca_issues_auto(config: GarrisonConfig) -> bool:
+    """``auto`` listener certificates come from the mesh CA: the mesh is configured and the CA made."""
+    return config.mesh is not None and (config.state_dir / "ca" / "issuing.pem").exists()
+
+
 @dataclass(frozen=True)
 class CaIssuer:
     """Garrison's CA as the issuer of ``auto`` listener certificates: its files and the SPIFFE ID the
@@ -66,12 +71,21 @@ class CaIssuer:
     @classmethod
     def for_config(cls, config: GarrisonConfig, component: str) -> CaIssuer | None:
         """The CA when the mesh is configured and the CA has been made, else None (local CA)."""
-        if config.mesh is None or not (config.state_dir / "ca" / "issuing.pem").exists():
+        if not mesh_ca_issues_auto(config):
             return None
         return cls(config.state_dir, f"spiffe://{config.trust_domain}/{component}")
 
     def files(self) -> AuthorityFiles:
         return AuthorityFiles(self.state_dir / "ca", KeyEncryption.load(self.state_dir))
+
+
+def auto_trust_file(config: GarrisonConfig, component_dir: Path) -> Path:
+    """What a client trusts for a listener with ``tls.cert: auto`` whose state is ``component_dir``
+    (``state_dir`` for the gateway, ``state_dir/identity`` for the provider): the mesh CA's bundle when
+    the certificate comes from it (``CaIssuer.for_config``), else the listener's own local CA."""
+    if mesh_ca_issues_auto(config):
+        return config.state_dir / "ca" / "bundle.pem"
+    return component_dir / "tls" / "ca.pem"
 
 
 def resolve_certificate(
