@@ -9,6 +9,7 @@ Every component (``garrison gateway``, ``garrison identity``, and those to come)
 - SIGTERM or SIGINT: ``drain()`` (stop accepting, finish what is in flight), then exit 0.
 - SIGHUP: ``reload()``. A component that cannot reload raises ``ReloadUnsupported`` and the runner
   logs ``<name>.reload.unsupported``: a stray SIGHUP never kills a process.
+- Started by a Garrison supervisor: SIGTERM when that supervisor dies, however it died (core/parent.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol
 
+from garrison.core.parent import end_with_supervisor
 from garrison.core.ready import Ready, write_ready
 from garrison.telemetry import logging as log
 
@@ -69,6 +71,7 @@ async def run_component(component: Component, ready_file: Path | None = None) ->
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_reload)
+    end_with_supervisor()  # after the handlers: a supervisor already gone means a clean drain
     try:
         try:
             listeners = await component.start()

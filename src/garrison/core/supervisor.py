@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from garrison.core.parent import supervised_env
 from garrison.core.ready import read_ready
 from garrison.core.restart import RestartPolicy
 from garrison.core.runner import StartFailed
@@ -81,7 +82,9 @@ class Child:
         if self.spec.prepare is not None:
             await self.spec.prepare(self.spec)
         self.process = await asyncio.create_subprocess_exec(
-            *self.spec.argv, env=self.spec.env, start_new_session=self.spec.own_session
+            *self.spec.argv,
+            env=supervised_env(self.spec.env),  # the child ends if this process dies (core/parent.py)
+            start_new_session=self.spec.own_session,
         )
         self.policy.started()
 
