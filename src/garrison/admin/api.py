@@ -13,14 +13,25 @@ Origin checks, whatever a sub-API forgets.
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 from garrison.web.router import RouteMiss, Router
 from garrison.web.simplehttp import SimpleRequest, SimpleResponse
 
-__all__ = ["PROMETHEUS_TEXT", "AdminApi", "SubApi", "readiness_response"]
+__all__ = [
+    "JSON",
+    "PROMETHEUS_TEXT",
+    "AdminApi",
+    "SubApi",
+    "json_answer",
+    "query_params",
+    "readiness_response",
+]
 
 PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -80,3 +91,21 @@ class AdminApi:
         else:
             exposition = await self.metrics()
         return SimpleResponse(200, exposition, PROMETHEUS_TEXT)
+
+
+JSON = b"application/json"
+
+
+def json_answer(status: int, payload: Any) -> SimpleResponse:
+    """A compact JSON body: what every component's admin sub-API answers."""
+    return SimpleResponse(status, json.dumps(payload, separators=(",", ":")).encode() + b"\n", JSON)
+
+
+def query_params(raw: bytes) -> dict[str, str]:
+    """A sub-API's parameters from the query string (admin requests carry no body): at most 10, ASCII,
+    the last of a repeated name; anything else is ``ValueError`` (a 400)."""
+    try:
+        parsed = parse_qs(raw.decode("ascii"), strict_parsing=bool(raw), max_num_fields=10)
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError("malformed query string") from None
+    return {key: values[-1] for key, values in parsed.items()}

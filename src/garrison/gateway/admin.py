@@ -20,21 +20,17 @@ revocation at most a day; a new member beyond ``max_entries`` is refused with 50
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
-from urllib.parse import parse_qs
 
-from garrison.admin.api import AdminApi, Metrics, Readiness
+from garrison.admin.api import AdminApi, Metrics, Readiness, json_answer, query_params
 from garrison.config.units import parse_duration
 from garrison.gateway.blocklist import Blocklist
 from garrison.store.shared_set import SharedSetFull, SharedSetUnavailable
 from garrison.tokens.revocations import Revocations
 from garrison.web.simplehttp import SimpleRequest, SimpleResponse
 
-JSON = b"application/json"
 MAX_BLOCK_SECONDS = 365 * 24 * 3600.0  # the most `gateway.blocklist.max_duration` may be
 
 Handler = Callable[[bytes, dict[str, str]], Awaitable[SimpleResponse | None]]
@@ -67,18 +63,6 @@ def gateway_admin_api(
     return api
 
 
-def _json(status: int, payload: Any) -> SimpleResponse:
-    return SimpleResponse(status, json.dumps(payload, separators=(",", ":")).encode() + b"\n", JSON)
-
-
-def _query(raw: bytes) -> dict[str, str]:
-    try:
-        parsed = parse_qs(raw.decode("ascii"), strict_parsing=bool(raw), max_num_fields=10)
-    except (UnicodeDecodeError, ValueError):
-        raise ValueError("malformed query string") from None
-    return {key: values[-1] for key, values in parsed.items()}
-
-
 # (set, reason) -> count of changes refused for the set's own limits; read by the metrics collector.
 Refusals = dict[tuple[str, str], int]
 
@@ -89,14 +73,14 @@ async def _answer(
     """Run ``handler``; bad input is 400, a full set 507, an unreachable shared store 503, an unknown
     method 405."""
     try:
-        response = await handler(method, _query(query))
+        response = await handler(method, query_params(query))
     except ValueError as exc:
-        return _json(400, {"error": str(exc)})
+        return json_answer(400, {"error": str(exc)})
     except SharedSetFull as exc:
         refusals[(store, "full")] = refusals.get((store, "full"), 0) + 1
-        return _json(507, {"error": f"{exc}: lift entries or raise max_entries"})
+        return json_answer(507, {"error": f"{exc}: lift entries or raise max_entries"})
     except SharedSetUnavailable:
-        return _json(503, {"error": f"the shared {store} store is unreachable; nothing was changed"})
+        return json_answer(503, {"error": f"the shared {store} store is unreachable; nothing was changed"})
     if response is None:
         return SimpleResponse(405, b"method not allowed\n", headers=b"allow: %s\r\n" % allow)
     return response
@@ -108,7 +92,7 @@ async def blocklist_api(
     async def handle(method: bytes, params: dict[str, str]) -> SimpleResponse | None:
         if method in (b"GET", b"HEAD"):
             entries = [{"ip": e.ip, "until": e.until, "reason": e.reason} for e in blocklist.entries()]
-            return _json(200, {"blocked": entries})
+            return json_answer(200, {"blocked": entries})
         ip = params.get("ip")
         if not ip:
             raise ValueError("the `ip` parameter is required")
@@ -119,9 +103,10 @@ async def blocklist_api(
                     f"`for` must be positive and at most {max_seconds:g}s (gateway.blocklist.max_duration)"
                 )
             entry = await blocklist.block(ip, seconds, params.get("reason", "")[:200])
-            return _json(200, {"blocked": {"ip": entry.ip, "until": entry.until, "reason": entry.reason}})
+            blocked = {"ip": entry.ip, "until": entry.until, "reason": entry.reason}
+            return json_answer(200, {"blocked": blocked})
         if method == b"DELETE":
-            return _json(200, {"unblocked": await blocklist.unblock(ip)})
+            return json_answer(200, {"unblocked": await blocklist.unblock(ip)})
         return None
 
     return await _answer(handle, method, query, "blocklist", b"GET, POST, DELETE", refusals)
@@ -151,13 +136,13 @@ async def revocations_api(
     async def handle(method: bytes, params: dict[str, str]) -> SimpleResponse | None:
         if method in (b"GET", b"HEAD"):
             entries = [{"jti": r.jti, "until": r.until} for r in revocations.entries()]
-            return _json(200, {"revoked": entries})
+            return json_answer(200, {"revoked": entries})
         if method == b"POST":
             jti = params.get("jti")
             if not jti:
                 raise ValueError("the `jti` parameter is required")
             revocation = await revocations.revoke(jti, _revocation_until(params))
-            return _json(200, {"revoked": {"jti": revocation.jti, "until": revocation.until}})
+            return json_answer(200, {"revoked": {"jti": revocation.jti, "until": revocation.until}})
         return None
 
     return await _answer(handle, method, query, "revocations", b"GET, POST", refusals)

@@ -15,12 +15,9 @@ for every change; Host and Origin checks for every request).
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Awaitable, Callable
-from typing import Any
-from urllib.parse import parse_qs
 
-from garrison.admin.api import AdminApi, Readiness
+from garrison.admin.api import AdminApi, Readiness, json_answer, query_params
 from garrison.config.units import parse_duration
 from garrison.mesh.ca.issuer import Refused
 from garrison.mesh.ca.join_tokens import JoinTokens, TooManyJoinTokens
@@ -31,7 +28,6 @@ from garrison.web.simplehttp import SimpleRequest, SimpleResponse
 
 __all__ = ["ca_admin_api", "identity_of"]
 
-JSON = b"application/json"
 SubHandler = Callable[[bytes, dict[str, str]], Awaitable[SimpleResponse | None]]
 
 
@@ -60,33 +56,33 @@ def ca_admin_api(
         try:
             token = await tokens.mint(spiffe_id, dt.timedelta(seconds=ttl))
         except TooManyJoinTokens as exc:
-            return _json(507, {"error": "insufficient_storage", "message": str(exc)})
-        return _json(200, {"token": token, "spiffe_id": spiffe_id, "expires_in": ttl})
+            return json_answer(507, {"error": "insufficient_storage", "message": str(exc)})
+        return json_answer(200, {"token": token, "spiffe_id": spiffe_id, "expires_in": ttl})
 
     async def revocations(method: bytes, params: dict[str, str]) -> SimpleResponse | None:
         if method in (b"GET", b"HEAD"):
-            return _json(200, {"revoked": list(state.snapshot.revoked)})
+            return json_answer(200, {"revoked": list(state.snapshot.revoked)})
         spiffe_id = identity_of(trust_domain, params)
         if method == b"POST":
             try:
                 await state.revoke(spiffe_id, params.get("reason", ""))
             except Refused as exc:
-                return _json(507, {"error": "insufficient_storage", "message": str(exc)})
-            return _json(200, {"revoked": spiffe_id, "version": state.snapshot.version})
+                return json_answer(507, {"error": "insufficient_storage", "message": str(exc)})
+            return json_answer(200, {"revoked": spiffe_id, "version": state.snapshot.version})
         if method == b"DELETE":
-            return _json(200, {"reinstated": await state.reinstate(spiffe_id)})
+            return json_answer(200, {"reinstated": await state.reinstate(spiffe_id)})
         return None
 
     async def quarantine(method: bytes, params: dict[str, str]) -> SimpleResponse | None:
         if method in (b"GET", b"HEAD"):
-            return _json(200, {"quarantined": list(state.snapshot.quarantined)})
+            return json_answer(200, {"quarantined": list(state.snapshot.quarantined)})
         service = params.get("service", "")
         workload_id(trust_domain, service)  # a valid service name, or ValueError
         if method == b"POST":
             await state.quarantine(service, params.get("reason", ""))
-            return _json(200, {"quarantined": service, "version": state.snapshot.version})
+            return json_answer(200, {"quarantined": service, "version": state.snapshot.version})
         if method == b"DELETE":
-            return _json(200, {"released": await state.unquarantine(service)})
+            return json_answer(200, {"released": await state.unquarantine(service)})
         return None
 
     api.register("/join-tokens", _sub_api(join_tokens, b"POST"))
@@ -98,23 +94,11 @@ def ca_admin_api(
 def _sub_api(handle: SubHandler, allow: bytes) -> Callable[[SimpleRequest], Awaitable[SimpleResponse]]:
     async def answer(request: SimpleRequest) -> SimpleResponse:
         try:
-            response = await handle(request.method, _query(request.target.partition(b"?")[2]))
+            response = await handle(request.method, query_params(request.target.partition(b"?")[2]))
         except ValueError as exc:
-            return _json(400, {"error": "bad_request", "message": str(exc)})
+            return json_answer(400, {"error": "bad_request", "message": str(exc)})
         if response is None:
             return SimpleResponse(405, b"method not allowed\n", headers=b"allow: %s\r\n" % allow)
         return response
 
     return answer
-
-
-def _json(status: int, payload: Any) -> SimpleResponse:
-    return SimpleResponse(status, json.dumps(payload, separators=(",", ":")).encode() + b"\n", JSON)
-
-
-def _query(raw: bytes) -> dict[str, str]:
-    try:
-        parsed = parse_qs(raw.decode("ascii"), strict_parsing=bool(raw), max_num_fields=10)
-    except (UnicodeDecodeError, ValueError):
-        raise ValueError("malformed query string") from None
-    return {key: values[-1] for key, values in parsed.items()}
