@@ -163,10 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         columns = start_columns(stack, Path(tmp), pin, figures)
         measure(columns, measurements(args, pin, figures), figures, out)
     lines = report.render(figures, now, info, args, pin.describe(args.pin))
-    for line in lines:
-        say(out, line)
+    out.file.flush()
+    print("\n".join(lines), flush=True)  # not through rich: table rows must not wrap
     if args.markdown:
-        say(out, "\n" + "\n".join(report.markdown(lines)))
+        print("\n" + "\n".join(report.markdown(lines)), flush=True)
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     cli.write_results(out, args.json, "mesh", now, figures.to_json(info, settings))
     return 0
