@@ -35,6 +35,7 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/gateway/run.py
 	$(BIN)/python bench/identity/run.py
+	$(BIN)/python bench/mesh/run.py
 
 clean:
 	rm -rf $(VENV) .garrison .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
