@@ -86,6 +86,14 @@ def test_reads_stay_open_on_loopback(gateway_factory: Any, upstream: RecordingUp
     for path in ("/live", "/ready", "/metrics", "/blocklist", "/revocations"):
         assert call(gw, path)[0] == 200, path
         assert call(gw, path, "HEAD")[0] == 200, path
+    assert_admin_headers(call(gw, "/blocklist")[1])
+
+
+def assert_admin_headers(headers: dict[str, str]) -> None:
+    """Every admin listener's answers carry the common security headers (admin/listener.py)."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    assert lowered.get("x-content-type-options") == "nosniff", headers
+    assert "default-src 'none'" in lowered.get("content-security-policy", ""), headers
 
 
 def test_cross_site_requests_are_refused_even_with_the_token(
@@ -205,6 +213,7 @@ def test_workers_guard_the_shared_admin_listener(gateway_factory: Any, upstream:
     assert call(gw, "/blocklist?ip=192.0.2.1&for=1h", "POST", host="evil.example")[0] == 421
     assert call(gw, "/blocklist?ip=192.0.2.1&for=1h", "POST", token=gw.admin_token)[0] == 200
     assert counter(gw, "garrison_gateway_admin_denied", {"reason": "credential"}) == 1
+    assert_admin_headers(call(gw, "/live")[1])
 
 
 # -- TLS and client certificates ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from garrison.admin.listener import admin_security_headers
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
 from garrison.config.model import GarrisonConfig, parse_listen
 from garrison.config.store import StoreConfig
@@ -164,8 +165,9 @@ class GatewayServer:
         config = self.runtime.config
         admin_sock, guard, admin_tls = open_admin_listener(config, self.source, self.admin_handler)
         self.metrics.admin_denied = guard.denied
+        admin_headers = admin_security_headers(admin_tls is not None)  # as every admin listener
         admin = await self.loop.create_server(
-            lambda: SimpleHttpProtocol(guard), sock=admin_sock, ssl=admin_tls
+            lambda: SimpleHttpProtocol(guard, admin_headers), sock=admin_sock, ssl=admin_tls
         )
         self.servers.append(admin)
         listeners["admin"] = address_of(admin_sock)

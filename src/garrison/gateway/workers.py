@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from garrison.admin.api import AdminApi
+from garrison.admin.listener import admin_security_headers
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
 from garrison.core.sockets import address_of, bind_socket
 from garrison.core.supervisor import ChildSpec, Supervisor
@@ -121,8 +122,11 @@ class WorkerSupervisor:
         config = self.loaded.config
         admin_sock, guard, admin_tls = open_admin_listener(config, self.loaded.source, self.admin_handler)
         self.admin_denied = guard.denied
+        admin_headers = admin_security_headers(admin_tls is not None)  # as every admin listener
         self.servers.append(
-            await self.loop.create_server(lambda: SimpleHttpProtocol(guard), sock=admin_sock, ssl=admin_tls)
+            await self.loop.create_server(
+                lambda: SimpleHttpProtocol(guard, admin_headers), sock=admin_sock, ssl=admin_tls
+            )
         )
         listeners = {"admin": address_of(admin_sock)}
         if self.serves_redirect and config.gateway.redirect_http:
