@@ -208,9 +208,9 @@ def test_redis_sliding_window_first_decision(redis_url: str, route: str) -> None
 def test_sliding_stats_reset(stats: tuple[int, float, int, float], reset_in: float) -> None:
     """Both storages feed this: Redis TTLs, and ``limits``' memory figures (a current TTL of two
     windows at an epoch-aligned window start, the same first-hit case)."""
-    from garrison.gateway.ratelimit import _sliding_stats
+    from garrison.gateway.ratelimit_decision import sliding_window_stats
 
-    _, reset_at = _sliding_stats(5, 60, stats, NOW)
+    _, reset_at = sliding_window_stats(5, 60, stats, NOW)
     assert reset_at - NOW == pytest.approx(reset_in)
 
 

@@ -15,10 +15,10 @@ import pytest
 import uvicorn
 import uvloop
 import yaml
+from ca_inprocess import running_ca
 from cryptography import x509
 
-from garrison.config.loader import load_config
-from garrison.mesh.ca.server import CaComponent, ca_files
+from garrison.mesh.ca.server import CaComponent
 from garrison.mesh.policy import CallPolicy, CallRule
 from garrison.mesh.python.asgi import GarrisonMiddleware, Message, Receive, Scope, Send
 from garrison.mesh.python.serving import listening_socket, uvicorn_config
@@ -58,29 +58,6 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-@contextlib.asynccontextmanager
-async def running_ca(directory: Path) -> AsyncIterator[CaComponent]:
-    config = {
-        "state_dir": str(directory / "state"),
-        "trust_domain": "shop.local",
-        "services": {
-            name: {"targets": ["http://127.0.0.1:9"]} for name in ("orders", "payments", "inventory")
-        },
-        "mesh": {"ca": {"listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0"}}},
-    }
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "garrison.yaml").write_text(yaml.safe_dump(config))
-    loaded = load_config(directory / "garrison.yaml")
-    ca_files(loaded.config).init("shop.local", now=dt.datetime.now(dt.UTC))
-    component = CaComponent(loaded)
-    listeners = await component.start()
-    component.url = f"https://{listeners['ca']}"  # type: ignore[attr-defined]
-    try:
-        yield component
-    finally:
-        await component.drain()
-
-
 async def joined(ca: CaComponent, directory: Path, spiffe_id: str, follow_state: bool) -> WorkloadIdentity:
     assert ca.parts is not None
     token = await ca.parts.tokens.mint(spiffe_id, dt.timedelta(minutes=5))
@@ -113,7 +90,7 @@ async def serving(identity: WorkloadIdentity, service: str) -> AsyncIterator[str
 
 @contextlib.asynccontextmanager
 async def mesh(tmp_path: Path, *, follow_state: bool = False) -> AsyncIterator[dict[str, Any]]:
-    async with running_ca(tmp_path / "ca") as ca:
+    async with running_ca(tmp_path / "ca", ("orders", "payments", "inventory")) as ca:
         ids = {
             name: await joined(ca, tmp_path / name, f"{TD}/svc/{name}", follow_state)
             for name in ("orders", "payments", "inventory")

@@ -4,17 +4,17 @@ the renewal schedule (injected clock and sleep), contexts updated in place, laps
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
+from ca_inprocess import running_ca
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from garrison.config.loader import load_config
-from garrison.mesh.ca.server import CaComponent, ca_files
+from garrison.mesh.ca.server import CaComponent
+from garrison.pki.authority import pem
 from garrison.pki.workload import (
     JoinTokenNeeded,
     MeshState,
@@ -28,27 +28,6 @@ pytestmark = pytest.mark.process  # real CA processes (or an in-process CA) and 
 
 ORDERS = "spiffe://shop.local/svc/orders"
 PAYMENTS = "spiffe://shop.local/svc/payments"
-
-
-@contextlib.asynccontextmanager
-async def running_ca(directory: Path) -> AsyncIterator[CaComponent]:
-    config = {
-        "state_dir": str(directory / "state"),
-        "trust_domain": "shop.local",
-        "services": {name: {"targets": ["http://127.0.0.1:9"]} for name in ("orders", "payments")},
-        "mesh": {"ca": {"listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0"}}},
-    }
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "garrison.yaml").write_text(yaml.safe_dump(config))
-    loaded = load_config(directory / "garrison.yaml")
-    ca_files(loaded.config).init("shop.local", now=dt.datetime.now(dt.UTC))
-    component = CaComponent(loaded)
-    listeners = await component.start()
-    component.url = f"https://{listeners['ca']}"  # type: ignore[attr-defined]
-    try:
-        yield component
-    finally:
-        await component.drain()
 
 
 async def token_for(ca: CaComponent, spiffe_id: str) -> str:
@@ -213,10 +192,15 @@ def test_from_files_is_a_static_identity(tmp_path: Path) -> None:
             joined = identity(ca, tmp_path / "w", await token_for(ca, ORDERS), follow_state=False)
             await joined.start()
             await joined.close()
-        text = (tmp_path / "w" / "identity.pem").read_text()
-        cut = text.index("-----BEGIN PRIVATE KEY-----")
-        (tmp_path / "cert.pem").write_text(text[:cut])
-        (tmp_path / "key.pem").write_text(text[cut:])
+        # identity.pem holds the chain and the key together; from_files takes them apart.
+        saved = (tmp_path / "w" / "identity.pem").read_bytes()
+        key = serialization.load_pem_private_key(saved, password=None)
+        (tmp_path / "cert.pem").write_bytes(pem(*x509.load_pem_x509_certificates(saved)))
+        (tmp_path / "key.pem").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         static = WorkloadIdentity.from_files(
             tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "w" / "bundle.pem"
         )

@@ -22,17 +22,10 @@ from token_signers import AUDIENCE, ISSUER, NOW, Signer, claims, jwks_of, make_s
 
 from garrison.gateway.authn import challenge
 from garrison.gateway.errors import MESSAGES
+from garrison.tokens.bearer import extract_bearer
 from garrison.tokens.jwks import JwksCache
-from garrison.tokens.jwt import (
-    DESCRIPTIONS,
-    JwtVerifier,
-    KeysUnavailable,
-    RevocationList,
-    TokenCache,
-    TokenRejected,
-    VerifiedToken,
-    extract_bearer,
-)
+from garrison.tokens.jwt import DESCRIPTIONS, JwtVerifier, KeysUnavailable, TokenRejected, VerifiedToken
+from garrison.tokens.token_cache import RevocationList, TokenCache
 
 # -- keys and minting ----------------------------------------------------------------------------------
 

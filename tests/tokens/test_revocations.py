@@ -13,13 +13,14 @@ import redis
 from gateway_harness import ThrowawayRedis
 
 from garrison.config.loader import ConfigError, parse_config
-from garrison.tokens.jwt import TokenCache, TokenRejected, VerifiedToken
+from garrison.tokens.jwt import TokenRejected, VerifiedToken
 from garrison.tokens.revocations import (
     MAX_REVOCATION_SECONDS,
     MemoryRevocations,
     RedisRevocations,
     RevocationsUnavailable,
 )
+from garrison.tokens.token_cache import TokenCache
 
 NOW = 1_000_000.0
 

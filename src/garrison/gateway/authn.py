@@ -25,14 +25,8 @@ from urllib.parse import parse_qs
 from garrison.gateway.auth.apikeys import ApiKeyCache, extract_api_key
 from garrison.gateway.auth.authz import InsufficientScope, Requirement, www_authenticate
 from garrison.pki.identity import CertificateMap, CertificateName, NameKind, NoCertificate, UnknownCertificate
-from garrison.tokens.jwt import (
-    AuthError,
-    JwtVerifier,
-    KeysUnavailable,
-    TokenRejected,
-    VerifiedToken,
-    extract_bearer,
-)
+from garrison.tokens.bearer import extract_bearer
+from garrison.tokens.jwt import AuthError, JwtVerifier, KeysUnavailable, TokenRejected, VerifiedToken
 
 # What may go into a gateway-owned header: visible ASCII and spaces, so a claim can never inject a
 # header line (CR/LF) or smuggle bytes an upstream would read differently.

@@ -60,6 +60,13 @@ from limits.storage import MemoryStorage
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from garrison.gateway.ratelimit_decision import (
+    Outcome,
+    RateDecision,
+    rate_limit_headers,
+    rate_limit_lines,
+    sliding_window_stats,
+)
 from garrison.gateway.ratelimit_scripts import SCRIPTS
 from garrison.proxy.upstream.circuit import CircuitBreaker, CircuitState
 from garrison.telemetry import logging as log
@@ -76,7 +83,6 @@ Strategy = Literal["fixed_window", "moving_window", "sliding_window_counter"]
 KeyKind = Literal["client", "api_key", "ip", "route"]
 StorageKind = Literal["memory", "redis"]
 FailMode = Literal["open", "closed"]
-Outcome = Literal["allowed", "limited", "failed_open", "failed_closed"]
 
 MAX_IDENTITY = 128
 KEY_PREFIX = "garrison:"
@@ -119,99 +125,8 @@ class RateLimitSpec:
             raise ValueError("redis_max_connections must be >= 1")
 
 
-@dataclass(frozen=True, slots=True)
-class RateDecision:
-    """The outcome of one hit.
-
-    ``allowed`` False with ``storage_error`` False means 429; with ``storage_error`` True it means the
-    limit could not be evaluated and the route fails closed (503). ``failed_open`` marks a request
-    allowed only because the storage was failing.
-    """
-
-    allowed: bool
-    limit: int
-    remaining: int
-    reset_at: float  # epoch seconds when the window (or the oldest counted hit) frees capacity
-    retry_after: int  # whole seconds, >= 1 when refused, 0 when allowed
-    failed_open: bool = False
-    storage_error: bool = False
-
-    @property
-    def outcome(self) -> Outcome:
-        if self.storage_error:
-            return "failed_open" if self.failed_open else "failed_closed"
-        return "allowed" if self.allowed else "limited"
-
-
 Waiters = list[asyncio.Future[RateDecision]]
 Batch = dict[str, Waiters]  # storage key -> the hits on it, in arrival order
-
-
-def rate_limit_headers(decision: RateDecision, now: float | None = None) -> list[tuple[bytes, bytes]]:
-    """``RateLimit-Limit/Remaining/Reset`` (reset as delta seconds), plus ``Retry-After`` when refused.
-
-    A decision made without the storage carries no counts, so it gets only ``Retry-After`` (refused)
-    or nothing (failed open).
-    """
-    refused = [(b"Retry-After", str(decision.retry_after).encode())] if not decision.allowed else []
-    if decision.storage_error:
-        return refused
-    reset = max(0, math.ceil(decision.reset_at - (time.time() if now is None else now)))
-    return [
-        (b"RateLimit-Limit", str(decision.limit).encode()),
-        (b"RateLimit-Remaining", str(decision.remaining).encode()),
-        (b"RateLimit-Reset", str(reset).encode()),
-        *refused,
-    ]
-
-
-def rate_limit_lines(decision: RateDecision, now: float | None = None) -> bytes:
-    """The same headers as ``rate_limit_headers``, rendered as header lines in one formatting step
-    (this runs on every request of a limited route)."""
-    refused = b"retry-after: %d\r\n" % decision.retry_after if not decision.allowed else b""
-    if decision.storage_error:
-        return refused
-    reset = max(0, math.ceil(decision.reset_at - (time.time() if now is None else now)))
-    return b"ratelimit-limit: %d\r\nratelimit-remaining: %d\r\nratelimit-reset: %d\r\n%s" % (
-        decision.limit,
-        decision.remaining,
-        reset,
-        refused,
-    )
-
-
-def _retry_after(reset_at: float, now: float) -> int:
-    return max(1, math.ceil(reset_at - now))
-
-
-def _sliding_stats(
-    limit: int, expiry: int, stats: tuple[int, float, int, float], now: float
-) -> tuple[int, float]:
-    """(remaining, reset_at) from a sliding-window counter's two windows.
-
-    ``stats`` is (previous count, seconds until the previous window has slid out, current count,
-    seconds until the current counter expires). Both storages keep the current counter for two
-    windows from its window's start (Redis: its TTL, set to ``2 * expiry`` by the first hit;
-    memory: ``limits`` computes the same figure), so the current window ends ``current_ttl -
-    expiry`` from now. Not ``current_ttl % expiry``, as ``limits``' ``get_window_stats`` has it:
-    that is 0 on the first hit of a window, when the TTL is exactly ``2 * expiry``, and tells
-    clients to come back at once (issue 7, item 4).
-
-    Capacity comes back at the earlier of: the previous window's weighted share dropping below
-    its current whole number of hits (the weight falls linearly to 0 over the previous window's
-    remaining time), and the current window's end (after which its hits weigh less than 1).
-    """
-    previous, previous_ttl, current, current_ttl = stats
-    weighted = previous * previous_ttl / expiry + current
-    remaining = max(0, limit - math.floor(weighted))
-    if not (previous or current):
-        return remaining, now
-    previous_in = math.inf
-    if previous:
-        share = previous * previous_ttl / expiry  # hits the previous window still counts for
-        previous_in = (share - math.floor(share)) * expiry / previous
-    current_in = max(0.0, current_ttl - expiry) if current else math.inf
-    return remaining, now + min(previous_in, current_in)
 
 
 class RateLimiter:
@@ -476,31 +391,16 @@ class RateLimiter:
     # -- decisions -------------------------------------------------------------------------------
 
     def _fixed(self, count: int, reset_at: float, now: float) -> RateDecision:
-        allowed = count <= self.limit
-        return RateDecision(
-            allowed,
-            self.limit,
-            max(0, self.limit - count),
-            reset_at,
-            0 if allowed else _retry_after(reset_at, now),
-        )
+        return RateDecision.counted(count <= self.limit, self.limit, self.limit - count, reset_at, now)
 
     def _moving(self, allowed: bool, window_start: float, count: int, now: float) -> RateDecision:
         # The oldest counted hit leaves the window at window_start + expiry; with an empty window
         # (window_start is then "now") that is a full period away, which is still a correct bound.
-        reset_at = window_start + self.expiry
-        remaining = max(0, self.limit - count) if allowed else 0
-        return RateDecision(
-            allowed, self.limit, remaining, reset_at, 0 if allowed else _retry_after(reset_at, now)
-        )
+        return RateDecision.counted(allowed, self.limit, self.limit - count, window_start + self.expiry, now)
 
     def _sliding(self, allowed: bool, stats: tuple[int, float, int, float], now: float) -> RateDecision:
-        remaining, reset_at = _sliding_stats(self.limit, self.expiry, stats, now)
-        if not allowed:
-            remaining = 0
-        return RateDecision(
-            allowed, self.limit, remaining, reset_at, 0 if allowed else _retry_after(reset_at, now)
-        )
+        remaining, reset_at = sliding_window_stats(self.limit, self.expiry, stats, now)
+        return RateDecision.counted(allowed, self.limit, remaining, reset_at, now)
 
     def _failure_decision(self, retry_after: int) -> RateDecision:
         fail_open = self.spec.on_redis_error == "open"

@@ -39,7 +39,8 @@ from garrison.proxy.upstream.service import UpstreamService
 from garrison.telemetry.metrics import GatewayMetrics, RouteStats
 from garrison.tokens.forwarded import TrustedProxies
 from garrison.tokens.jwks import JwksCache
-from garrison.tokens.jwt import JwtVerifier, RevocationCheck, TokenCache
+from garrison.tokens.jwt import JwtVerifier
+from garrison.tokens.token_cache import RevocationCheck, TokenCache
 from garrison.web.headers import hsts_value, render, security_headers
 
 

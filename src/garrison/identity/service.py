@@ -52,8 +52,9 @@ from garrison.store.startup import prepare_schema
 from garrison.telemetry import logging as log
 from garrison.tokens.forwarded import TrustedProxies
 from garrison.tokens.jwks import JwksCache
-from garrison.tokens.jwt import JwtVerifier, TokenCache
+from garrison.tokens.jwt import JwtVerifier
 from garrison.tokens.revocations import Revocations, revocations_from_config
+from garrison.tokens.token_cache import TokenCache
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""JWT access tokens (RFC 9068, checked per RFC 8725): extraction, verification, a verified-token cache.
+"""JWT access tokens (RFC 9068, checked per RFC 8725): verification. Extraction from a request is
+tokens/bearer.py; the verified-token cache and its revocation check are tokens/token_cache.py.
 
 The order of checks is the defence. The header is decoded here, strictly, before anything else touches
 the token: ``alg`` must be one of the asymmetric algorithms (``none`` in any case and every HS* are
@@ -19,22 +20,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import math
 import re
-import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 from jwt.types import Options
 
 from garrison.tokens.jwks import ALLOWED_ALGORITHMS, MAX_KID_LENGTH, JwksCache, PinnedKey
+
+if TYPE_CHECKING:
+    from garrison.tokens.token_cache import TokenCache  # it imports this module at run time
 
 DESCRIPTIONS: dict[str, str] = {
     "malformed": "The access token is malformed.",
@@ -338,146 +339,3 @@ def _verified(claims: dict[str, Any], exp: float) -> VerifiedToken:
         jti=jti if isinstance(jti, str) else None,
         exp=exp,
     )
-
-
-# -- revocation and the verified-token cache ---------------------------------------------------------
-
-
-class RevocationCheck(Protocol):
-    """What the token cache asks on every hit: is this jti revoked at ``now``?
-
-    Synchronous and O(1), because it runs on the hot path. ``RevocationList`` (one process, fed by
-    ``TokenCache.revoke_jti``) implements it, and so do the shared feeds of tokens/revocations.py
-    (fed by the admin API and by an identity provider through Redis).
-    """
-
-    def is_revoked(self, jti: str, now: float) -> bool: ...
-
-
-class RevocationList:
-    """Revoked ``jti`` values, each until a time (normally the token's exp). Bounded in entries.
-
-    When full, expired entries are purged first; if it is still full, the entry that expires soonest is
-    dropped (and counted in ``dropped``), since its token has the least time left to be replayed.
-    """
-
-    def __init__(self, max_entries: int = 100_000) -> None:
-        self.max_entries = max_entries
-        self._until: dict[str, float] = {}
-        self.dropped = 0
-
-    def __len__(self) -> int:
-        return len(self._until)
-
-    def revoke(self, jti: str, until: float, now: float | None = None) -> None:
-        if jti in self._until:
-            self._until[jti] = max(self._until[jti], until)
-            return
-        if len(self._until) >= self.max_entries:
-            current = time.time() if now is None else now
-            self._until = {j: u for j, u in self._until.items() if u > current}
-            while len(self._until) >= self.max_entries:
-                del self._until[min(self._until, key=self._until.__getitem__)]
-                self.dropped += 1
-        self._until[jti] = until
-
-    def is_revoked(self, jti: str, now: float) -> bool:
-        until = self._until.get(jti)
-        if until is None:
-            return False
-        if until > now:
-            return True
-        del self._until[jti]
-        return False
-
-
-class TokenCache:
-    """Verified tokens by the SHA-256 of the token (raw tokens are never kept), LRU-bounded.
-
-    An entry lives no longer than its token's ``exp``. A hit whose jti is revoked raises
-    ``TokenRejected("revoked")``. A cache belongs to ONE verifier (its issuer, audiences and typ rule
-    decided what "verified" means); share the revocations (a ``RevocationCheck``) between caches instead.
-    """
-
-    def __init__(self, max_entries: int = 10_000, revocations: RevocationCheck | None = None) -> None:
-        self.max_entries = max_entries
-        self.revocations: RevocationCheck = revocations if revocations is not None else RevocationList()
-        self._entries: OrderedDict[bytes, VerifiedToken] = OrderedDict()
-        self._owner: object | None = None
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def bind(self, owner: object) -> None:
-        if self._owner is not None and self._owner is not owner:
-            raise ValueError("a TokenCache serves one verifier; give each verifier its own")
-        self._owner = owner
-
-    def revoke_jti(self, jti: str, until: float, now: float | None = None) -> None:
-        """Revoke in this cache's own ``RevocationList``; a shared feed is written through its ``revoke``."""
-        if not isinstance(self.revocations, RevocationList):
-            raise TypeError("this cache reads a shared revocation feed: revoke through the feed")
-        self.revocations.revoke(jti, until, now)
-
-    def get(self, token: str, now: float) -> VerifiedToken | None:
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        entry = self._entries.get(digest)
-        if entry is None:
-            return None
-        if now >= entry.exp:
-            del self._entries[digest]
-            return None
-        if entry.jti is not None and self.revocations.is_revoked(entry.jti, now):
-            del self._entries[digest]
-            raise TokenRejected("revoked")
-        self._entries.move_to_end(digest)
-        return entry
-
-    def put(self, token: str, verified: VerifiedToken, now: float) -> None:
-        """Remember ``verified``; raises TokenRejected("revoked") (and stores nothing) for a revoked jti."""
-        if verified.jti is not None and self.revocations.is_revoked(verified.jti, now):
-            raise TokenRejected("revoked")
-        if now >= verified.exp or self.max_entries <= 0:
-            return
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        self._entries[digest] = verified
-        self._entries.move_to_end(digest)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-
-# -- extraction --------------------------------------------------------------------------------------
-
-_B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
-
-
-def _token_syntax(value: bytes) -> str:
-    if not _B64TOKEN.fullmatch(value):
-        raise TokenRejected("bad_authorization")
-    return value.decode("ascii")
-
-
-def extract_bearer(
-    authorization_values: Sequence[bytes], query_token: bytes | None, allow_query: bool
-) -> str | None:
-    """The bearer token of a request (RFC 6750 §2.1 header, or §2.3 query when allowed), or None.
-
-    ``query_token`` is the already percent-decoded ``access_token`` query parameter. Differing
-    Authorization headers, or a header token and a query token together, are ``invalid_request`` (400):
-    which of two credentials the request meant is not for the gateway to guess. A non-Bearer
-    Authorization header (Basic, ApiKey) yields None here.
-    """
-    header_token: str | None = None
-    if authorization_values:
-        if any(value != authorization_values[0] for value in authorization_values[1:]):
-            raise TokenRejected("two_tokens")
-        scheme, _, credentials = authorization_values[0].strip(b" \t").partition(b" ")
-        if scheme.lower() == b"bearer":
-            header_token = _token_syntax(credentials.lstrip(b" "))
-    if query_token is None:
-        return header_token
-    if not allow_query:
-        raise TokenRejected("query_token")
-    if header_token is not None:
-        raise TokenRejected("two_tokens")
-    return _token_syntax(query_token)

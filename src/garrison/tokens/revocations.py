@@ -1,6 +1,6 @@
 """Token revocation: the ``jti`` values the gateway refuses, each until its token would expire anyway.
 
-The verified-token cache (tokens/jwt.py ``TokenCache``) asks ``is_revoked(jti, now)`` on every hit, so
+The verified-token cache (tokens/token_cache.py ``TokenCache``) asks ``is_revoked(jti, now)`` on every hit, so
 that call is synchronous and reads a local snapshot: one dict lookup when the jti is not revoked.
 Revocations arrive through the admin API (``POST /revocations``, ``garrison revoke``) or, with
 ``revocations.storage: redis``, from anyone who can write to the gateways' Redis -- the

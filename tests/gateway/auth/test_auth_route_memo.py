@@ -10,7 +10,8 @@ from token_signers import AUDIENCE, ISSUER, jwks_of, make_signer, mint
 
 from garrison.gateway.auth.authz import InsufficientScope, Requirement
 from garrison.gateway.authn import JwtRouteAuth
-from garrison.tokens.jwt import JwtVerifier, TokenCache, TokenRejected
+from garrison.tokens.jwt import JwtVerifier, TokenRejected
+from garrison.tokens.token_cache import TokenCache
 
 
 def route_auth(
