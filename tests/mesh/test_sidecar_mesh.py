@@ -133,8 +133,7 @@ def test_a_dead_peer_is_retried_then_its_breaker_opens(start_pair: Callable[[str
     # request's first attempt is the fifth failure, its retry finds the circuit open (503), and so
     # does every request after it, without a connection attempt.
     assert statuses == [502, 502, 503, 503]
-    errors = orders.component.metrics.upstream_errors.labels("payments", "ConnectionRefusedError")
-    assert errors._value.get() == 5
+    assert orders.component.metrics.upstream_errors[("payments", "ConnectionRefusedError")] == 5
 
 
 def test_quarantine_cuts_a_service_off_both_ways_at_once(

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 
 FLUSH_BYTES = 64 * 1024
 
 
 class AccessLog:
-    def __init__(self, path: str | None) -> None:
-        """``path`` ``"-"`` is standard output; None disables the log."""
-        self.enabled = path is not None
+    def __init__(self, path: str | None, sink: Callable[[bytes], None] | None = None) -> None:
+        """``path`` ``"-"`` is standard output; None disables the log, unless ``sink`` is given: then
+        each batch goes to ``sink`` (the mesh sidecar's lines join its structured log stream)."""
+        self.enabled = path is not None or sink is not None
+        self._sink = sink
         self._fd: int | None = None
         if path == "-":
             self._fd = sys.stdout.fileno()
@@ -35,11 +38,15 @@ class AccessLog:
             self.flush()
 
     def flush(self) -> None:
-        if not self._batch or self._fd is None:
+        if not self._batch or (self._fd is None and self._sink is None):
             return
         data = b"".join(self._batch)
         self._batch.clear()
         self._size = 0
+        if self._sink is not None:
+            self._sink(data)
+            return
+        assert self._fd is not None
         try:
             while data:
                 written = os.write(self._fd, data)

@@ -22,6 +22,11 @@ def configure(component: str, stream: TextIO | None = None) -> None:
         _stream = stream
 
 
+def component() -> str:
+    """The component name every line carries (``configure``)."""
+    return _component
+
+
 def log(event: str, level: str = "info", **fields: Any) -> None:
     record = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
@@ -35,6 +40,15 @@ def log(event: str, level: str = "info", **fields: Any) -> None:
         _stream.flush()
     except (OSError, ValueError):
         pass  # a closed stderr must not take the process down
+
+
+def write_lines(data: bytes) -> None:
+    """Complete JSON lines built elsewhere (a batched access log), onto the same stream as ``log``."""
+    try:
+        _stream.write(data.decode("utf-8", "replace"))
+        _stream.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def warn(event: str, **fields: Any) -> None:

@@ -9,7 +9,7 @@ families only when Prometheus scrapes.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -176,10 +176,7 @@ class GatewayMetrics(Collector):
         for stats in list(self.routes.values()):
             for status, count in list(stats.by_status.items()):
                 requests.add_metric([stats.route, stats.service, str(status)], count)
-            cumulative, running = [], 0
-            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), stats.buckets, strict=True):
-                running += count
-                cumulative.append((_bound(bound), running))
+            cumulative = cumulative_buckets(LATENCY_BUCKETS, stats.buckets)
             latency.add_metric([stats.route, stats.service], cumulative, stats.latency_sum)
             bytes_in.add_metric([stats.route], stats.bytes_in)
             bytes_out.add_metric([stats.route], stats.bytes_out)
@@ -208,5 +205,10 @@ def admin_denied_family(denied: Mapping[str, int]) -> CounterMetricFamily:
     return family
 
 
-def _bound(value: float) -> str:
-    return "+Inf" if value == float("inf") else repr(value)
+def cumulative_buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
+    """A histogram's buckets as exposed: ``counts`` per bucket (the last is +Inf), made cumulative."""
+    cumulative, running = [], 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        running += count
+        cumulative.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+    return cumulative

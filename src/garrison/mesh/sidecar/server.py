@@ -8,7 +8,9 @@ pooled upstream connections.
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
+import time
 from collections.abc import Callable, Coroutine
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -17,6 +19,7 @@ from garrison.mesh.sidecar.gate import Gate, service_of
 from garrison.mesh.sidecar.identity import SidecarIdentity
 from garrison.pki.identity import spiffe_id
 from garrison.telemetry import logging as log
+from garrison.telemetry.accesslog import AccessLog
 from garrison.telemetry.sidecar_metrics import SidecarMetrics
 
 if TYPE_CHECKING:
@@ -29,6 +32,16 @@ __all__ = ["Side", "caller_label"]
 
 SWEEP_INTERVAL = 0.5
 DRAIN_GRACE, DRAIN_POLL = 10.0, 0.05
+# The `mesh.call` line, in the shape telemetry/logging.py gives every event, built by hand and written
+# in batches (telemetry/accesslog.py says why). Every %s is JSON-safe by construction: method (an llhttp
+# token), path (normalised: RFC 3986 pchar and "/" only), decision and trace id (fixed words, hex);
+# caller and callee go through json.dumps (`_quoted`).
+ACCESS_LINE = (
+    b'{"time":"%s.%03dZ","level":"info","component":"%s","event":"mesh.call","direction":"%s",'
+    b'"caller":%s,"callee":%s,"method":"%s","path":"%s","status":%d,"decision":"%s",'
+    b'"duration_ms":%.3f,"trace_id":"%s"}\n'
+)
+QUOTED_CAP = 4096  # distinct callers and callees whose JSON form is kept
 
 
 def caller_label(caller: str, gateway_id: str) -> str:
@@ -61,6 +74,11 @@ class Side:
         self.services: list[UpstreamService] = []
         self.draining = False
         self.server: asyncio.Server | None = None
+        self.access_log = AccessLog(None, sink=log.write_lines)
+        self._component = log.component().encode()
+        self._log_second = 0
+        self._log_prefix = b""
+        self._quoted: dict[str, bytes] = {}
 
     # -- what the connections ask ------------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -78,7 +96,7 @@ class Side:
         presented = spiffe_id(ssl_object.getpeercert()) if ssl_object is not None else None
         if presented == request.expected_peer:
             return True
-        self.metrics.upstream_errors.labels(request.peer, "identity_mismatch").inc()
+        self.metrics.upstream_error(request.peer, "identity_mismatch")
         log.warn(
             "mesh.peer.mismatch",
             callee=request.peer,
@@ -89,7 +107,7 @@ class Side:
         return False
 
     def upstream_error(self, request: Request, reason: str) -> None:
-        self.metrics.upstream_errors.labels(request.peer or "app", reason).inc()
+        self.metrics.upstream_error(request.peer or "app", reason)
 
     # -- records ----------------------------------------------------------------------------------------
     def record(self, request: Request) -> None:
@@ -101,21 +119,41 @@ class Side:
         caller = caller_label(request.caller, self.gateway_id) if request.caller else "unknown"
         callee = request.peer or "unknown"
         self.metrics.edge(self.direction, caller, callee).observe(request.status, decision, seconds)
-        log.log(
-            "mesh.call",
-            direction=self.direction,
-            caller=request.caller or None,
-            callee=callee,
-            method=request.method.decode("latin-1"),
-            path=request.path.decode("latin-1"),
-            status=request.status,
-            decision=decision,
-            duration_ms=round(seconds * 1000, 3),
-            trace_id=request.trace_id.decode(),
+        wall = time.time()
+        second = int(wall)
+        if second != self._log_second:
+            self._log_second = second
+            self._log_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        self.access_log.write(
+            ACCESS_LINE
+            % (
+                self._log_prefix,
+                (wall - second) * 1000,
+                self._component,
+                self.direction.encode(),
+                self._quote(request.caller) if request.caller else b"null",
+                self._quote(callee),
+                request.method,
+                request.path,
+                request.status,
+                decision.encode(),
+                seconds * 1000,
+                request.trace_id,
+            )
         )
+
+    def _quote(self, text: str) -> bytes:
+        """``text`` as a JSON string, remembered: callers and callees repeat on every call."""
+        quoted = self._quoted.get(text)
+        if quoted is None:
+            quoted = json.dumps(text).encode()
+            if len(self._quoted) < QUOTED_CAP:
+                self._quoted[text] = quoted
+        return quoted
 
     def denied(self, request: Request, reason: str) -> None:
         """The audit line of a refused call (the access line follows from ``record``)."""
+        self.access_log.flush()  # the lines before it stay before it
         log.warn(
             "mesh.call.denied",
             direction=self.direction,
@@ -146,6 +184,7 @@ class Side:
                 conn.check_deadlines(now)
             for service in self.services:
                 service.sweep(now)
+            self.access_log.flush()
 
     async def drain(self, grace: float = DRAIN_GRACE) -> None:
         """Stop accepting; let requests in flight finish (within ``grace``), then close the rest."""
@@ -164,3 +203,4 @@ class Side:
             task.cancel()
         for service in self.services:
             await service.close()
+        self.access_log.flush()
