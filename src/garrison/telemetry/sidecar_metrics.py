@@ -94,4 +94,3 @@ class SidecarMetrics(Collector):
         for (callee, reason), count in list(self.upstream_errors.items()):
             errors.add_metric([callee, reason], count)
         yield errors
-
