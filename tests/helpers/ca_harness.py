@@ -13,9 +13,11 @@ from typing import Any
 
 import httpx
 import yaml
+from cryptography.hazmat.primitives import serialization
 from gateway_harness import stop_process
 
 from garrison.core.ready import read_ready
+from garrison.pki.authority import new_key, request_for
 
 GARRISON = Path(sys.executable).parent / "garrison"
 TRUST_DOMAIN = "shop.local"
@@ -125,6 +127,25 @@ class CaProcess:
         answer = self.admin("POST", f"/join-tokens?service={service}&ttl={ttl}")
         assert answer.status_code == 200, answer.text
         return str(answer.json()["token"])
+
+    def member_cert(self) -> Path:
+        """A workload certificate (chain + key, 0600) of ``inventory``, joined once: what /v1/state needs."""
+        path = self.directory / "member.pem"
+        if not path.exists():
+            key = new_key()
+            csr = request_for(key).public_bytes(serialization.Encoding.PEM).decode()
+            joined = self.api("POST", "/v1/join", {"token": self.join_token("inventory"), "csr": csr})
+            assert joined.status_code == 200, joined.text
+            key_pem = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            path.touch(0o600)
+            path.write_bytes(joined.json()["certificate_chain"].encode() + key_pem)
+        return path
+
+    def state(self, after: int = -1) -> httpx.Response:
+        """``GET /v1/state?after=N`` as a workload of the trust domain."""
+        return self.api("GET", f"/v1/state?after={after}", cert=self.member_cert())
 
     def api_context(self, cert: Path | None = None) -> ssl.SSLContext:
         """A client context verifying the CA under its bundle (not its name), with ``cert`` if given."""

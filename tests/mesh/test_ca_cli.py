@@ -35,7 +35,7 @@ def _down_then_up(ca: CaProcess) -> None:
     gateway_token = ca.cli("ca", "join-token", "--spiffe-id", "spiffe://shop.local/gateway").stdout.strip()
     ca.start()
     try:
-        state = ca.api("GET", "/v1/state?after=-1").json()
+        state = ca.state().json()
         assert state["revoked"] == ["spiffe://shop.local/svc/payments"]
         assert ca.api("POST", "/v1/join", {"token": token, "csr": _csr()}).status_code == 200
         gateway = ca.api("POST", "/v1/join", {"token": gateway_token, "csr": _csr()})
@@ -43,7 +43,7 @@ def _down_then_up(ca: CaProcess) -> None:
         # Up: through the admin API, published at once.
         version = state["version"]
         assert ca.cli("quarantine", "inventory", "--reason", "alert").returncode == 0
-        polled = ca.api("GET", f"/v1/state?after={version}").json()
+        polled = ca.state(version).json()
         assert polled["quarantined"] == ["inventory"]
         up_token = ca.cli("ca", "join-token", "--service", "orders").stdout.strip()
         assert ca.api("POST", "/v1/join", {"token": up_token, "csr": _csr()}).status_code == 200

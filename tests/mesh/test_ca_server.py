@@ -68,7 +68,8 @@ def test_malformed_requests_are_400_and_large_bodies_413(ca: CaProcess) -> None:
     assert ca.api("POST", "/v1/join", {"token": "gjt_x"}).status_code == 400
     assert ca.api("POST", "/v1/join", {"token": "gjt_x", "csr": "not a csr"}).json()["error"] == "bad_request"
     assert ca.api("POST", "/v1/join", {"token": "gjt_x", "csr": "x" * 20_000}).status_code == 413
-    assert ca.api("GET", "/v1/state?after=abc").status_code == 400
+    assert ca.api("GET", "/v1/state?after=-1").status_code == 401  # published to workloads only
+    assert ca.api("GET", "/v1/state?after=abc", cert=ca.member_cert()).status_code == 400
     with httpx.Client(verify=ca.api_context(), timeout=10) as client:
         chunked = client.post(f"{ca.url}/v1/join", content=iter([b'{"token": "gjt_x", ', b'"csr": "x"}']))
     assert chunked.status_code == 411
@@ -118,7 +119,7 @@ def _serial(directory: Path) -> int:
 
 
 def _version(ca: CaProcess) -> int:
-    return int(ca.api("GET", "/v1/state?after=-1").json()["version"])
+    return int(ca.state().json()["version"])
 
 
 class LongPoll(threading.Thread):
@@ -132,7 +133,7 @@ class LongPoll(threading.Thread):
 
     def run(self) -> None:
         self.started_request.set()
-        self.answer = self.ca.api("GET", f"/v1/state?after={self.after}").json()
+        self.answer = self.ca.state(self.after).json()
 
 
 def test_revocation_refuses_renewal_and_reaches_the_long_poll(ca: CaProcess, tmp_path: Path) -> None:
@@ -176,7 +177,7 @@ def test_quarantine_through_the_admin_api_reaches_the_long_poll(ca: CaProcess) -
     assert poll.answer["quarantined"] == ["inventory"]
     assert ca.admin("GET", "/quarantine").json() == {"quarantined": ["inventory"]}
     assert ca.admin("DELETE", "/quarantine?service=inventory").json() == {"released": True}
-    assert ca.api("GET", "/v1/state?after=-1").json()["quarantined"] == []
+    assert ca.state().json()["quarantined"] == []
 
 
 def test_admin_changes_need_the_credential_and_the_same_origin(ca: CaProcess) -> None:
@@ -202,7 +203,7 @@ def test_a_killed_ca_keeps_its_tokens_and_revocations(tmp_path: Path) -> None:
         version = _version(ca)
         ca.kill()
         ca.start()
-        state = ca.api("GET", "/v1/state?after=-1").json()
+        state = ca.state().json()
         assert state["revoked"] == ["spiffe://shop.local/svc/payments"] and state["version"] >= version
         joined = ca.api("POST", "/v1/join", {"token": token, "csr": csr_pem()})
         assert joined.status_code == 200

@@ -4,8 +4,10 @@
 - ``POST /v1/renew`` ``{"csr"}`` with the current certificate as TLS client certificate -> the next one,
   same SPIFFE ID (401 without a client certificate, 403 when revoked);
 - ``GET /v1/bundle``: the trust bundle (PEM);
-- ``GET /v1/state?after=N``: long-poll, answered as soon as the version passes N, or after
-  ``LONG_POLL`` seconds with the same version: ``{"version", "trust_bundle", "revoked", "quarantined"}``.
+- ``GET /v1/state?after=N`` with a workload certificate as TLS client certificate (401 without: which
+  services are quarantined or revoked is incident-response state, not for whoever reaches the port):
+  long-poll, answered as soon as the version passes N, or after ``LONG_POLL`` seconds with the same
+  version: ``{"version", "trust_bundle", "revoked", "quarantined"}``.
 
 Join and renew answer ``{"spiffe_id", "certificate_chain", "trust_bundle", "not_after"}``; every error is
 ``{"error", "message"}`` JSON. Bodies are at most 16 KiB (``web/simplehttp.py`` reads them bounded).
@@ -130,6 +132,10 @@ class CaApi:
         return SimpleResponse(200, self._state.snapshot.trust_bundle, b"application/x-pem-file")
 
     async def _state_poll(self, request: SimpleRequest) -> SimpleResponse:
+        if request.peer_der is None:
+            return error(
+                401, "unauthorized", "the state is published to workloads: present a workload certificate"
+            )
         query = parse_qs(request.target.partition(b"?")[2].decode("latin-1"), max_num_fields=5)
         raw = query.get("after", ["-1"])[-1]
         if not raw.lstrip("-").isdigit() or len(raw) > 19:
