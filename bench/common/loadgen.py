@@ -6,9 +6,11 @@ parser is a plain function so that it can be checked against saved output withou
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 WRK_CONNECTIONS = 50
 GRACE = 30.0  # seconds a load generator may overrun its duration before it is killed
@@ -67,6 +69,25 @@ def parse_wrk(text: str) -> WrkResult:
 def wrk_argv(prefix: list[str], seconds: int) -> list[str]:
     """wrk with one thread and WRK_CONNECTIONS connections for `seconds`; the caller adds script and URL."""
     return [*prefix, "wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency"]
+
+
+PACED_SCRIPT = Path(__file__).with_name("paced.lua")
+
+
+def run_paced(address: str, path: str, seconds: int, rate: float, prefix: list[str]) -> WrkResult:
+    """About ``rate`` req/s of independent arrivals for ``seconds`` (latency at a fixed rate).
+
+    WRK_CONNECTIONS connections each wait an exponential time of mean WRK_CONNECTIONS / rate before
+    every request (paced.lua), so arrivals are close to Poisson. hey -q, the other choice, gives each
+    worker its own ticker and starts them together: requests then come in bursts of one per worker,
+    and the median request queues behind the rest of its burst, which measures the burst more than the
+    hop. The rate reached is a little under ``rate`` (each connection also waits for its answer) and is
+    reported as measured.
+    """
+    mean_ms = 1000.0 * WRK_CONNECTIONS / rate
+    env = {**os.environ, "PACED_MEAN_MS": f"{mean_ms:.3f}"}
+    argv = [*wrk_argv(prefix, seconds), "-s", str(PACED_SCRIPT), f"http://{address}{path}"]
+    return parse_wrk(run_tool("wrk", argv, seconds, env))
 
 
 def run_tool(tool: str, argv: list[str], seconds: int, env: dict[str, str] | None = None) -> str:

@@ -11,7 +11,6 @@ from common.loadgen import WrkResult
 from common.machine import header
 from common.render import target_line
 from common.results import Target
-from gateway.loadgen import HeyResult
 
 COLUMNS = ("direct", "nginx-pair", "sidecar-pair")
 SIDECAR = "sidecar-pair"
@@ -36,19 +35,20 @@ def _median(values: list[float]) -> float | None:
 
 @dataclass
 class Figures:
-    """Everything measured, per column: wrk and hey results with the proxies' CPU share, and memory."""
+    """Everything measured, per column: saturation and fixed-rate runs (wrk) with the proxies' CPU share,
+    and memory."""
 
     rate: int
     wrk: dict[str, list[tuple[WrkResult, float | None]]] = field(default_factory=dict)
-    hey: dict[str, list[tuple[HeyResult, float | None]]] = field(default_factory=dict)
+    paced: dict[str, list[tuple[WrkResult, float | None]]] = field(default_factory=dict)
     memory: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # (RSS, peak) MB
     failures: dict[str, str] = field(default_factory=dict)
 
     def add_wrk(self, name: str, result: WrkResult, cpu: float | None) -> None:
         self.wrk.setdefault(name, []).append((result, cpu))
 
-    def add_hey(self, name: str, result: HeyResult, cpu: float | None) -> None:
-        self.hey.setdefault(name, []).append((result, cpu))
+    def add_paced(self, name: str, result: WrkResult, cpu: float | None) -> None:
+        self.paced.setdefault(name, []).append((result, cpu))
 
     def rps(self, name: str) -> float | None:
         return _median([r.rps for r, _ in self.wrk.get(name, [])])
@@ -57,7 +57,7 @@ class Figures:
         return _median([c for _, c in self.wrk.get(name, []) if c is not None])
 
     def latency(self, name: str) -> tuple[float | None, float | None]:
-        runs = self.hey.get(name, [])
+        runs = self.paced.get(name, [])
         return _median([r.p50_ms for r, _ in runs]), _median([r.p99_ms for r, _ in runs])
 
     def added(self, name: str) -> tuple[float | None, float | None]:
@@ -70,19 +70,19 @@ class Figures:
 
     def cpu_per_thousand(self, name: str) -> float | None:
         """Share of one core the pair used per 1,000 req/s served at the fixed rate."""
-        runs = self.hey.get(name, [])
+        runs = self.paced.get(name, [])
         return _median([c * 1000 / r.rps for r, c in runs if c is not None and r.rps])
 
     def errors(self, name: str) -> int:
         wrk = sum(r.errors for r, _ in self.wrk.get(name, []))
-        return wrk + sum(r.non_2xx + r.errors for r, _ in self.hey.get(name, []))
+        return wrk + sum(r.errors for r, _ in self.paced.get(name, []))
 
     def to_json(self, info: dict[str, str], settings: dict[str, object]) -> dict[str, object]:
         return {
             "machine": info,
             "settings": settings,
             "wrk": {n: [{**vars(r), "cpu": c} for r, c in runs] for n, runs in self.wrk.items()},
-            "hey": {n: [{**vars(r), "cpu": c} for r, c in runs] for n, runs in self.hey.items()},
+            "paced": {n: [{**vars(r), "cpu": c} for r, c in runs] for n, runs in self.paced.items()},
             "memory_mb": self.memory,
             "failures": self.failures,
         }
@@ -127,7 +127,7 @@ def targets(f: Figures) -> list[Target]:
 
 
 def _row(f: Figures, name: str) -> list[str]:
-    if name not in f.wrk and name not in f.hey:
+    if name not in f.wrk and name not in f.paced:
         return [name, f.failures.get(name, "not measured"), *[""] * (len(HEADINGS) - 2)]
     rps = f.rps(name)
     p50, p99 = f.latency(name)
@@ -159,8 +159,9 @@ def render(
     """The header (date, machine, tools, method, pinning), the table, the targets and any failure."""
     method = (
         f"method: {args.rounds} interleaved round(s) per phase; saturation: wrk -t1 -c50 for "
-        f"{args.duration} s per column; latency: hey -c 10 at {f.rate} req/s for {args.duration} s per "
-        f"column; {args.warmup} s of wrk per column to warm up"
+        f"{args.duration} s per column; latency: wrk -t1 -c50 with independent "
+        f"(exponential) waits, about {f.rate} req/s, {args.duration} s per column; "
+        f"{args.warmup} s of wrk per column to warm up"
     )
     tools = f"tools: {info['nginx']}, wrk {info['wrk']}, commit {info['commit']}"
     lines = header("Mesh benchmark", f"{now:%Y-%m-%d %H:%M} UTC", info, tools, method, pinning)

@@ -32,19 +32,19 @@ import report
 import servers
 from certs import make_certificates
 from common import cli, machine
-from common.loadgen import LoadError
+from common.loadgen import LoadError, WrkResult, run_paced
 from common.memory import group_memory_mb
 from common.processes import ServerDied, StartError, still_alive
 from common.render import say
-from gateway.loadgen import HeyResult, run_hey, run_wrk
+from gateway.loadgen import run_wrk
 from report import Figures
 from rich.console import Console
 from servers import Column, Pinning
 
 T = TypeVar("T")
 
-TOOLS = ("wrk", "nginx", "hey")
-APT_COMMAND = "apt-get install -y wrk nginx-light hey"
+TOOLS = ("wrk", "nginx")
+APT_COMMAND = "apt-get install -y wrk nginx-light"
 
 Measure = Callable[[Column], str]  # runs one measurement of a column, stores it, returns a progress line
 
@@ -112,13 +112,13 @@ def measurements(args: argparse.Namespace, pin: Pinning, figures: Figures) -> li
         return f"{column.name:<13} wrk {result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms"
 
     def at_rate(column: Column) -> str:
-        def hey() -> HeyResult:
-            return run_hey(column.target, args.duration, args.rate, pin.client())
+        def paced() -> WrkResult:
+            return run_paced(column.address, column.path, args.duration, args.rate, pin.client())
 
-        result, cpu = with_pair_cpu(column, hey)
-        figures.add_hey(column.name, result, cpu)
+        result, cpu = with_pair_cpu(column, paced)
+        figures.add_paced(column.name, result, cpu)
         return (
-            f"{column.name:<13} hey {result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+            f"{column.name:<13} paced {result.rps:>7,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
             f"p99 {result.p99_ms:6.2f} ms"
         )
 
@@ -156,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     pin = Pinning.if_possible(args.pin)
     now = datetime.now(UTC)
     tools = {"nginx": machine.command_output(["nginx", "-v"]), "wrk": machine.wrk_version()}
-    tools["hey"] = "hey (no version flag)"
     info = machine.info(tools)
     figures = Figures(rate=args.rate)
     with tempfile.TemporaryDirectory(prefix="garrison-bench-mesh-") as tmp, ExitStack() as stack:

@@ -32,7 +32,7 @@ class Pinning(processes.Pinning):
 
     PINNED = (
         "pinned: the two proxies of the hop under test on core 0 (one core for the pair); "
-        "wrk/hey and the app nginx on core 1"
+        "wrk and the app nginx on core 1"
     )
 
 
@@ -42,7 +42,7 @@ class Column:
 
     name: str
     address: str  # host:port
-    path: str = "/"  # what wrk and hey ask for
+    path: str = "/"  # what wrk asks for
     servers: list[Server] = field(default_factory=list)
 
     @property
@@ -51,7 +51,7 @@ class Column:
 
     @property
     def target(self) -> str:
-        """What gateway.loadgen's run_wrk/run_hey take as address: they call http://<target>/."""
+        """What gateway.loadgen's run_wrk takes as address: it calls http://<target>/."""
         return self.address + self.path.rstrip("/")
 
 
