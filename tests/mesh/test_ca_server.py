@@ -66,6 +66,10 @@ def test_join_gives_the_services_identity_and_the_token_is_spent(ca: CaProcess, 
 
 def test_malformed_requests_are_400_and_large_bodies_413(ca: CaProcess) -> None:
     assert ca.api("POST", "/v1/join", {"token": "gjt_x"}).status_code == 400
+    unknown = ca.api("POST", "/v1/join", {"attestor": "aws_iid", "csr": csr_pem()})
+    assert unknown.status_code == 400 and "join_token" in unknown.json()["message"]
+    assert ca.api("POST", "/v1/join", {"attestor": 7, "token": "gjt_x", "csr": csr_pem()}).status_code == 400
+    assert ca.api("POST", "/v1/join", ["not", "an", "object"]).status_code == 400
     assert ca.api("POST", "/v1/join", {"token": "gjt_x", "csr": "not a csr"}).json()["error"] == "bad_request"
     assert ca.api("POST", "/v1/join", {"token": "gjt_x", "csr": "x" * 20_000}).status_code == 413
     assert ca.api("GET", "/v1/state?after=-1").status_code == 401  # published to workloads only

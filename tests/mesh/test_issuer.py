@@ -7,7 +7,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from garrison.mesh.ca import tables
+from garrison.mesh.ca.attestors import AttestationRefused
 from garrison.mesh.ca.issuer import Issuer, Refused
 from garrison.mesh.ca.join_tokens import JoinTokens
 from garrison.pki.authority import new_key, request_for
@@ -64,6 +65,48 @@ def test_join_then_renew_keeps_the_identity(backend: Backend, tmp_path: Path) ->
         async with engine.connect() as connection:
             rows = (await connection.execute(select(tables.certificates))).all()
         assert sorted(row.obtained_by for row in rows) == ["join", "renewal"]
+
+    backend.run(body)
+
+
+class ClusterAttestor:
+    """An attestor of another kind, as a Kubernetes one would plug in: a signed claim names the service."""
+
+    name = "cluster"
+    fields = ("service_account",)
+
+    def __init__(self) -> None:
+        self.accounts = {"sa-payments": "spiffe://shop.local/svc/payments"}
+
+    async def attest(self, evidence: Mapping[str, str]) -> str:
+        found = self.accounts.get(evidence["service_account"])
+        if found is None:
+            raise AttestationRefused("unknown service account")
+        return found
+
+
+def test_another_attestor_plugs_in_beside_join_tokens(backend: Backend, tmp_path: Path) -> None:
+    async def body(engine: AsyncEngine) -> None:
+        kek = KeyEncryption(os.urandom(32))
+        files = AuthorityFiles(tmp_path / "ca", kek)
+        files.init("shop.local", now=NOW)
+        tokens = JoinTokens(engine, kek, lambda: NOW)
+        issuer = Issuer(files, tokens, engine, lambda: NOW, attestors=[ClusterAttestor()])
+        assert sorted(issuer.attestors) == ["cluster", "join_token"]
+        joined = await issuer.attest("cluster", {"service_account": "sa-payments"}, request_for(new_key()))
+        assert joined.spiffe_id == "spiffe://shop.local/svc/payments"
+        with pytest.raises(Refused, match="unknown service account"):
+            await issuer.attest("cluster", {"service_account": "sa-x"}, request_for(new_key()))
+        with pytest.raises(Refused, match="unknown attestor"):
+            await issuer.attest("aws_iid", {}, request_for(new_key()))
+        await issuer.revoke("spiffe://shop.local/svc/payments", "lost")  # revocation holds for every attestor
+        with pytest.raises(Refused, match="revoked"):
+            await issuer.attest("cluster", {"service_account": "sa-payments"}, request_for(new_key()))
+        # The one-time token still works beside it.
+        token = await tokens.mint(ORDERS, dt.timedelta(minutes=10))
+        assert (
+            await issuer.attest("join_token", {"token": token}, request_for(new_key()))
+        ).spiffe_id == ORDERS
 
     backend.run(body)
 

@@ -1,6 +1,7 @@
 """The CA's workload API (HTTPS, client certificates optional and verified against the trust bundle).
 
 - ``POST /v1/join`` ``{"token", "csr"}``: a one-time join token and a CSR (PEM) -> the certificate;
+  ``"attestor"`` names another attestor (mesh/ca/attestors.py), whose evidence fields replace ``token``;
 - ``POST /v1/renew`` ``{"csr"}`` with the current certificate as TLS client certificate -> the next one,
   same SPIFFE ID (401 without a client certificate, 403 when revoked);
 - ``GET /v1/bundle``: the trust bundle (PEM);
@@ -23,6 +24,7 @@ from urllib.parse import parse_qs
 
 from cryptography import x509
 
+from garrison.mesh.ca.attestors import DEFAULT_ATTESTOR
 from garrison.mesh.ca.issuer import Issued, Issuer, Refused
 from garrison.mesh.ca.state import CaState
 from garrison.pki.authority import CsrRefused, check_request
@@ -95,13 +97,19 @@ class CaApi:
 
     async def _join(self, request: SimpleRequest) -> SimpleResponse:
         try:
-            body = _body(request, ("token", "csr"))
+            payload = _payload(request)
+            name = _attestor_name(payload)
+            attestor = self._issuer.attestors.get(name)
+            if attestor is None:
+                known = ", ".join(sorted(self._issuer.attestors))
+                raise BadRequest(f"unknown attestor; this CA knows {known}", "attestor")
+            body = _strings(payload, (*attestor.fields, "csr"))
             csr = _csr(body["csr"])
         except BadRequest as exc:
             self._metrics.refuse("join", exc.reason)
             return error(400, "bad_request", str(exc))
         try:
-            issued = await self._issuer.join(body["token"], csr)
+            issued = await self._issuer.attest(name, body, csr)
         except Refused as exc:
             self._metrics.refuse("join", exc.reason)
             return error(403, "forbidden", str(exc))
@@ -153,14 +161,32 @@ def _issued(issued: Issued) -> dict[str, str]:
     }
 
 
-def _body(request: SimpleRequest, fields: tuple[str, ...]) -> dict[str, str]:
+def _payload(request: SimpleRequest) -> dict[str, Any]:
     try:
         payload = json.loads(request.body)
     except ValueError:
         raise BadRequest("the body is not JSON") from None
-    if not isinstance(payload, dict) or not all(isinstance(payload.get(name), str) for name in fields):
+    if not isinstance(payload, dict):
+        raise BadRequest("the body is a JSON object")
+    return payload
+
+
+def _strings(payload: dict[str, Any], fields: tuple[str, ...]) -> dict[str, str]:
+    if not all(isinstance(payload.get(name), str) for name in fields):
         raise BadRequest(f"the body is a JSON object with string fields {', '.join(fields)}")
     return {name: payload[name] for name in fields}
+
+
+def _body(request: SimpleRequest, fields: tuple[str, ...]) -> dict[str, str]:
+    return _strings(_payload(request), fields)
+
+
+def _attestor_name(payload: dict[str, Any]) -> str:
+    """The join's ``attestor`` field (``join_token`` when absent)."""
+    name = payload.get("attestor", DEFAULT_ATTESTOR)
+    if not isinstance(name, str):
+        raise BadRequest("`attestor` is the name of an attestor (a string)")
+    return name
 
 
 def _csr(text: str) -> x509.CertificateSigningRequest:

@@ -17,14 +17,15 @@ and keys never appear in them.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from garrison.mesh.ca.join_tokens import JoinTokenRefused, JoinTokens
+from garrison.mesh.ca.attestors import AttestationRefused, Attestor, JoinTokenAttestor
+from garrison.mesh.ca.join_tokens import JoinTokens
 from garrison.mesh.ca.tables import certificates, revocations
 from garrison.pki.authority import WORKLOAD_LIFETIME, CsrRefused, check_request, pem, sign_workload
 from garrison.pki.authority_files import AuthorityFiles
@@ -67,19 +68,33 @@ class Issuer:
         engine: AsyncEngine,
         clock: Callable[[], dt.datetime],
         lifetime: dt.timedelta = WORKLOAD_LIFETIME,
+        attestors: Sequence[Attestor] = (),
     ) -> None:
+        """``tokens`` backs the ``join_token`` attestor; ``attestors`` adds others (attestors.py)."""
         self._files = files
-        self._tokens = tokens
+        self.attestors: dict[str, Attestor] = {
+            attestor.name: attestor for attestor in (JoinTokenAttestor(tokens), *attestors)
+        }
         self._engine = engine
         self._clock = clock
         self._lifetime = lifetime
 
     async def join(self, token: str, csr: x509.CertificateSigningRequest) -> Issued:
-        self._check(csr, "join")  # before the token is spent: a bad CSR must not cost the workload its token
+        """A join with a one-time join token (the ``join_token`` attestor)."""
+        return await self.attest("join_token", {"token": token}, csr)
+
+    async def attest(
+        self, attestor_name: str, evidence: Mapping[str, str], csr: x509.CertificateSigningRequest
+    ) -> Issued:
+        """A first certificate for the SPIFFE ID ``evidence`` proves to the named attestor."""
+        attestor = self.attestors.get(attestor_name)
+        if attestor is None:
+            raise Refused(f"unknown attestor; this CA knows {', '.join(sorted(self.attestors))}", "attestor")
+        self._check(csr, "join")  # before evidence is spent: a bad CSR must not cost the workload its token
         try:
-            spiffe_id = await self._tokens.redeem(token)
-        except JoinTokenRefused as exc:
-            log.warn("mesh.ca.refused", how="join", reason="token")
+            spiffe_id = await attestor.attest(evidence)
+        except AttestationRefused as exc:
+            log.warn("mesh.ca.refused", how="join", attestor=attestor.name, reason="token")
             raise Refused(str(exc), "token") from None
         return await self._issue(spiffe_id, csr, "join")
 
