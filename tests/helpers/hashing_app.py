@@ -8,7 +8,8 @@ request body is fed to SHA-256 as llhttp delivers it; when the request is comple
   so the app is slower than the client and a proxy in between has to hold the difference (or apply
   flow control);
 - ``early``: it answers at the end of the head with this status and ``connection: close``, then
-  reads and drops the body (as nginx answers an oversized upload), and records nothing.
+  reads and drops the body (as nginx answers an oversized upload), and records nothing;
+- ``abort_after``: it resets the connection once it has read that many body bytes (a crash).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class _AppConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.app.transports.add(transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -71,6 +73,10 @@ class _AppConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.digest.update(body)
         self.size += len(body)
+        if self.app.abort_after is not None and self.size >= self.app.abort_after:
+            if self.transport is not None:
+                self.transport.abort()
+            return
         throttle = self.app.throttle
         if throttle is None or self.transport is None:
             return
@@ -110,19 +116,28 @@ class _AppConnection(asyncio.Protocol):
             self.transport.write(head + (b"connection: close\r\n" if close else b"") + b"\r\n" + body)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.app.transports.discard(self.transport)
         self.transport = None
 
 
 class HashingApp:
     """See the module docstring."""
 
-    def __init__(self, throttle: tuple[int, float] | None = None, early: int | None = None) -> None:
+    def __init__(
+        self,
+        throttle: tuple[int, float] | None = None,
+        early: int | None = None,
+        abort_after: int | None = None,
+    ) -> None:
         self.throttle = throttle
         self.early = early
+        self.abort_after = abort_after
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="hashing-app", daemon=True)
         self.port = 0
         self.uploads: list[Upload] = []
+        self.transports: set[asyncio.BaseTransport] = set()  # open connections, aborted at stop
         self._server: asyncio.Server | None = None
 
     def start(self) -> HashingApp:
@@ -141,6 +156,12 @@ class HashingApp:
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
+            for transport in list(self.transports):
+                transport.abort()
+            for _ in range(5):
+                await asyncio.sleep(0)  # let connection_lost callbacks run
+            if self._server is not None:
+                await self._server.wait_closed()
 
         try:
             asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)

@@ -161,20 +161,29 @@ def app() -> Iterator[HashingApp]:
         server.stop()
 
 
-@pytest.fixture
-def payments(tmp_path: Path, app: HashingApp, monkeypatch: pytest.MonkeyPatch) -> Iterator[SidecarThread]:
-    # The seams the stall test needs: a short body timeout, and a sweeper that looks often enough
-    # to see it pass (module constants, read at each use).
-    monkeypatch.setattr(relay, "BODY_TIMEOUT", 0.3)
-    monkeypatch.setattr(sidecar_server, "SWEEP_INTERVAL", 0.05)
+def _start_payments(tmp_path: Path, app: HashingApp, read_timeout: str | None = None) -> SidecarThread:
     with reserved_port() as orders_in, reserved_port() as payments_in:
         config = write_mesh(tmp_path, MeshPki(), app.port, orders_in, payments_in)
-        sidecar = SidecarThread(config, "payments", tmp_path / "payments").start()
-        try:
-            yield sidecar
-        finally:
-            close_clients()
-            sidecar.stop()
+    if read_timeout is not None:
+        text = config.read_text().replace(
+            "  payments:\n    targets:", f"  payments:\n    read_timeout: {read_timeout}\n    targets:"
+        )
+        config.write_text(text)
+    return SidecarThread(config, "payments", tmp_path / "payments").start()
+
+
+@pytest.fixture
+def payments(tmp_path: Path, app: HashingApp, monkeypatch: pytest.MonkeyPatch) -> Iterator[SidecarThread]:
+    # The seams the timeout tests need: a short body timeout, and a sweeper that looks often
+    # enough to see it pass (module constants, read at each use).
+    monkeypatch.setattr(relay, "BODY_TIMEOUT", 0.3)
+    monkeypatch.setattr(sidecar_server, "SWEEP_INTERVAL", 0.05)
+    sidecar = _start_payments(tmp_path, app)
+    try:
+        yield sidecar
+    finally:
+        close_clients()
+        sidecar.stop()
 
 
 def _connect(sidecar: SidecarThread, directory: Path, timeout: float = 10) -> ssl.SSLSocket:
@@ -269,3 +278,47 @@ def test_pipelined_uploads_are_answered_in_order(
     assert digests == [hashlib.sha256(body).hexdigest() for body in bodies]
     wait_until(lambda: len(app.uploads) == 3, what="three uploads")
     assert [upload.framing for upload in app.uploads] == ["length", "chunked", "length"]
+
+
+def test_an_upstream_failure_mid_body_is_a_502_and_the_connection_closes(
+    payments: SidecarThread, tmp_path: Path, app: HashingApp
+) -> None:
+    app.abort_after = 256 * 1024  # the app resets its connection a quarter MiB into the body
+    with _connect(payments, tmp_path / "orders") as tls:
+        tls.sendall(b"POST /charges HTTP/1.1\r\nhost: payments\r\ncontent-length: %d\r\n\r\n" % (64 * MIB))
+        tls.sendall(b"w" * MIB)
+        response = read_response(tls, bytearray())
+        assert response.status == 502  # never retried: its body has gone
+        assert json.loads(response.body)["error"] == "bad_gateway"
+        assert response.headers[b"connection"] == b"close"
+        assert reaches_eof(tls)
+
+
+def test_an_upstream_that_stops_draining_the_body_meets_its_read_timeout(
+    tmp_path: Path, app: HashingApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client is paused by flow control, so its body timeout (0.3 s) cannot fire; the upstream's
+    read timeout (1 s) does: the app stopped reading after 64 KiB."""
+    monkeypatch.setattr(relay, "BODY_TIMEOUT", 0.3)
+    monkeypatch.setattr(sidecar_server, "SWEEP_INTERVAL", 0.05)
+    app.throttle = (64 * 1024, 3600.0)
+    sidecar = _start_payments(tmp_path, app, read_timeout="1s")
+    try:
+        with _connect(sidecar, tmp_path / "orders", timeout=0.5) as tls:
+            tls.sendall(
+                b"POST /charges HTTP/1.1\r\nhost: payments\r\ncontent-length: %d\r\n\r\n" % (1024 * MIB)
+            )
+            sent = 0
+            piece = b"s" * (64 * 1024)
+            with pytest.raises(TimeoutError):  # sockets fill up, then the sidecar stops reading
+                while sent < 1024 * MIB:
+                    tls.sendall(piece)
+                    sent += len(piece)
+            tls.settimeout(10)
+            response = read_response(tls, bytearray())
+            assert response.status == 504
+            assert json.loads(response.body)["error"] == "gateway_timeout"
+            assert response.headers[b"connection"] == b"close"
+    finally:
+        close_clients()
+        sidecar.stop()
