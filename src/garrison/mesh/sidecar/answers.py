@@ -19,7 +19,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from garrison.mesh.sidecar.request import Request
-from garrison.proxy.connection import PAUSE_PIPELINE, PAUSE_UPSTREAM, ProxyConnection
+from garrison.proxy.connection import PAUSE_BUFFER, PAUSE_PIPELINE, PAUSE_UPSTREAM, ProxyConnection
 from garrison.proxy.http1 import status_line
 from garrison.proxy.state import CLOSING, IDLE, SERVING
 from garrison.proxy.state import ResponsePhase as Phase
@@ -85,7 +85,9 @@ class AnsweringRelay(ProxyConnection):
         self.active = None
         if not request.request_done:
             request.close_after = True  # the rest of its body is unread: never parsed as a request
-        request.body.clear()
+        if request.body:  # held for it, never sent (answered without an upstream)
+            request.body.clear()
+            self._resume(PAUSE_BUFFER)
         self.side.record(request)
         if request.close_after or self.side.draining or self.state >= CLOSING:
             self._close()
