@@ -15,6 +15,7 @@ import json
 import random
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,7 +134,9 @@ def test_a_64_mib_upload_streams_through_both_sidecars_in_bounded_memory(
     assert warm.getresponse().status == 200
     warm.close()
     before = {name: p.rss_bytes() for name, p in (("orders", orders), ("payments", payments))}
+    started = time.perf_counter()
     answer = _upload(orders.port("outbound"), chunked)
+    seconds = time.perf_counter() - started
     after = {name: p.rss_bytes() for name, p in (("orders", orders), ("payments", payments))}
     assert answer == {
         "sha256": digest_of(UPLOAD_BLOCKS),
@@ -147,7 +150,8 @@ def test_a_64_mib_upload_streams_through_both_sidecars_in_bounded_memory(
     else:
         assert upload.headers[b"content-length"] == b"%d" % (UPLOAD_BLOCKS * MIB)
     growth = {name: after[name] - before[name] for name in before}
-    print(f"sidecar RSS before {before}, after {after}, growth {growth}")  # the figures, with -s
+    # The figures, with -s (the app is throttled: 20 ms pause per MiB, so at least 1.3 s).
+    print(f"64 MiB in {seconds:.2f} s; sidecar RSS before {before}, after {after}, growth {growth}")
     assert all(grown < RSS_GROWTH_LIMIT for grown in growth.values()), growth
 
 
@@ -319,6 +323,43 @@ def test_an_upstream_that_stops_draining_the_body_meets_its_read_timeout(
             assert response.status == 504
             assert json.loads(response.body)["error"] == "gateway_timeout"
             assert response.headers[b"connection"] == b"close"
+    finally:
+        close_clients()
+        sidecar.stop()
+
+
+def test_client_chunk_extensions_and_trailers_are_not_passed_on(
+    payments: SidecarThread, tmp_path: Path, app: HashingApp
+) -> None:
+    body = b"hello, chunked world"
+    framed = b"5;ext=1\r\n%s\r\n%x\r\n%s\r\n0\r\nx-trailer: sneaky\r\n\r\n" % (
+        body[:5],
+        len(body) - 5,
+        body[5:],
+    )
+    with _connect(payments, tmp_path / "orders") as tls:
+        tls.sendall(b"POST /charges HTTP/1.1\r\nhost: p\r\ntransfer-encoding: chunked\r\n\r\n" + framed)
+        response = read_response(tls, bytearray())
+    assert response.status == 200
+    assert json.loads(response.body)["sha256"] == hashlib.sha256(body).hexdigest()
+    (upload,) = app.uploads
+    assert upload.framing == "chunked"
+    assert b"x-trailer" not in upload.headers  # the app's parser would have seen a forwarded trailer
+
+
+def test_a_slow_upload_is_not_an_upstream_timeout(tmp_path: Path, app: HashingApp) -> None:
+    """The upstream's read timeout (0.3 s) does not run while the client is still sending: gaps
+    longer than it, well within the body timeout, still make a 200."""
+    sidecar = _start_payments(tmp_path, app, read_timeout="0.3s")
+    try:
+        with _connect(sidecar, tmp_path / "orders") as tls:
+            tls.sendall(b"POST /charges HTTP/1.1\r\nhost: payments\r\ncontent-length: 3\r\n\r\n")
+            for piece in (b"a", b"b", b"c"):
+                time.sleep(0.5)  # the gap under test: longer than the upstream's read timeout
+                tls.sendall(piece)
+            response = read_response(tls, bytearray())
+        assert response.status == 200
+        assert json.loads(response.body)["sha256"] == hashlib.sha256(b"abc").hexdigest()
     finally:
         close_clients()
         sidecar.stop()
