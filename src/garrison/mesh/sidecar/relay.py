@@ -145,9 +145,8 @@ class RelayConnection(ForwardingRelay):
         request.request_done = True
         if self.state is READING_BODY:
             self._enter(SERVING)
-        if request.response is Phase.DONE and request is self.active:
-            self.finish(request)  # answered (early) while its body was still coming: now complete
-        elif self.active is None and self.state is SERVING:
+        # (A request answered before its body ended has closed the connection: see finish.)
+        if self.active is None and self.state is SERVING:
             self._wait(IDLE, KEEPALIVE_TIMEOUT)  # answered at its head, before this callback
 
     def _refuse(self, reject: Reject) -> None:
