@@ -12,7 +12,7 @@ from garrison.config.loader import parse_config
 from garrison.mesh.policy import CallPolicy, gateway_id
 from garrison.mesh.sidecar.gate import Gate, service_of
 from garrison.mesh.sidecar.identity import FileIdentity, StaticState
-from garrison.mesh.sidecar.request import Reject, split_headers
+from garrison.mesh.sidecar.request import Reject, Request, split_headers
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,29 @@ def test_owned_hop_by_hop_and_connection_named_headers_are_dropped() -> None:
         ]
     )
     assert headers.kept == [b"Accept: */*\r\n"]
+
+
+@pytest.mark.parametrize(
+    ("method", "raw", "framing", "has_body"),
+    [
+        (b"POST", [(b"Content-Length", b"12")], b"content-length: 12\r\n", True),
+        (b"POST", [(b"Transfer-Encoding", b"chunked")], b"transfer-encoding: chunked\r\n", True),
+        (b"POST", [], b"content-length: 0\r\n", False),  # a bodiless POST says so
+        (b"GET", [], None, False),
+        (b"GET", [(b"Content-Length", b"0")], None, False),
+    ],
+)
+def test_the_upstream_head_keeps_the_bodys_framing_and_carries_no_body(
+    method: bytes, raw: list[tuple[bytes, bytes]], framing: bytes | None, has_body: bool
+) -> None:
+    request = Request(method, b"/charges", None, split_headers(raw), True)
+    head = request.upstream_request(b"/charges", b"payments", b"")
+    assert request.has_body is has_body
+    assert request.request_done is not has_body  # a bodiless request is complete at its head
+    assert head.endswith(b"\r\n\r\n")  # the head only: the body streams after it
+    lines = head.lower().split(b"\r\n")
+    framing_lines = [line + b"\r\n" for line in lines if line.startswith((b"content-length", b"transfer-"))]
+    assert framing_lines == ([framing] if framing else [])
 
 
 @pytest.mark.parametrize("raw", [[(b"Transfer-Encoding", b"gzip, chunked")], [(b"Content-Length", b"+5")]])

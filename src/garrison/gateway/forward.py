@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Protocol
 from garrison.gateway.answers import AnsweringConnection
 from garrison.gateway.exchange import response_head
 from garrison.pki.workload_tls import PeerIdentityMismatch
-from garrison.proxy.connection import PAUSE_BUFFER, PAUSE_UPSTREAM
-from garrison.proxy.http1 import LAST_CHUNK, chunk
+from garrison.proxy.connection import MAX_BUFFERED_BODY, PAUSE_BUFFER, PAUSE_UPSTREAM
+from garrison.proxy.http1 import CONTINUE_LINE, LAST_CHUNK, chunk
 from garrison.proxy.stages import DONE, ChainHost, Verdict
 from garrison.proxy.state import CLOSING
 from garrison.proxy.state import ResponsePhase as _Phase
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from garrison.proxy.upstream.pool import UpstreamConnection
     from garrison.proxy.upstream.target import Target
 
-CONTINUE_LINE = b"HTTP/1.1 100 Continue\r\n\r\n"
-MAX_BUFFERED_BODY = 256 * 1024  # request body held while no upstream connection is ready
 PENDING, STARTED, DONE_PHASE = _Phase.PENDING, _Phase.STARTED, _Phase.DONE
 
 

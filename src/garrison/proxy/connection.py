@@ -18,6 +18,9 @@ from garrison.proxy.state import CLOSED, CLOSING, IDLE, LEGAL, ConnectionState, 
 # Why reading from the client is paused; reading resumes when no reason is left.
 PAUSE_PIPELINE, PAUSE_BUFFER, PAUSE_UPSTREAM = 1, 2, 4
 LINGER_SECONDS = 1.0
+# Request body held while no upstream connection is ready for it (one being opened, an earlier
+# pipelined request still being answered); past this, reading pauses (PAUSE_BUFFER).
+MAX_BUFFERED_BODY = 256 * 1024
 
 
 class ProxyConnection(asyncio.Protocol):

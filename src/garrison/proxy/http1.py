@@ -82,3 +82,7 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+CONTINUE_LINE = b"HTTP/1.1 100 Continue\r\n\r\n"
+"""The interim answer to ``Expect: 100-continue``: sent only once the request may go on (allowed,
+an upstream connection ready), so a refused request never makes its client send the body."""

@@ -1,6 +1,12 @@
 """The answering half of a sidecar connection: per-request state, the sidecar's own answers, and what
 happens once an answer is complete (the access line, the next pipelined request, keep-alive or close).
 
+An answer may come before the request's body was read (a denial at the head, an upstream that
+answered early, a failure mid-body). Then the connection closes after it, as the proxy core closes:
+``connection: close`` in the answer, a half-close, the rest of the body read and dropped for a
+moment (proxy/connection.py, lingering close). Keep-alive only when the whole request was read,
+so the next request on the connection can never start inside an unread body.
+
 Part of ``RelayConnection`` (relay.py), split by concern as the gateway's client connection is:
 ``AnsweringRelay`` (here) <- ``ForwardingRelay`` (forward.py: the upstream half) <- ``RelayConnection``
 (relay.py: the parser callbacks and the connection's life).
@@ -13,7 +19,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from garrison.mesh.sidecar.request import Request
-from garrison.proxy.connection import PAUSE_PIPELINE, ProxyConnection
+from garrison.proxy.connection import PAUSE_BUFFER, PAUSE_PIPELINE, PAUSE_UPSTREAM, ProxyConnection
 from garrison.proxy.http1 import status_line
 from garrison.proxy.state import CLOSING, IDLE, SERVING
 from garrison.proxy.state import ResponsePhase as Phase
@@ -55,7 +61,7 @@ class AnsweringRelay(ProxyConnection):
         """The sidecar's own answer: a JSON body ``{"error", "message"}`` (``extra``: header lines)."""
         body = json.dumps({"error": error, "message": message}).encode()
         request.status = status
-        request.close_after = request.close_after or self.side.draining
+        request.close_after = request.close_after or self.side.draining or not request.request_done
         self.write(
             b"".join(
                 (
@@ -77,6 +83,11 @@ class AnsweringRelay(ProxyConnection):
         if request is not self.active:
             return
         self.active = None
+        if not request.request_done:
+            request.close_after = True  # the rest of its body is unread: never parsed as a request
+        if request.body:  # held for it, never sent (answered without an upstream)
+            request.body.clear()
+            self._resume(PAUSE_BUFFER)
         self.side.record(request)
         if request.close_after or self.side.draining or self.state >= CLOSING:
             self._close()
@@ -87,9 +98,19 @@ class AnsweringRelay(ProxyConnection):
         elif self.parsing is None and self.state is SERVING:
             self._wait(IDLE, KEEPALIVE_TIMEOUT)
 
-    def _close(self) -> None:
+    def _close(self, linger: bool = False) -> None:
+        """Close; half-close and linger when input is unread (a body, or whatever followed)."""
         if self.transport is not None and self.state < CLOSING:
-            self._close_transport(linger=self.parsing is not None)
+            if self.paused:
+                # Lingering is reading and dropping: a paused transport would leave the input
+                # unread, and the close would reset the connection under the answer.
+                self.paused = 0
+                self.transport.resume_reading()
+            self._close_transport(linger=linger or self.parsing is not None)
+
+    def _upstream_detached(self) -> None:
+        """The active request no longer has an upstream connection: its write pause goes too."""
+        self._resume(PAUSE_UPSTREAM)
 
     def serving(self, request: Request) -> bool:
         return request is self.active and self.state < CLOSING

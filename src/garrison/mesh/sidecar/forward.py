@@ -1,11 +1,18 @@
 """The upstream half of a sidecar connection: an exchange taken to an ``UpstreamService`` and back.
 
-``forward`` hands a request to its service (proxy/upstream/service.py): pick (counted in flight), an
-idle pooled connection or a new one, and exactly one of responded / failed / abandoned; retries of
-idempotent bodiless requests within the service's budget. Outbound (``expected_peer`` set), a new
-connection uses the identity's current client context and is used only if the server's verified
-SPIFFE ID is the peer's. The response is streamed back as the upstream's parser produces it (this is
-the pool's ``UpstreamListener``).
+``forward`` hands a request to its service (proxy/upstream/service.py) as soon as its head is
+decided: pick (counted in flight), an idle pooled connection or a new one, and exactly one of
+responded / failed / abandoned; retries of idempotent bodiless requests within the service's
+budget (a request with a body is never retried: its body has gone). Outbound (``expected_peer``
+set), a new connection uses the identity's current client context and is used only if the server's
+verified SPIFFE ID is the peer's.
+
+The request body streams: each piece goes to the upstream connection as llhttp delivers it
+(``forward_body``), held only while no connection is ready yet. Flow control both ways: the
+upstream's write buffer full pauses reading the client (PAUSE_UPSTREAM), the client's full pauses
+reading the upstream. ``Expect: 100-continue`` is answered once the call is allowed and a connection
+is ready. The response streams back as the upstream's parser produces it (this is the pool's
+``UpstreamListener``), even before the request body is all sent (an upstream's early 413).
 """
 
 from __future__ import annotations
@@ -14,8 +21,8 @@ from typing import TYPE_CHECKING
 
 from garrison.mesh.sidecar.answers import AnsweringRelay
 from garrison.mesh.sidecar.request import Request
-from garrison.proxy.connection import PAUSE_UPSTREAM
-from garrison.proxy.http1 import HOP_BY_HOP, LAST_CHUNK, chunk, status_line
+from garrison.proxy.connection import MAX_BUFFERED_BODY, PAUSE_BUFFER, PAUSE_UPSTREAM
+from garrison.proxy.http1 import CONTINUE_LINE, HOP_BY_HOP, LAST_CHUNK, chunk, status_line
 from garrison.proxy.state import CLOSING
 from garrison.proxy.state import ResponsePhase as Phase
 
@@ -93,12 +100,35 @@ class ForwardingRelay(AnsweringRelay):
 
     def _send(self, request: Request, conn: UpstreamConnection) -> None:
         request.upstream = conn
-        conn.start(self, request.upstream_head, head_only=request.method == b"HEAD")
+        request.sent_at = self.loop.time()
+        head = request.upstream_head
+        if request.body:  # what arrived while no connection was ready
+            head = b"".join((head, *request.body))
+            request.body.clear()
+            request.buffered = 0
+            self._resume(PAUSE_BUFFER)
+        elif request.expect_continue and not request.request_done and not request.body_size:
+            # Allowed, and a connection is ready: now the client may send its body.
+            self.write(CONTINUE_LINE)
+        conn.start(self, head, head_only=request.method == b"HEAD")
+
+    def forward_body(self, request: Request, data: bytes) -> None:
+        """A piece of ``request``'s body, framed as it goes upstream: on, held, or dropped."""
+        if request.upstream is not None and request is self.active:
+            request.upstream.write(data)
+            request.sent_at = self.loop.time()
+        elif request.response is not Phase.DONE:
+            request.body.append(data)  # no connection yet (or an earlier request is answered)
+            request.buffered += len(data)
+            if request.buffered > MAX_BUFFERED_BODY:
+                self._pause(PAUSE_BUFFER)
+        # else: answered already; the rest of the body is read and dropped (the connection closes)
 
     def _drop_upstream(self, request: Request) -> None:
         conn, request.upstream = request.upstream, None
         if conn is not None:
             conn.abort()
+            self._upstream_detached()
         if request.target is not None and request.service is not None and conn is not None:
             request.service.abandoned(request.target, request.response is not Phase.PENDING)
 
@@ -118,7 +148,9 @@ class ForwardingRelay(AnsweringRelay):
             lines.append(b"transfer-encoding: chunked\r\n")
         elif length is not None:
             lines.append(b"content-length: %s\r\n" % length)
-        if request.close_after or self.side.draining:
+        if request.close_after or self.side.draining or not request.request_done:
+            # An answer before the request body was all read (an early 413): the connection
+            # closes after it, the rest of the body unread.
             request.close_after = True
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
@@ -137,10 +169,11 @@ class ForwardingRelay(AnsweringRelay):
         if request.rechunk:
             self.write(LAST_CHUNK)
         if conn is not None:
-            if keep_alive:
+            if keep_alive and request.request_done:
                 conn.pool.release(conn)
             else:
-                conn.abort()
+                conn.abort()  # the request was not all sent: the connection is mid-message
+        self._upstream_detached()
         request.response = Phase.DONE
         self.finish(request)
 
@@ -148,9 +181,12 @@ class ForwardingRelay(AnsweringRelay):
         request = self.active
         if request is not None:
             request.upstream = None
+            self._upstream_detached()
             self.upstream_failed(request, reason)
 
     def on_upstream_writable(self, writable: bool) -> None:
+        if self.active is not None:
+            self.active.sent_at = self.loop.time()  # a stall is timed from here (check_deadlines)
         if writable:
             self._resume(PAUSE_UPSTREAM)
         else:
@@ -169,7 +205,7 @@ class ForwardingRelay(AnsweringRelay):
             return
         if self.state >= CLOSING or request is not self.active:
             return
-        if service.may_retry(request.method, request.body_size > 0, request.attempts, reason, now):
+        if service.may_retry(request.method, request.has_body, request.attempts, reason, now):
             self.dispatch(request)
         elif reason == "timeout":
             self.answer_json(request, 504, "gateway_timeout", f"{request.peer or 'the app'} timed out")

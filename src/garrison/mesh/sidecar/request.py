@@ -96,15 +96,24 @@ def split_headers(raw: list[tuple[bytes, bytes]]) -> Headers:
 
 
 class Request:
-    """A request head, its body (buffered: service calls are small), and its upstream attempt."""
+    """A request head, how far its body has got, and its upstream attempt.
+
+    The body is not kept: each piece llhttp delivers goes on to the upstream connection as it
+    arrives. Only what arrives before that connection is ready (a new connection being opened, an
+    earlier pipelined request still being answered) waits in ``body``, a bounded amount (the
+    connection stops reading past ``MAX_BUFFERED_BODY``, proxy/connection.py).
+    """
 
     __slots__ = (
         "attempts",
         "body",
         "body_size",
+        "buffered",
         "caller",
         "close_after",
+        "expect_continue",
         "expected_peer",
+        "has_body",
         "headers",
         "keep_alive",
         "method",
@@ -115,6 +124,7 @@ class Request:
         "request_done",
         "request_id",
         "response",
+        "sent_at",
         "service",
         "start",
         "status",
@@ -131,9 +141,12 @@ class Request:
         self.query = query  # None: no "?" at all
         self.headers = headers
         self.keep_alive = keep_alive
-        self.body: list[bytes] = []
-        self.body_size = 0
-        self.request_done = False
+        self.has_body = headers.chunked or bool(headers.content_length)
+        self.body: list[bytes] = []  # body pieces (framed as sent upstream) waiting for a connection
+        self.buffered = 0  # bytes in ``body``
+        self.body_size = 0  # body bytes read from the client so far
+        self.request_done = not self.has_body  # the whole request was read (set again at its end)
+        self.expect_continue = False  # the client waits for 100 Continue before its body
         self.start = perf_counter()
         self.request_id = request_id_for(headers.request_id)
         trace_id, span, flags = trace_for(headers.traceparent)
@@ -157,26 +170,32 @@ class Request:
         self.upstream_head = b""
         self.expected_peer: str | None = None  # outbound: the SPIFFE ID the server must present
         self.attempts = 0
+        # When the upstream last had something to do for us (the body went on, or it stopped
+        # draining it): its read timeout runs from here while the body is still flowing.
+        self.sent_at = 0.0
 
     def target_bytes(self, path: bytes) -> bytes:
         return path if self.query is None else b"%s?%s" % (path, self.query)
 
     def upstream_request(self, path: bytes, host: bytes, extra: bytes) -> bytes:
-        """The head (and buffered body) sent upstream: normalised target, our framing and trace."""
-        body = b"".join(self.body)
-        framing = (
-            b"content-length: %d\r\n" % len(body)
-            if body or self.method in (b"POST", b"PUT", b"PATCH")
-            else b""
-        )
+        """The head sent upstream: normalised target, our framing and trace (the body follows).
+
+        A Content-Length body keeps its length; a chunked one stays chunked (re-chunked by us as
+        it streams, so no chunk extension or trailer of the client's is passed on)."""
+        headers = self.headers
+        if headers.chunked:
+            framing = b"transfer-encoding: chunked\r\n"
+        elif headers.content_length or self.method in (b"POST", b"PUT", b"PATCH"):
+            framing = b"content-length: %d\r\n" % (headers.content_length or 0)
+        else:
+            framing = b""
         return b"".join(
             (
                 b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (self.method, self.target_bytes(path), host),
-                *self.headers.kept,
+                *headers.kept,
                 extra,
                 self.trace,
                 framing,
                 b"\r\n",
-                body,
             )
         )
