@@ -114,6 +114,32 @@ def sidecar(
 
 
 @app.command()
+def vault(
+    config: ConfigOption = Path("garrison.yaml"),
+    ready_file: Annotated[
+        Path | None, typer.Option(help="Write the listening address here as JSON once serving.")
+    ] = None,
+) -> None:
+    """Run the secrets vault (Vault's HTTP API; starts sealed unless `vault.dev`; stop: SIGTERM)."""
+    import uvloop
+
+    from garrison.config.loader import ConfigError, load_config
+    from garrison.vault.component import serve
+
+    try:
+        loaded = load_config(config)
+    except ConfigError as exc:
+        err.print(f"[red]cannot start[/red]: {exc}\nRun `garrison check -c {config}` for details.")
+        raise typer.Exit(2) from None
+    try:
+        code = uvloop.run(serve(loaded, ready_file))
+    except OSError as exc:
+        err.print(f"[red]cannot start[/red]: {exc}")
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+@app.command()
 def up(
     config: ConfigOption = Path("garrison.yaml"),
     demo: Annotated[bool, typer.Option(help="Also run the demo upstream service from examples/.")] = False,
