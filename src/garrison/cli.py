@@ -124,8 +124,10 @@ def vault(
     import uvloop
 
     from garrison.config.loader import ConfigError, load_config
+    from garrison.telemetry import logging as log
     from garrison.vault.component import serve
 
+    log.configure("vault")
     try:
         loaded = load_config(config)
     except ConfigError as exc:

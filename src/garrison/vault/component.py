@@ -35,6 +35,8 @@ from garrison.vault.storage import durable
 
 __all__ = ["VaultComponent", "serve"]
 
+DRAIN_TIMEOUT = 10.0
+
 
 class _Uvicorn(uvicorn.Server):
     """uvicorn without its own signal handling: core/runner.py owns the signals."""
@@ -112,11 +114,31 @@ class VaultComponent:
 
     async def drain(self) -> None:
         assert self.server is not None and self.serving is not None and self.core is not None
-        self.server.should_exit = True
-        await self.serving
+        self.server.should_exit = True  # stop accepting; requests in flight finish
+        await _close_idle_connections(self.server, self.serving)
         self.core.seal_now()
         await self.core.engine.dispose()
         log.log("vault.stopped")
+
+
+async def _close_idle_connections(server: _Uvicorn, serving: asyncio.Task[None]) -> None:
+    """Wait for uvicorn to finish, cutting idle keep-alive connections as it goes.
+
+    uvicorn closes an idle connection with ``transport.close()``, which over TLS waits for the client's
+    close_notify; a client holding a pooled connection without reading it (requests, hence hvac) never
+    sends one, and the drain would wait out the SSL shutdown timeout. A connection with no request
+    in progress has nothing to lose: it is aborted. One with a request in flight gets DRAIN_TIMEOUT."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_TIMEOUT
+    while not serving.done():
+        for connection in list(server.server_state.connections):
+            cycle = getattr(connection, "cycle", None)
+            transport = getattr(connection, "transport", None)
+            idle = cycle is None or getattr(cycle, "response_complete", True)
+            if transport is not None and (idle or loop.time() > deadline):
+                transport.abort()
+        await asyncio.wait({serving}, timeout=0.05)
+    serving.result()
 
 
 def _uvicorn_config(app: VaultApp, context: ssl.SSLContext | None) -> uvicorn.Config:

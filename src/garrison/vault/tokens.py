@@ -222,7 +222,7 @@ class TokenStore:
             "policies": entry.policies,
             "token_policies": entry.policies,
             "metadata": entry.meta,
-            "lease_duration": entry.remaining(self.clock()),
+            "lease_duration": round(entry.ttl),
             "renewable": entry.renewable,
             "entity_id": "",
             "token_type": "service",
