@@ -36,7 +36,9 @@ class Vault:
     def raw(self, method: str, path: str, token: str | None = None, **kwargs: object) -> httpx.Response:
         headers = {"X-Vault-Token": token if token is not None else self.root}
         headers.update(kwargs.pop("headers", {}))  # type: ignore[call-overload]
-        with httpx.Client(verify=ssl.create_default_context(cafile=self.process.ca_file), timeout=15) as client:
+        with httpx.Client(
+            verify=ssl.create_default_context(cafile=self.process.ca_file), timeout=15
+        ) as client:
             return client.request(method, self.process.url + path, headers=headers, **kwargs)  # type: ignore[arg-type]
 
 
@@ -87,7 +89,9 @@ def test_a_token_limited_to_orders_cannot_read_payments(vault: Vault) -> None:
 
 def test_token_lifecycle_lookup_renew_revoke(vault: Vault) -> None:
     root = vault.client()
-    created = root.auth.token.create(policies=["default"], ttl="10m", explicit_max_ttl="20m", meta={"team": "ops"})
+    created = root.auth.token.create(
+        policies=["default"], ttl="10m", explicit_max_ttl="20m", meta={"team": "ops"}
+    )
     token, accessor = created["auth"]["client_token"], created["auth"]["accessor"]
     assert token.startswith("hvs.")
     own = vault.client(token)
@@ -130,7 +134,9 @@ def test_bearer_header_and_bad_tokens(vault: Vault) -> None:
             assert refused.headers["content-type"] == "application/json"
             assert refused.json() == {"errors": ["permission denied"]}
     with pytest.raises(hvac.exceptions.Forbidden):
-        vault.client("hvs.not-a-token").secrets.kv.v2.read_secret_version("orders/db", raise_on_deleted_version=True)
+        vault.client("hvs.not-a-token").secrets.kv.v2.read_secret_version(
+            "orders/db", raise_on_deleted_version=True
+        )
 
 
 def test_errors_have_vault_status_codes_and_bodies(vault: Vault) -> None:
@@ -155,7 +161,9 @@ def test_kv_v2_versions_cas_patch_delete_undelete_destroy(vault: Vault) -> None:
     assert first["version"] == 1 and first["deletion_time"] == "" and not first["destroyed"]
     with pytest.raises(hvac.exceptions.InvalidRequest, match="check-and-set parameter did not match"):
         kv.create_or_update_secret("orders/api", {"key": "lost"}, cas=0)
-    assert kv.create_or_update_secret("orders/api", {"key": "v2", "extra": "e"}, cas=1)["data"]["version"] == 2
+    assert (
+        kv.create_or_update_secret("orders/api", {"key": "v2", "extra": "e"}, cas=1)["data"]["version"] == 2
+    )
     # hvac's patch() reads and writes back (a client-side update); the server-side PATCH is RFC 7396
     patched = vault.raw(
         "PATCH",
@@ -176,10 +184,18 @@ def test_kv_v2_versions_cas_patch_delete_undelete_destroy(vault: Vault) -> None:
     assert deleted["data"]["data"] is None
     assert deleted["data"]["metadata"]["deletion_time"] != "" and deleted["data"]["metadata"]["version"] == 3
     raw = vault.raw("GET", "/v1/secret/data/orders/api")
-    assert raw.status_code == 404 and set(raw.json()) >= {"request_id", "lease_id", "data", "wrap_info", "auth"}
+    assert raw.status_code == 404 and set(raw.json()) >= {
+        "request_id",
+        "lease_id",
+        "data",
+        "wrap_info",
+        "auth",
+    }
 
     kv.undelete_secret_versions("orders/api", versions=[3])
-    assert kv.read_secret_version("orders/api", raise_on_deleted_version=True)["data"]["data"] == {"key": "v3"}
+    assert kv.read_secret_version("orders/api", raise_on_deleted_version=True)["data"]["data"] == {
+        "key": "v3"
+    }
     kv.delete_secret_versions("orders/api", versions=[1])
     kv.destroy_secret_versions("orders/api", versions=[2])
     versions = kv.read_secret_metadata("orders/api")["data"]["versions"]
@@ -199,8 +215,14 @@ def test_kv_v2_metadata_cas_required_max_versions_custom_metadata(vault: Vault) 
     for version in range(3):
         kv.create_or_update_secret("orders/meta", {"v": str(version + 1)}, cas=version)
     meta = kv.read_secret_metadata("orders/meta")["data"]
-    assert meta["current_version"] == 3 and meta["oldest_version"] == 2 and sorted(meta["versions"]) == ["2", "3"]
-    assert meta["max_versions"] == 2 and meta["cas_required"] and meta["custom_metadata"] == {"owner": "orders"}
+    assert (
+        meta["current_version"] == 3
+        and meta["oldest_version"] == 2
+        and sorted(meta["versions"]) == ["2", "3"]
+    )
+    assert (
+        meta["max_versions"] == 2 and meta["cas_required"] and meta["custom_metadata"] == {"owner": "orders"}
+    )
     assert meta["delete_version_after"] == "0s"
     read = kv.read_secret_version("orders/meta", raise_on_deleted_version=True)["data"]
     assert read["metadata"]["custom_metadata"] == {"owner": "orders"}
@@ -255,7 +277,10 @@ def test_rotate_adds_a_keyring_term(vault: Vault) -> None:
     assert root.sys.get_encryption_key_status()["data"]["term"] == before + 1
     root.secrets.kv.v2.create_or_update_secret("orders/after-rotate", {"v": "new"})
     for path, value in (("orders/before-rotate", "old"), ("orders/after-rotate", "new")):
-        assert root.secrets.kv.v2.read_secret_version(path, raise_on_deleted_version=True)["data"]["data"]["v"] == value
+        assert (
+            root.secrets.kv.v2.read_secret_version(path, raise_on_deleted_version=True)["data"]["data"]["v"]
+            == value
+        )
 
 
 def test_health_answers_get_and_head_with_vault_codes(vault: Vault) -> None:

@@ -51,13 +51,13 @@ def test_the_most_specific_pattern_decides() -> None:
 
 def test_priority_rules_in_order() -> None:
     # first wildcard later wins
-    assert acl('path "a/+/c" { capabilities = ["read"] }', 'path "a/b/*" { capabilities = ["list"] }').capabilities(
-        "a/b/c"
-    ) == frozenset({"list"})
+    assert acl(
+        'path "a/+/c" { capabilities = ["read"] }', 'path "a/b/*" { capabilities = ["list"] }'
+    ).capabilities("a/b/c") == frozenset({"list"})
     # a trailing * loses to no trailing *
-    assert acl('path "a/+" { capabilities = ["read"] }', 'path "a/*" { capabilities = ["list"] }').capabilities(
-        "a/b"
-    ) == frozenset({"read"})
+    assert acl(
+        'path "a/+" { capabilities = ["read"] }', 'path "a/*" { capabilities = ["list"] }'
+    ).capabilities("a/b") == frozenset({"read"})
     # fewer + wins
     assert acl(
         'path "a/+/+" { capabilities = ["read"] }', 'path "a/+/c" { capabilities = ["list"] }'

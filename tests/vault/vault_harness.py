@@ -52,7 +52,9 @@ class VaultProcess:
 
     @property
     def audit_path(self) -> Path:
-        return Path(self.config["vault"].get("audit", {}).get("file") or self.state_dir / "vault" / "audit.log")
+        return Path(
+            self.config["vault"].get("audit", {}).get("file") or self.state_dir / "vault" / "audit.log"
+        )
 
     def start(self, timeout: float = 60.0) -> VaultProcess:
         self.ready_path.unlink(missing_ok=True)
