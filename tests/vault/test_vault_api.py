@@ -306,3 +306,5 @@ def test_audit_lines_hold_no_secret_and_no_token_in_clear(vault: Vault) -> None:
     assert response["response"]["data"]["data"]["password"].startswith("hmac-sha256:")
     assert response["request"]["client_token"].startswith("hmac-sha256:")
     assert oct(Path(vault.process.audit_path).stat().st_mode & 0o777) == "0o600"
+    log = vault.process.stderr_text()
+    assert secret not in log and vault.root not in log and not any(key in log for key in vault.keys)

@@ -164,6 +164,8 @@ async def authenticated_sys(core: VaultCore, call: Call, acl: Acl) -> Answer:
     for prefix in ("sys/policy/", "sys/policies/acl/"):
         if path.startswith(prefix) and len(path) > len(prefix):
             return await _policy(core, call, acl, path[len(prefix) :], prefix == "sys/policy/")
+    if not acl.capabilities(path):
+        raise VaultError(403, "permission denied")  # as Vault: the ACL answers before the router
     raise VaultError(404, f'no handler for route "{path}". route entry not found.')
 
 
