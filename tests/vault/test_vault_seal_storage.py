@@ -67,6 +67,15 @@ def test_sealed_vault_answers_503_and_unseals_with_three_distinct_shares(process
     result = client.sys.submit_unseal_keys(keys[2:5])
     assert not result["sealed"]
     assert _get(process, "/v1/sys/health").status_code == 200
+    assert process.stop() == 0  # SIGTERM drains and exits 0
+    assert '"event":"vault.stopped"' in process.stderr_text()
+
+
+def test_a_file_without_a_vault_section_does_not_start(tmp_path: Path) -> None:
+    process = VaultProcess(tmp_path, {"state_dir": str(tmp_path / "state")})
+    with pytest.raises(RuntimeError, match="no `vault` section"):
+        process.start()
+    assert process.proc is not None and process.proc.returncode == 2
 
 
 def test_seal_then_restart_keeps_the_data_sealed_until_unsealed(process: VaultProcess) -> None:
