@@ -114,34 +114,6 @@ def sidecar(
 
 
 @app.command()
-def vault(
-    config: ConfigOption = Path("garrison.yaml"),
-    ready_file: Annotated[
-        Path | None, typer.Option(help="Write the listening address here as JSON once serving.")
-    ] = None,
-) -> None:
-    """Run the secrets vault (Vault's HTTP API; starts sealed unless `vault.dev`; stop: SIGTERM)."""
-    import uvloop
-
-    from garrison.config.loader import ConfigError, load_config
-    from garrison.telemetry import logging as log
-    from garrison.vault.component import serve
-
-    log.configure("vault")
-    try:
-        loaded = load_config(config)
-    except ConfigError as exc:
-        err.print(f"[red]cannot start[/red]: {exc}\nRun `garrison check -c {config}` for details.")
-        raise typer.Exit(2) from None
-    try:
-        code = uvloop.run(serve(loaded, ready_file))
-    except OSError as exc:
-        err.print(f"[red]cannot start[/red]: {exc}")
-        raise typer.Exit(2) from None
-    raise typer.Exit(code)
-
-
-@app.command()
 def up(
     config: ConfigOption = Path("garrison.yaml"),
     demo: Annotated[bool, typer.Option(help="Also run the demo upstream service from examples/.")] = False,
@@ -291,6 +263,10 @@ from garrison.mesh.ca.cli import ca_app, quarantine, unquarantine  # noqa: E402 
 app.add_typer(ca_app, name="ca")
 app.command()(quarantine)
 app.command()(unquarantine)
+
+from garrison.vault.cli import vault_app  # noqa: E402 - a sub-application, registered here
+
+app.add_typer(vault_app, name="vault")
 
 from garrison.dbcli import db_app  # noqa: E402 - a sub-application, registered here
 
