@@ -3,6 +3,7 @@ expiry, renewal limits, delete_version_after, and the barrier's view of the rows
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -90,12 +91,36 @@ def test_a_row_copied_to_another_path_fails_to_decrypt(backend: Backend) -> None
                 await connection.execute(select(entries.c.value).where(entries.c.path == "x/one"))
             ).scalar_one()
             await connection.execute(entries.update().where(entries.c.path == "x/two").values(value=one))
-        assert await storage.get("x/one") == b"first"
+        assert await storage.get("x/two") == b"second"  # this process's cache holds what it wrote
+        fresh = BarrierStorage(storage.engine, storage.keyring)  # as after a restart: read from the rows
+        assert await fresh.get("x/one") == b"first"
         with pytest.raises(BarrierError):
-            await storage.get("x/two")
+            await fresh.get("x/two")
         assert await storage.list("x/") == ["x/one", "x/two"]
         assert await storage.list("X/") == []  # SQLite's LIKE ignores case; the listing does not
         assert await storage.list("x%") == []  # LIKE wildcards in a prefix match themselves only
+
+    _run(backend, body)
+
+
+def test_the_read_cache_follows_writes_and_stays_bounded(backend: Backend) -> None:
+    async def body(storage: BarrierStorage, clock: Clock) -> None:
+        del clock
+        small = BarrierStorage(storage.engine, storage.keyring, max_cached=2)
+        await small.write({"c/1": b"1", "c/2": b"2", "c/3": b"3"})
+        assert len(small._cache) == 2 and "c/1" not in small._cache
+        assert await small.get("c/1") == b"1"  # read back from the database
+        await small.write({"c/1": b"one"}, ["c/2"])
+        assert await small.get("c/1") == b"one" and await small.get("c/2") is None
+
+        async def read_while_writing() -> None:
+            reader = asyncio.create_task(small.get("c/3"))
+            await small.put("c/3", b"three")
+            await reader
+            assert await small.get("c/3") == b"three"  # never the older row the reader may have seen
+
+        small._cache.clear()
+        await read_while_writing()
 
     _run(backend, body)
 
