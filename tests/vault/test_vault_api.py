@@ -123,6 +123,21 @@ def test_revoking_a_parent_revokes_its_children(vault: Vault) -> None:
             vault.client(gone).auth.token.lookup_self()
 
 
+def test_what_is_not_supported_is_refused_not_ignored(vault: Vault) -> None:
+    root = vault.client()
+    for request in ({"num_uses": 1}, {"type": "batch"}, {"role_name": "r"}):
+        with pytest.raises(hvac.exceptions.InvalidRequest, match="not supported"):
+            root.adapter.post("/v1/auth/token/create", json=request)
+    wrapped = vault.raw("GET", "/v1/secret/data/orders/db", headers={"X-Vault-Wrap-TTL": "60s"})
+    assert wrapped.status_code == 400 and "wrapping" in wrapped.json()["errors"][0]
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="policy name"):
+        root.sys.create_or_update_acl_policy("a b", 'path "x" { capabilities = ["read"] }')
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="cannot"):
+        root.sys.delete_acl_policy("default")
+    long_path = "/v1/secret/data/" + "x" * 800
+    assert vault.raw("GET", long_path).status_code == 404
+
+
 def test_bearer_header_and_bad_tokens(vault: Vault) -> None:
     path = "/v1/auth/token/lookup-self"
     with httpx.Client(verify=ssl.create_default_context(cafile=vault.process.ca_file), timeout=15) as client:

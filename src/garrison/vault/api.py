@@ -36,7 +36,7 @@ __all__ = ["VaultApp"]
 
 OPERATIONS = {"GET": "read", "LIST": "list", "POST": "create-or-update", "PUT": "create-or-update"}
 OPERATIONS |= {"PATCH": "patch", "DELETE": "delete", "HEAD": "head"}
-MAX_PATH = 1024
+MAX_PATH = 768  # leaves room for the storage prefixes within the 1024-character storage path
 
 
 class VaultApp(WebApp):
@@ -119,6 +119,9 @@ def _call(request: HttpRequest, request_id: str) -> Call:
     operation = OPERATIONS.get(request.method)
     if operation is None:
         raise VaultError(405, "unsupported operation")
+    if request.headers.get("x-vault-wrap-ttl"):
+        # Refused rather than ignored: a client asking for a wrapped answer must not get the secret bare.
+        raise VaultError(400, "response wrapping is not supported")
     query = dict(request.query)
     if operation == "read" and query.pop("list", "") == "true":
         operation = "list"

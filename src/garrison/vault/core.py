@@ -10,6 +10,7 @@ at every start, warning loudly each time.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from garrison.vault.tokens import TokenEntry, TokenStore
 __all__ = ["Unsealed", "VaultCore"]
 
 POLICY_PREFIX = "sys/policy/"
+POLICY_NAME = re.compile(r"[a-z0-9_.@-]{1,128}")
 KV_MOUNT = "secret"
 
 
@@ -60,6 +62,8 @@ class Unsealed:
     async def put_policy(self, name: str, text: str) -> None:
         if name == "root":
             raise PolicyError("cannot update the root policy")
+        if not POLICY_NAME.fullmatch(name):
+            raise PolicyError("a policy name is 1 to 128 letters, digits, '.', '_', '-' or '@'")
         policy = parse_policy(name, text)
         await self.storage.put(POLICY_PREFIX + name, text.encode())
         self._policies[name] = policy

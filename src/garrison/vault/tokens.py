@@ -103,6 +103,13 @@ class TokenStore:
 
     async def create(self, parent: TokenEntry, request: dict[str, Any]) -> tuple[str, TokenEntry]:
         """A child of ``parent`` (an orphan with ``no_parent``) from a ``auth/token/create`` body."""
+        # Refused rather than ignored: a client asking for a limited token must not get an unlimited one.
+        if request.get("num_uses") not in (None, 0, "0"):
+            raise TokenError("num_uses is not supported: use a short ttl")
+        if request.get("type") not in (None, "", "service", "default"):
+            raise TokenError("batch tokens are not supported: only service tokens")
+        if request.get("role_name") or request.get("entity_alias"):
+            raise TokenError("token roles and entity aliases are not supported")
         policies = _strings(request.get("policies"), "policies")
         if not policies:
             policies = [p for p in parent.policies if p != "root" or parent.is_root]
