@@ -32,6 +32,7 @@ __all__ = ["Unsealed", "VaultCore"]
 POLICY_PREFIX = "sys/policy/"
 POLICY_NAME = re.compile(r"[a-z0-9_.@-]{1,128}")
 KV_MOUNT = "secret"
+MAX_ACLS = 1024  # distinct policy sets whose compiled ACL is kept
 
 
 class Unsealed:
@@ -42,6 +43,8 @@ class Unsealed:
         self.tokens = TokenStore(self.storage, core.clock, core.default_ttl, core.max_ttl)
         self.kv = KvV2(self.storage, KV_MOUNT, core.clock)
         self._policies: dict[str, Policy] = {}
+        self._acls: dict[tuple[str, ...], Acl] = {}  # compiled once per set of policy names
+        self._changes = 0  # policy writes so far: an ACL built across one is not kept
 
     async def policy(self, name: str) -> Policy | None:
         if name == "root":
@@ -67,16 +70,29 @@ class Unsealed:
         policy = parse_policy(name, text)
         await self.storage.put(POLICY_PREFIX + name, text.encode())
         self._policies[name] = policy
+        self._changes += 1
+        self._acls.clear()
 
     async def delete_policy(self, name: str) -> None:
         if name in ("root", "default"):
             raise PolicyError(f"cannot delete the {name} policy")
         await self.storage.delete(POLICY_PREFIX + name)
         self._policies.pop(name, None)
+        self._changes += 1
+        self._acls.clear()
 
     async def acl(self, entry: TokenEntry) -> Acl:
-        found = [policy for name in entry.policies if (policy := await self.policy(name)) is not None]
-        return Acl(found)
+        key = tuple(entry.policies)
+        acl = self._acls.get(key)
+        if acl is None:
+            changes = self._changes
+            found = [policy for name in key if (policy := await self.policy(name)) is not None]
+            acl = Acl(found)
+            if changes == self._changes:
+                if len(self._acls) >= MAX_ACLS:
+                    self._acls.clear()
+                self._acls[key] = acl
+        return acl
 
 
 class VaultCore:
