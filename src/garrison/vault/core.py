@@ -52,10 +52,13 @@ class Unsealed:
         cached = self._policies.get(name)
         if cached is not None:
             return cached
+        changes = self._changes
         raw = await self.storage.get(POLICY_PREFIX + name)
         if raw is None:
             return None
-        policy = self._policies[name] = parse_policy(name, raw.decode())
+        policy = parse_policy(name, raw.decode())
+        if changes == self._changes:  # else a write landed while reading: do not keep what may be older
+            self._policies[name] = policy
         return policy
 
     async def policy_names(self) -> list[str]:
