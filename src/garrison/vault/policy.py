@@ -156,6 +156,16 @@ class Acl:
                 return rule.capabilities
         return frozenset()
 
+    def has_any_under(self, prefix: str) -> bool:
+        """Some pattern that grants a capability (not deny) on a path under ``prefix`` (mount lookups)."""
+        if self.root:
+            return True
+        rules = [(p, c) for p, c in self.exact.items()] + [(r.pattern, r.capabilities) for r in self.wild]
+        return any(
+            (pattern.startswith(prefix) or prefix.startswith(pattern.rstrip("*"))) and "deny" not in caps
+            for pattern, caps in rules
+        )
+
     def allows(self, path: str, capability: str) -> bool:
         granted = self.capabilities(path)
         return "deny" not in granted and capability in granted

@@ -14,14 +14,15 @@ from typing import Any
 
 from garrison import __version__
 from garrison.vault.answers import Answer, Call, VaultError, no_content, ok
-from garrison.vault.core import VaultCore
+from garrison.vault.core import KV_MOUNT, VaultCore
 from garrison.vault.durations import rfc3339
 from garrison.vault.policy import Acl, PolicyError
 from garrison.vault.seal import SealConfig, UnsealError
 
 __all__ = ["UNAUTHENTICATED", "authenticated_sys", "unauthenticated_sys"]
 
-UNAUTHENTICATED = frozenset({"sys/health", "sys/seal-status", "sys/init", "sys/unseal"})
+UNAUTHENTICATED = frozenset({"sys/health", "sys/seal-status", "sys/init", "sys/unseal", "sys/leader"})
+MOUNTS_PREFIX = "sys/internal/ui/mounts/"
 VERSION = f"1.15.0+garrison.{__version__}"  # what `version` says: the Vault API level followed, and ours
 
 
@@ -95,6 +96,17 @@ async def unauthenticated_sys(core: VaultCore, call: Call) -> Answer:
         return _health(core, call)
     if call.path == "sys/seal-status":
         return Answer(200, _seal_status(core), None)
+    if call.path == "sys/leader":  # `vault status` asks; there is no HA: one active vault, no leader
+        leader = {
+            "ha_enabled": False,
+            "is_self": False,
+            "active_time": "0001-01-01T00:00:00Z",
+            "leader_address": "",
+            "leader_cluster_address": "",
+            "performance_standby": False,
+            "performance_standby_last_remote_wal": 0,
+        }
+        return Answer(200, leader, None)
     if call.path == "sys/init":
         if call.operation == "read":
             return Answer(200, {"initialized": core.seal.initialized}, None)
@@ -161,12 +173,42 @@ async def authenticated_sys(core: VaultCore, call: Call, acl: Acl) -> Answer:
         assert core.unsealed is not None
         names = await core.unsealed.policy_names()
         return ok(call, {"keys": names, "policies": names} if path == "sys/policy" else {"keys": names})
+    if path.startswith(MOUNTS_PREFIX) and op == "read":
+        return _mount(call, acl, path[len(MOUNTS_PREFIX) :])
     for prefix in ("sys/policy/", "sys/policies/acl/"):
         if path.startswith(prefix) and len(path) > len(prefix):
             return await _policy(core, call, acl, path[len(prefix) :], prefix == "sys/policy/")
     if not acl.capabilities(path):
         raise VaultError(403, "permission denied")  # as Vault: the ACL answers before the router
     raise VaultError(404, f'no handler for route "{path}". route entry not found.')
+
+
+def _mount(call: Call, acl: Acl, path: str) -> Answer:
+    """Which mount serves ``path`` (what the `vault`/`bao` CLIs ask before any `kv` command): only the
+    KV v2 mount at ``secret/``, shown to a token that has some capability under it, as Vault does."""
+    if path != KV_MOUNT and not path.startswith(KV_MOUNT + "/"):
+        denied = (
+            "preflight capability check returned 403, please ensure client's policies grant access to path"
+        )
+        raise VaultError(400, f'{denied} "{path}/"')
+    if not acl.has_any_under(KV_MOUNT + "/"):
+        raise VaultError(403, "permission denied")
+    mount = {
+        "path": KV_MOUNT + "/",
+        "type": "kv",
+        "description": "key/value secret storage",
+        "options": {"version": "2"},
+        "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": False},
+        "accessor": "kv_garrison",
+        "local": False,
+        "seal_wrap": False,
+        "external_entropy_access": False,
+        "uuid": "",
+        "plugin_version": "",
+        "running_plugin_version": "",
+        "running_sha256": "",
+    }
+    return ok(call, mount)
 
 
 async def _policy(core: VaultCore, call: Call, acl: Acl, name: str, legacy: bool) -> Answer:
