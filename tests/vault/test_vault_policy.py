@@ -105,3 +105,11 @@ def test_json_merge_patch_follows_rfc_7396() -> None:
         "e": [1],
     }
     assert merge_patch({"a": 1}, "x") == "x"
+
+
+def test_mount_visibility_needs_some_grant_under_the_mount() -> None:
+    assert acl(ORDERS).has_any_under("secret/")
+    assert acl('path "secret/*" { capabilities = ["read"] }').has_any_under("secret/")
+    assert not acl('path "secret/*" { capabilities = ["deny"] }').has_any_under("secret/")
+    assert not acl('path "sys/policy" { capabilities = ["read"] }').has_any_under("secret/")
+    assert Acl([Policy("root", "", ())]).has_any_under("secret/")
