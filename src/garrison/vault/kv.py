@@ -271,7 +271,9 @@ class KvV2:
                     custom = merge_patch(meta["custom_metadata"] or {}, custom)
                 meta["custom_metadata"] = _custom_metadata(custom)
             meta["updated_time"] = now
-            deletes = self._trim(path, meta, meta["max_versions"] or DEFAULT_MAX_VERSIONS)
+            config = await self._config()
+            keep = meta["max_versions"] or config.max_versions or DEFAULT_MAX_VERSIONS
+            deletes = self._trim(path, meta, keep)
             await self.storage.write({f"{self.prefix}meta/{path}": _dump(meta)}, deletes)
 
     async def delete_metadata(self, path: str) -> None:
