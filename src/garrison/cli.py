@@ -264,6 +264,10 @@ app.add_typer(ca_app, name="ca")
 app.command()(quarantine)
 app.command()(unquarantine)
 
+from garrison.vault.cli import vault_app  # noqa: E402 - a sub-application, registered here
+
+app.add_typer(vault_app, name="vault")
+
 from garrison.dbcli import db_app  # noqa: E402 - a sub-application, registered here
 
 app.add_typer(db_app, name="db")

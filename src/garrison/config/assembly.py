@@ -20,6 +20,7 @@ from garrison.config.mesh import MeshConfig
 from garrison.config.routes import RouteConfig
 from garrison.config.services import ServiceConfig
 from garrison.config.store import StoreConfig
+from garrison.config.vault import VaultConfig
 
 __all__ = ["GarrisonConfig", "with_derived_defaults"]
 
@@ -47,6 +48,9 @@ class GarrisonConfig(Strict):
     mesh: MeshConfig | None = Field(
         None,
         description="Workload certificates and mTLS sidecars; who calls whom is `services.<name>.calls`.",
+    )
+    vault: VaultConfig | None = Field(
+        None, description="The secrets vault (`garrison vault`): Vault's HTTP API, encrypted storage, audit."
     )
     store: StoreConfig = Field(
         default_factory=StoreConfig, description="Schema migrations and start-up waits for SQL databases."

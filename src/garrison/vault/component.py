@@ -1,0 +1,163 @@
+"""`garrison vault`: the vault as a component of the core (core/runner.py): storage, seal, TLS, HTTP.
+
+Start: the database is migrated (history "vault"), the seal state is read, the listener opens with
+TLS (``auto`` by default: from the mesh CA when there is one, else a local CA under
+``state_dir/vault/tls``), and in dev mode the vault initialises and unseals itself. It starts sealed
+otherwise: ``sys/init`` once, then ``sys/unseal`` with enough shares after every start.
+
+uvicorn serves with h11, not httptools: llhttp refuses methods it does not know, and Vault's clients
+send ``LIST``. SIGTERM finishes requests in flight and closes the database; SIGHUP reloads nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from garrison.config.loader import LoadedConfig
+from garrison.core.runner import ReloadUnsupported, StartFailed, run_component
+from garrison.core.sockets import address_of, bind_socket
+from garrison.pki.tls import CaIssuer, resolve_certificate, server_context
+from garrison.store.db import make_engine
+from garrison.store.startup import prepare_schema
+from garrison.telemetry import logging as log
+from garrison.vault.api import VaultApp
+from garrison.vault.audit import AuditLog
+from garrison.vault.core import VaultCore
+from garrison.vault.migrations import SCHEMA
+from garrison.vault.storage import durable
+
+__all__ = ["VaultComponent", "serve"]
+
+DRAIN_TIMEOUT = 10.0
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: core/runner.py owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class VaultComponent:
+    name = "vault"
+
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self.loaded = loaded
+        self.core: VaultCore | None = None
+        self.server: _Uvicorn | None = None
+        self.serving: asyncio.Task[None] | None = None
+
+    async def start(self) -> dict[str, str]:
+        config = self.loaded.config
+        vault = config.vault
+        if vault is None:
+            raise StartFailed("garrison.yaml has no `vault` section")
+        directory = config.state_dir / "vault"
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        engine = durable(make_engine(vault.database, config.state_dir))
+        try:
+            await prepare_schema(engine, SCHEMA, config.store)
+            audit_path = Path(vault.audit.file) if vault.audit.file else directory / "audit.log"
+            audit = AuditLog(audit_path, vault.audit.fail_closed)
+            core = self.core = VaultCore(
+                engine, audit, default_ttl=vault.token.default_ttl, max_ttl=vault.token.max_ttl
+            )
+            await core.load()
+            if vault.dev:
+                await core.dev_unseal(directory)
+            context = self._tls()
+        except BaseException:
+            await engine.dispose()
+            raise
+        sock = bind_socket(vault.listen)
+        listening = address_of(sock)
+        app = VaultApp(core, hsts=context is not None, max_body=vault.max_request_body)
+        server = self.server = _Uvicorn(_uvicorn_config(app, context))
+        self.serving = asyncio.create_task(server.serve(sockets=[sock]), name="vault-server")
+        while not server.started:
+            if self.serving.done():
+                self.serving.result()
+                raise StartFailed("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+        log.log(
+            "vault.listening", address=listening, initialized=core.seal.initialized, sealed=core.seal.sealed
+        )
+        return {"vault": listening}
+
+    def _tls(self) -> ssl.SSLContext | None:
+        config = self.loaded.config
+        assert config.vault is not None
+        tls = config.vault.tls
+        if tls.insecure_disable:
+            log.warn(
+                "vault.tls.disabled", message="TLS is OFF: tokens and secrets cross the network in clear"
+            )
+            return None
+        ca = CaIssuer.for_config(config, "vault")
+        cert, key = resolve_certificate(tls, config.state_dir / "vault", self.loaded.source.parent, ca)
+        return server_context(cert, key, tls.min_version)
+
+    def details(self) -> dict[str, Any]:
+        core = self.core
+        return {"initialized": core.seal.initialized if core else False}
+
+    async def reload(self) -> None:
+        raise ReloadUnsupported
+
+    async def drain(self) -> None:
+        assert self.server is not None and self.serving is not None and self.core is not None
+        self.server.should_exit = True  # stop accepting; requests in flight finish
+        await _close_idle_connections(self.server, self.serving)
+        self.core.seal_now()
+        await self.core.engine.dispose()
+        log.log("vault.stopped")
+
+
+async def _close_idle_connections(server: _Uvicorn, serving: asyncio.Task[None]) -> None:
+    """Wait for uvicorn to finish, cutting idle keep-alive connections as it goes.
+
+    uvicorn closes an idle connection with ``transport.close()``, which over TLS waits for the client's
+    close_notify; a client holding a pooled connection without reading it (requests, hence hvac) never
+    sends one, and the drain would wait out the SSL shutdown timeout. A connection with no request
+    in progress has nothing to lose: it is aborted. One with a request in flight gets DRAIN_TIMEOUT."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_TIMEOUT
+    while not serving.done():
+        for connection in list(server.server_state.connections):
+            cycle = getattr(connection, "cycle", None)
+            transport = getattr(connection, "transport", None)
+            idle = cycle is None or getattr(cycle, "response_complete", True)
+            if transport is not None and (idle or loop.time() > deadline):
+                transport.abort()
+        await asyncio.wait({serving}, timeout=0.05)
+    serving.result()
+
+
+def _uvicorn_config(app: VaultApp, context: ssl.SSLContext | None) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        loop="none",
+        ssl_context_factory=(lambda _config, _default: context) if context is not None else None,
+        http="h11",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        limit_concurrency=10_000,
+        timeout_keep_alive=30,
+        h11_max_incomplete_event_size=16 * 1024,
+    )
+
+
+async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
+    """Run the vault until SIGTERM/SIGINT (core/runner.py)."""
+    return await run_component(VaultComponent(loaded), ready_file)
