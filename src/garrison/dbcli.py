@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the store (SQLAlchemy, Alembic) is imported when a `db` com
     from garrison.store.migrations import Schema, SchemaStatus
 
 db_app = typer.Typer(
-    help="Schema migrations of the SQL databases (identity provider, gateway API keys).",
+    help="Schema migrations of the SQL databases (identity provider, gateway API keys, mesh CA, vault).",
     no_args_is_help=True,
 )
 out = Console(highlight=False, soft_wrap=True)
@@ -48,11 +48,17 @@ def targets(loaded: LoadedConfig) -> list[Target]:
     """Every component of the config that has tables, in a fixed order."""
     from garrison.gateway.migrations import SCHEMA as GATEWAY
     from garrison.identity.migrations import SCHEMA as IDENTITY
+    from garrison.mesh.migrations import SCHEMA as MESH
+    from garrison.vault.migrations import SCHEMA as VAULT
 
     config = loaded.config
     found = [Target(GATEWAY, config.gateway.api_keys.database)]
     if config.identity is not None:
         found.insert(0, Target(IDENTITY, config.identity.database))
+    if config.mesh is not None:
+        found.append(Target(MESH, config.mesh.ca.database))
+    if config.vault is not None:
+        found.append(Target(VAULT, config.vault.database))
     return found
 
 

@@ -49,6 +49,26 @@ def _config(tmp_path: Path, database: str | None) -> Path:
     if database is not None:
         settings["identity"] = {"database": database}
         settings["gateway"] = {"api_keys": {"database": database}}
+    return _write(tmp_path, settings)
+
+
+def _config_of_all(tmp_path: Path, database: str | None) -> Path:
+    """Every component with tables: identity, gateway API keys, the mesh CA and the vault."""
+    settings: dict[str, object] = {
+        "state_dir": str(tmp_path / "state"),
+        "identity": {},
+        "mesh": {"ca": {}},
+        "vault": {},
+    }
+    if database is not None:
+        settings["identity"] = {"database": database}
+        settings["gateway"] = {"api_keys": {"database": database}}
+        settings["mesh"] = {"ca": {"database": database}}
+        settings["vault"] = {"database": database}
+    return _write(tmp_path, settings)
+
+
+def _write(tmp_path: Path, settings: dict[str, object]) -> Path:
     path = tmp_path / "garrison.yaml"
     path.write_text(yaml.safe_dump(settings))
     return path
@@ -80,6 +100,18 @@ def test_status_then_upgrade(tmp_path: Path, database: str | None) -> None:
     assert code == 0, output
     lines = [line for line in output.splitlines() if "identity" in line]
     assert len(lines) == 1 and lines[0].count("identity_0001") == 2  # current and head
+
+
+@pytest.mark.process
+def test_every_component_with_tables_is_migrated(tmp_path: Path, database: str | None) -> None:
+    config = str(_config_of_all(tmp_path, database))
+    code, output = _db("status", "-c", config, "--check")
+    assert code == 1, output
+    for head in ("identity_0001", "gateway_0001", "mesh_0002", "vault_0001"):
+        assert head in output, output
+    code, output = _db("upgrade", "-c", config)
+    assert code == 0 and output.count("up to date") == 4, output
+    assert _db("status", "-c", config, "--check")[0] == 0
 
 
 @pytest.mark.process
