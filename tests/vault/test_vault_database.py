@@ -103,7 +103,9 @@ def postgres(postgres_url: str) -> Iterator[Postgres]:
             await connection.execute(f"REVOKE CONNECT ON DATABASE {pg.db(service)} FROM PUBLIC")
 
     async def tables(connection: asyncpg.Connection) -> None:
-        await connection.execute("CREATE TABLE charges (id int, amount int); INSERT INTO charges VALUES (1, 4200)")
+        await connection.execute(
+            "CREATE TABLE charges (id int, amount int); INSERT INTO charges VALUES (1, 4200)"
+        )
         await connection.execute(f"ALTER TABLE charges OWNER TO {root}")
 
     async def teardown(connection: asyncpg.Connection) -> None:
@@ -248,7 +250,9 @@ def test_credentials_log_in_renew_moves_valid_until_and_revoke_kills_the_session
     assert asyncio.run(session_then_revoke()), "the revoked role's open session is still open"
 
     async def sessions(connection: asyncpg.Connection) -> int:
-        return int(await connection.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", username))
+        return int(
+            await connection.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", username)
+        )
 
     assert postgres.run(sessions) == 0
     assert postgres.role(username) is None
@@ -257,7 +261,9 @@ def test_credentials_log_in_renew_moves_valid_until_and_revoke_kills_the_session
 
     async def owner(connection: asyncpg.Connection) -> str:
         return str(
-            await connection.fetchval("SELECT tableowner FROM pg_tables WHERE tablename = 'made_by_credential'")
+            await connection.fetchval(
+                "SELECT tableowner FROM pg_tables WHERE tablename = 'made_by_credential'"
+            )
         )
 
     assert postgres.run(owner, database=postgres.db("orders")) == postgres.root_user
@@ -272,7 +278,9 @@ def test_an_expired_lease_drops_its_role(vault: tuple[VaultProcess, str], postgr
     assert waited < 10, waited
 
 
-def test_orders_credentials_cannot_read_payments_tables(vault: tuple[VaultProcess, str], postgres: Postgres) -> None:
+def test_orders_credentials_cannot_read_payments_tables(
+    vault: tuple[VaultProcess, str], postgres: Postgres
+) -> None:
     process, root = vault
     client = process.client(root)
     orders = issue(client, postgres, "orders")["data"]
@@ -295,7 +303,9 @@ def test_orders_credentials_cannot_read_payments_tables(vault: tuple[VaultProces
     assert postgres.role(payments["username"]) is None and postgres.role(orders["username"]) is not None
 
 
-def test_policies_decide_who_gets_which_credentials(vault: tuple[VaultProcess, str], postgres: Postgres) -> None:
+def test_policies_decide_who_gets_which_credentials(
+    vault: tuple[VaultProcess, str], postgres: Postgres
+) -> None:
     process, root = vault
     admin = process.client(root)
     admin.sys.create_or_update_acl_policy(
@@ -321,7 +331,9 @@ def test_policies_decide_who_gets_which_credentials(vault: tuple[VaultProcess, s
     assert postgres.role(answer["data"]["username"]) is None
 
 
-def test_rotate_root_changes_the_connection_password(vault: tuple[VaultProcess, str], postgres: Postgres) -> None:
+def test_rotate_root_changes_the_connection_password(
+    vault: tuple[VaultProcess, str], postgres: Postgres
+) -> None:
     process, root = vault
     client = process.client(root)
     user, password = f"gv_rot_{postgres.tag}", secrets.token_urlsafe(12)
@@ -336,10 +348,52 @@ def test_rotate_root_changes_the_connection_password(vault: tuple[VaultProcess, 
     postgres.run(make)
     before = postgres.run(stored)
     client.secrets.database.configure(
-        "rotating", "postgresql-database-plugin", connection_url=postgres.url("orders"), username=user,
-        password=password, allowed_roles=[],
+        "rotating",
+        "postgresql-database-plugin",
+        connection_url=postgres.url("orders"),
+        username=user,
+        password=password,
+        allowed_roles=[],
     )
     client.secrets.database.rotate_root_credentials("rotating")
     assert postgres.run(stored) != before
     assert password not in str(client.secrets.database.read_connection("rotating"))
     client.secrets.database.delete_connection("rotating")
+
+
+def test_leases_survive_kill_9_and_are_revoked_after_the_restart(tmp_path: Path, postgres: Postgres) -> None:
+    process = VaultProcess(tmp_path, vault_config(tmp_path)).start()
+    try:
+        keys, root = init_and_unseal(process)
+        configure(process.client(root), postgres, short_ttl="4s")
+        short = issue(process.client(root), postgres, "orders-short")
+        long = issue(process.client(root), postgres, "payments")
+        process.kill()  # no drain: the leases are only in the storage now
+        assert postgres.role(short["data"]["username"]) is not None  # nobody revoked it
+        process.start()
+        process.client().sys.submit_unseal_keys(keys[:3])
+        postgres.wait_gone(short["data"]["username"])  # its expiry came after the restart
+        client = process.client(root)
+        lookup = client.sys.read_lease(long["lease_id"])["data"]
+        assert lookup["ttl"] > 3500  # the long lease is still there, still running
+        client.sys.renew_lease(long["lease_id"], increment="90m")
+        client.sys.revoke_lease(long["lease_id"])
+        assert postgres.role(long["data"]["username"]) is None
+    finally:
+        process.stop()
+    leaked = [p for _, p in postgres.issued if p in process.stderr_text()]
+    assert not leaked
+
+
+def test_passwords_are_neither_in_the_audit_file_nor_in_the_logs(
+    vault: tuple[VaultProcess, str], postgres: Postgres
+) -> None:
+    process, root = vault
+    issue(process.client(root), postgres, "payments")  # at least one, whatever ran before
+    audit = process.audit_path.read_text()
+    logs = process.stderr_text()
+    assert "database/creds/payments" in audit and "hmac-sha256:" in audit
+    secrets_seen = [password for _, password in postgres.issued] + [postgres.root_password]
+    for text in (audit, logs):
+        assert not [secret for secret in secrets_seen if secret in text]
+    assert '"event":"vault.database.credential_created"' in logs  # the log names the role, not the password
