@@ -116,9 +116,17 @@ def postgres(postgres_url: str) -> Iterator[Postgres]:
         await connection.execute(f"DROP ROLE IF EXISTS gv_rot_{tag}")
         await connection.execute(f"DROP ROLE IF EXISTS {root}")
 
+    async def ledger(connection: asyncpg.Connection) -> None:
+        # Isolation by schema too: payments' ledger inside the orders database, granted to no one.
+        await connection.execute("CREATE SCHEMA ledger; CREATE TABLE ledger.entries (id int)")
+        await connection.execute(
+            f"ALTER SCHEMA ledger OWNER TO {root}; ALTER TABLE ledger.entries OWNER TO {root}"
+        )
+
     pg.run(setup)
     try:
         pg.run(tables, database=pg.db("payments"))
+        pg.run(ledger, database=pg.db("orders"))
         yield pg
     finally:
         pg.run(teardown)
@@ -229,6 +237,11 @@ def test_credentials_log_in_renew_moves_valid_until_and_revoke_kills_the_session
     capped = client.sys.renew_lease(answer["lease_id"], increment="10h")  # past max_ttl (2h)
     assert capped["lease_duration"] <= 7200 and capped["warnings"]
     assert client.sys.read_lease(answer["lease_id"])["data"]["last_renewal"]
+    assert "orders/" in client.sys.list_leases("database/creds/")["data"]["keys"]
+    assert (
+        answer["lease_id"].rsplit("/", 1)[1]
+        in client.sys.list_leases("database/creds/orders")["data"]["keys"]
+    )
 
     async def session_then_revoke() -> bool:
         connection = await postgres.login(username, password, "orders")
@@ -294,6 +307,12 @@ def test_orders_credentials_cannot_read_payments_tables(
             await mine.close()
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for database"):
             await postgres.login(orders["username"], orders["password"], "payments")
+        own = await postgres.login(orders["username"], orders["password"], "orders")
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for schema"):
+                await own.fetch("SELECT * FROM ledger.entries")
+        finally:
+            await own.close()
 
     asyncio.run(check())
     with pytest.raises(hvac.exceptions.InvalidRequest, match="not an allowed role"):
