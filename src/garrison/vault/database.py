@@ -71,14 +71,11 @@ class ConnectionConfig:
                 "connection_url": _without_password(self.connection_url, self.password),
                 "username": self.username,
                 "max_open_connections": self.max_open_connections,
-                "max_idle_connections": 0,
-                "max_connection_lifetime": "0s",
             },
             "password_policy": "",
             "plugin_name": PLUGIN,
             "plugin_version": "",
             "root_credentials_rotate_statements": self.root_rotation_statements,
-            "verify_connection": self.verify_connection,
         }
 
 

@@ -147,13 +147,13 @@ class LeaseManager:
             lease = await self.lookup(lease_id)
             now = self.clock()
             if lease is None or lease.expire_time <= now or lease.retry_time is not None:
-                raise LeaseError("lease not found or lease is not renewable")
+                raise LeaseError("lease not found")
             ttl = increment or lease.default_ttl
             warnings: list[str] = []
             if now + ttl > lease.max_expire_time:
                 capped = max(0.0, lease.max_expire_time - now)
                 warnings.append(
-                    f"TTL of {int(ttl)}s exceeded the effective max_ttl of {int(capped)}s; "
+                    f'TTL of "{_duration(ttl)}" exceeded the effective max_ttl of "{_duration(capped)}"; '
                     "TTL value is capped accordingly"
                 )
                 ttl = capped
@@ -260,3 +260,11 @@ class LeaseManager:
             retry = self.clock() + self.retry_base
             self._due[lease_id] = retry
             heapq.heappush(self._heap, (retry, lease_id))
+
+
+def _duration(seconds: float) -> str:
+    """``36000`` -> ``10h``, ``7199`` -> ``1h59m59s``: as Vault's lease warnings write durations."""
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    text = "".join(f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n)
+    return text or "0s"

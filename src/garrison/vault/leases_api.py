@@ -52,6 +52,7 @@ async def leases_api(unsealed: Unsealed, call: Call, acl: Acl) -> Answer:
         now = leases.clock()
         data = {
             "id": lease.lease_id,
+            "path": lease.lease_id.rsplit("/", 1)[0],
             "issue_time": rfc3339(lease.issue_time),
             "expire_time": rfc3339(lease.expire_time),
             "last_renewal": rfc3339(lease.last_renewal_time) if lease.last_renewal_time else None,
