@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -402,6 +406,36 @@ def test_leases_survive_kill_9_and_are_revoked_after_the_restart(tmp_path: Path,
         process.stop()
     leaked = [p for _, p in postgres.issued if p in process.stderr_text()]
     assert not leaked
+
+
+def test_the_bao_cli_reads_credentials_and_manages_their_lease(
+    vault: tuple[VaultProcess, str], postgres: Postgres, tmp_path: Path
+) -> None:
+    process, root = vault
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env |= {"VAULT_ADDR": process.url, "VAULT_CACERT": process.ca_file, "HOME": str(tmp_path)}
+    env |= {"VAULT_TOKEN": root}
+
+    def bao(*args: str) -> str:
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "bao"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, (args, result.stderr)
+        return result.stdout
+
+    creds = json.loads(bao("read", "-format=json", "database/creds/orders"))
+    postgres.issued.append((creds["data"]["username"], creds["data"]["password"]))
+    assert creds["lease_duration"] == 3600 and creds["renewable"]
+    assert "orders-short" in bao("list", "database/roles")
+    assert json.loads(bao("lease", "lookup", "-format=json", creds["lease_id"]))["data"]["ttl"] > 3500
+    renewed = json.loads(bao("lease", "renew", "-format=json", "-increment=30m", creds["lease_id"]))
+    assert 1790 <= renewed["lease_duration"] <= 1800
+    bao("lease", "revoke", creds["lease_id"])
+    assert postgres.role(creds["data"]["username"]) is None
 
 
 def test_passwords_are_neither_in_the_audit_file_nor_in_the_logs(
