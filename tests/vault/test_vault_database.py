@@ -354,6 +354,25 @@ def test_policies_decide_who_gets_which_credentials(
     assert postgres.role(answer["data"]["username"]) is None
 
 
+def test_a_tokens_credentials_end_with_the_token(vault: tuple[VaultProcess, str], postgres: Postgres) -> None:
+    process, root = vault
+    admin = process.client(root)
+    admin.sys.create_or_update_acl_policy(
+        "orders-creds", 'path "database/creds/orders" { capabilities = ["read"] }'
+    )
+    revoked = process.client(
+        admin.auth.token.create(policies=["orders-creds"], ttl="1h")["auth"]["client_token"]
+    )
+    expiring = process.client(
+        admin.auth.token.create(policies=["orders-creds"], ttl="3s")["auth"]["client_token"]
+    )
+    first = issue(revoked, postgres, "orders")["data"]["username"]
+    second = issue(expiring, postgres, "orders")["data"]["username"]  # a 1h lease on a 3s token
+    revoked.auth.token.revoke_self()
+    assert postgres.role(first) is None  # gone before the revocation answered
+    assert postgres.wait_gone(second) < 15  # the token's expiry ends its lease, unused
+
+
 def test_rotate_root_changes_the_connection_password(
     vault: tuple[VaultProcess, str], postgres: Postgres
 ) -> None:

@@ -161,3 +161,32 @@ def test_revoke_raises_and_keeps_the_lease_and_revoke_force_drops_it(backend: Ba
             manager.stop()
 
     _run(backend, body)
+
+
+def test_a_token_takes_its_leases_with_it_when_revoked_or_expired(backend: Backend) -> None:
+    async def body(storage: BarrierStorage, clock: Clock) -> None:
+        engine = Engine()
+        tokens: dict[str, float] = {"alive": clock.now + 100, "short": clock.now + 10}
+
+        async def expiry(token: str) -> float | None:
+            expire = tokens.get(token)
+            return expire if expire is not None and expire > clock.now else None
+
+        manager = LeaseManager(storage, clock, {"database": engine}, expiry)
+        await manager.start()
+        try:
+            kept = await manager.create("database/creds/a", 1000, 1000, 1000, {}, "alive", clock.now + 100)
+            short = await manager.create("database/creds/a", 1000, 1000, 1000, {}, "short", clock.now + 10)
+            revoked = await manager.create("database/creds/a", 1000, 1000, 1000, {}, "alive", None)
+            tokens["alive"] = clock.now + 500  # renewed: the check at +100 finds it alive
+            clock.now += 100
+            manager.wake()
+            assert await _attempt(engine) == (short.lease_id, True)  # its token expired at +10
+            await manager.revoke_token("alive")  # what TokenStore.revoke calls
+            attempts = {await _attempt(engine), await _attempt(engine)}
+            assert attempts == {(kept.lease_id, True), (revoked.lease_id, True)}
+            assert await storage.list("sys/expire/") == []
+        finally:
+            manager.stop()
+
+    _run(backend, body)

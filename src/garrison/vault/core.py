@@ -45,10 +45,17 @@ class Unsealed:
         self.tokens = TokenStore(self.storage, core.clock, core.default_ttl, core.max_ttl)
         self.kv = KvV2(self.storage, KV_MOUNT, core.clock)
         self.database = DatabaseEngine(self.storage, core.default_ttl, core.max_ttl)
-        self.leases = LeaseManager(self.storage, core.clock, {"database": self.database})
+        self.leases = LeaseManager(self.storage, core.clock, {"database": self.database}, self._token_expiry)
+        self.tokens.on_revoke.append(self.leases.revoke_token)  # a token's leases end with it
         self._policies: dict[str, Policy] = {}
         self._acls: dict[tuple[str, ...], Acl] = {}  # compiled once per set of policy names
         self._changes = 0  # policy writes so far: an ACL built across one is not kept
+
+    async def _token_expiry(self, digest: str) -> float | None:
+        entry = await self.tokens.by_digest(digest)
+        if entry is None:
+            return None
+        return entry.expire_time if entry.expire_time is not None else float("inf")
 
     async def policy(self, name: str) -> Policy | None:
         if name == "root":

@@ -35,6 +35,7 @@ from garrison.vault.database_pg import (
 from garrison.vault.durations import parse_vault_duration
 from garrison.vault.leases import EngineFailed, Lease, LeaseManager
 from garrison.vault.storage import BarrierStorage
+from garrison.vault.tokens import TokenEntry
 
 __all__ = ["ConnectionConfig", "DatabaseEngine", "DatabaseError", "RoleConfig"]
 
@@ -273,8 +274,9 @@ class DatabaseEngine:
     # credentials and their leases
 
     async def credentials(
-        self, role_name: str, display_name: str, leases: LeaseManager
+        self, role_name: str, caller: TokenEntry, leases: LeaseManager
     ) -> tuple[dict[str, str], Lease]:
+        """A new credential for ``role_name``, leased to ``caller``'s token (revoked with it)."""
         role = await self.role(role_name)
         if role is None:
             raise DatabaseError(400, f"unknown role: {role_name}")
@@ -287,7 +289,7 @@ class DatabaseEngine:
         max_ttl = min(role.max_ttl or self.system_max_ttl, self.system_max_ttl)
         ttl = min(default_ttl, max_ttl)
         now = leases.clock()
-        username, password = generate_username(display_name, role_name, now), generate_password()
+        username, password = generate_username(caller.display_name, role_name, now), generate_password()
         values = {
             "name": username,
             "username": username,
@@ -309,7 +311,15 @@ class DatabaseEngine:
             "renew_statements": role.renew_statements,
         }
         try:
-            lease = await leases.create(f"{MOUNT}/creds/{role_name}", ttl, max_ttl, default_ttl, internal)
+            lease = await leases.create(
+                f"{MOUNT}/creds/{role_name}",
+                ttl,
+                max_ttl,
+                default_ttl,
+                internal,
+                token=caller.digest,
+                token_expire=caller.expire_time,
+            )
         except BaseException:
             # No lease, no credential: a role nobody would ever revoke must not be left behind.
             await target.drop_role(username, role.revocation_statements)

@@ -108,7 +108,7 @@ async def _role(unsealed: Unsealed, call: Call, acl: Acl, name: str) -> Answer:
 
 
 async def _creds(unsealed: Unsealed, call: Call, role: str, caller: TokenEntry) -> Answer:
-    data, lease = await unsealed.database.credentials(role, caller.display_name, unsealed.leases)
+    data, lease = await unsealed.database.credentials(role, caller, unsealed.leases)
     payload = envelope(call.request_id, data, mount_type=MOUNT)
     payload.update(
         lease_id=lease.lease_id,

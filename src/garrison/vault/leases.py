@@ -11,6 +11,10 @@ Revocation belongs to the engine that made the secret (``LeaseEngine``, by the l
 revocation that fails is never dropped: the lease stays stored, is logged, and is tried again with
 exponential back-off (``RETRY_BASE`` doubling up to ``RETRY_MAX``), across restarts too. What a lease
 stores for its engine (``internal``) holds no secret: a database lease names the role, not its password.
+
+As in Vault, a lease belongs to the token that obtained it: revoking the token (or its parent) revokes
+its leases (``TokenStore.on_revoke``), and so does its expiry, which the same task looks at when the
+token is due to expire (tokens themselves expire lazily, when next used).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import heapq
 import json
 import secrets
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -31,10 +35,13 @@ from garrison.vault.storage import BarrierStorage
 __all__ = ["EngineFailed", "Lease", "LeaseEngine", "LeaseError", "LeaseManager"]
 
 LEASE_PREFIX = "sys/expire/id/"
+# <token digest>/<lease id>: the leases a token obtained (a storage path, not a secret)
+BY_TOKEN_PREFIX = "sys/expire/token/"  # noqa: S105
 RETRY_BASE = 1.0  # seconds before the first retry of a failed revocation
 RETRY_MAX = 300.0  # the longest wait between two retries
 MAX_WAIT = 60.0  # the task looks at the clock at least this often (a wall clock set forward)
 _ALPHABET = string.ascii_letters + string.digits
+_CHECK_KEY = "\x00token:"  # heap keys of token checks (no lease id starts with NUL)
 
 
 class LeaseError(Exception):
@@ -62,6 +69,8 @@ class Lease:
     last_renewal_time: float | None = None
     attempts: int = 0  # failed revocations so far
     retry_time: float | None = None  # when the next revocation is tried after a failure
+    token: str = ""  # digest of the token that obtained the secret: its revocation revokes the lease
+    token_expire: float | None = None  # that token's expiry when the lease was made (checked then)
 
     @property
     def mount(self) -> str:
@@ -85,6 +94,7 @@ class LeaseManager:
         storage: BarrierStorage,
         clock: Callable[[], float],
         engines: Mapping[str, LeaseEngine],
+        token_expiry: Callable[[str], Awaitable[float | None]] | None = None,
         *,
         retry_base: float = RETRY_BASE,
         retry_max: float = RETRY_MAX,
@@ -92,6 +102,8 @@ class LeaseManager:
         self.storage = storage
         self.clock = clock
         self.engines = engines
+        # A token's current expiry (inf: none), or None when it is gone (revoked or expired).
+        self.token_expiry = token_expiry
         self.retry_base, self.retry_max = retry_base, retry_max
         self._heap: list[tuple[float, str]] = []
         self._due: dict[str, float] = {}  # lease id -> the due time its live heap entry carries
@@ -104,7 +116,9 @@ class LeaseManager:
         for path in await self.storage.list(LEASE_PREFIX):
             raw = await self.storage.get(path)
             if raw is not None:
-                self._schedule(Lease.from_bytes(raw))
+                lease = Lease.from_bytes(raw)
+                self._schedule(lease)
+                self._schedule_token_check(lease)
         self._task = asyncio.create_task(self._run(), name="vault-leases")
         log.log("vault.leases.loaded", leases=len(self._due))
 
@@ -118,14 +132,37 @@ class LeaseManager:
         self._wake.set()
 
     async def create(
-        self, path: str, ttl: float, max_ttl: float, default_ttl: float, internal: dict[str, Any]
+        self,
+        path: str,
+        ttl: float,
+        max_ttl: float,
+        default_ttl: float,
+        internal: dict[str, Any],
+        token: str = "",
+        token_expire: float | None = None,
     ) -> Lease:
         now = self.clock()
         lease_id = f"{path}/{''.join(secrets.choice(_ALPHABET) for _ in range(24))}"
         lease = Lease(lease_id, now, now + ttl, now + max_ttl, default_ttl, internal)
-        await self.storage.put(LEASE_PREFIX + lease_id, lease.to_bytes())
+        lease.token, lease.token_expire = token, token_expire
+        puts = {LEASE_PREFIX + lease_id: lease.to_bytes()}
+        if token:
+            puts[f"{BY_TOKEN_PREFIX}{token}/{lease_id}"] = b""
+        await self.storage.write(puts)
         self._schedule(lease)
+        self._schedule_token_check(lease)
         return lease
+
+    async def revoke_token(self, token: str) -> None:
+        """Revoke every lease ``token`` obtained (the token is revoked or expired); failures are retried."""
+        prefix = f"{BY_TOKEN_PREFIX}{token}/"
+        async with self._lock:
+            for path in await self.storage.list(prefix):
+                lease = await self.lookup(path[len(prefix) :])
+                if lease is not None:
+                    await self._revoke(lease, raise_failure=False)
+                else:
+                    await self.storage.delete(path)
 
     async def lookup(self, lease_id: str) -> Lease | None:
         if not lease_id or "\x00" in lease_id:
@@ -224,7 +261,10 @@ class LeaseManager:
         log.log("vault.lease.revoked", lease_id=lease.lease_id, attempts=lease.attempts + 1)
 
     async def _forget(self, lease: Lease) -> None:
-        await self.storage.delete(LEASE_PREFIX + lease.lease_id)
+        deletes = [LEASE_PREFIX + lease.lease_id]
+        if lease.token:
+            deletes.append(f"{BY_TOKEN_PREFIX}{lease.token}/{lease.lease_id}")
+        await self.storage.write({}, deletes)
         self._due.pop(lease.lease_id, None)
 
     def _schedule(self, lease: Lease) -> None:
@@ -232,6 +272,35 @@ class LeaseManager:
         self._due[lease.lease_id] = due
         heapq.heappush(self._heap, (due, lease.lease_id))
         self._wake.set()
+
+    def _schedule_token_check(self, lease: Lease, when: float | None = None) -> None:
+        """Look at the lease's token when it is due to expire (a renewed token is looked at again later)."""
+        when = lease.token_expire if when is None else when
+        if not lease.token or when is None or self.token_expiry is None or when == float("inf"):
+            return
+        key = _CHECK_KEY + lease.token
+        if key in self._due and self._due[key] <= when:
+            return
+        self._due[key] = when
+        heapq.heappush(self._heap, (when, key))
+        self._wake.set()
+
+    async def _check_token(self, token: str) -> None:
+        assert self.token_expiry is not None
+        self._due.pop(_CHECK_KEY + token, None)
+        try:
+            expiry = await self.token_expiry(token)  # an expired token is revoked (and its leases) here
+            if expiry is None:
+                await self.revoke_token(token)  # gone already: make sure its leases follow
+            else:
+                probe = Lease("", 0, 0, 0, 0, token=token, token_expire=expiry)
+                self._schedule_token_check(probe)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("vault.lease.token_check_failed", error=type(exc).__name__)
+            self._due[_CHECK_KEY + token] = retry = self.clock() + self.retry_base
+            heapq.heappush(self._heap, (retry, _CHECK_KEY + token))
 
     async def _run(self) -> None:
         while True:
@@ -241,7 +310,10 @@ class LeaseManager:
                 due, lease_id = heapq.heappop(self._heap)
                 if self._due.get(lease_id) != due:
                     continue  # renewed, retried or revoked since: a newer entry stands for it
-                await self._expire(lease_id)
+                if lease_id.startswith(_CHECK_KEY):
+                    await self._check_token(lease_id[len(_CHECK_KEY) :])
+                else:
+                    await self._expire(lease_id)
             wait = min(MAX_WAIT, self._heap[0][0] - now) if self._heap else MAX_WAIT
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, wait))
