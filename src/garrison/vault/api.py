@@ -26,7 +26,10 @@ from garrison.telemetry import logging as log
 from garrison.vault.answers import Answer, Call, VaultError
 from garrison.vault.audit import AuditFailed
 from garrison.vault.core import KV_MOUNT, VaultCore
+from garrison.vault.database_api import database_api
 from garrison.vault.kv_api import kv_api
+from garrison.vault.leases_api import PREFIX as LEASES_PREFIX
+from garrison.vault.leases_api import leases_api
 from garrison.vault.sys_api import UNAUTHENTICATED, authenticated_sys, unauthenticated_sys
 from garrison.vault.token_api import token_api
 from garrison.web.app import Receive, Scope, Send, WebApp
@@ -94,12 +97,16 @@ class VaultApp(WebApp):
         acl = await unsealed.acl(entry)
         if call.operation == "head":
             raise VaultError(405, "unsupported operation")
+        if call.path.startswith(LEASES_PREFIX):
+            return await leases_api(unsealed, call, acl), entry.policies
         if call.path.startswith("sys/"):
             return await authenticated_sys(core, call, acl), entry.policies
         if call.path.startswith("auth/token/"):
             return await token_api(unsealed, call, acl, entry), entry.policies
         if call.path == KV_MOUNT or call.path.startswith(KV_MOUNT + "/"):
             return await kv_api(unsealed.kv, call, acl), entry.policies
+        if call.path == "database" or call.path.startswith("database/"):
+            return await database_api(unsealed, call, acl, entry), entry.policies
         if not acl.capabilities(call.path):
             raise VaultError(403, "permission denied")  # as Vault: the ACL answers before the router
         raise VaultError(404, f'no handler for route "{call.path}". route entry not found.')
