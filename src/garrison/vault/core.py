@@ -19,11 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from garrison.telemetry import logging as log
 from garrison.vault.audit import SALT_PATH as AUDIT_SALT_PATH
+from garrison.vault.approle import AppRoleStore
 from garrison.vault.audit import AuditLog
 from garrison.vault.barrier import Keyring
+from garrison.vault.cert_auth import CertLogin
 from garrison.vault.kv import KvV2
 from garrison.vault.policy import DEFAULT_POLICY, Acl, Policy, PolicyError, parse_policy
 from garrison.vault.seal import Seal, SealConfig
+from garrison.vault.service_policies import ServicePolicies
 from garrison.vault.storage import BarrierStorage, CoreStorage
 from garrison.vault.tokens import TokenEntry, TokenStore
 
@@ -42,6 +45,7 @@ class Unsealed:
         self.storage = BarrierStorage(core.engine, keyring)
         self.tokens = TokenStore(self.storage, core.clock, core.default_ttl, core.max_ttl)
         self.kv = KvV2(self.storage, KV_MOUNT, core.clock)
+        self.approle = AppRoleStore(self.storage, self.tokens, core.clock)
         self._policies: dict[str, Policy] = {}
         self._acls: dict[tuple[str, ...], Acl] = {}  # compiled once per set of policy names
         self._changes = 0  # policy writes so far: an ACL built across one is not kept
@@ -114,6 +118,14 @@ class VaultCore:
         self.default_ttl, self.max_ttl = default_ttl, max_ttl
         self.seal = Seal(CoreStorage(engine))
         self.unsealed: Unsealed | None = None
+        self.cert_login = CertLogin(ServicePolicies("", {}, {}), max_ttl, clock)
+
+    async def apply_services(self, services: ServicePolicies, cert_token_ttl: float) -> None:
+        """garrison.yaml's per-service policies and cert bindings (start, SIGHUP); written now when
+        unsealed, else at the next unseal."""
+        self.cert_login.services, self.cert_login.token_ttl = services, cert_token_ttl
+        if self.unsealed is not None:
+            await services.install(self.unsealed)
 
     async def load(self) -> None:
         await self.seal.load()
@@ -144,6 +156,7 @@ class VaultCore:
             salt = os.urandom(32)
             await unsealed.storage.put(AUDIT_SALT_PATH, salt)
         self.audit.salt = salt
+        await self.cert_login.services.install(unsealed)
         self.unsealed = unsealed
         log.log("vault.unsealed", keyring_term=self.seal.keyring.active)
 
