@@ -147,9 +147,9 @@ def test_no_secret_id_or_token_in_the_audit_file(vault: tuple[VaultProcess, str]
     client_token = token["auth"]["client_token"]
     text = process.audit_path.read_text()
     assert secret_id not in text and client_token not in text
-    logins = [
-        json.loads(line) for line in text.splitlines() if '"path":"auth/approle/login"' in line
+    logins = [json.loads(line) for line in text.splitlines() if '"path":"auth/approle/login"' in line]
+    sent = [
+        entry["request"]["data"]["secret_id"] for entry in logins if "secret_id" in entry["request"]["data"]
     ]
-    sent = [entry["request"]["data"]["secret_id"] for entry in logins if "secret_id" in entry["request"]["data"]]
     assert sent and all(value.startswith("hmac-sha256:") for value in sent)
     assert secret_id not in process.stderr_text()

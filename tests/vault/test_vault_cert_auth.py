@@ -24,7 +24,15 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from vault_harness import VaultProcess, init_and_unseal, vault_config
 
-from garrison.pki.authority import Authority, new_intermediate, new_key, new_root, pem, request_for, sign_workload
+from garrison.pki.authority import (
+    Authority,
+    new_intermediate,
+    new_key,
+    new_root,
+    pem,
+    request_for,
+    sign_workload,
+)
 
 pytestmark = pytest.mark.process
 
@@ -64,12 +72,20 @@ class Mesh:
     def admin(self) -> hvac.Client:
         return self.process.client(self.root_token)
 
-    def mint(self, spiffe_id: str, *, issuing: Authority | None = None, now: dt.datetime | None = None,
-             lifetime: dt.timedelta = dt.timedelta(hours=1)) -> tuple[str, str]:
+    def mint(
+        self,
+        spiffe_id: str,
+        *,
+        issuing: Authority | None = None,
+        now: dt.datetime | None = None,
+        lifetime: dt.timedelta = dt.timedelta(hours=1),
+    ) -> tuple[str, str]:
         """A workload certificate (leaf + intermediate) and its key, as files (key 0600)."""
         issuing = issuing or self.issuing
         key = new_key()
-        certificate = sign_workload(issuing, request_for(key), spiffe_id, now=now or _now(), lifetime=lifetime)
+        certificate = sign_workload(
+            issuing, request_for(key), spiffe_id, now=now or _now(), lifetime=lifetime
+        )
         name = f"{spiffe_id.rsplit('/', 1)[1]}-{certificate.serial_number:x}"
         cert_file, key_file = self.directory / f"{name}.pem", self.directory / f"{name}.key"
         cert_file.write_bytes(pem(certificate, issuing.certificate))
@@ -77,7 +93,9 @@ class Mesh:
         with os.fdopen(fd, "wb") as handle:
             handle.write(
                 key.private_bytes(
-                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
                 )
             )
         return str(cert_file), str(key_file)

@@ -48,8 +48,16 @@ def test_put_get_list_round_trip(vault: tuple[VaultProcess, str], tmp_path: Path
     process, root = vault
     key_file = tmp_path / "tls.key"
     key_file.write_text("multi\nline value\n")
-    put = secret(process, root, "put", "secret/orders/db", "user=orders", "password=-", f"tls=@{key_file}",
-                 stdin="from stdin\n")
+    put = secret(
+        process,
+        root,
+        "put",
+        "secret/orders/db",
+        "user=orders",
+        "password=-",
+        f"tls=@{key_file}",
+        stdin="from stdin\n",
+    )
     assert put.returncode == 0, put.stderr
     assert "version 1" in put.stderr and "from stdin" not in put.stderr + put.stdout
     got = secret(process, root, "get", "secret/orders/db")
@@ -81,8 +89,20 @@ def test_errors_say_what_to_do(vault: tuple[VaultProcess, str]) -> None:
     bad_pair = secret(process, root, "put", "secret/orders/x", "novalue")
     assert bad_pair.returncode == 2 and "key=value" in bad_pair.stderr
     unreachable = subprocess.run(
-        [str(GARRISON), "secret", "get", "secret/orders/db", "-c", str(process.config_path),
-         "--address", "https://127.0.0.1:9"],
-        capture_output=True, text=True, env={**os.environ, "VAULT_TOKEN": root}, timeout=60, check=False,
+        [
+            str(GARRISON),
+            "secret",
+            "get",
+            "secret/orders/db",
+            "-c",
+            str(process.config_path),
+            "--address",
+            "https://127.0.0.1:9",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "VAULT_TOKEN": root},
+        timeout=60,
+        check=False,
     )
     assert unreachable.returncode == 1 and "is `garrison vault` running" in unreachable.stderr

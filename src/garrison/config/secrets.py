@@ -48,14 +48,19 @@ def _check_secret_path(value: str) -> str:
 
 
 SecretPath = Annotated[str, AfterValidator(_check_secret_path)]
+Capability = Literal["read", "create", "update", "patch", "delete", "list"]
+
+
+def _read_only() -> list[Capability]:
+    return ["read"]
 
 
 class SecretGrant(Strict):
     """A vault path and what the service may do there."""
 
     path: SecretPath = Field(description="A vault path such as secret/orders/* or database/creds/orders.")
-    capabilities: list[Literal["read", "create", "update", "patch", "delete", "list"]] = Field(
-        default_factory=lambda: ["read"], min_length=1, description="Vault capabilities (default: read)."
+    capabilities: list[Capability] = Field(
+        default_factory=_read_only, min_length=1, description="Vault capabilities (default: read)."
     )
 
 

@@ -35,7 +35,7 @@ __all__ = ["AppRoleError", "AppRoleStore", "Role", "SecretId"]
 
 ROLE_PREFIX = "auth/approle/role/"
 ROLE_ID_PREFIX = "auth/approle/role-id/"
-SECRET_PREFIX = "auth/approle/secret-id/"
+SECRET_PREFIX = "auth/approle/secret-id/"  # noqa: S105 - a storage path, not a secret
 ACCESSOR_PREFIX = "auth/approle/accessor/"
 ROLE_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
 INVALID_LOGIN = "invalid role or secret ID"
@@ -206,10 +206,11 @@ class AppRoleStore:
             metadata=metadata,
             ttl=ttl,
         )
+        accessor_path = f"{ACCESSOR_PREFIX}{role.name}/{await self._accessor_digest(entry.accessor)}"
         await self.storage.write(
             {
                 f"{SECRET_PREFIX}{role.name}/{entry.digest}": entry.to_bytes(),
-                f"{ACCESSOR_PREFIX}{role.name}/{await self._accessor_digest(entry.accessor)}": entry.digest.encode(),
+                accessor_path: entry.digest.encode(),
             }
         )
         return value, entry
@@ -237,7 +238,9 @@ class AppRoleStore:
         role = await self._existing(name)
         if not isinstance(accessor, str) or not accessor:
             raise AppRoleError("missing secret_id_accessor")
-        digest = await self.storage.get(f"{ACCESSOR_PREFIX}{role.name}/{await self._accessor_digest(accessor)}")
+        digest = await self.storage.get(
+            f"{ACCESSOR_PREFIX}{role.name}/{await self._accessor_digest(accessor)}"
+        )
         return await self._secret(role, digest.decode()) if digest is not None else None
 
     async def accessors(self, name: str) -> list[str]:
@@ -285,7 +288,11 @@ class AppRoleStore:
         ttl = min(ttl, role.token_max_ttl or self.tokens.max_ttl, self.tokens.max_ttl)
         policies = sorted(set(role.token_policies) | {"default"})
         token, token_entry = await self.tokens.create_login(
-            policies, ttl, role.token_max_ttl, f"approle-{role.name}", {"role_name": role.name},
+            policies,
+            ttl,
+            role.token_max_ttl,
+            f"approle-{role.name}",
+            {"role_name": role.name},
             "auth/approle/login",
         )
         return token, token_entry, role

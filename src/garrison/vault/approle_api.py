@@ -132,7 +132,9 @@ async def _role_id(store: AppRoleStore, call: Call, acl: Acl, name: str) -> Answ
 
 
 def _secret_data(entry: SecretId) -> dict[str, Any]:
-    expiration = rfc3339(entry.expiration_time) if entry.expiration_time is not None else "0001-01-01T00:00:00Z"
+    expiration = (
+        rfc3339(entry.expiration_time) if entry.expiration_time is not None else "0001-01-01T00:00:00Z"
+    )
     return {
         "cidr_list": [],
         "creation_time": rfc3339(entry.creation_time),

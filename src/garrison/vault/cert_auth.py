@@ -26,7 +26,7 @@ from garrison.vault.answers import Answer, Call, VaultError, envelope
 from garrison.vault.service_policies import ServicePolicies
 from garrison.vault.tokens import TokenStore
 
-__all__ = ["CertLogin", "INVALID_CERTIFICATE"]
+__all__ = ["INVALID_CERTIFICATE", "CertLogin"]
 
 INVALID_CERTIFICATE = "invalid certificate or no client certificate supplied"
 
@@ -62,7 +62,11 @@ class CertLogin:
             "not_after": dt.datetime.fromtimestamp(not_after, dt.UTC).isoformat(),
         }
         token, entry = await tokens.create_login(
-            self.services.policies_for(service), lifetime, lifetime, f"cert-{service}", metadata,
+            self.services.policies_for(service),
+            lifetime,
+            lifetime,
+            f"cert-{service}",
+            metadata,
             "auth/cert/login",
         )
         auth = tokens.auth_block(token, entry)

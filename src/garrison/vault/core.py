@@ -18,8 +18,8 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from garrison.telemetry import logging as log
-from garrison.vault.audit import SALT_PATH as AUDIT_SALT_PATH
 from garrison.vault.approle import AppRoleStore
+from garrison.vault.audit import SALT_PATH as AUDIT_SALT_PATH
 from garrison.vault.audit import AuditLog
 from garrison.vault.barrier import Keyring
 from garrison.vault.cert_auth import CertLogin

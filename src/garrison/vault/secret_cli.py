@@ -132,7 +132,7 @@ def _json_from_stdin() -> dict[str, str]:
     try:
         data = json.loads(sys.stdin.read())
     except ValueError:
-        err.print("[red]standard input is not JSON[/red]: give a JSON object such as {\"password\": \"...\"}")
+        err.print('[red]standard input is not JSON[/red]: give a JSON object such as {"password": "..."}')
         raise typer.Exit(2) from None
     if not isinstance(data, dict) or not data:
         err.print("[red]standard input must be a non-empty JSON object[/red]")
@@ -144,7 +144,9 @@ def _json_from_stdin() -> dict[str, str]:
 def put(
     path: Annotated[str, typer.Argument(help="The secret, e.g. secret/orders/db.")],
     pairs: Annotated[list[str] | None, typer.Argument(help="key=value, key=@file, key=- (stdin).")] = None,
-    cas: Annotated[int | None, typer.Option(help="Write only if the current version is this (0: new).")] = None,
+    cas: Annotated[
+        int | None, typer.Option(help="Write only if the current version is this (0: new).")
+    ] = None,
     config: ConfigOption = Path("garrison.yaml"),
     address: AddressOption = None,
 ) -> None:

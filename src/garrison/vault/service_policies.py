@@ -102,4 +102,3 @@ class ServicePolicies:
         for name in stale:
             await unsealed.delete_policy(name)
         log.log("vault.service_policies.installed", policies=sorted(self.policies), removed=stale)
-
