@@ -7,6 +7,9 @@ is left is the mapping: the certificate's SPIFFE ID (its single ``spiffe://`` UR
 the token gets ``default`` plus ``svc-<name>`` (service_policies.py). Anything else is Vault's 400
 ``invalid certificate or no client certificate supplied``.
 
+With the mesh configured, the vault follows the CA's published state (mesh_state.py): a revoked
+SPIFFE ID or a quarantined service is refused, and nothing is let in before the first state arrives.
+
 The token lives at most as long as the certificate (``vault.cert_login.token_ttl``, cut to the
 certificate's ``not_after``, and not renewable past it): a workload whose certificate the CA stops
 renewing (revoked, quarantined) loses its vault access with it. Expiry is checked again here with the
@@ -17,11 +20,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 
 from garrison.pki.identity import spiffe_id_of_certificate
+from garrison.pki.workload_types import MeshState
+from garrison.telemetry import logging as log
 from garrison.vault.answers import Answer, Call, VaultError, envelope
 from garrison.vault.service_policies import ServicePolicies
 from garrison.vault.tokens import TokenStore
@@ -36,6 +41,18 @@ class CertLogin:
     services: ServicePolicies  # replaced on reload
     token_ttl: float
     clock: Callable[[], float]
+    # With the mesh configured, the CA's published state (mesh_state.py); None: not known yet.
+    follows_mesh: bool = False
+    state: MeshState | None = field(default=None, repr=False)
+
+    def apply_state(self, state: MeshState) -> None:
+        self.state = state
+        log.log(
+            "vault.cert.mesh_state",
+            version=state.version,
+            revoked=len(state.revoked),
+            quarantined=len(state.quarantined),
+        )
 
     async def login(self, tokens: TokenStore, call: Call) -> Answer:
         if call.operation != "create-or-update":
@@ -51,6 +68,12 @@ class CertLogin:
         service = self.services.services.get(spiffe_id) if spiffe_id else None
         if spiffe_id is None or service is None:
             raise VaultError(400, INVALID_CERTIFICATE)
+        if self.follows_mesh:
+            if self.state is None:
+                raise VaultError(503, "the mesh CA's revocation state is not known yet: retry shortly")
+            if spiffe_id in self.state.revoked or service in self.state.quarantined:
+                log.warn("vault.cert.refused", spiffe_id=spiffe_id, reason="revoked or quarantined")
+                raise VaultError(400, INVALID_CERTIFICATE)
         name = call.body.get("name")
         if name not in (None, "", service):  # Vault's optional cert role name; ours are the services
             raise VaultError(400, INVALID_CERTIFICATE)

@@ -26,6 +26,8 @@ from garrison.config.loader import LoadedConfig, load_config
 from garrison.core.runner import StartFailed, run_component
 from garrison.core.sockets import address_of, bind_socket
 from garrison.pki.tls import CaIssuer, resolve_certificate
+from garrison.pki.workload import WorkloadIdentity
+from garrison.pki.workload_types import JoinTokenNeeded
 from garrison.store.db import make_engine
 from garrison.store.startup import prepare_schema
 from garrison.telemetry import logging as log
@@ -33,6 +35,7 @@ from garrison.vault.api import VaultApp
 from garrison.vault.audit import AuditLog
 from garrison.vault.core import VaultCore
 from garrison.vault.listener_tls import ListenerTls, TlsH11Protocol
+from garrison.vault.mesh_state import vault_identity
 from garrison.vault.migrations import SCHEMA
 from garrison.vault.service_policies import ServicePolicies
 from garrison.vault.storage import durable
@@ -61,6 +64,7 @@ class VaultComponent:
         self.serving: asyncio.Task[None] | None = None
         self.tls: ListenerTls | None = None
         self.following: asyncio.Task[None] | None = None
+        self.identity: WorkloadIdentity | None = None
 
     async def start(self) -> dict[str, str]:
         config = self.loaded.config
@@ -82,7 +86,10 @@ class VaultComponent:
             if vault.dev:
                 await core.dev_unseal(directory)
             tls = self.tls = self._tls()
+            await self._join_mesh(core)
         except BaseException:
+            if self.identity is not None:
+                await self.identity.close()
             await engine.dispose()
             raise
         sock = bind_socket(vault.listen)
@@ -101,6 +108,23 @@ class VaultComponent:
             "vault.listening", address=listening, initialized=core.seal.initialized, sealed=core.seal.sealed
         )
         return {"vault": listening}
+
+    async def _join_mesh(self, core: VaultCore) -> None:
+        """With the mesh configured: the vault's own identity, following the CA's state (revocations,
+        quarantine) for cert logins."""
+        identity = vault_identity(self.loaded.config)
+        if identity is None:
+            return
+        try:
+            await identity.start()
+        except JoinTokenNeeded as exc:
+            td = self.loaded.config.trust_domain
+            raise StartFailed(
+                f"{exc}; for the vault: garrison ca join-token --spiffe-id spiffe://{td}/vault"
+            ) from None
+        self.identity = identity
+        core.cert_login.follows_mesh = True
+        identity.on_state(core.cert_login.apply_state)
 
     def _tls(self) -> ListenerTls | None:
         config = self.loaded.config
@@ -136,6 +160,8 @@ class VaultComponent:
         assert self.server is not None and self.serving is not None and self.core is not None
         if self.following is not None:
             self.following.cancel()
+        if self.identity is not None:
+            await self.identity.close()
         self.server.should_exit = True  # stop accepting; requests in flight finish
         await _close_idle_connections(self.server, self.serving)
         self.core.seal_now()
