@@ -17,7 +17,7 @@ import hvac.exceptions
 import pytest
 from ca_harness import CaProcess
 from cryptography.hazmat.primitives import serialization
-from vault_harness import VaultProcess, init_and_unseal
+from vault_harness import VaultProcess
 
 from garrison.pki.authority import new_key, request_for
 

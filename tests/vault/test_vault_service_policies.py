@@ -3,7 +3,10 @@ text generated from it (no process: the model and the generator are plain code).
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,10 @@ import yaml
 from vault_harness import GARRISON
 
 from garrison.config.loader import ConfigError, load_config
+from garrison.pki.authority import new_intermediate, new_key, new_root, pem, request_for, sign_workload
+from garrison.pki.workload_types import MeshState
+from garrison.vault.answers import Call, VaultError
+from garrison.vault.cert_auth import CertLogin
 from garrison.vault.policy import Acl, parse_policy
 from garrison.vault.service_policies import ServicePolicies, policy_text
 
@@ -83,3 +90,47 @@ def test_generated_policy_decides_as_intended(tmp_path: Path) -> None:
         "transit/decrypt/x", "update"
     )
     assert not acl.allows("sys/policy/svc-orders", "update")
+
+
+def _login_call(certificate_pem: str) -> Call:
+    return Call(
+        "POST", "create-or-update", "auth/cert/login", {}, {}, "", "127.0.0.1", "r", "", certificate_pem
+    )
+
+
+def test_cert_login_fails_closed_until_the_mesh_state_is_known(tmp_path: Path) -> None:
+    """No process: CertLogin's decision, with the certificate the handshake would have verified."""
+    now = dt.datetime.now(dt.UTC)
+    issuing = new_intermediate(new_root("shop.local", now=now), "shop.local", now=now)
+    key = new_key()
+    certificate = sign_workload(issuing, request_for(key), "spiffe://shop.local/svc/orders", now=now)
+    loaded = load_config(_file(tmp_path, ["secret/orders/*"]))
+    login = CertLogin(ServicePolicies.from_config(loaded.config), 3600.0, time.time, follows_mesh=True)
+    tokens = _NoTokens()
+    with pytest.raises(VaultError) as unknown:
+        asyncio.run(login.login(tokens, _login_call(pem(certificate).decode())))  # type: ignore[arg-type]
+    assert unknown.value.status == 503
+    login.apply_state(MeshState(1, b"", frozenset({"spiffe://shop.local/svc/orders"}), frozenset()))
+    with pytest.raises(VaultError) as revoked:
+        asyncio.run(login.login(tokens, _login_call(pem(certificate).decode())))  # type: ignore[arg-type]
+    assert revoked.value.status == 400
+    expired = sign_workload(
+        issuing, request_for(key), "spiffe://shop.local/svc/orders", now=now - dt.timedelta(hours=2)
+    )
+    login.apply_state(MeshState(2, b"", frozenset(), frozenset()))
+    with pytest.raises(VaultError) as late:  # a keep-alive connection can outlive its certificate
+        asyncio.run(login.login(tokens, _login_call(pem(expired).decode())))  # type: ignore[arg-type]
+    assert late.value.status == 400
+    assert not tokens.created
+
+
+class _NoTokens:
+    """Stands for the token store: these logins must be refused before any token is made."""
+
+    max_ttl = 3600.0
+
+    def __init__(self) -> None:
+        self.created = False
+
+    async def create_login(self, *args: object) -> None:
+        self.created = True
