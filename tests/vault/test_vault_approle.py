@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import hvac
 import hvac.exceptions
@@ -153,3 +155,25 @@ def test_no_secret_id_or_token_in_the_audit_file(vault: tuple[VaultProcess, str]
     ]
     assert sent and all(value.startswith("hmac-sha256:") for value in sent)
     assert secret_id not in process.stderr_text()
+
+
+def test_racing_logins_spend_a_single_use_secret_id_once(vault: tuple[VaultProcess, str]) -> None:
+    process, root = vault
+    admin = process.client(root)
+    admin.auth.approle.create_or_update_approle("race", token_policies=["app-reader"], secret_id_num_uses=1)
+    secret_id = admin.auth.approle.generate_secret_id("race")["data"]["secret_id"]
+    role_id = _role_id(admin, "race")
+    start = threading.Barrier(8)
+
+    def attempt() -> bool:
+        client = process.client()
+        start.wait()
+        try:
+            client.auth.approle.login(role_id=role_id, secret_id=secret_id)
+        except hvac.exceptions.InvalidRequest:
+            return False
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: attempt(), range(8)))
+    assert results.count(True) == 1
