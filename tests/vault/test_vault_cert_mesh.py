@@ -4,6 +4,7 @@ or a quarantined service is refused at once; reinstated, it logs in again."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import time
@@ -17,9 +18,9 @@ import hvac.exceptions
 import pytest
 from ca_harness import CaProcess
 from cryptography.hazmat.primitives import serialization
-from vault_harness import VaultProcess
+from vault_harness import VaultProcess, init_and_unseal
 
-from garrison.pki.authority import new_key, request_for
+from garrison.pki.authority import new_intermediate, new_key, new_root, pem, request_for, sign_workload
 
 pytestmark = pytest.mark.process
 
@@ -137,3 +138,38 @@ def test_revoked_identity_and_quarantined_service_are_refused(mesh: Mesh) -> Non
     mesh.wait_for_state(revoked=0, quarantined=0)
     mesh.login(orders)
     mesh.login(payments)
+
+
+def test_without_a_mesh_identity_the_vault_serves_but_refuses_cert_logins(tmp_path: Path) -> None:
+    """Mesh configured, no join token and no saved identity: tokens still work; cert logins are 503."""
+    now = dt.datetime.now(dt.UTC)
+    issuing = new_intermediate(new_root(TD, now=now), TD, now=now)
+    (tmp_path / "state" / "ca").mkdir(parents=True)
+    (tmp_path / "state" / "ca" / "bundle.pem").write_bytes(pem(issuing.parents[-1]))
+    config = {
+        "state_dir": str(tmp_path / "state"),
+        "trust_domain": TD,
+        "services": {"orders": {"targets": ["http://127.0.0.1:9"], "secrets": ["secret/orders/*"]}},
+        "mesh": {"ca": {"url": "https://127.0.0.1:9"}},  # nothing listens there
+        "vault": {"listen": "127.0.0.1:0"},
+    }
+    vault = VaultProcess(tmp_path / "vault", config).start()
+    try:
+        assert "vault.mesh.no_identity" in vault.stderr_text()
+        _, root = init_and_unseal(vault, shares=1, threshold=1)
+        assert vault.client(root).auth.token.lookup_self()["data"]["policies"] == ["root"]
+        key = new_key()
+        certificate = sign_workload(issuing, request_for(key), f"spiffe://{TD}/svc/orders", now=now)
+        files = (tmp_path / "orders.pem", tmp_path / "orders.key")
+        files[0].write_bytes(pem(certificate, issuing.certificate))
+        files[1].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        files[1].chmod(0o600)
+        client = hvac.Client(url=vault.url, verify=vault.ca_file, cert=(str(files[0]), str(files[1])))
+        with pytest.raises(hvac.exceptions.VaultDown):
+            client.auth.cert.login()
+    finally:
+        vault.stop()

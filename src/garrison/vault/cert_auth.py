@@ -70,7 +70,9 @@ class CertLogin:
             raise VaultError(400, INVALID_CERTIFICATE)
         if self.follows_mesh:
             if self.state is None:
-                raise VaultError(503, "the mesh CA's revocation state is not known yet: retry shortly")
+                raise VaultError(
+                    503, "the mesh CA's revocation state is not known: cert login is refused until it is"
+                )
             if spiffe_id in self.state.revoked or service in self.state.quarantined:
                 log.warn("vault.cert.refused", spiffe_id=spiffe_id, reason="revoked or quarantined")
                 raise VaultError(400, INVALID_CERTIFICATE)

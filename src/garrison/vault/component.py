@@ -25,9 +25,10 @@ import uvicorn
 from garrison.config.loader import LoadedConfig, load_config
 from garrison.core.runner import StartFailed, run_component
 from garrison.core.sockets import address_of, bind_socket
+from garrison.pki.ca_client import CaUnreachable
 from garrison.pki.tls import CaIssuer, resolve_certificate
 from garrison.pki.workload import WorkloadIdentity
-from garrison.pki.workload_types import JoinTokenNeeded
+from garrison.pki.workload_types import WorkloadError
 from garrison.store.db import make_engine
 from garrison.store.startup import prepare_schema
 from garrison.telemetry import logging as log
@@ -115,15 +116,19 @@ class VaultComponent:
         identity = vault_identity(self.loaded.config)
         if identity is None:
             return
+        core.cert_login.follows_mesh = True  # from here on, no state known means no cert login
         try:
             await identity.start()
-        except JoinTokenNeeded as exc:
+        except (WorkloadError, CaUnreachable) as exc:  # no token, or the CA refused or is down
+            # The vault still serves tokens and AppRole; only cert logins wait for an identity.
             td = self.loaded.config.trust_domain
-            raise StartFailed(
-                f"{exc}; for the vault: garrison ca join-token --spiffe-id spiffe://{td}/vault"
-            ) from None
+            log.error(
+                "vault.mesh.no_identity",
+                message=f"{exc}; cert logins are refused until the vault restarts with an identity: "
+                f"garrison ca join-token --spiffe-id spiffe://{td}/vault",
+            )
+            return
         self.identity = identity
-        core.cert_login.follows_mesh = True
         identity.on_state(core.cert_login.apply_state)
 
     def _tls(self) -> ListenerTls | None:

@@ -7,6 +7,8 @@ Only when ``mesh`` is configured: the identity is ``pki.workload.WorkloadIdentit
 join-token --spiffe-id spiffe://<td>/vault``); later starts renew the saved certificate. Until the
 first state has arrived, cert logins are refused (fail closed: the vault cannot yet tell a revoked
 certificate from a good one); when the CA is unreachable later, the last state known keeps applying.
+Without a token or a saved identity the vault still starts (tokens and AppRole work) and logs
+``vault.mesh.no_identity``; cert logins stay refused until it restarts with one.
 """
 
 from __future__ import annotations
