@@ -142,6 +142,18 @@ class TokenStore:
             sorted(set(policies)), ttl, explicit_max, renewable, display, meta, parent_digest
         )
 
+    async def create_login(
+        self,
+        policies: list[str],
+        ttl: float,
+        explicit_max: float,
+        display: str,
+        meta: dict[str, str] | None,
+        path: str,
+    ) -> tuple[str, TokenEntry]:
+        """The token of an auth method's login: no parent (as Vault's login tokens), renewable."""
+        return await self._create(policies, ttl, explicit_max, True, display, meta, "", path)
+
     async def _create(
         self,
         policies: list[str],
