@@ -29,6 +29,8 @@ from garrison.vault.core import KV_MOUNT, VaultCore
 from garrison.vault.kv_api import kv_api
 from garrison.vault.sys_api import UNAUTHENTICATED, authenticated_sys, unauthenticated_sys
 from garrison.vault.token_api import token_api
+from garrison.vault.transit import transit_for
+from garrison.vault.transit_api import transit_api
 from garrison.web.app import Receive, Scope, Send, WebApp
 from garrison.web.http import HttpError, HttpRequest, HttpResponse
 
@@ -100,6 +102,10 @@ class VaultApp(WebApp):
             return await token_api(unsealed, call, acl, entry), entry.policies
         if call.path == KV_MOUNT or call.path.startswith(KV_MOUNT + "/"):
             return await kv_api(unsealed.kv, call, acl), entry.policies
+        if call.path.partition("/")[0] == "transit":
+            return await transit_api(
+                transit_for(unsealed, unsealed.storage, core.clock), call, acl
+            ), entry.policies
         if not acl.capabilities(call.path):
             raise VaultError(403, "permission denied")  # as Vault: the ACL answers before the router
         raise VaultError(404, f'no handler for route "{call.path}". route entry not found.')
