@@ -159,6 +159,8 @@ def _body(request: HttpRequest) -> dict[str, Any]:
         parsed = json.loads(request.body)
     except (ValueError, UnicodeDecodeError):
         raise VaultError(400, "failed to parse JSON input") from None
+    if parsed is None:  # `bao write -f PATH` (a write with no fields) sends `null`; Vault reads it as {}
+        return {}
     if not isinstance(parsed, dict):
         raise VaultError(400, "failed to parse JSON input: expected an object")
     return parsed
