@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from garrison.vault.storage import BarrierStorage
-from garrison.vault.transit_keys import KEY_TYPES, TransitError, TransitKey
+from garrison.vault.transit_keys import AEAD_TYPES, KEY_TYPES, TransitError, TransitKey
 
 __all__ = ["KEY_NAME", "Transit", "transit_for"]
 
@@ -81,6 +81,8 @@ class Transit:
             raise TransitError(
                 "key derivation and convergent encryption not supported for keys of type ecdsa-p256"
             )
+        if derived and key_type not in AEAD_TYPES:  # Vault derives ed25519 keys; this vault does not
+            raise TransitError(f"key derivation is not supported for keys of type {key_type} by this vault")
         async with self.lock:
             existing = await self.get(name)
             if existing is not None:

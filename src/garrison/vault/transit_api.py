@@ -24,7 +24,7 @@ from garrison.vault.answers import Answer, Call, VaultError, envelope, no_conten
 from garrison.vault.policy import Acl
 from garrison.vault.transit import KEY_NAME, Transit
 from garrison.vault.transit_batch import batch_answer, decrypt_items, encrypt_items, rewrap_items
-from garrison.vault.transit_keys import TransitError, b64decode
+from garrison.vault.transit_keys import AEAD_TYPES, TransitError, b64decode
 from garrison.vault.transit_misc import hash_data, random_bytes
 from garrison.vault.transit_params import as_bool, as_int, as_str, refuse_unsupported
 
@@ -164,7 +164,10 @@ async def _encrypt(transit: Transit, call: Call, acl: Acl, name: str) -> Answer:
         # allowed to `create`; derived when the request carries a context.
         _require(acl, call.path, "create")
         derived = bool(items[0].context) if items[0].error is None else False
-        key, _ = await transit.create(name, as_str(body, "type") or "aes256-gcm96", derived)
+        key_type = as_str(body, "type") or "aes256-gcm96"
+        if key_type not in AEAD_TYPES:  # as Vault: encryption makes encryption keys only
+            raise TransitError(f"unknown key type {key_type}")
+        key, _ = await transit.create(name, key_type, derived)
     else:
         _require(acl, call.path, "update")
     results = []
