@@ -132,6 +132,12 @@ def test_chacha20_poly1305_keys_and_unknown_types(vault: Vault) -> None:
     exportable = refused(transit.create_key, "exp", exportable=True)
     assert exportable.errors == ["exportable keys are not supported by this vault"]
     assert isinstance(refused(transit.read_key, "exp"), hvac.exceptions.InvalidPath)  # nothing was made
+    upsert = vault.post("transit/encrypt/signer-upsert", {"plaintext": b64("x"), "type": "ed25519"})
+    assert upsert.status_code == 400 and upsert.json() == {"errors": ["unknown key type ed25519"]}
+    derived = refused(transit.create_key, "derived-signer", key_type="ed25519", derived=True)
+    assert derived.errors == ["key derivation is not supported for keys of type ed25519 by this vault"]
+    missing = vault.post("transit/rewrap/chacha", {})
+    assert missing.status_code == 400 and missing.json() == {"errors": ["missing ciphertext to decrypt"]}
 
 
 def test_min_decryption_version_refuses_old_ciphertexts(vault: Vault) -> None:

@@ -100,7 +100,7 @@ def _ciphertext_items(body: dict[str, Any], kind: str) -> tuple[list[Item], bool
     batch = raw_items is not None
     if raw_items is None:
         if not body.get("ciphertext"):
-            raise TransitError(f"missing ciphertext to {'decrypt' if kind == 'decrypt' else 'rewrap'}")
+            raise TransitError("missing ciphertext to decrypt")  # rewrap's too, in Vault's words
         raw_items = [body]
     items = []
     for raw in raw_items:
