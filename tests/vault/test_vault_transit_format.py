@@ -185,3 +185,23 @@ def test_random_and_hash() -> None:
         hash_data({"input": "aGVsbG8="}, "md5")
     with pytest.raises(TransitError, match="input missing"):
         hash_data({}, None)
+
+
+@pytest.mark.parametrize("key_type", ["ecdsa-p256", "ed25519"])
+def test_signatures_malformed_are_refused_and_wrong_ones_are_invalid(key_type: str) -> None:
+    key = TransitKey.create("k", key_type, derived=False, now=NOW)
+    signature, _ = key.sign(b"m")
+    assert key.verify(b"m", signature) and not key.verify(b"n", signature)
+    assert not key.verify(b"m", format_ciphertext(1, b"\x30\x02\x01"))  # not even DER: just not valid
+    for text, message in [
+        ("garbage", "invalid signature: no prefix"),
+        ("vault:v9:AAAA", "invalid signature: version is too new"),
+        ("vault:v1:!!", "invalid base64 signature value"),
+    ]:
+        with pytest.raises(TransitError) as caught:
+            key.verify(b"m", text)
+        assert str(caught.value) == message
+    key.add_version(NOW + 1)
+    key.min_decryption_version = 2
+    with pytest.raises(TransitError, match="disallowed by policy"):
+        key.verify(b"m", signature)

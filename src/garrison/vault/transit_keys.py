@@ -82,17 +82,18 @@ def format_ciphertext(version: int, blob: bytes) -> str:
     return f"{PREFIX}v{version}:{base64.b64encode(blob).decode()}"
 
 
-def parse_ciphertext(text: str) -> tuple[int, str]:
-    """``vault:v<N>:<base64>`` -> (N, the base64 part, not decoded yet: Vault checks the version first)."""
+def parse_ciphertext(text: str, what: str = "ciphertext") -> tuple[int, str]:
+    """``vault:v<N>:<base64>`` -> (N, the base64 part, not decoded yet: Vault checks the version first).
+    ``what`` names it in errors: a ciphertext, or a signature (the same format)."""
     if not text.startswith(PREFIX):
-        raise TransitError("invalid ciphertext: no prefix")
+        raise TransitError(f"invalid {what}: no prefix")
     fields = text[len(PREFIX) :].split(":", 1)
     if len(fields) != 2:
-        raise TransitError("invalid ciphertext: wrong number of fields")
+        raise TransitError(f"invalid {what}: wrong number of fields")
     version_text, payload = fields
     digits = version_text[1:]
     if not version_text.startswith("v") or not digits.isascii() or not digits.isdigit() or len(digits) > 9:
-        raise TransitError("invalid ciphertext: version number could not be decoded")
+        raise TransitError(f"invalid {what}: version number could not be decoded")
     return int(digits), payload
 
 
@@ -231,11 +232,11 @@ class TransitKey:
             raise TransitError("no such key version")
         return requested
 
-    def check_decryption_version(self, version: int) -> None:
+    def check_decryption_version(self, version: int, what: str = "ciphertext") -> None:
         if version < self.min_decryption_version:
             raise TransitError("ciphertext or signature version is disallowed by policy (too old)")
         if version > self.latest_version or version not in self.versions:
-            raise TransitError("invalid ciphertext: version is too new")
+            raise TransitError(f"invalid {what}: version is too new")
 
     def _cipher(self, version: int, context: bytes) -> AESGCM | ChaCha20Poly1305:
         if not self.derived:
@@ -290,12 +291,12 @@ class TransitKey:
     def verify(self, message: bytes, signature: str) -> bool:
         if self.type not in SIGNING_TYPES:
             raise TransitError(f"key type {self.type} does not support verification")
-        version, payload = parse_ciphertext(signature)
-        self.check_decryption_version(version)
+        version, payload = parse_ciphertext(signature, "signature")
+        self.check_decryption_version(version, "signature")
         try:
             raw = base64.b64decode(payload, validate=True)
         except binascii.Error:
-            raise TransitError("invalid signature: could not decode base64") from None
+            raise TransitError("invalid base64 signature value") from None
         public = serialization.load_der_private_key(self.versions[version].material, None).public_key()
         try:
             if isinstance(public, ed25519.Ed25519PublicKey):
