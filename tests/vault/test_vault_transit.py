@@ -296,7 +296,8 @@ def test_signing_keys_sign_and_verify(vault: Vault) -> None:
             assert isinstance(loaded, ec.EllipticCurvePublicKey)
             loaded.verify(raw, message, ec.ECDSA(hashes.SHA256()))
         assert "not supported for key type" in refused(transit.encrypt_data, name, b64("x")).errors[0]
-    assert refused(transit.sign_data, "orders", b64(message)).errors == [
+    transit.create_key("not-a-signer")
+    assert refused(transit.sign_data, "not-a-signer", b64(message)).errors == [
         "key type aes256-gcm96 does not support signing"
     ]
 
