@@ -286,6 +286,8 @@ def test_signing_keys_sign_and_verify(vault: Vault) -> None:
         assert not transit.verify_signed_data(name, b64(b"other"), signature=signed["signature"])["data"][
             "valid"
         ]
+        malformed = refused(transit.verify_signed_data, name, b64(message), signature="garbage")
+        assert malformed.errors == ["invalid signature: no prefix"]
         raw = base64.b64decode(signed["signature"].split(":", 2)[2])
         public = key["keys"]["1"]["public_key"]
         # The published public key verifies the signature outside the vault (the formats are Vault's).
