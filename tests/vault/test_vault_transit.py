@@ -255,6 +255,7 @@ def test_a_token_for_encrypting_with_orders_does_nothing_else(vault: Vault) -> N
     for call, args in [
         (limited.decrypt_data, ("orders", ciphertext)),
         (limited.encrypt_data, ("payments", b64("x"))),
+        (limited.encrypt_data, ("payments", "not base64!")),  # refused before the body is read
         (limited.read_key, ("orders",)),
         (limited.rotate_key, ("orders",)),
         (limited.rewrap_data, ("orders", ciphertext)),

@@ -76,7 +76,7 @@ async def _route(transit: Transit, call: Call, acl: Acl, parts: list[str]) -> An
 
 
 def _capability(op: str) -> str:
-    return {"read": "read", "list": "list", "delete": "delete"}.get(op, "update")
+    return {"read": "read", "list": "list", "delete": "delete", "patch": "patch"}.get(op, "update")
 
 
 def _require(acl: Acl, path: str, capability: str) -> None:
@@ -156,20 +156,18 @@ async def _config(transit: Transit, call: Call, name: str) -> Answer:
 
 async def _encrypt(transit: Transit, call: Call, acl: Acl, name: str) -> Answer:
     body = call.body
+    key = await transit.get(name)
+    # Vault's existence check, before anything of the body is read: a missing key is made by the first
+    # encryption (the upsert), which the token must be allowed to `create`; an existing one takes `update`.
+    _require(acl, call.path, "create" if key is None else "update")
     refuse_unsupported(body)
     items, batch = encrypt_items(body)
-    key = await transit.get(name)
-    if key is None:
-        # Vault's upsert: a missing key is made by the first encryption, which the token must be
-        # allowed to `create`; derived when the request carries a context.
-        _require(acl, call.path, "create")
+    if key is None:  # derived when the request carries a context, as Vault's upsert
         derived = bool(items[0].context) if items[0].error is None else False
         key_type = as_str(body, "type") or "aes256-gcm96"
         if key_type not in AEAD_TYPES:  # as Vault: encryption makes encryption keys only
             raise TransitError(f"unknown key type {key_type}")
         key, _ = await transit.create(name, key_type, derived)
-    else:
-        _require(acl, call.path, "update")
     results = []
     for item in items:
         if item.error is not None:
