@@ -34,6 +34,8 @@ from garrison.vault.leases_api import PREFIX as LEASES_PREFIX
 from garrison.vault.leases_api import leases_api
 from garrison.vault.sys_api import UNAUTHENTICATED, authenticated_sys, unauthenticated_sys
 from garrison.vault.token_api import token_api
+from garrison.vault.transit import transit_for
+from garrison.vault.transit_api import transit_api
 from garrison.web.app import Receive, Scope, Send, WebApp
 from garrison.web.http import HttpError, HttpRequest, HttpResponse
 
@@ -114,6 +116,10 @@ class VaultApp(WebApp):
             return await kv_api(unsealed.kv, call, acl), entry.policies
         if call.path == "database" or call.path.startswith("database/"):
             return await database_api(unsealed, call, acl, entry), entry.policies
+        if call.path.partition("/")[0] == "transit":
+            return await transit_api(
+                transit_for(unsealed, unsealed.storage, core.clock), call, acl
+            ), entry.policies
         if not acl.capabilities(call.path):
             raise VaultError(403, "permission denied")  # as Vault: the ACL answers before the router
         raise VaultError(404, f'no handler for route "{call.path}". route entry not found.')
@@ -174,6 +180,8 @@ def _body(request: HttpRequest) -> dict[str, Any]:
         parsed = json.loads(request.body)
     except (ValueError, UnicodeDecodeError):
         raise VaultError(400, "failed to parse JSON input") from None
+    if parsed is None:  # `bao write -f PATH` (a write with no fields) sends `null`; Vault reads it as {}
+        return {}
     if not isinstance(parsed, dict):
         raise VaultError(400, "failed to parse JSON input: expected an object")
     return parsed
