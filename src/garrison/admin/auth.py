@@ -39,7 +39,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from garrison.config.model import AdminConfig, GarrisonConfig, is_loopback_host
-from garrison.pki.tls import server_context
+from garrison.pki.server_tls import server_context
 from garrison.web.simplehttp import SimpleRequest, SimpleResponse
 
 __all__ = [
