@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from garrison.admin.auth import admin_token_path
 from garrison.config.problems import ConfigError, Problem
 from garrison.mesh.policy import Grant, grants_of
+from garrison.pki.workload import JOIN_TOKEN_ENV
 
 if TYPE_CHECKING:
     from garrison.config.assembly import GarrisonConfig
@@ -44,7 +45,6 @@ __all__ = [
 ]
 
 VALIDATE_TIMEOUT = 60.0  # the child imports the models and reads one file: normally about a second
-JOIN_TOKEN_ENV = "GARRISON_JOIN_TOKEN"  # noqa: S105 - the variable's name; the child does not need it
 
 
 @dataclass(frozen=True)
@@ -239,6 +239,7 @@ def _command(path: str | Path) -> list[str]:
 
 
 def _environment() -> dict[str, str]:
+    """The sidecar's environment but the join token: the child reads a file, nothing else."""
     return {name: value for name, value in os.environ.items() if name != JOIN_TOKEN_ENV}
 
 
@@ -248,16 +249,19 @@ def _verdict(path: str | Path, code: int | None, out: bytes, err: bytes) -> Side
         answer = json.loads(out) if code == 0 else None
     except ValueError:
         answer = None
-    if not isinstance(answer, dict):
+    if isinstance(answer, dict) and "settings" in answer:
+        try:
+            return settings_from_json(json.dumps(answer["settings"]))
+        except ValueError as exc:
+            err, answer = str(exc).encode(), None
+    if not isinstance(answer, dict) or "problems" not in answer:
         reason = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit {code}"]
         problem = Problem(
             "", f"the config could not be validated (garrison.mesh.sidecar.validate): {reason[0]}"
         )
         raise ConfigError(str(path), [problem])
-    if "problems" in answer:
-        problems = [Problem(p["path"], p["message"], p["line"]) for p in answer["problems"]]
-        raise ConfigError(str(answer["filename"]), problems)
-    return settings_from_json(json.dumps(answer["settings"]))
+    problems = [Problem(p["path"], p["message"], p["line"]) for p in answer["problems"]]
+    raise ConfigError(str(answer["filename"]), problems)
 
 
 def load_settings(path: str | Path) -> SidecarSettings:
