@@ -110,8 +110,10 @@ class FileIdentity:
             key_file.write_bytes(key_pem)
             try:
                 ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(cert_file), str(key_file))
-            except ssl.SSLError:
-                raise ValueError(f"{self._key} does not match {self._cert} (being replaced?)") from None
+            except ssl.SSLError as exc:  # KEY_VALUES_MISMATCH, or a file OpenSSL cannot read
+                raise ValueError(
+                    f"{self._key} does not match {self._cert} (being replaced?): {exc.reason or exc}"
+                ) from None
             for context in (self._server, self._client):
                 context.load_cert_chain(str(cert_file), str(key_file))
         self._spiffe_id = found
