@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import signal
 import ssl
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from gateway_harness import RecordingUpstream
+from gateway_harness import GARRISON, RecordingUpstream
 from mesh_sidecars import MeshPki, answer, close_clients, mtls, svc, write_mesh
 from ports import reserved_port
 from sidecar_process import SidecarProcess
