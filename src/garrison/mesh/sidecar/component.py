@@ -55,6 +55,7 @@ class SidecarComponent:
         self.inbound: InboundSide | None = None
         self.outbound: OutboundSide | None = None
         self.admin: AdminListener | None = None
+        self._reloading = asyncio.Lock()  # SIGHUPs in a row: the last one reads the file last
 
     def _sides(self, loop: asyncio.AbstractEventLoop) -> tuple[InboundSide, OutboundSide]:
         config, spec = self.settings, self.sidecars[self.service]
@@ -119,9 +120,10 @@ class SidecarComponent:
     async def reload(self) -> None:
         """SIGHUP: the call policy from the file again; a file identity's certificate too. A file
         the loader refuses raises ConfigError (the runner logs it) and the policy stays."""
-        settings = await reload_settings(self.config_path)
-        self.gate.policy = CallPolicy.from_grants(settings.grants)
-        self.settings = settings
-        if isinstance(self.identity, FileIdentity):
-            self.identity.reload()
+        async with self._reloading:
+            settings = await reload_settings(self.config_path)
+            self.gate.policy = CallPolicy.from_grants(settings.grants)
+            self.settings = settings
+            if isinstance(self.identity, FileIdentity):
+                self.identity.reload()
         log.log("sidecar.reloaded", service=self.service, callers=self.gate.policy.callers_of(self.service))
