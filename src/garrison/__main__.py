@@ -1,5 +1,5 @@
-"""``python -m garrison``: the same as the ``garrison`` command."""
+"""``python -m garrison``: the same as the ``garrison`` command (entry.py: a sidecar without the CLI)."""
 
-from garrison.cli import main
+from garrison.entry import main
 
 main()

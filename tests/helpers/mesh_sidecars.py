@@ -24,9 +24,9 @@ import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from garrison.config.loader import load_config
 from garrison.mesh.sidecar.component import SidecarComponent
 from garrison.mesh.sidecar.identity import FileIdentity
+from garrison.mesh.sidecar.settings import load_settings
 from garrison.pki.authority import new_intermediate, new_key, new_root, pem, request_for, sign_workload
 
 T = TypeVar("T")
@@ -170,7 +170,8 @@ class SidecarThread:
 
     def __init__(self, config: Path, service: str, cert_dir: Path) -> None:
         self.identity = FileIdentity.from_directory(cert_dir)
-        self.component = SidecarComponent(config, service, self.identity, load_config(config).config)
+        # as `garrison sidecar` does: the file validated in a child, the sidecar's copy of it here
+        self.component = SidecarComponent(load_settings(config), service, self.identity)
         self.loop = uvloop.new_event_loop()  # as `garrison sidecar` runs
         self.thread = threading.Thread(target=self.loop.run_forever, name=f"sidecar-{service}", daemon=True)
         self.listeners: dict[str, str] = {}

@@ -16,8 +16,15 @@ from ca_harness import CaProcess
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from garrison.pki.authority import new_intermediate, new_key, new_root, pem, request_for, sign_workload
-from garrison.pki.identity import spiffe_id_of_certificate
+from garrison.pki.authority import (
+    new_intermediate,
+    new_key,
+    new_root,
+    pem,
+    request_for,
+    sign_workload,
+    spiffe_id_of_certificate,
+)
 from garrison.pki.workload import JoinTokenNeeded, WorkloadError, WorkloadIdentity
 
 pytestmark = pytest.mark.process  # real CA processes (or an in-process CA) and TLS listeners

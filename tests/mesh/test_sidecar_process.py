@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import signal
 import ssl
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from gateway_harness import RecordingUpstream
+from gateway_harness import GARRISON, RecordingUpstream
 from mesh_sidecars import MeshPki, answer, close_clients, mtls, svc, write_mesh
 from ports import reserved_port
 from sidecar_process import SidecarProcess
@@ -71,3 +72,34 @@ def test_sighup_reloads_the_policy_and_the_certificate(
         'direction="inbound",status="2xx"} 1.0' in metrics
     )
     assert process.stop() == 0
+
+
+def test_a_bad_file_on_sighup_is_refused_and_the_policy_kept(
+    payments: tuple[SidecarProcess, Path, MeshPki], tmp_path: Path
+) -> None:
+    """The file is validated in a child (mesh/sidecar/settings.py): its refusal reaches the log with
+    the loader's own wording, and the running policy stays."""
+    process, config, _ = payments
+    inbound = process.port("inbound")
+    assert answer(mtls(inbound, tmp_path / "orders"), "POST", "/charges")[0] == 200
+    good = config.read_text()
+    config.write_text(good.replace("methods: [POST], paths: [/charges]", "methods: [POST], pathz: [/x]"))
+    process.proc.send_signal(signal.SIGHUP)
+    (failed,) = wait_until(lambda: process.events("sidecar.reload.failed"), timeout=30, what="reload.failed")
+    assert isinstance(failed["problems"], list)
+    assert "services.orders.calls[0].pathz: unknown key" in failed["problems"][0]
+    assert answer(mtls(inbound, tmp_path / "orders"), "POST", "/charges")[0] == 200  # the old policy
+    assert answer(mtls(inbound, tmp_path / "inventory"), "POST", "/charges")[0] == 403
+    assert process.stop() == 0
+
+
+def test_a_bad_file_refuses_the_start_as_the_loader_words_it(tmp_path: Path) -> None:
+    config = tmp_path / "garrison.yaml"
+    config.write_text("trust_domain: shop.local\nservices: {}\nmesh: {sidecars: {payments: {}}}\n")
+    done = subprocess.run(
+        [str(GARRISON), "sidecar", "-c", str(config), "--service", "payments"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"cannot start: {config}:3: mesh.sidecars.payments.inbound: Field required" in done.stderr
+    assert f"Run `garrison check -c {config}` for details." in done.stderr

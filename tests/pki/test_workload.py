@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
+import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from garrison.mesh.ca.server import CaComponent
 from garrison.pki.authority import pem
 from garrison.pki.workload import (
+    RENEW_RETRY_MAX,
     JoinTokenNeeded,
     MeshState,
     PeerIdentityMismatch,
@@ -23,6 +27,7 @@ from garrison.pki.workload import (
     connect,
     require_spiffe_id,
 )
+from garrison.telemetry import logging as log
 
 pytestmark = pytest.mark.process  # real CA processes (or an in-process CA) and TLS listeners
 
@@ -76,7 +81,7 @@ def test_renewal_is_due_at_about_half_life_and_a_restart_renews(tmp_path: Path) 
             )
             await first.start()
             await asyncio.wait_for(sleeps.asked.wait(), 10)
-            lifetime = (first.not_after - first._current().not_valid_before_utc).total_seconds()
+            lifetime = (first.not_after - first._current().not_before).total_seconds()
             assert sleeps.delays[0] == pytest.approx(0.45 * lifetime - 60, abs=5)  # 1 min backdated
             await first.close()
             before = serial(tmp_path / "w" / "identity.pem")
@@ -211,3 +216,54 @@ def test_from_files_is_a_static_identity(tmp_path: Path) -> None:
         return lambda: None
 
     asyncio.run(body())
+
+
+def test_a_refused_renewal_backs_off_and_is_logged_once(tmp_path: Path) -> None:
+    """A revoked workload's renewals are refused: the retries wait twice as long each time (jitter
+    0 here: half of each step), and the trouble is logged once, not at every retry."""
+    lines = io.StringIO()
+
+    async def body() -> list[float]:
+        async with running_ca(tmp_path / "ca") as ca:
+            assert ca.parts is not None
+            delays: list[float] = []
+            done = asyncio.Event()
+
+            async def sleep(delay: float) -> None:
+                delays.append(delay)
+                if len(delays) >= 6:
+                    done.set()
+                    await asyncio.Event().wait()  # park the loop: the test has what it needs
+
+            workload = identity(
+                ca,
+                tmp_path / "w",
+                await token_for(ca, ORDERS),
+                sleep=sleep,
+                jitter=lambda: 0.0,
+                follow_state=False,
+            )
+            await workload.start()
+            await ca.parts.state.revoke(ORDERS, "test")
+            await asyncio.wait_for(done.wait(), 60)
+            await workload.close()
+            return delays
+
+    log.configure("test", lines)
+    try:
+        delays = asyncio.run(body())
+    finally:
+        log.configure("garrison", sys.stderr)
+    retries = delays[1:]  # the first is the wait until half-life
+    assert retries == [0.5, 1.0, 2.0, 4.0, 8.0]
+    events = [json.loads(line) for line in lines.getvalue().splitlines()]
+    failed = [event for event in events if event["event"] == "workload.renewal_failed"]
+    assert len(failed) == 1
+    assert failed[0]["trouble"] == "refused"
+
+
+def test_retry_delays_are_capped_and_never_outlast_the_certificate() -> None:
+    workload = WorkloadIdentity("", Path("/nonexistent"), jitter=lambda: 0.999)
+    assert workload._retry_delay(20, 10_000.0) == pytest.approx(RENEW_RETRY_MAX, rel=0.01)
+    assert workload._retry_delay(20, 50.0) == 5.0  # a tenth of what is left
+    assert WorkloadIdentity("", Path("/x"), jitter=lambda: 0.0)._retry_delay(3, 10_000.0) == 4.0

@@ -36,10 +36,12 @@ import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from garrison.config.model import AdminConfig, GarrisonConfig, is_loopback_host
-from garrison.pki.tls import server_context
+from garrison.config.addresses import is_loopback_host
+from garrison.config.shapes import AdminShape
+from garrison.pki.server_tls import server_context
 from garrison.web.simplehttp import SimpleRequest, SimpleResponse
 
 __all__ = [
@@ -56,6 +58,9 @@ __all__ = [
 TOKEN_BYTES = 32
 READ_METHODS = (b"GET", b"HEAD")
 JSON = b"application/json"
+
+if TYPE_CHECKING:  # the whole model only for the gateway's helpers below; a sidecar passes an AdminShape
+    from garrison.config.model import GarrisonConfig
 
 Handler = Callable[[SimpleRequest], SimpleResponse | Awaitable[SimpleResponse]]
 
@@ -107,7 +112,7 @@ def load_or_create_admin_token(path: Path) -> str:
     return token
 
 
-def admin_server_context(admin: AdminConfig, config_dir: Path) -> ssl.SSLContext | None:
+def admin_server_context(admin: AdminShape, config_dir: Path) -> ssl.SSLContext | None:
     """The admin listener's TLS context (None without ``gateway.admin.tls``)."""
     if admin.tls is None:
         return None
@@ -125,7 +130,7 @@ def admin_server_context(admin: AdminConfig, config_dir: Path) -> ssl.SSLContext
     return context
 
 
-def admin_client_context(admin: AdminConfig, config_dir: Path) -> ssl.SSLContext | None:
+def admin_client_context(admin: AdminShape, config_dir: Path) -> ssl.SSLContext | None:
     """How the CLI checks the admin listener it calls over TLS: the listener's own certificate
     chain file is the trust anchor (partial chains allowed), so a self-signed or privately issued
     admin certificate works without a CA file, and no other certificate is accepted. The name is not
@@ -256,7 +261,7 @@ def admin_guard(
     return guard_for(handler, config.gateway.admin, bound, token)
 
 
-def guard_for(handler: Handler, admin: AdminConfig, bound: tuple[str, int], token: str | None) -> AdminGuard:
+def guard_for(handler: Handler, admin: AdminShape, bound: tuple[str, int], token: str | None) -> AdminGuard:
     """The guard for the admin listener ``admin`` describes (any component's), bound at ``bound``."""
     return AdminGuard(
         handler,

@@ -20,7 +20,7 @@ from garrison.admin.auth import (
     guard_for,
     load_or_create_admin_token,
 )
-from garrison.config.model import AdminConfig
+from garrison.config.shapes import AdminShape
 from garrison.core.sockets import address_of, bind_socket
 from garrison.web.headers import API_CSP, DEFAULT_HSTS, render, security_headers
 from garrison.web.simplehttp import SimpleHttpProtocol
@@ -41,7 +41,7 @@ def admin_security_headers(tls: bool) -> bytes:
 
 
 def guarded_socket(
-    admin: AdminConfig, token_path: Path, config_dir: Path, handler: Handler, sock: socket.socket
+    admin: AdminShape, token_path: Path, config_dir: Path, handler: Handler, sock: socket.socket
 ) -> tuple[AdminGuard, ssl.SSLContext | None]:
     """The guard around ``handler`` for the listener on ``sock`` and its TLS context, creating the
     admin token file on first use. Raises AdminTokenError for an unusable token file."""
@@ -63,7 +63,7 @@ class AdminListener:
 
 
 async def start_admin_listener(
-    admin: AdminConfig, token_path: Path, config_dir: Path, handler: Handler
+    admin: AdminShape, token_path: Path, config_dir: Path, handler: Handler
 ) -> AdminListener:
     """Bind ``admin.listen`` and serve ``handler`` (an AdminApi) there behind the guard."""
     sock = bind_socket(admin.listen)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from garrison.config.addresses import is_loopback_host, parse_listen
 from garrison.config.units import Duration
 
 if TYPE_CHECKING:
@@ -57,32 +58,6 @@ class Strict(BaseModel):
 def _check_listen(value: str) -> str:
     parse_listen(value)
     return value
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``127.0.0.1:8443`` / ``[::1]:8443`` / ``0.0.0.0:0`` -> (host, port)."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:8443, got {value!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if host != "localhost":
-            raise ValueError(f"listen host must be an IP address or localhost, got {host!r}") from None
-    return host, int(port_text)
-
-
-def is_loopback_host(host: str) -> bool:
-    """``localhost`` or a loopback IP literal: the one test of "on this machine only" (admin
-    listener, JWKS URLs over http)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 ListenAddress = Annotated[str, AfterValidator(_check_listen)]

@@ -16,28 +16,9 @@ from pydantic import ValidationError
 
 from garrison.config.assembly import GarrisonConfig, with_derived_defaults
 from garrison.config.common import MOVED_KEY, ComponentConfig
+from garrison.config.problems import ConfigError, Problem
 
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong (or risky) in a config file."""
-
-    path: str
-    message: str
-    line: int | None = None
-
-    def render(self, filename: str) -> str:
-        where = f"{filename}:{self.line}: " if self.line else f"{filename}: "
-        return f"{where}{self.path or '<top>'}: {self.message}"
-
-
-class ConfigError(Exception):
-    """A config file that cannot be used; ``problems`` lists every error found."""
-
-    def __init__(self, filename: str, problems: list[Problem]) -> None:
-        self.filename = filename
-        self.problems = problems
-        super().__init__("\n".join(p.render(filename) for p in problems))
+__all__ = ["ConfigError", "LoadedConfig", "Problem", "format_loc", "load_config", "parse_config"]
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import socket
 
-from garrison.config.model import parse_listen
+from garrison.config.addresses import parse_listen
 
 __all__ = ["BACKLOG", "address_of", "bind_socket"]
 

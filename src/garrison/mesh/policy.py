@@ -13,11 +13,14 @@ not normalize is refused before it gets here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from garrison.config.assembly import GarrisonConfig
+if TYPE_CHECKING:  # from_config reads the model; a sidecar compiles grants it was handed instead
+    from garrison.config.assembly import GarrisonConfig
 
-__all__ = ["CallPolicy", "CallRule", "gateway_id", "service_id"]
+__all__ = ["CallPolicy", "CallRule", "Grant", "gateway_id", "grants_of", "service_id"]
 
 
 def service_id(trust_domain: str, service: str) -> str:
@@ -45,7 +48,38 @@ class CallRule:
         return path in self.exact or any(path.startswith(tree) for tree in self.subtrees)
 
 
-def _rule(methods: list[str] | None, paths: list[str] | None) -> CallRule:
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One allowance as the file states it: ``caller`` (a SPIFFE ID) may call ``callee`` with
+    ``methods`` (None: any) on ``paths`` (None: any; ``/x/**`` a subtree)."""
+
+    callee: str
+    caller: str
+    methods: tuple[str, ...] | None
+    paths: tuple[str, ...] | None
+
+
+def grants_of(config: GarrisonConfig) -> list[Grant]:
+    """Every allowance of the file: each ``services.<caller>.calls`` entry, and each route's for the
+    gateway's identity."""
+    domain = config.trust_domain
+
+    def tupled(values: Sequence[str] | None) -> tuple[str, ...] | None:
+        return tuple(values) if values is not None else None
+
+    found = [
+        Grant(call.service, service_id(domain, caller), tupled(call.methods), tupled(call.paths))
+        for caller, service in config.services.items()
+        for call in service.calls
+    ]
+    for route in config.routes:
+        path = route.match.path
+        paths = (path + "/**" if path != "/" else "/**",) if route.match.prefix else (path,)
+        found.append(Grant(route.service, gateway_id(domain), tupled(route.match.methods), paths))
+    return found
+
+
+def _rule(methods: Sequence[str] | None, paths: Sequence[str] | None) -> CallRule:
     if paths is None:
         return CallRule(frozenset(methods) if methods else None, None, ())
     exact = {path for path in paths if not path.endswith("/**")}
@@ -65,18 +99,14 @@ class CallPolicy:
 
     @classmethod
     def from_config(cls, config: GarrisonConfig) -> CallPolicy:
-        domain = config.trust_domain
+        return cls.from_grants(grants_of(config))
+
+    @classmethod
+    def from_grants(cls, grants: Iterable[Grant]) -> CallPolicy:
         table: dict[str, dict[str, list[CallRule]]] = {}
-        for caller, service in config.services.items():
-            for call in service.calls:
-                table.setdefault(call.service, {}).setdefault(service_id(domain, caller), []).append(
-                    _rule(call.methods, call.paths)
-                )
-        for route in config.routes:
-            path = route.match.path
-            paths = [path + "/**" if path != "/" else "/**"] if route.match.prefix else [path]
-            rule = _rule(route.match.methods, paths)
-            table.setdefault(route.service, {}).setdefault(gateway_id(domain), []).append(rule)
+        for grant in grants:
+            rule = _rule(grant.methods, grant.paths)
+            table.setdefault(grant.callee, {}).setdefault(grant.caller, []).append(rule)
         return cls(
             {
                 callee: {caller: tuple(rules) for caller, rules in callers.items()}

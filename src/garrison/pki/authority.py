@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from garrison.pki.identity import spiffe_id
+
 __all__ = [
     "Authority",
     "CsrRefused",
@@ -40,6 +42,7 @@ __all__ = [
     "request_for",
     "sign_server",
     "sign_workload",
+    "spiffe_id_of_certificate",
     "trust_domain_id",
     "workload_id",
 ]
@@ -101,6 +104,18 @@ class Authority:
 def new_key() -> ec.EllipticCurvePrivateKey:
     """A fresh ECDSA P-256 key: for workloads, generated where it is used and never sent anywhere."""
     return ec.generate_private_key(ec.SECP256R1())
+
+
+def spiffe_id_of_certificate(certificate: x509.Certificate) -> str | None:
+    """``pki/identity.spiffe_id`` for a parsed certificate (the CA's renewal path, where DER arrives,
+    not peercert). Here, with the rest of ``cryptography``'s X.509, so that pki/identity.py stays
+    light for the processes that only read peers' certificates."""
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    return spiffe_id({"subjectAltName": [("URI", uri) for uri in uris]})
 
 
 def request_for(key: ec.EllipticCurvePrivateKey) -> x509.CertificateSigningRequest:

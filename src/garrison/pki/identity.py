@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from cryptography import x509
-
 NameKind = Literal["uri", "dns", "email", "common_name"]
 CertificateName = tuple[NameKind, str]
 
@@ -59,16 +57,6 @@ def spiffe_id(peercert: Mapping[str, Any] | None) -> str | None:
     if len(uris) != 1 or not isinstance(uris[0], str) or not uris[0].startswith(SPIFFE_SCHEME):
         return None
     return uris[0]
-
-
-def spiffe_id_of_certificate(certificate: x509.Certificate) -> str | None:
-    """``spiffe_id`` for a parsed certificate (the CA's renewal path, where DER arrives, not peercert)."""
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    return spiffe_id({"subjectAltName": [("URI", uri) for uri in uris]})
 
 
 class CertificateMap:

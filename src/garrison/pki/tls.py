@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,32 +26,23 @@ from garrison.config.model import GarrisonConfig, TlsConfig
 from garrison.pki.authority import sign_server
 from garrison.pki.authority_files import AuthorityFiles
 from garrison.pki.kek import KeyEncryption
+from garrison.pki.server_tls import MODERN_CIPHERS, ask_for_client_certificates, server_context
 
-MODERN_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+__all__ = [
+    "MODERN_CIPHERS",
+    "CaIssuer",
+    "ask_for_client_certificates",
+    "auto_trust_file",
+    "ensure_auto_certificate",
+    "ensure_ca_certificate",
+    "mesh_ca_issues_auto",
+    "resolve_certificate",
+    "server_context",
+]
+
 SERVER_CERT_DAYS = 90
 CA_DAYS = 3650
 RENEW_BEFORE = dt.timedelta(days=30)
-
-
-def server_context(cert_file: Path, key_file: Path, min_version: str = "1.2") -> ssl.SSLContext:
-    """TLS 1.2+ (or 1.3 only), ECDHE + AEAD ciphers, no compression or renegotiation, ALPN http/1.1."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    context.set_ciphers(MODERN_CIPHERS)
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    context.set_alpn_protocols(["http/1.1"])
-    context.load_cert_chain(cert_file, key_file)
-    return context
-
-
-def ask_for_client_certificates(context: ssl.SSLContext, ca_file: Path) -> None:
-    """Ask every client for a certificate (routes with ``require: mtls`` need one) and verify any
-    that is sent against ``ca_file``: a certificate that does not chain to it, has expired, or is not
-    for client authentication (extended key usage) fails the handshake. A client that sends none
-    still connects; routes that require one refuse its requests with 403."""
-    context.verify_mode = ssl.CERT_OPTIONAL
-    context.load_verify_locations(cafile=ca_file)
-    context.verify_flags |= ssl.VERIFY_X509_STRICT
 
 
 def mesh_ca_issues_auto(config: GarrisonConfig) -> bool:

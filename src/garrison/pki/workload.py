@@ -3,12 +3,15 @@
 Shared (not in ``mesh/``) because the sidecar, the gateway (``spiffe://<td>/gateway``) and Python
 services without a sidecar all hold one. ``WorkloadIdentity``:
 
-- generates its private key locally (it never leaves the process or its directory), joins the CA once
+- generates its private key locally (in a short-lived child, ``pki/keygen.py``, so that this process
+  never imports ``cryptography``: the key comes back over a pipe and never leaves the host), joins the CA once
   with a one-time join token (``GARRISON_JOIN_TOKEN`` or an argument), and keeps the certificate, key
   and trust bundle under a directory (files 0600, replaced atomically), so a restart renews with the
   certificate it holds instead of needing a new token;
 - renews over mTLS at about half the certificate's life, with jitter so a fleet started together does
-  not renew together; the clock and the sleep are injectable;
+  not renew together; a failed renewal is retried with capped exponential back-off (a revoked workload
+  does not knock every few seconds) and logged once per change of trouble; the clock and the sleep
+  are injectable;
 - keeps one server and one client ``ssl.SSLContext``. A renewal loads the new certificate INTO the
   live contexts (``load_cert_chain``): new handshakes use it, open connections are untouched. A trust
   bundle change cannot be applied in place (OpenSSL cannot forget a CA), so new contexts are built and
@@ -30,16 +33,12 @@ import datetime as dt
 import os
 import random
 import ssl
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from garrison.pki.authority import new_key, request_for
 from garrison.pki.ca_client import CaClient, CaUnreachable
-from garrison.pki.identity import spiffe_id_of_certificate
+from garrison.pki.certinfo import CertificateInfo, leaf_info
 from garrison.pki.workload_tls import (
     Files,
     PeerIdentityMismatch,
@@ -80,7 +79,9 @@ Sleep = Callable[[float], Awaitable[None]]
 
 LONG_POLL_TIMEOUT = 40.0  # the CA answers within 25 s; more than that is a lost connection
 STATE_RETRY = 1.0  # seconds between attempts to reach the CA's state after a failure
-RENEW_RETRY = 5.0  # at most this long between renewal attempts after a failure
+RENEW_RETRY = 1.0  # the first wait after a failed renewal; doubled after each further failure
+RENEW_RETRY_MAX = 300.0  # ... up to this (but never past a tenth of the certificate's remaining life)
+KEYGEN_TIMEOUT = 60.0  # python -m garrison.pki.keygen: a key and a CSR, normally well under a second
 
 
 def utc_now() -> dt.datetime:
@@ -115,7 +116,7 @@ class WorkloadIdentity:
         self._sleep = sleep or asyncio.sleep
         self._jitter = jitter or random.random  # spreading renewals: not a secret
         self._follow = follow_state
-        self._certificate: x509.Certificate | None = None
+        self._certificate: CertificateInfo | None = None
         self._renew_fraction = 0.5
         self._bundle = b""
         self._server: ssl.SSLContext | None = None
@@ -124,6 +125,7 @@ class WorkloadIdentity:
         self._state_callbacks: list[StateCallback] = []
         self._context_callbacks: list[ContextsCallback] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._trouble: str | None = None  # why renewals fail now (logged when it changes), None: fine
         self.lapsed: JoinTokenNeeded | None = None  # set when the certificate expired unrenewed
 
     def __repr__(self) -> str:
@@ -135,15 +137,15 @@ class WorkloadIdentity:
         """A static identity from files (tests, tools): no CA, no renewal, no state."""
         identity = cls("", cert.parent, follow_state=False)
         identity._files = (cert, key)
-        identity._certificate = x509.load_pem_x509_certificates(cert.read_bytes())[0]
+        identity._certificate = leaf_info(cert.read_bytes())
         identity._build_contexts(bundle.read_bytes())
         return identity
 
     @property
     def spiffe_id(self) -> str:
         """This workload's SPIFFE ID (``spiffe://<td>/svc/<service>``)."""
-        found = spiffe_id_of_certificate(self._current())
-        assert found is not None  # the CA issues nothing else
+        found = self._current().spiffe_id
+        assert found is not None  # checked when loaded
         return found
 
     @property
@@ -159,7 +161,7 @@ class WorkloadIdentity:
     @property
     def not_after(self) -> dt.datetime:
         """When the current certificate expires."""
-        return self._current().not_valid_after_utc
+        return self._current().not_after
 
     @property
     def state(self) -> MeshState | None:
@@ -212,12 +214,12 @@ class WorkloadIdentity:
         """Renew now (the background task calls this at about half-life): a new key, a new
         certificate with the same SPIFFE ID, loaded into the live contexts."""
         assert self._ca is not None
-        key = new_key()
+        key, csr = await new_key_and_request()
         answer = await self._ca.request(
             "POST",
             "/v1/renew",
             self.client_context(),
-            body={"csr": _csr_pem(key)},
+            body={"csr": csr},
             expect_ca=self.trust_domain_id + "/ca",
         )
         if answer.status != 200:
@@ -235,7 +237,7 @@ class WorkloadIdentity:
 
     # -- joining and keeping the certificate ----------------------------------------------------
 
-    def _current(self) -> x509.Certificate:
+    def _current(self) -> CertificateInfo:
         assert self._certificate is not None, "start() first"
         return self._certificate
 
@@ -243,8 +245,8 @@ class WorkloadIdentity:
         identity_file, bundle_file = self._files[0], self._directory / "bundle.pem"
         if not identity_file.exists() or not bundle_file.exists():
             return False
-        certificate = x509.load_pem_x509_certificates(identity_file.read_bytes())[0]
-        if certificate.not_valid_after_utc <= self._clock():
+        certificate = _workload_certificate(identity_file.read_bytes())
+        if certificate.not_after <= self._clock():
             log.warn("workload.certificate_lapsed", directory=str(self._directory))
             return False
         self._certificate = certificate
@@ -260,10 +262,8 @@ class WorkloadIdentity:
         roots = bootstrap.read_bytes() if isinstance(bootstrap, Path) else bootstrap
         context = ssl.create_default_context(cadata=roots.decode("ascii"))
         context.check_hostname = False  # the CA's SPIFFE ID is checked instead
-        key = new_key()
-        answer = await self._ca.request(
-            "POST", "/v1/join", context, body={"token": token, "csr": _csr_pem(key)}
-        )
+        key, csr = await new_key_and_request()
+        answer = await self._ca.request("POST", "/v1/join", context, body={"token": token, "csr": csr})
         if answer.status == 403:
             raise JoinTokenNeeded(f"the CA refused the join: {answer.message()}")
         if answer.status != 200:
@@ -271,15 +271,16 @@ class WorkloadIdentity:
         self._install(answer.json(), key)
         log.log("workload.joined", spiffe_id=self.spiffe_id)
 
-    def _install(self, issued: dict[str, object], key: ec.EllipticCurvePrivateKey) -> None:
+    def _install(self, issued: dict[str, object], key_pem: bytes) -> None:
         """Save the new certificate with its key (one file, 0600, atomic), then load it into the
         live contexts; a new bundle builds new contexts instead."""
         chain, bundle = str(issued["certificate_chain"]).encode(), str(issued["trust_bundle"]).encode()
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        try:
+            certificate = _workload_certificate(chain)
+        except ValueError as exc:
+            raise WorkloadError(f"the CA answered an unusable certificate: {exc}") from None
         write_private(self._files[0], chain + key_pem)
-        self._certificate = x509.load_pem_x509_certificates(chain)[0]
+        self._certificate = certificate
         self._renew_fraction = 0.45 + 0.1 * self._jitter()
         if self._server is None or self._client is None or bundle != self._bundle:
             self._build_contexts(bundle)
@@ -306,19 +307,20 @@ class WorkloadIdentity:
             connection.context = self._server
 
     async def _renewals(self) -> None:
+        failures = 0
         while True:
             certificate = self._current()
-            lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
-            due = certificate.not_valid_before_utc + lifetime * self._renew_fraction
+            lifetime = certificate.not_after - certificate.not_before
+            due = certificate.not_before + lifetime * self._renew_fraction
             delay = (due - self._clock()).total_seconds()
-            if delay > 0:
+            if delay > 0 and not failures:  # while failing, the back-off decides when to try
                 await self._sleep(delay)
                 if self._current() is not certificate:
                     continue  # renewed meanwhile (renew() called directly)
             try:
                 await self.renew()
             except (CaUnreachable, WorkloadError) as exc:
-                remaining = (certificate.not_valid_after_utc - self._clock()).total_seconds()
+                remaining = (certificate.not_after - self._clock()).total_seconds()
                 if remaining <= 0:
                     self.lapsed = JoinTokenNeeded(
                         f"the certificate of {self.spiffe_id} expired unrenewed ({exc}): "
@@ -326,8 +328,28 @@ class WorkloadIdentity:
                     )
                     log.error("workload.certificate_lapsed", spiffe_id=self.spiffe_id, message=str(exc))
                     return
-                log.warn("workload.renewal_failed", spiffe_id=self.spiffe_id, message=str(exc))
-                await self._sleep(min(RENEW_RETRY, max(remaining / 10, 0.1)))
+                self._troubled("unreachable" if isinstance(exc, CaUnreachable) else "refused", exc)
+                await self._sleep(self._retry_delay(failures, remaining))
+                failures += 1
+            else:
+                failures = 0
+                self._troubled(None, None)
+
+    def _retry_delay(self, failures: int, remaining: float) -> float:
+        """Capped exponential back-off with jitter (half to all of the step, so a fleet refused
+        together spreads out), never longer than a tenth of what is left of the certificate."""
+        step = min(RENEW_RETRY * 2.0**failures, RENEW_RETRY_MAX)
+        return min(step * (0.5 + 0.5 * self._jitter()), max(remaining / 10, 0.1))
+
+    def _troubled(self, trouble: str | None, exc: Exception | None) -> None:
+        """Log renewals' trouble when it changes (refused, unreachable, over), not at every retry."""
+        if trouble == self._trouble:
+            return
+        if trouble is None:
+            log.log("workload.renewal_recovered", spiffe_id=self.spiffe_id, after=self._trouble)
+        else:
+            log.warn("workload.renewal_failed", spiffe_id=self.spiffe_id, trouble=trouble, message=str(exc))
+        self._trouble = trouble
 
     async def _follow_state(self) -> None:
         assert self._ca is not None
@@ -360,5 +382,37 @@ class WorkloadIdentity:
                 callback(state)
 
 
-def _csr_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return request_for(key).public_bytes(serialization.Encoding.PEM).decode("ascii")
+def _workload_certificate(pem: bytes) -> CertificateInfo:
+    certificate = leaf_info(pem)
+    if certificate.spiffe_id is None:
+        raise ValueError("the certificate is not an X.509-SVID (no single SPIFFE ID)")
+    return certificate
+
+
+async def new_key_and_request() -> tuple[bytes, str]:
+    """A new private key and its CSR, both PEM, from ``python -m garrison.pki.keygen`` (see there
+    why a child). Its environment lacks the join token: it needs nothing but the interpreter."""
+    environment = {name: value for name, value in os.environ.items() if name != JOIN_TOKEN_ENV}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "garrison.pki.keygen",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=environment,
+    )
+    try:
+        async with asyncio.timeout(KEYGEN_TIMEOUT):
+            out, err = await child.communicate()
+    except TimeoutError:
+        child.kill()
+        await child.wait()
+        raise WorkloadError(f"generating a key took over {KEYGEN_TIMEOUT:.0f} s") from None
+    at = out.find(b"-----BEGIN CERTIFICATE REQUEST-----")
+    if child.returncode != 0 or at <= 0:
+        reason = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+        raise WorkloadError(
+            f"could not generate a key (garrison.pki.keygen, exit {child.returncode}): {reason[0]}"
+        )
+    return out[:at], out[at:].decode("ascii")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from garrison.pki.identity import spiffe_id_of_certificate
+from garrison.pki.authority import spiffe_id_of_certificate
 from garrison.pki.workload_types import MeshState
 from garrison.telemetry import logging as log
 from garrison.vault.answers import Answer, Call, VaultError, envelope

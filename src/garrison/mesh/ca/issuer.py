@@ -27,9 +27,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from garrison.mesh.ca.attestors import AttestationRefused, Attestor, JoinTokenAttestor
 from garrison.mesh.ca.join_tokens import JoinTokens
 from garrison.mesh.ca.tables import certificates, revocations
-from garrison.pki.authority import WORKLOAD_LIFETIME, CsrRefused, check_request, pem, sign_workload
+from garrison.pki.authority import (
+    WORKLOAD_LIFETIME,
+    CsrRefused,
+    check_request,
+    pem,
+    sign_workload,
+    spiffe_id_of_certificate,
+)
 from garrison.pki.authority_files import AuthorityFiles
-from garrison.pki.identity import spiffe_id_of_certificate
 from garrison.telemetry import logging as log
 
 __all__ = ["Issued", "Issuer", "Refused"]

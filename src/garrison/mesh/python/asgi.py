@@ -31,7 +31,7 @@ from typing import Any
 from cryptography import x509
 
 from garrison.mesh.policy import CallPolicy
-from garrison.pki.identity import spiffe_id_of_certificate
+from garrison.pki.authority import spiffe_id_of_certificate
 from garrison.pki.workload import WorkloadIdentity
 from garrison.telemetry import logging as log
 from garrison.uri.normalize import TargetRejected, normalize_path

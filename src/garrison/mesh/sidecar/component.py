@@ -3,8 +3,9 @@
 ``start`` binds the inbound listener (mutual TLS, the identity's server context), the outbound
 listener (plain HTTP, loopback only) and the admin listener (/live, /ready, /metrics), and follows
 the CA's published state (revocations, quarantine) through the identity's ``on_state``. SIGHUP
-(``reload``) takes the call policy again from the file, and, for an identity read from files
-(``--cert-dir``), the certificate too, loaded into the live contexts.
+(``reload``) takes the call policy again from the file (validated in a child: settings.py), and, for
+an identity read from files (``--cert-dir``), the certificate too, loaded into the live contexts.
+The configuration is the sidecar's compact copy (settings.py), never the pydantic models.
 """
 
 from __future__ import annotations
@@ -14,11 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from garrison.admin.api import AdminApi
-from garrison.admin.auth import admin_token_path
 from garrison.admin.listener import AdminListener, start_admin_listener
-from garrison.config.assembly import GarrisonConfig
-from garrison.config.common import is_loopback_host, parse_listen
-from garrison.config.loader import load_config
+from garrison.config.addresses import is_loopback_host, parse_listen
 from garrison.core.runner import StartFailed
 from garrison.core.sockets import address_of, bind_socket
 from garrison.mesh.policy import CallPolicy, gateway_id, service_id
@@ -26,6 +24,7 @@ from garrison.mesh.sidecar.gate import Gate
 from garrison.mesh.sidecar.identity import FileIdentity, SidecarIdentity
 from garrison.mesh.sidecar.inbound import InboundConnection, InboundSide
 from garrison.mesh.sidecar.outbound import OutboundConnection, OutboundSide, Peer
+from garrison.mesh.sidecar.settings import SidecarSettings, reload_settings
 from garrison.proxy.upstream.build import build_service
 from garrison.telemetry import logging as log
 from garrison.telemetry.sidecar_metrics import SidecarMetrics
@@ -43,24 +42,23 @@ def dial_address(listen: str) -> str:
 class SidecarComponent:
     name = "sidecar"
 
-    def __init__(
-        self, config_path: Path, service: str, identity: SidecarIdentity, config: GarrisonConfig
-    ) -> None:
-        if config.mesh is None or service not in config.mesh.sidecars:
+    def __init__(self, settings: SidecarSettings, service: str, identity: SidecarIdentity) -> None:
+        if service not in settings.sidecars:
             raise StartFailed(f"no sidecar configured for {service!r} (mesh.sidecars)")
-        self.sidecars = config.mesh.sidecars  # listeners and peers: a restart changes them, not SIGHUP
-        self.config_path = config_path
+        self.sidecars = settings.sidecars  # listeners and peers: a restart changes them, not SIGHUP
+        self.config_path = settings.source
         self.service = service
         self.identity = identity
-        self.config = config
-        self.gate = Gate(service, CallPolicy.from_config(config))
+        self.settings = settings
+        self.gate = Gate(service, CallPolicy.from_grants(settings.grants))
         self.metrics = SidecarMetrics()
         self.inbound: InboundSide | None = None
         self.outbound: OutboundSide | None = None
         self.admin: AdminListener | None = None
+        self._reloading = asyncio.Lock()  # SIGHUPs in a row: the last one reads the file last
 
     def _sides(self, loop: asyncio.AbstractEventLoop) -> tuple[InboundSide, OutboundSide]:
-        config, spec = self.config, self.sidecars[self.service]
+        config, spec = self.settings, self.sidecars[self.service]
         service_spec = config.services[self.service]
         app_url = spec.app or service_spec.targets[0]
         app = build_service(self.service, service_spec, loop, None, component="sidecar", targets=[app_url])
@@ -96,9 +94,8 @@ class SidecarComponent:
         await outbound.serve(lambda: OutboundConnection(outbound), outbound_sock, None)
         listeners = {"inbound": address_of(inbound_sock), "outbound": address_of(outbound_sock)}
         admin = spec.admin
-        token = Path(admin.token_file) if admin.token_file else admin_token_path(self.config)
         api = AdminApi(self._not_ready, self.metrics.registry)
-        self.admin = await start_admin_listener(admin, token, self.config_path.parent, api)
+        self.admin = await start_admin_listener(admin, Path(admin.token_file), self.config_path.parent, api)
         listeners["admin"] = self.admin.address
         log.log("sidecar.started", service=self.service, spiffe_id=self.identity.spiffe_id, **listeners)
         return listeners
@@ -121,10 +118,12 @@ class SidecarComponent:
             await close()
 
     async def reload(self) -> None:
-        """SIGHUP: the call policy from the file again; a file identity's certificate too."""
-        config = load_config(self.config_path).config
-        self.gate.policy = CallPolicy.from_config(config)
-        self.config = config
-        if isinstance(self.identity, FileIdentity):
-            self.identity.reload()
+        """SIGHUP: the call policy from the file again; a file identity's certificate too. A file
+        the loader refuses raises ConfigError (the runner logs it) and the policy stays."""
+        async with self._reloading:
+            settings = await reload_settings(self.config_path)
+            self.gate.policy = CallPolicy.from_grants(settings.grants)
+            self.settings = settings
+            if isinstance(self.identity, FileIdentity):
+                self.identity.reload()
         log.log("sidecar.reloaded", service=self.service, callers=self.gate.policy.callers_of(self.service))

@@ -19,10 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
-from garrison.pki.identity import spiffe_id_of_certificate
+from garrison.pki.certinfo import leaf_info
 
 __all__ = ["FileIdentity", "MeshView", "SidecarIdentity", "StateCallback"]
 
@@ -98,22 +95,25 @@ class FileIdentity:
 
         The pair is read once and checked before a live context sees it: OpenSSL, given a key that
         does not match (files caught half-replaced), drops the certificate it had just loaded and
-        the context would serve none. A pair that does not match raises, and the contexts keep the
-        certificate they have.
+        the context would serve none. So the pair goes first into a scratch context, where OpenSSL
+        checks that the key matches the certificate; a pair that does not match raises, and the
+        live contexts keep the certificate they have.
         """
         cert_pem, key_pem = self._cert.read_bytes(), self._key.read_bytes()
-        chain = x509.load_pem_x509_certificates(cert_pem)
-        found = spiffe_id_of_certificate(chain[0])
+        found = leaf_info(cert_pem).spiffe_id
         if found is None:
             raise ValueError(f"{self._cert} is not a workload certificate (no single SPIFFE ID)")
-        key = serialization.load_pem_private_key(key_pem, password=None)
-        if key.public_key() != chain[0].public_key():
-            raise ValueError(f"{self._key} does not match {self._cert} (being replaced?)")
         with tempfile.TemporaryDirectory(prefix="garrison-identity-") as scratch:  # 0700
             cert_file, key_file = Path(scratch) / "cert.pem", Path(scratch) / "key.pem"
             cert_file.write_bytes(cert_pem)
             key_file.touch(0o600)
             key_file.write_bytes(key_pem)
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(cert_file), str(key_file))
+            except ssl.SSLError as exc:  # KEY_VALUES_MISMATCH, or a file OpenSSL cannot read
+                raise ValueError(
+                    f"{self._key} does not match {self._cert} (being replaced?): {exc.reason or exc}"
+                ) from None
             for context in (self._server, self._client):
                 context.load_cert_chain(str(cert_file), str(key_file))
         self._spiffe_id = found

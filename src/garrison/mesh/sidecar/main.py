@@ -1,4 +1,5 @@
-"""Entry point of ``garrison sidecar``: the config, the workload identity, then run_component.
+"""Entry point of ``garrison sidecar``: the settings (validated in a child, settings.py), the workload
+identity, then run_component.
 
 The identity is, with ``--cert-dir DIR``, ``DIR/cert.pem``, ``key.pem`` and ``bundle.pem`` (a static
 identity, rotated by replacing the files and sending SIGHUP); otherwise the Garrison CA's workload
@@ -13,11 +14,10 @@ from pathlib import Path
 
 import uvloop
 
-from garrison.config.assembly import GarrisonConfig
-from garrison.config.loader import load_config
 from garrison.core.runner import EXIT_START_FAILED, StartFailed, run_component
 from garrison.mesh.sidecar.component import SidecarComponent
 from garrison.mesh.sidecar.identity import FileIdentity, SidecarIdentity
+from garrison.mesh.sidecar.settings import SidecarSettings, load_settings
 from garrison.pki.workload import WorkloadIdentity
 from garrison.telemetry import logging as log
 
@@ -26,18 +26,18 @@ __all__ = ["run"]
 
 def run(config_path: str, service: str, ready_file: str | None, cert_dir: str | None) -> int:
     log.configure("sidecar")
-    loaded = load_config(config_path)
+    settings = load_settings(config_path)  # validated in a child: raises the loader's ConfigError
     ready = Path(ready_file) if ready_file else None
-    code: int = uvloop.run(_run(loaded.source, loaded.config, service, ready, cert_dir))
+    code: int = uvloop.run(_run(settings, service, ready, cert_dir))
     return code
 
 
-async def _run(
-    source: Path, config: GarrisonConfig, service: str, ready: Path | None, cert_dir: str | None
-) -> int:
+async def _run(settings: SidecarSettings, service: str, ready: Path | None, cert_dir: str | None) -> int:
     try:
-        identity = FileIdentity.from_directory(Path(cert_dir)) if cert_dir else await _joined(config, service)
-        component = SidecarComponent(source, service, identity, config)
+        identity = (
+            FileIdentity.from_directory(Path(cert_dir)) if cert_dir else await _joined(settings, service)
+        )
+        component = SidecarComponent(settings, service, identity)
     except (StartFailed, OSError, ValueError) as exc:
         log.error("sidecar.start_failed", message=str(exc), error=type(exc).__name__)
         sys.stderr.write(f"StartFailed: {exc}\n")  # as the runner words it
@@ -45,14 +45,13 @@ async def _run(
     return await run_component(component, ready)
 
 
-async def _joined(config: GarrisonConfig, service: str) -> SidecarIdentity:
+async def _joined(settings: SidecarSettings, service: str) -> SidecarIdentity:
     """The CA's workload client (pki/workload.py), joined or restored, renewing in place."""
-    mesh = config.mesh
-    if mesh is None or mesh.ca.url is None:
+    if settings.ca_url is None:
         raise StartFailed("no mesh.ca configured: pass --cert-dir")
-    state_dir = Path(config.state_dir)
+    state_dir = settings.state_dir
     identity = WorkloadIdentity(
-        mesh.ca.url, state_dir / "sidecars" / service, ca_bundle=state_dir / "ca" / "bundle.pem"
+        settings.ca_url, state_dir / "sidecars" / service, ca_bundle=state_dir / "ca" / "bundle.pem"
     )
     await identity.start()
     return identity

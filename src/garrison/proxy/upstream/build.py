@@ -15,7 +15,7 @@ import asyncio
 import ssl
 from collections.abc import Callable
 
-from garrison.config.model import ServiceConfig
+from garrison.config.shapes import ServiceShape
 from garrison.proxy.upstream.balancer import make_balancer
 from garrison.proxy.upstream.circuit import CircuitBreaker, CircuitState
 from garrison.proxy.upstream.health import ActiveHealthChecker, HealthCheckSpec
@@ -30,7 +30,7 @@ __all__ = ["build_service"]
 
 def build_service(
     name: str,
-    spec: ServiceConfig,
+    spec: ServiceShape,
     loop: asyncio.AbstractEventLoop,
     upstream_tls: ssl.SSLContext | None,
     *,
