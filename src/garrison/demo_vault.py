@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shlex
 import ssl
 import urllib.error
 import urllib.request
@@ -126,7 +127,7 @@ def _describe_secret(config: GarrisonConfig, address: str) -> str:
     )
 
 
-def vault_calls(config: GarrisonConfig, console: Console, address: str) -> None:
+def vault_calls(config: GarrisonConfig, console: Console, address: str, source: Path) -> None:
     """What the apps got from the vault at their start, and payments refused orders' secret."""
     if config.vault is None or config.mesh is None or not {"orders", "payments"} <= set(config.mesh.sidecars):
         return
@@ -145,6 +146,14 @@ def vault_calls(config: GarrisonConfig, console: Console, address: str) -> None:
         _payments_refused(config, console)
     except OSError as exc:
         console.print(f"[red]demo call failed:[/red] {exc}")
+        return
+    token_file = shlex.quote(str(config.state_dir / "vault" / ROOT_TOKEN_FILE))
+    console.print(
+        f"\nTry it yourself (the dev root token is in {token_file}, readable by you only):\n"
+        f"  VAULT_TOKEN=$(cat {token_file}) garrison secret list secret/orders -c {shlex.quote(str(source))}",
+        soft_wrap=True,
+        markup=False,
+    )
 
 
 def _app(config: GarrisonConfig, service: str, path: str) -> tuple[int, dict[str, Any]]:

@@ -316,7 +316,7 @@ async def _up(loaded: LoadedConfig, specs: list[ChildSpec], demo: bool, console:
             await asyncio.to_thread(demo_flows.mesh_calls, loaded.config, console)
             vault = next((c.listeners["vault"] for c in supervisor.children if c.name == "vault"), None)
             if vault is not None:
-                await asyncio.to_thread(demo_vault.vault_calls, loaded.config, console, vault)
+                await asyncio.to_thread(demo_vault.vault_calls, loaded.config, console, vault, loaded.source)
         console.print("\nPress Ctrl-C to stop.")
         supervisor.supervise()
         await stop.wait()
