@@ -84,6 +84,32 @@ class Vault:
         self.report["password"] = {"source": "vault", "path": kv_path, "version": version}
         return password
 
+    def database_credentials(self, creds_path: str, database_url: str) -> bool:
+        """Dynamic PostgreSQL credentials from ``creds_path`` (``database/creds/orders``), used at once
+        to connect to ``database_url``: whether that worked (the reason is kept for the report)."""
+        status, answer = self.call("GET", creds_path)
+        if status != 200:
+            self.report["fallback"] = (
+                f"{creds_path} -> {status} {answer.get('errors')}: the KV secret instead"
+            )
+            return False
+        username, password = answer["data"]["username"], answer["data"]["password"]
+        try:
+            connected_as = asyncio.run(_connect(database_url, username, password))
+        except Exception as exc:  # any driver error means: fall back, and say why
+            self.report["fallback"] = (
+                f"connecting with {username} failed ({type(exc).__name__}): the KV secret"
+            )
+            return False
+        self.report["password"] = {
+            "source": "vault database",
+            "path": creds_path,
+            "username": username,
+            "lease_duration": answer["lease_duration"],
+            "connected_as": connected_as,
+        }
+        return True
+
     def try_read(self, kv_path: str) -> dict[str, Any]:
         """What the vault answers this app's token for ``kv_path``: the status, errors, key names only."""
         mount, _, rest = kv_path.partition("/")
@@ -92,6 +118,16 @@ class Vault:
         if status == 200:
             found["keys"] = sorted(answer["data"]["data"])
         return found
+
+
+async def _connect(url: str, username: str, password: str) -> str:
+    import asyncpg
+
+    connection = await asyncpg.connect(url, user=username, password=password, timeout=10)
+    try:
+        return str(await connection.fetchval("SELECT current_user"))
+    finally:
+        await connection.close()
 
 
 def join_mesh(ca_url: str, ca_bundle: Path, directory: Path) -> Path:
@@ -195,6 +231,12 @@ def main() -> None:
     parser.add_argument(
         "--vault-secret", help="the KV v2 secret holding its database password, read at start"
     )
+    parser.add_argument(
+        "--vault-database", help="dynamic PostgreSQL credentials to ask first (database/creds/..)"
+    )
+    parser.add_argument(
+        "--database-url", help="the PostgreSQL those credentials are for (no credentials in it)"
+    )
     args = parser.parse_args()
     Handler.service, Handler.outbound = args.service, args.outbound
     if args.vault:
@@ -215,7 +257,14 @@ def connect_vault(args: argparse.Namespace) -> Vault:
     context.load_cert_chain(identity)  # the chain and the key, in one 0600 file
     vault = Vault(args.vault, context)
     vault.login()
-    if args.vault_secret:
+    if args.vault_database and vault.database_credentials(args.vault_database, args.database_url):
+        print(  # the app's one line about its start; never the password
+            f"{args.service}: logged in to the vault as {vault.report['spiffe_id']}; PostgreSQL "
+            f"credentials from {args.vault_database} ({vault.report['password']['username']})",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif args.vault_secret:
         vault.read_password(args.vault_secret)  # a real service would open its database with it now
         print(  # the app's one line about its start; never the password
             f"{args.service}: logged in to the vault as {vault.report['spiffe_id']} "

@@ -19,6 +19,7 @@ import secrets
 import shlex
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,10 @@ __all__ = ["DEMO_SECRET", "app_arguments", "seed_secret", "vault_calls", "vault_
 
 DEMO_SECRET = "secret/orders/db"  # noqa: S105 - a path in the vault, not a secret
 ROOT_TOKEN_FILE = "dev-root.token"  # noqa: S105 - a file name (vault/core.py writes it in dev mode)
+DEMO_CREDS = "database/creds/orders"
+# A PostgreSQL the demo may create login roles in (a superuser's URL): then orders gets dynamic
+# credentials. Unset (a fresh machine): orders reads the KV secret.
+POSTGRES_ENV = "GARRISON_DEMO_POSTGRES_URL"
 
 
 def vault_url(config: GarrisonConfig, address: str) -> str:
@@ -45,8 +50,11 @@ def _trust(config: GarrisonConfig) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(auto_trust_file(config, config.state_dir / "vault")))
 
 
-def app_arguments(config: GarrisonConfig, service: str, address: str) -> list[str]:
-    """What a demo app needs to join the mesh and log in to the vault at ``address``."""
+def app_arguments(
+    config: GarrisonConfig, service: str, address: str, database: str | None = None
+) -> list[str]:
+    """What a demo app needs to join the mesh and log in to the vault at ``address``; ``database``:
+    the URL (no credentials) orders connects to with dynamic credentials from ``database/creds/orders``."""
     assert config.mesh is not None and config.mesh.ca.url is not None
     args = [
         *("--vault", vault_url(config, address)),
@@ -55,7 +63,10 @@ def app_arguments(config: GarrisonConfig, service: str, address: str) -> list[st
         *("--ca-bundle", str(config.state_dir / "ca" / "bundle.pem")),
         *("--identity", str(app_identity_directory(config, service))),
     ]
-    return args + (["--vault-secret", DEMO_SECRET] if service == "orders" else [])
+    if service != "orders":
+        return args
+    dynamic = ["--vault-database", DEMO_CREDS, "--database-url", database] if database else []
+    return [*args, "--vault-secret", DEMO_SECRET, *dynamic]
 
 
 def app_identity_directory(config: GarrisonConfig, service: str) -> Path:
@@ -99,6 +110,49 @@ def seed_secret(config: GarrisonConfig, address: str) -> str:
     if status == 400 and any("check-and-set" in str(error) for error in answer.get("errors", [])):
         return f"{DEMO_SECRET} is in the vault already (kept)"
     return f"could not put {DEMO_SECRET} in the vault ({status}): {answer.get('errors')}"
+
+
+def configure_database(config: GarrisonConfig, address: str, url: str) -> tuple[str, str | None]:
+    """With ``GARRISON_DEMO_POSTGRES_URL``: the database engine's ``orders`` connection and role, so
+    that orders can ask ``database/creds/orders``. What happened, and the URL (without credentials)
+    orders connects to, None when it could not be set up (orders then reads the KV secret).
+
+    Blocking (HTTP, and the vault connects to PostgreSQL to check the connection)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql") or not parts.hostname:
+        return f"{POSTGRES_ENV} is not a postgresql:// URL: using the KV secret", None
+    database = parts.path.lstrip("/") or "postgres"
+    where = f"{parts.hostname}:{parts.port or 5432}/{database}"
+    try:
+        token = (config.state_dir / "vault" / ROOT_TOKEN_FILE).read_text().strip()
+    except OSError:
+        return "no dev root token to configure the database engine with: using the KV secret", None
+    base, context = vault_url(config, address) + "/v1/database/", _trust(config)
+    connection = {
+        "plugin_name": "postgresql-database-plugin",
+        "connection_url": "postgresql://{{username}}:{{password}}@" + where,
+        "username": urllib.parse.unquote(parts.username or "postgres"),
+        "password": urllib.parse.unquote(parts.password or ""),
+        "allowed_roles": ["orders"],
+        "max_open_connections": 2,
+    }
+    role = {
+        "db_name": "orders",
+        "default_ttl": "1h",
+        "max_ttl": "1h",
+        "creation_statements": [
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"
+            f'GRANT CONNECT ON DATABASE "{database}" TO "{{{{name}}}}";'
+        ],
+    }
+    try:
+        for path, body in (("config/orders", connection), ("roles/orders", role)):
+            status, answer = _request(base + path, context, "POST", token, body)
+            if status not in (200, 204):
+                return f"database/{path} -> {status} {answer.get('errors')}: using the KV secret", None
+    except (OSError, ValueError) as exc:
+        return f"could not configure the database engine ({exc}): using the KV secret", None
+    return f"database engine: orders' credentials are made in PostgreSQL at {where}", f"postgresql://{where}"
 
 
 def _get(url: str) -> tuple[int, dict[str, Any]]:
@@ -172,12 +226,23 @@ def _orders_started(config: GarrisonConfig, console: Console) -> None:
         soft_wrap=True,
     )
     source = report["password"]
+    if source["source"] == "vault database":
+        console.print(
+            f"  orders got dynamic PostgreSQL credentials from the vault at start: {source['path']} -> role "
+            f"{source['username']} (lease {source['lease_duration']}s), and connected as "
+            f"{source['connected_as']}; the password is not shown",
+            soft_wrap=True,
+            markup=False,
+        )
+        return
     console.print(
         f"  orders read its database password from the vault at start: {source['path']} "
         f"(version {source['version']}); it is not shown",
         soft_wrap=True,
         markup=False,
     )
+    if report.get("fallback"):
+        console.print(f"  ({report['fallback']})", soft_wrap=True, markup=False)
 
 
 def _payments_refused(config: GarrisonConfig, console: Console) -> None:

@@ -174,10 +174,17 @@ def _with_vault(loaded: LoadedConfig, spec: ChildSpec, service: str, vault: Chil
         assert vault.ready_file is not None and loaded.config.vault is not None
         ready = read_ready(vault.ready_file)
         address = ready.listeners["vault"] if ready is not None else str(loaded.config.vault.listen)
+        database = None
         if service == "orders":
             seeded = await asyncio.to_thread(demo_vault.seed_secret, loaded.config, address)
             log.log("up.demo.vault_secret", message=seeded)
-        spec.argv = base + demo_vault.app_arguments(loaded.config, service, address)
+            postgres = os.environ.get(demo_vault.POSTGRES_ENV)
+            if postgres:
+                done, database = await asyncio.to_thread(
+                    demo_vault.configure_database, loaded.config, address, postgres
+                )
+                log.log("up.demo.vault_database", message=done)
+        spec.argv = base + demo_vault.app_arguments(loaded.config, service, address, database)
         if identity_usable(directory):
             spec.env = _environment(None)
         else:

@@ -388,6 +388,37 @@ def test_up_restarts_a_killed_component_while_the_others_keep_serving(
         gateway_serves(token_before)  # still valid: same keys, within its lifetime
         assert up.events("up.component.died", "demo upstream") == []
 
+        # 3. The vault dies hard: it comes back unsealed (dev mode) from its saved mesh identity (no new
+        #    join token). Then the orders app: it logs in again and reads the same password.
+        vault_pid = up.child_pid("vault")
+        os.kill(vault_pid, signal.SIGKILL)
+        up.wait_for(lambda: bool(up.events("up.component.restarted", "vault")), "the vault to return")
+        assert len(up.events("up.join_token.minted", "vault")) == 1
+        ready = read_ready(state / "run" / "up-vault.ready")
+        assert ready is not None and ready.pid not in (None, vault_pid)
+        vault = f"https://localhost:{ready.listeners['vault'].rpartition(':')[2]}"
+        status, body = https(vault + "/v1/sys/health", state / "ca" / "bundle.pem")
+        assert status == 200 and json.loads(body)["sealed"] is False, body
+        orders_pid = next(
+            int(pid)
+            for pid in Path(f"/proc/{up.proc.pid}/task/{up.proc.pid}/children").read_text().split()
+            if b"orders" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            and b"--vault-secret" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        )
+        os.kill(orders_pid, signal.SIGKILL)
+        up.wait_for(lambda: bool(up.events("up.component.restarted", "orders app")), "orders to return")
+        assert len(up.events("up.join_token.minted", "orders app")) == 1  # its saved identity
+        seeded = [
+            json.loads(line)["message"] for line in up.text().splitlines() if "up.demo.vault_secret" in line
+        ]
+        assert seeded == [
+            "put secret/orders/db in the vault (a random password, version 1)",
+            "secret/orders/db is in the vault already (kept)",
+        ]
+        orders_app = f"http://127.0.0.1:{ports['orders_app']}"
+        report = json.loads(urllib.request.urlopen(orders_app + "/vault", timeout=10).read())
+        assert report["password"]["version"] == 1 and report["policies"] == ["default", "svc-orders"]
+
         assert up.stop() == 0
     finally:
         up.kill()
