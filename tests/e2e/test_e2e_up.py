@@ -216,7 +216,7 @@ def try_it_yourself_reads_the_secret_from_a_private_file(text: str, state_dir: P
 class UpProcess:
     """`garrison up --demo` on the demo config, its output in a file the test reads as it grows."""
 
-    def __init__(self, tmp_path: Path, ports: dict[str, int]) -> None:
+    def __init__(self, tmp_path: Path, ports: dict[str, int], env: dict[str, str] | None = None) -> None:
         self.tmp_path = tmp_path
         self.ports = ports
         self.state = tmp_path / "state"
@@ -226,8 +226,9 @@ class UpProcess:
             [*GARRISON, "up", "-c", str(tmp_path / "garrison.yaml"), "--demo"],
             stdout=self.sink,
             stderr=subprocess.STDOUT,
+            env=os.environ | (env or {}),
         )
-        self.wait_for(lambda: "Press Ctrl-C" in self.text(), "up to start")
+        self.wait_for(lambda: "Press Ctrl-C" in self.text(), "up to start", timeout=90)
 
     def text(self) -> str:
         return self.output.read_text()
