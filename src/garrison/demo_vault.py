@@ -18,6 +18,7 @@ import json
 import secrets
 import shlex
 import ssl
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -202,9 +203,12 @@ def vault_calls(config: GarrisonConfig, console: Console, address: str, source: 
         console.print(f"[red]demo call failed:[/red] {exc}")
         return
     token_file = shlex.quote(str(config.state_dir / "vault" / ROOT_TOKEN_FILE))
+    beside = Path(sys.executable).parent / "garrison"  # the venv's command, which may not be on PATH
+    garrison = shlex.quote(str(beside)) if beside.exists() else "garrison"
     console.print(
         f"\nTry it yourself (the dev root token is in {token_file}, readable by you only):\n"
-        f"  VAULT_TOKEN=$(cat {token_file}) garrison secret list secret/orders -c {shlex.quote(str(source))}",
+        f"  VAULT_TOKEN=$(cat {token_file}) {garrison} secret list secret/orders "
+        f"-c {shlex.quote(str(source))}",
         soft_wrap=True,
         markup=False,
     )

@@ -187,6 +187,8 @@ def the_vault_gave_orders_its_password_and_refused_payments(
         assert password not in shown and root not in shown
     try_it = next(line.strip() for line in text.splitlines() if "garrison secret list secret/orders" in line)
     assert f"VAULT_TOKEN=$(cat {token_file})" in try_it
+    listed = subprocess.run(["bash", "-c", try_it], capture_output=True, text=True, timeout=60, check=False)
+    assert listed.returncode == 0 and listed.stdout.split() == ["db"], listed.stderr
 
 
 def try_it_yourself_reads_the_secret_from_a_private_file(text: str, state_dir: Path) -> None:
