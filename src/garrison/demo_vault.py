@@ -208,7 +208,7 @@ def vault_calls(config: GarrisonConfig, console: Console, address: str, source: 
     console.print(
         f"\nTry it yourself (the dev root token is in {token_file}, readable by you only):\n"
         f"  VAULT_TOKEN=$(cat {token_file}) {garrison} secret list secret/orders "
-        f"-c {shlex.quote(str(source))}",
+        f"-c {shlex.quote(str(source))} --address {vault_url(config, address)}",
         soft_wrap=True,
         markup=False,
     )
