@@ -140,3 +140,46 @@ def test_a_token_that_cannot_be_minted_is_logged_and_the_sidecar_starts_without_
     assert orders.env is not None and "GARRISON_JOIN_TOKEN" not in orders.env
     assert '"event":"up.join_token.failed"' in capsys.readouterr().out
     assert "env=" not in repr(orders)  # where a token would be
+
+
+VAULT = {"listen": "127.0.0.1:0", "dev": True}
+
+
+def test_the_vault_starts_after_the_mesh_and_before_the_apps_that_read_its_secrets(tmp_path: Path) -> None:
+    (tmp_path / "demo_upstream.py").write_text("")
+    (tmp_path / "demo_mesh_app.py").write_text("")
+    config = write_config(tmp_path, mesh=MESH, services=MESH_SERVICES, vault=VAULT)
+    run_dir = tmp_path / "run"
+    specs = build_components(load_config(config), demo=True, run_dir=run_dir)
+    names = [spec.name for spec in specs]
+    assert names == ["ca", "sidecar orders", "sidecar payments", "vault", "demo upstream", "orders app",
+                     "payments app", "identity", "gateway"]  # fmt: skip
+    vault, orders_app = specs[3], specs[5]
+    assert vault.argv == [sys.executable, "-m", "garrison", "vault", "-c", str(config),
+                          "--ready-file", str(run_dir / "up-vault.ready")]  # fmt: skip
+    assert vault.prepare is not None  # a join token for spiffe://<td>/vault unless it can renew
+    assert orders_app.prepare is not None  # the vault's address, the demo secret, a join token
+
+
+def test_without_a_mesh_the_vault_runs_before_the_gateway_and_needs_no_token(tmp_path: Path) -> None:
+    loaded = load_config(write_config(tmp_path, vault=VAULT))
+    specs = build_components(loaded, False, tmp_path)
+    assert [spec.name for spec in specs] == ["vault", "identity", "gateway"]
+    assert specs[0].prepare is None
+
+
+def test_demo_apps_are_told_how_to_reach_the_vault_and_orders_what_to_read(tmp_path: Path) -> None:
+    from garrison import demo_vault
+
+    config = load_config(write_config(tmp_path, mesh=MESH, services=MESH_SERVICES, vault=VAULT)).config
+    orders = demo_vault.app_arguments(config, "orders", "127.0.0.1:8201")
+    assert orders[:2] == ["--vault", "https://localhost:8201"]
+    assert orders[-2:] == ["--vault-secret", "secret/orders/db"] and "--vault-database" not in orders
+    with_pg = demo_vault.app_arguments(config, "orders", "127.0.0.1:8201", "postgresql://db:5432/orders")
+    assert with_pg[-4:] == ["--vault-database", "database/creds/orders", "--database-url",
+                            "postgresql://db:5432/orders"]  # fmt: skip
+    payments = demo_vault.app_arguments(config, "payments", "127.0.0.1:8201")
+    assert "--vault-secret" not in payments and "--identity" in payments
+    assert payments[payments.index("--identity") + 1] == str(tmp_path / "state" / "apps" / "payments")
+    done, url = demo_vault.configure_database(config, "127.0.0.1:8201", "mysql://db/orders")
+    assert url is None and "not a postgresql:// URL" in done

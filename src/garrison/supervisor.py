@@ -3,9 +3,10 @@
 Each component runs exactly as it would in production (``garrison gateway -c FILE``), so what
 ``up`` proves works is what gets deployed. This module is the thin layer above the one supervisor
 (core/supervisor.py, which the gateway's ``workers: N`` uses too): it builds the list of components
-from the config (with a ``mesh`` section: the workload CA, then a sidecar per service; then the demo
-upstream and apps, the identity provider, then the gateway, which fetches the provider's keys before
-it serves), starts them in that order, waits for each ready file (core/ready.py),
+from the config (with a ``mesh`` section: the workload CA, then a sidecar per service; with a
+``vault`` section, the vault, before any app that reads its secrets; then the demo upstream and apps,
+the identity provider, then the gateway, which fetches the provider's keys before it serves), starts
+them in that order, waits for each ready file (core/ready.py),
 prints where each listens, and on Ctrl-C or SIGTERM stops them all in reverse order, the gateway
 first (SIGTERM, then SIGKILL after a grace period).
 
@@ -13,7 +14,9 @@ The mesh: ``up`` creates a CA under ``state_dir/ca`` if there is none (saying so
 ``garrison ca init --offline-root``). Before each start of a sidecar, it mints a short-lived join
 token only when the sidecar has no usable saved identity (``state_dir/sidecars/<service>``): a
 restarted sidecar renews from the identity it kept, and one whose certificate lapsed gets a new
-token. The gateway gets a token for ``spiffe://<td>/gateway`` at each start. Tokens travel in the
+token. The gateway gets a token for ``spiffe://<td>/gateway`` at each start; the vault one for
+``spiffe://<td>/vault`` when it has no usable identity (``state_dir/vault/identity``), and so do
+the demo apps that log in to the vault (``state_dir/apps/<service>``). Tokens travel in the
 child's environment (``GARRISON_JOIN_TOKEN``), never on a command line or in a log line.
 
 A component that dies after it was up is restarted on its own, after a back-off
@@ -41,6 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 from garrison.config.loader import ConfigError, LoadedConfig, load_config
+from garrison.core.ready import read_ready
 from garrison.core.runner import StartFailed
 from garrison.core.supervisor import Child, ChildSpec, Supervisor
 from garrison.mesh.enrolment import (
@@ -139,9 +143,60 @@ def _gateway_component(loaded: LoadedConfig, run_dir: Path) -> ChildSpec:
     return spec
 
 
-def _demo_apps(loaded: LoadedConfig) -> list[ChildSpec]:
+def _vault_component(loaded: LoadedConfig, run_dir: Path) -> ChildSpec:
+    """The vault; with a mesh, a join token for ``spiffe://<td>/vault`` unless it can renew the
+    identity it saved (it follows the CA's revocations with it, for cert logins)."""
+    spec = _garrison_component("vault", loaded, run_dir)
+    if loaded.config.mesh is None:
+        return spec
+    spiffe_id = trust_domain_id(loaded.config.trust_domain) + "/vault"
+    directory = loaded.config.state_dir / "vault" / "identity"
+
+    async def enrol(spec: ChildSpec) -> None:
+        if identity_usable(directory):
+            spec.env = _environment(None)
+        else:
+            spec.env = _environment(await _token_for(loaded, spec, {"spiffe_id": spiffe_id}))
+
+    spec.prepare = enrol
+    return spec
+
+
+def _with_vault(loaded: LoadedConfig, spec: ChildSpec, service: str, vault: ChildSpec) -> None:
+    """A demo app that logs in to the vault: at each start, the vault's address (from its ready
+    file), a join token unless its saved identity is usable, and for orders the demo's secret."""
+    from garrison import demo_vault
+
+    base = list(spec.argv)
+    directory = demo_vault.app_identity_directory(loaded.config, service)
+
+    async def prepare(spec: ChildSpec) -> None:
+        assert vault.ready_file is not None and loaded.config.vault is not None
+        ready = read_ready(vault.ready_file)
+        address = ready.listeners["vault"] if ready is not None else str(loaded.config.vault.listen)
+        database = None
+        if service == "orders":
+            seeded = await asyncio.to_thread(demo_vault.seed_secret, loaded.config, address)
+            log.log("up.demo.vault_secret", message=seeded)
+            postgres = os.environ.get(demo_vault.POSTGRES_ENV)
+            if postgres:
+                done, database = await asyncio.to_thread(
+                    demo_vault.configure_database, loaded.config, address, postgres
+                )
+                log.log("up.demo.vault_database", message=done)
+        spec.argv = base + demo_vault.app_arguments(loaded.config, service, address, database)
+        if identity_usable(directory):
+            spec.env = _environment(None)
+        else:
+            spec.env = _environment(await _token_for(loaded, spec, {"service": service}))
+
+    spec.prepare = prepare
+
+
+def _demo_apps(loaded: LoadedConfig, vault: ChildSpec | None) -> list[ChildSpec]:
     """The demo's orders and payments apps (examples/demo_mesh_app.py), each calling its peers
-    through its sidecar's outbound port; none without a mesh or without the script."""
+    through its sidecar's outbound port; none without a mesh or without the script. With the
+    vault, each logs in there with a workload certificate, and orders reads its password."""
     mesh, script = loaded.config.mesh, loaded.source.parent / "demo_mesh_app.py"
     if mesh is None or not script.exists():
         return []
@@ -155,7 +210,10 @@ def _demo_apps(loaded: LoadedConfig) -> list[ChildSpec]:
         if outbound.endswith(":0"):
             raise RuntimeError(f"--demo needs a fixed port in mesh.sidecars.{service}.outbound")
         argv = [sys.executable, str(script), "--service", service, "--host", host, "--port", str(port)]
-        specs.append(ChildSpec(f"{service} app", [*argv, "--outbound", outbound], probe=(host, port)))
+        spec = ChildSpec(f"{service} app", [*argv, "--outbound", outbound], probe=(host, port))
+        if vault is not None:
+            _with_vault(loaded, spec, service, vault)
+        specs.append(spec)
     return specs
 
 
@@ -176,8 +234,11 @@ def _table(children: list[Child]) -> Table:
 def build_components(loaded: LoadedConfig, demo: bool, run_dir: Path) -> list[ChildSpec]:
     """What ``up`` runs, in start order: each needs the one before it (the CA first, the gateway last)."""
     specs = _mesh_components(loaded, run_dir)
+    vault = _vault_component(loaded, run_dir) if loaded.config.vault is not None else None
+    if vault is not None:
+        specs.append(vault)  # after the CA (it joins the mesh), before the apps that read secrets
     if demo:
-        specs += [_demo_component(loaded), *_demo_apps(loaded)]
+        specs += [_demo_component(loaded), *_demo_apps(loaded, vault)]
     if loaded.config.identity is not None:
         specs.append(_garrison_component("identity", loaded, run_dir))
     specs.append(_gateway_component(loaded, run_dir))
@@ -187,6 +248,7 @@ def build_components(loaded: LoadedConfig, demo: bool, run_dir: Path) -> list[Ch
 STARTING = {
     "ca": "starting the workload CA…",
     "demo upstream": "starting the demo upstream…",
+    "vault": "starting the vault (migrating its storage on first run)…",
     "identity": "starting the identity provider (keys and certificates on first run)…",
     "gateway": "starting the gateway (creating TLS certificates on first run)…",
 }
@@ -252,12 +314,16 @@ async def _up(loaded: LoadedConfig, specs: list[ChildSpec], demo: bool, console:
         console.print(_table(supervisor.children))
         if demo:
             from garrison import demo as demo_flows
+            from garrison import demo_vault
 
             gateway = supervisor.children[-1].listeners["gateway"]
             # They run their own event loop (asyncio.run): a thread of their own, while this one waits.
             await asyncio.to_thread(demo_flows.open_route, loaded.config, gateway, console)
             await asyncio.to_thread(demo_flows.protected_route, loaded.config, gateway, console)
             await asyncio.to_thread(demo_flows.mesh_calls, loaded.config, console)
+            vault = next((c.listeners["vault"] for c in supervisor.children if c.name == "vault"), None)
+            if vault is not None:
+                await asyncio.to_thread(demo_vault.vault_calls, loaded.config, console, vault, loaded.source)
         console.print("\nPress Ctrl-C to stop.")
         supervisor.supervise()
         await stop.wait()

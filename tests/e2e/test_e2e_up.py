@@ -69,6 +69,7 @@ def write_demo_config(tmp_path: Path, ports: dict[str, int]) -> dict[str, int]:
         ("127.0.0.1:9443", f"127.0.0.1:{ports['identity']}"),
         ("https://localhost:9443", f"https://localhost:{ports['identity']}"),
         ("state_dir: ../.garrison", f"state_dir: {tmp_path / 'state'}"),
+        ("127.0.0.1:8200", "127.0.0.1:0"),  # the vault: the apps get its address from its ready file
         *((address, f"127.0.0.1:{ports[name]}") for name, address in MESH_PORTS.items()),
     ):
         assert old in config
@@ -87,7 +88,7 @@ def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path, ports: dic
             stderr=subprocess.STDOUT,
         )
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 90  # ten processes, a CA and a vault to create, on two cores
             while "Press Ctrl-C" not in output.read_text():
                 assert proc.poll() is None, output.read_text()
                 assert time.monotonic() < deadline, output.read_text()
@@ -105,6 +106,7 @@ def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path, ports: dic
             assert '"x-garrison-scopes": "orders:read"' in text
             try_it_yourself_reads_the_secret_from_a_private_file(text, tmp_path / "state")
             the_mesh_allowed_one_call_and_denied_the_other(text, tmp_path / "state")
+            the_vault_gave_orders_its_password_and_refused_payments(text, tmp_path / "state", ports)
             proc.send_signal(signal.SIGINT)
             assert proc.wait(20) == 0
         finally:
@@ -138,6 +140,57 @@ def the_mesh_allowed_one_call_and_denied_the_other(text: str, state_dir: Path) -
     assert "GARRISON_JOIN_TOKEN" not in text and "gjt_" not in text
 
 
+def the_vault_gave_orders_its_password_and_refused_payments(
+    text: str, state_dir: Path, ports: dict[str, int]
+) -> None:
+    """The vault child is up and unsealed itself (dev mode, said loudly); the orders app logged in with
+    its own workload certificate (cert login, no bootstrap secret) and read secret/orders/db before it
+    served; payments' app, logged in the same way, is refused it (403). The password, which only the
+    vault and orders hold, is nowhere in up's output or the vault's audit file."""
+    ready = read_ready(state_dir / "run" / "up-vault.ready")
+    assert ready is not None and ready.component == "vault"
+    vault = f"https://localhost:{ready.listeners['vault'].rpartition(':')[2]}"
+    assert f"vault {ready.listeners['vault']}" in text  # in up's table
+    status, body = https(vault + "/v1/sys/health", state_dir / "ca" / "bundle.pem")
+    assert status == 200, body
+    assert json.loads(body)["initialized"] is True and json.loads(body)["sealed"] is False
+    assert '"event":"vault.dev_mode"' in text and "The vault runs in DEV MODE" in text
+    # Started before the apps that read its secrets, after the CA it joined.
+    order = [
+        json.loads(line)["name"] for line in text.splitlines() if '"event":"up.join_token.minted"' in line
+    ]
+    assert order.index("vault") < order.index("orders app") < order.index("payments app")
+
+    orders = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{ports['orders_app']}/vault").read())
+    assert orders["login"] == "auth/cert/login" and orders["spiffe_id"] == "spiffe://demo.local/svc/orders"
+    assert orders["policies"] == ["default", "svc-orders"]
+    assert orders["password"] == {"source": "vault", "path": "secret/orders/db", "version": 1}
+    assert "orders -> vault: auth/cert/login as spiffe://demo.local/svc/orders -> 200" in text
+    assert "orders read its database password from the vault at start: secret/orders/db (version 1)" in text
+    payments_app = f"http://127.0.0.1:{ports['payments_app']}"
+    tried = json.loads(urllib.request.urlopen(payments_app + "/vault/read/secret/orders/db").read())
+    assert tried["status"] == 403 and tried["errors"] == ["permission denied"] and "keys" not in tried
+    assert "payments -> vault: GET secret/orders/db -> 403 permission denied" in text
+
+    token_file = state_dir / "vault" / "dev-root.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    root = token_file.read_text().strip()
+    status, body = https(
+        vault + "/v1/secret/data/orders/db", state_dir / "ca" / "bundle.pem", {"X-Vault-Token": root}
+    )
+    assert status == 200, body
+    password = json.loads(body)["data"]["data"]["password"]
+    assert len(password) >= 24
+    audit = (state_dir / "vault" / "audit.log").read_text()
+    assert '"auth/cert/login"' in audit
+    for shown in (text, audit):
+        assert password not in shown and root not in shown
+    try_it = next(line.strip() for line in text.splitlines() if "garrison secret list secret/orders" in line)
+    assert f"VAULT_TOKEN=$(cat {token_file})" in try_it
+    listed = subprocess.run(["bash", "-c", try_it], capture_output=True, text=True, timeout=60, check=False)
+    assert listed.returncode == 0 and listed.stdout.split() == ["db"], listed.stderr
+
+
 def try_it_yourself_reads_the_secret_from_a_private_file(text: str, state_dir: Path) -> None:
     """The demo client's secret is in a 0600 file under state_dir, never on the terminal: the printed
     curl line reads it with $(cat ...), and run by a shell as printed, it gets a token."""
@@ -165,7 +218,7 @@ def try_it_yourself_reads_the_secret_from_a_private_file(text: str, state_dir: P
 class UpProcess:
     """`garrison up --demo` on the demo config, its output in a file the test reads as it grows."""
 
-    def __init__(self, tmp_path: Path, ports: dict[str, int]) -> None:
+    def __init__(self, tmp_path: Path, ports: dict[str, int], env: dict[str, str] | None = None) -> None:
         self.tmp_path = tmp_path
         self.ports = ports
         self.state = tmp_path / "state"
@@ -175,8 +228,9 @@ class UpProcess:
             [*GARRISON, "up", "-c", str(tmp_path / "garrison.yaml"), "--demo"],
             stdout=self.sink,
             stderr=subprocess.STDOUT,
+            env=os.environ | (env or {}),
         )
-        self.wait_for(lambda: "Press Ctrl-C" in self.text(), "up to start")
+        self.wait_for(lambda: "Press Ctrl-C" in self.text(), "up to start", timeout=90)
 
     def text(self) -> str:
         return self.output.read_text()
@@ -336,6 +390,37 @@ def test_up_restarts_a_killed_component_while_the_others_keep_serving(
         gateway_serves(token_after)
         gateway_serves(token_before)  # still valid: same keys, within its lifetime
         assert up.events("up.component.died", "demo upstream") == []
+
+        # 3. The vault dies hard: it comes back unsealed (dev mode) from its saved mesh identity (no new
+        #    join token). Then the orders app: it logs in again and reads the same password.
+        vault_pid = up.child_pid("vault")
+        os.kill(vault_pid, signal.SIGKILL)
+        up.wait_for(lambda: bool(up.events("up.component.restarted", "vault")), "the vault to return")
+        assert len(up.events("up.join_token.minted", "vault")) == 1
+        ready = read_ready(state / "run" / "up-vault.ready")
+        assert ready is not None and ready.pid not in (None, vault_pid)
+        vault = f"https://localhost:{ready.listeners['vault'].rpartition(':')[2]}"
+        status, body = https(vault + "/v1/sys/health", state / "ca" / "bundle.pem")
+        assert status == 200 and json.loads(body)["sealed"] is False, body
+        orders_pid = next(
+            int(pid)
+            for pid in Path(f"/proc/{up.proc.pid}/task/{up.proc.pid}/children").read_text().split()
+            if b"orders" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            and b"--vault-secret" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        )
+        os.kill(orders_pid, signal.SIGKILL)
+        up.wait_for(lambda: bool(up.events("up.component.restarted", "orders app")), "orders to return")
+        assert len(up.events("up.join_token.minted", "orders app")) == 1  # its saved identity
+        seeded = [
+            json.loads(line)["message"] for line in up.text().splitlines() if "up.demo.vault_secret" in line
+        ]
+        assert seeded == [
+            "put secret/orders/db in the vault (a random password, version 1)",
+            "secret/orders/db is in the vault already (kept)",
+        ]
+        orders_app = f"http://127.0.0.1:{ports['orders_app']}"
+        report = json.loads(urllib.request.urlopen(orders_app + "/vault", timeout=10).read())
+        assert report["password"]["version"] == 1 and report["policies"] == ["default", "svc-orders"]
 
         assert up.stop() == 0
     finally:
