@@ -135,15 +135,15 @@ def targets(f: Figures) -> list[Target]:
 
 def notes(f: Figures) -> list[str]:
     """A vault below CPU_BOUND of its core at saturation was held back by something else (the disk's
-    syncs, wrk's core): its req/s is not its CPU's capacity."""
+    syncs, wrk's core, other processes on core 0): its req/s is not its CPU's capacity."""
     found = []
     for workload, by in f.saturation.items():
         for vault in by:
             cpu = f.cpu(workload, vault)
             if cpu is not None and cpu < CPU_BOUND:
                 found.append(
-                    f"{vault} {workload} used {cpu:.0%} of its core at saturation: bounded by something "
-                    "else (durable writes wait for the disk; wrk's core), not by its CPU"
+                    f"{vault} {workload} used {cpu:.0%} of its core at saturation: held back by something "
+                    "else (the disk's syncs, wrk's core, other work on the machine): read its req/CPU-s"
                 )
     return found
 

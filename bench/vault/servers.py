@@ -169,7 +169,6 @@ def openbao_config(tmp: Path, cert: Path, key: Path, port: int, cluster_port: in
 
     text = f"""\
 ui            = false
-disable_mlock = true  # mlock needs a capability the benchmark does not ask for
 log_level     = "warn"
 api_addr      = {q(f"https://127.0.0.1:{port}")}
 cluster_addr  = {q(f"https://127.0.0.1:{cluster_port}")}

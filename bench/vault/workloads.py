@@ -37,11 +37,11 @@ class Workload:
     spread: int = 0
     setup: Setup | None = field(default=None, compare=False)
 
-    def environment(self, vault: Vault, paced_mean_ms: float | None = None) -> dict[str, str]:
+    def environment(self, token: str, paced_mean_ms: float | None = None) -> dict[str, str]:
         """wrk's environment: vault.lua reads the request, and the token, from it."""
         env = {
             **os.environ,
-            "VAULT_TOKEN": vault.token,
+            "VAULT_TOKEN": token,
             "BENCH_METHOD": self.method,
             "BENCH_PATH": f"/v1/{self.path}",
             "BENCH_BODY": json.dumps(self.body, separators=(",", ":")) if self.body is not None else "",
@@ -56,8 +56,13 @@ def run(
     workload: Workload, vault: Vault, seconds: int, prefix: list[str], paced_mean_ms: float | None = None
 ) -> WrkResult:
     """wrk -t1 -c50 --latency with vault.lua against the vault, for `seconds` (paced if asked)."""
-    argv = [*wrk_argv(prefix, seconds), "-s", str(SCRIPT), f"https://{vault.address}"]
-    return parse_wrk(run_tool("wrk", argv, seconds, workload.environment(vault, paced_mean_ms)))
+    argv = wrk_command(f"https://{vault.address}", seconds, prefix)
+    return parse_wrk(run_tool("wrk", argv, seconds, workload.environment(vault.token, paced_mean_ms)))
+
+
+def wrk_command(url: str, seconds: int, prefix: list[str]) -> list[str]:
+    """wrk with vault.lua (which reads the request from its environment) against url."""
+    return [*wrk_argv(prefix, seconds), "-s", str(SCRIPT), url]
 
 
 def _transit_key(vault: Vault) -> str | None:
