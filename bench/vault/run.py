@@ -98,19 +98,25 @@ def start_vaults(
 
 
 def ready_workloads(chosen: list[str], vaults: list[Vault], figures: Figures) -> list[Workload]:
-    """The chosen workloads every started vault can serve (set up, and one request checked)."""
+    """The chosen workloads every started vault can serve (set up, and one request checked). A vault
+    that refuses a set-up or a check otherwise than with a 404 drops out of the run (removed from
+    `vaults`), with the reason."""
     found = []
     for workload in (w for w in WORKLOADS if w.name in chosen):
         why = None
-        for vault in vaults:
-            if workload.setup is not None and why is None:
-                why = workload.setup(vault)
+        for vault in list(vaults):
+            try:
+                if workload.setup is not None and why is None:
+                    why = workload.setup(vault)
+                if why is None:
+                    workloads.check(workload, vault)
+            except (StartError, OSError) as exc:
+                figures.failures[vault.name] = f"{workload.name}: {exc}"
+                vaults.remove(vault)
         if why is not None:
             figures.skipped[workload.name] = why
-            continue
-        for vault in vaults:
-            workloads.check(workload, vault)
-        found.append(workload)
+        else:
+            found.append(workload)
     return found
 
 

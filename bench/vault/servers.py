@@ -38,6 +38,7 @@ from garrison.pki.authority import new_intermediate, new_key, new_root, pem, sig
 BIN = Path(sys.executable).parent
 GARRISON_BIN, BAO_BIN = BIN / "garrison", BIN / "bao"
 READY_TIMEOUT = 60.0
+CALL_TIMEOUT = 60.0  # sys/init writes the keyring through raft: slow on a busy machine
 TRUST_DOMAIN = "bench.local"
 SERVERS = ("garrison", "openbao")
 
@@ -91,7 +92,7 @@ def api_call(
 ) -> tuple[int, Any]:
     host, port = address.rsplit(":", 1)
     context = ssl.create_default_context(cafile=str(ca_file))
-    connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=10.0)
+    connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=CALL_TIMEOUT)
     headers = {"X-Vault-Token": token} if token else {}
     data = None if body is None else json.dumps(body).encode()
     if data is not None:
