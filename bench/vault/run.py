@@ -157,7 +157,7 @@ def phases(args: argparse.Namespace, pin: Pinning, figures: Figures) -> list[tup
             f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  CPU {cpu:4.0%}"
         )
 
-    found = [("warm-up", 1, warm_up)] if args.warmup else []
+    found: list[tuple[str, int, Measure]] = [("warm-up", 1, warm_up)] if args.warmup else []
     found.append(("saturation", args.rounds, saturate))
     if args.rate:
         found.append(("fixed rate", args.rounds, at_rate))
