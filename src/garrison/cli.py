@@ -268,6 +268,10 @@ from garrison.vault.cli import vault_app  # noqa: E402 - a sub-application, regi
 
 app.add_typer(vault_app, name="vault")
 
+from garrison.vault.secret_cli import secret_app  # noqa: E402 - a sub-application, registered here
+
+app.add_typer(secret_app, name="secret")
+
 from garrison.dbcli import db_app  # noqa: E402 - a sub-application, registered here
 
 app.add_typer(db_app, name="db")

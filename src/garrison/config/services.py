@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field
 
 from garrison.config.common import Strict
+from garrison.config.secrets import SecretItem
 from garrison.config.units import Duration
 from garrison.uri.normalize import TargetRejected, normalize_path
 from garrison.uri.origin import parse_origin
@@ -123,4 +124,9 @@ class ServiceConfig(Strict):
     calls: list[CallConfig] = Field(
         default_factory=list,
         description="The services this one may call through the mesh; every other call is denied.",
+    )
+    secrets: list[SecretItem] = Field(
+        default_factory=list,
+        description="Vault paths this service may use (its policy `svc-<name>`, bound to its workload "
+        "certificate): `secret/orders/*` (read-only) or `{path, capabilities}`.",
     )

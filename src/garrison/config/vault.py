@@ -68,6 +68,12 @@ class VaultConfig(ComponentConfig):
         1024 * 1024, gt=0, description="Largest request body (413); Vault's default is 32 MiB."
     )
     token: VaultTokenConfig = Field(default_factory=VaultTokenConfig, description="Token lifetimes.")
+    cert_token_ttl: Duration = Field(
+        3600.0,
+        gt=0,
+        description="Lifetime of a token from `auth/cert/login` (a workload certificate), cut to the "
+        "certificate's expiry and never renewable past it.",
+    )
 
     def with_paths_resolved(self, resolve: Callable[[str], str]) -> Self:
         """The audit file, relative to the config file's directory."""

@@ -27,6 +27,7 @@ class Call:
     remote_address: str
     request_id: str
     content_type: str = ""
+    client_certificate: str | None = None  # the TLS client certificate (PEM), verified by the handshake
 
 
 @dataclass

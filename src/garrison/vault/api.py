@@ -6,7 +6,8 @@ headers; this module turns the request into a ``Call``, answers in Vault's envel
 and keeps the order every request goes through:
 
 1. ``sys/health``, ``sys/seal-status``, ``sys/init``, ``sys/unseal`` need no token;
-2. anything else on a sealed (or uninitialised) vault: 503 ``Vault is sealed``;
+2. anything else on a sealed (or uninitialised) vault: 503 ``Vault is sealed``; then the logins
+   (``auth/approle/login``, ``auth/cert/login``), which need no token either;
 3. the token (``X-Vault-Token``, or ``Authorization: Bearer``): missing, unknown or expired, 403;
 4. the request is written to the audit file, and refused (500) if it cannot be (fail closed);
 5. the handler, which checks the token's policies for its path and capability (default deny);
@@ -25,10 +26,16 @@ from typing import Any
 from garrison.telemetry import logging as log
 from garrison.vault.answers import Answer, Call, VaultError
 from garrison.vault.audit import AuditFailed
+from garrison.vault.auth_api import LOGIN_PATHS, auth_mounts, login
 from garrison.vault.core import KV_MOUNT, VaultCore
+from garrison.vault.database_api import database_api
 from garrison.vault.kv_api import kv_api
+from garrison.vault.leases_api import PREFIX as LEASES_PREFIX
+from garrison.vault.leases_api import leases_api
 from garrison.vault.sys_api import UNAUTHENTICATED, authenticated_sys, unauthenticated_sys
 from garrison.vault.token_api import token_api
+from garrison.vault.transit import transit_for
+from garrison.vault.transit_api import transit_api
 from garrison.web.app import Receive, Scope, Send, WebApp
 from garrison.web.headers import API_CSP
 from garrison.web.http import HttpError, HttpRequest, HttpResponse
@@ -59,7 +66,7 @@ class VaultApp(WebApp):
             return
         try:
             request = await self._read(scope, receive)
-            response = await self.answer(request)
+            response = await self.answer(request, _client_certificate(scope))
         except HttpError as exc:  # the web layer's own refusals (body too large, repeated header)
             response = _render(Answer(exc.status, {"errors": [exc.description]}))
         await self._write(send, response)
@@ -76,10 +83,10 @@ class VaultApp(WebApp):
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
 
-    async def answer(self, request: HttpRequest) -> HttpResponse:
+    async def answer(self, request: HttpRequest, client_certificate: str | None = None) -> HttpResponse:
         request_id = str(uuid.uuid4())
         try:
-            call = _call(request, request_id)
+            call = _call(request, request_id, client_certificate)
         except VaultError as exc:
             return _render(_error(exc))
         policies: list[str] | None = None
@@ -107,6 +114,9 @@ class VaultApp(WebApp):
         if unsealed is None:
             core.audit.request(call, None)
             raise VaultError(503, "Vault is sealed")
+        if call.path in LOGIN_PATHS:  # no token: a login is how a client gets one
+            core.audit.request(call, None)
+            return await login(unsealed, core.cert_login, call), None
         entry = await unsealed.tokens.lookup(call.token) if call.token else None
         if entry is None:
             core.audit.request(call, None)
@@ -115,18 +125,34 @@ class VaultApp(WebApp):
         acl = await unsealed.acl(entry)
         if call.operation == "head":
             raise VaultError(405, "unsupported operation")
+        if call.path.startswith(LEASES_PREFIX):
+            return await leases_api(unsealed, call, acl), entry.policies
+        if call.path == "sys/auth" or call.path.startswith(("sys/auth/", "auth/approle/", "auth/cert/")):
+            return await auth_mounts(unsealed, call, acl), entry.policies
         if call.path.startswith("sys/"):
             return await authenticated_sys(core, call, acl), entry.policies
         if call.path.startswith("auth/token/"):
             return await token_api(unsealed, call, acl, entry), entry.policies
         if call.path == KV_MOUNT or call.path.startswith(KV_MOUNT + "/"):
             return await kv_api(unsealed.kv, call, acl), entry.policies
+        if call.path == "database" or call.path.startswith("database/"):
+            return await database_api(unsealed, call, acl, entry), entry.policies
+        if call.path.partition("/")[0] == "transit":
+            return await transit_api(
+                transit_for(unsealed, unsealed.storage, core.clock), call, acl
+            ), entry.policies
         if not acl.capabilities(call.path):
             raise VaultError(403, "permission denied")  # as Vault: the ACL answers before the router
         raise VaultError(404, f'no handler for route "{call.path}". route entry not found.')
 
 
-def _call(request: HttpRequest, request_id: str) -> Call:
+def _client_certificate(scope: Scope) -> str | None:
+    """The verified client certificate the listener put in the ASGI ``tls`` extension, if any."""
+    chain = ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert_chain") or []
+    return str(chain[0]) if chain else None
+
+
+def _call(request: HttpRequest, request_id: str, client_certificate: str | None = None) -> Call:
     if not request.path.startswith("/v1/"):
         raise VaultError(404)
     path = request.path[len("/v1/") :].strip("/")
@@ -156,6 +182,7 @@ def _call(request: HttpRequest, request_id: str) -> Call:
         remote_address=request.client_ip,
         request_id=request_id,
         content_type=request.headers.get("content-type", ""),
+        client_certificate=client_certificate,
     )
 
 
@@ -174,6 +201,8 @@ def _body(request: HttpRequest) -> dict[str, Any]:
         parsed = json.loads(request.body)
     except (ValueError, UnicodeDecodeError):
         raise VaultError(400, "failed to parse JSON input") from None
+    if parsed is None:  # `bao write -f PATH` (a write with no fields) sends `null`; Vault reads it as {}
+        return {}
     if not isinstance(parsed, dict):
         raise VaultError(400, "failed to parse JSON input: expected an object")
     return parsed

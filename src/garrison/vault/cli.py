@@ -78,6 +78,27 @@ def _call(
     """One API call; the decoded answer (None for 204). Vault's errors are printed and exit 1."""
     import httpx
 
+    url, verify = endpoint(config, address)
+    headers = {"X-Vault-Token": os.environ["VAULT_TOKEN"]} if os.environ.get("VAULT_TOKEN") else {}
+    try:
+        with httpx.Client(verify=verify, timeout=30) as client:
+            answer = client.request(method, url.rstrip("/") + "/v1/" + path, json=body, headers=headers)
+    except httpx.HTTPError as exc:
+        err.print(f"[red]cannot reach the vault at {url}[/red]: {exc}")
+        raise typer.Exit(1) from None
+    if answer.status_code == 204:
+        return None
+    payload = answer.json() if answer.content else {}
+    if answer.status_code >= 400 and not (path == "sys/seal-status" and answer.status_code == 200):
+        errors = payload.get("errors") if isinstance(payload, dict) else None
+        err.print(f"[red]refused[/red] ({answer.status_code}): {'; '.join(errors or []) or 'no detail'}")
+        raise typer.Exit(1)
+    return payload
+
+
+def endpoint(config: Path, address: str | None) -> tuple[str, ssl.SSLContext | bool]:
+    """The vault's URL (``--address``, else VAULT_ADDR, else vault.listen) and what to trust (VAULT_CACERT,
+    else the CA of the config's ``auto`` certificate, else the system's roots)."""
     from garrison.config.model import parse_listen
     from garrison.pki.tls import auto_trust_file
 
@@ -98,21 +119,7 @@ def _call(
         cafile = str(auto_trust_file(loaded.config, loaded.config.state_dir / "vault"))
     if cafile is not None:
         verify = ssl.create_default_context(cafile=cafile)
-    headers = {"X-Vault-Token": os.environ["VAULT_TOKEN"]} if os.environ.get("VAULT_TOKEN") else {}
-    try:
-        with httpx.Client(verify=verify, timeout=30) as client:
-            answer = client.request(method, url.rstrip("/") + "/v1/" + path, json=body, headers=headers)
-    except httpx.HTTPError as exc:
-        err.print(f"[red]cannot reach the vault at {url}[/red]: {exc}")
-        raise typer.Exit(1) from None
-    if answer.status_code == 204:
-        return None
-    payload = answer.json() if answer.content else {}
-    if answer.status_code >= 400 and not (path == "sys/seal-status" and answer.status_code == 200):
-        errors = payload.get("errors") if isinstance(payload, dict) else None
-        err.print(f"[red]refused[/red] ({answer.status_code}): {'; '.join(errors or []) or 'no detail'}")
-        raise typer.Exit(1)
-    return payload
+    return url, verify
 
 
 @vault_app.command("init")

@@ -9,7 +9,9 @@ uvicorn serves with llhttp (httptools), as the other components do, through ``_V
 llhttp refuses methods it does not know, and Vault's clients send ``LIST``, so a request line that
 starts with ``LIST`` is handed to llhttp as ``GET`` and its method set back to ``LIST`` (h11, which
 takes any method, served until 2026-12-06: 1.2-1.4x the CPU per request, measured with bench/vault).
-SIGTERM finishes requests in flight and closes the database; SIGHUP reloads nothing.
+SIGTERM finishes requests in flight and closes the database; SIGHUP regenerates the
+per-service policies from the file (service_policies.py). The listener asks for an optional client
+certificate verified against the mesh trust bundle, followed as it changes (listener_tls.py).
 """
 
 from __future__ import annotations
@@ -24,17 +26,23 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from garrison.config.loader import LoadedConfig
-from garrison.core.runner import ReloadUnsupported, StartFailed, run_component
+from garrison.config.loader import LoadedConfig, load_config
+from garrison.core.runner import StartFailed, run_component
 from garrison.core.sockets import address_of, bind_socket
-from garrison.pki.tls import CaIssuer, resolve_certificate, server_context
+from garrison.pki.ca_client import CaUnreachable
+from garrison.pki.tls import CaIssuer, resolve_certificate
+from garrison.pki.workload import WorkloadIdentity
+from garrison.pki.workload_types import WorkloadError
 from garrison.store.db import make_engine
 from garrison.store.startup import prepare_schema
 from garrison.telemetry import logging as log
 from garrison.vault.api import VaultApp
 from garrison.vault.audit import AuditLog
 from garrison.vault.core import VaultCore
+from garrison.vault.listener_tls import ListenerTls, with_tls_extension
+from garrison.vault.mesh_state import vault_identity
 from garrison.vault.migrations import SCHEMA
+from garrison.vault.service_policies import ServicePolicies
 from garrison.vault.storage import durable
 
 __all__ = ["VaultComponent", "serve"]
@@ -65,6 +73,10 @@ class _VaultHttpProtocol(HttpToolsProtocol):
         self._held = b""
         self._listing = False
         self._head_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.app = with_tls_extension(self.app, transport)
 
     def data_received(self, data: bytes) -> None:
         if self._between:
@@ -106,6 +118,9 @@ class _VaultHttpProtocol(HttpToolsProtocol):
         self._between = True
 
 
+BUNDLE_CHECK_INTERVAL = 1.0  # a root rotation reaches cert logins within this
+
+
 class _Uvicorn(uvicorn.Server):
     """uvicorn without its own signal handling: core/runner.py owns the signals."""
 
@@ -122,6 +137,9 @@ class VaultComponent:
         self.core: VaultCore | None = None
         self.server: _Uvicorn | None = None
         self.serving: asyncio.Task[None] | None = None
+        self.tls: ListenerTls | None = None
+        self.following: asyncio.Task[None] | None = None
+        self.identity: WorkloadIdentity | None = None
 
     async def start(self) -> dict[str, str]:
         config = self.loaded.config
@@ -139,28 +157,55 @@ class VaultComponent:
                 engine, audit, default_ttl=vault.token.default_ttl, max_ttl=vault.token.max_ttl
             )
             await core.load()
+            await core.apply_services(ServicePolicies.from_config(config), vault.cert_token_ttl)
             if vault.dev:
                 await core.dev_unseal(directory)
-            context = self._tls()
+            tls = self.tls = self._tls()
+            await self._join_mesh(core)
         except BaseException:
+            if self.identity is not None:
+                await self.identity.close()
             await engine.dispose()
             raise
         sock = bind_socket(vault.listen)
         listening = address_of(sock)
-        app = VaultApp(core, hsts=context is not None, max_body=vault.max_request_body)
-        server = self.server = _Uvicorn(_uvicorn_config(app, context))
+        app = VaultApp(core, hsts=tls is not None, max_body=vault.max_request_body)
+        server = self.server = _Uvicorn(_uvicorn_config(app, tls.listening if tls else None))
         self.serving = asyncio.create_task(server.serve(sockets=[sock]), name="vault-server")
         while not server.started:
             if self.serving.done():
                 self.serving.result()
                 raise StartFailed("the HTTP server stopped while starting")
             await asyncio.sleep(0.01)
+        if tls is not None:
+            self.following = asyncio.create_task(_follow_bundle(tls), name="vault-bundle")
         log.log(
             "vault.listening", address=listening, initialized=core.seal.initialized, sealed=core.seal.sealed
         )
         return {"vault": listening}
 
-    def _tls(self) -> ssl.SSLContext | None:
+    async def _join_mesh(self, core: VaultCore) -> None:
+        """With the mesh configured: the vault's own identity, following the CA's state (revocations,
+        quarantine) for cert logins."""
+        identity = vault_identity(self.loaded.config)
+        if identity is None:
+            return
+        core.cert_login.follows_mesh = True  # from here on, no state known means no cert login
+        try:
+            await identity.start()
+        except (WorkloadError, CaUnreachable) as exc:  # no token, or the CA refused or is down
+            # The vault still serves tokens and AppRole; only cert logins wait for an identity.
+            td = self.loaded.config.trust_domain
+            log.error(
+                "vault.mesh.no_identity",
+                message=f"{exc}; cert logins are refused until the vault restarts with an identity: "
+                f"garrison ca join-token --spiffe-id spiffe://{td}/vault",
+            )
+            return
+        self.identity = identity
+        identity.on_state(core.cert_login.apply_state)
+
+    def _tls(self) -> ListenerTls | None:
         config = self.loaded.config
         assert config.vault is not None
         tls = config.vault.tls
@@ -171,17 +216,31 @@ class VaultComponent:
             return None
         ca = CaIssuer.for_config(config, "vault")
         cert, key = resolve_certificate(tls, config.state_dir / "vault", self.loaded.source.parent, ca)
-        return server_context(cert, key, tls.min_version)
+        return ListenerTls(cert, key, tls.min_version, config.state_dir / "ca" / "bundle.pem")
 
     def details(self) -> dict[str, Any]:
         core = self.core
         return {"initialized": core.seal.initialized if core else False}
 
     async def reload(self) -> None:
-        raise ReloadUnsupported
+        """SIGHUP: the per-service policies and cert bindings again from the file (the rest of the
+        vault section needs a restart). A file that does not load keeps the running ones."""
+        assert self.core is not None
+        loaded = load_config(self.loaded.source)
+        if loaded.config.vault is None:
+            raise ValueError("the file has no `vault` section any more: keeping the running policies")
+        await self.core.apply_services(
+            ServicePolicies.from_config(loaded.config), loaded.config.vault.cert_token_ttl
+        )
+        self.loaded = loaded
+        log.log("vault.reloaded", services=len(loaded.config.services))
 
     async def drain(self) -> None:
         assert self.server is not None and self.serving is not None and self.core is not None
+        if self.following is not None:
+            self.following.cancel()
+        if self.identity is not None:
+            await self.identity.close()
         self.server.should_exit = True  # stop accepting; requests in flight finish
         await _close_idle_connections(self.server, self.serving)
         self.core.seal_now()
@@ -207,6 +266,14 @@ async def _close_idle_connections(server: _Uvicorn, serving: asyncio.Task[None])
                 transport.abort()
         await asyncio.wait({serving}, timeout=0.05)
     serving.result()
+
+
+async def _follow_bundle(tls: ListenerTls) -> None:
+    """The trust bundle checked every second (a stat and a small read): a root rotation reaches the
+    listener without a restart."""
+    while True:
+        await asyncio.sleep(BUNDLE_CHECK_INTERVAL)
+        tls.refresh()
 
 
 def _uvicorn_config(app: VaultApp, context: ssl.SSLContext | None) -> uvicorn.Config:

@@ -18,12 +18,17 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from garrison.telemetry import logging as log
+from garrison.vault.approle import AppRoleStore
 from garrison.vault.audit import SALT_PATH as AUDIT_SALT_PATH
 from garrison.vault.audit import AuditLog
 from garrison.vault.barrier import Keyring
+from garrison.vault.cert_auth import CertLogin
+from garrison.vault.database import DatabaseEngine
 from garrison.vault.kv import KvV2
+from garrison.vault.leases import LeaseManager
 from garrison.vault.policy import DEFAULT_POLICY, Acl, Policy, PolicyError, parse_policy
 from garrison.vault.seal import Seal, SealConfig
+from garrison.vault.service_policies import ServicePolicies
 from garrison.vault.storage import BarrierStorage, CoreStorage
 from garrison.vault.tokens import TokenEntry, TokenStore
 
@@ -42,9 +47,19 @@ class Unsealed:
         self.storage = BarrierStorage(core.engine, keyring)
         self.tokens = TokenStore(self.storage, core.clock, core.default_ttl, core.max_ttl)
         self.kv = KvV2(self.storage, KV_MOUNT, core.clock)
+        self.database = DatabaseEngine(self.storage, core.default_ttl, core.max_ttl)
+        self.leases = LeaseManager(self.storage, core.clock, {"database": self.database}, self._token_expiry)
+        self.tokens.on_revoke.append(self.leases.revoke_token)  # a token's leases end with it
+        self.approle = AppRoleStore(self.storage, self.tokens, core.clock)
         self._policies: dict[str, Policy] = {}
         self._acls: dict[tuple[str, ...], Acl] = {}  # compiled once per set of policy names
         self._changes = 0  # policy writes so far: an ACL built across one is not kept
+
+    async def _token_expiry(self, digest: str) -> float | None:
+        entry = await self.tokens.by_digest(digest)
+        if entry is None:
+            return None
+        return entry.expire_time if entry.expire_time is not None else float("inf")
 
     async def policy(self, name: str) -> Policy | None:
         if name == "root":
@@ -114,6 +129,14 @@ class VaultCore:
         self.default_ttl, self.max_ttl = default_ttl, max_ttl
         self.seal = Seal(CoreStorage(engine))
         self.unsealed: Unsealed | None = None
+        self.cert_login = CertLogin(ServicePolicies("", {}, {}), max_ttl, clock)
+
+    async def apply_services(self, services: ServicePolicies, cert_token_ttl: float) -> None:
+        """garrison.yaml's per-service policies and cert bindings (start, SIGHUP); written now when
+        unsealed, else at the next unseal."""
+        self.cert_login.services, self.cert_login.token_ttl = services, cert_token_ttl
+        if self.unsealed is not None:
+            await services.install(self.unsealed)
 
     async def load(self) -> None:
         await self.seal.load()
@@ -144,10 +167,15 @@ class VaultCore:
             salt = os.urandom(32)
             await unsealed.storage.put(AUDIT_SALT_PATH, salt)
         self.audit.salt = salt
+        await unsealed.leases.start()  # leases stored before a restart: the due ones are revoked now
+        await self.cert_login.services.install(unsealed)
         self.unsealed = unsealed
         log.log("vault.unsealed", keyring_term=self.seal.keyring.active)
 
     def seal_now(self) -> None:
+        if self.unsealed is not None:
+            self.unsealed.leases.stop()
+            self.unsealed.database.close()
         self.unsealed = None
         self.audit.salt = None
         self.seal.seal()

@@ -17,7 +17,7 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -84,6 +84,9 @@ class TokenStore:
         self.default_ttl = default_ttl
         self.max_ttl = max_ttl
         self._salt: bytes | None = None
+        # Called with the digest of every token revoked (explicitly, with its parent, or found expired):
+        # the lease manager revokes the secrets the token obtained, as Vault does.
+        self.on_revoke: list[Callable[[str], Awaitable[None]]] = []
 
     async def _key(self) -> bytes:
         if self._salt is None:
@@ -139,6 +142,18 @@ class TokenStore:
             sorted(set(policies)), ttl, explicit_max, renewable, display, meta, parent_digest
         )
 
+    async def create_login(
+        self,
+        policies: list[str],
+        ttl: float,
+        explicit_max: float,
+        display: str,
+        meta: dict[str, str] | None,
+        path: str,
+    ) -> tuple[str, TokenEntry]:
+        """The token of an auth method's login: no parent (as Vault's login tokens), renewable."""
+        return await self._create(policies, ttl, explicit_max, True, display, meta, "", path)
+
     async def _create(
         self,
         policies: list[str],
@@ -188,6 +203,10 @@ class TokenStore:
         digest = await self.storage.get(ACCESSOR_PREFIX + await self.digest(accessor, "accessor"))
         return await self._by_digest(digest.decode()) if digest is not None else None
 
+    async def by_digest(self, digest: str) -> TokenEntry | None:
+        """The live entry stored under ``digest`` (an expired one is revoked here and not returned)."""
+        return await self._by_digest(digest)
+
     async def _by_digest(self, digest: str) -> TokenEntry | None:
         raw = await self.storage.get(ID_PREFIX + digest)
         if raw is None:
@@ -220,6 +239,8 @@ class TokenStore:
         if entry.parent:
             deletes.append(f"{PARENT_PREFIX}{entry.parent}/{entry.digest}")
         await self.storage.write({}, [*deletes, *children])
+        for hook in self.on_revoke:
+            await hook(entry.digest)
 
     def auth_block(self, token: str, entry: TokenEntry) -> dict[str, Any]:
         """The ``auth`` object of a create or renew answer."""

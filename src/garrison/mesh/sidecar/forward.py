@@ -139,11 +139,16 @@ class ForwardingRelay(AnsweringRelay):
         request.service.response_head(request.target, status, self.loop.time())
         request.status = status
         request.response = Phase.STARTED
-        length = next((value for name, value in headers if name.lower() == b"content-length"), None)
+        lines = [status_line(status)]
+        length = None
+        for name, value in headers:  # one pass: this runs for every answer
+            lower = name.lower()
+            if lower not in _RESPONSE_DROPPED:
+                lines.append(b"%s: %s\r\n" % (name, value))
+            elif lower == b"content-length" and length is None:
+                length = value
         bodiless = request.method == b"HEAD" or status in (204, 304)
         request.rechunk = not bodiless and (chunked or length is None)
-        lines = [status_line(status)]
-        lines += [b"%s: %s\r\n" % (n, v) for n, v in headers if n.lower() not in _RESPONSE_DROPPED]
         if request.rechunk:
             lines.append(b"transfer-encoding: chunked\r\n")
         elif length is not None:

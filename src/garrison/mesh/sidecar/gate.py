@@ -8,6 +8,8 @@ reaching the sidecar, whatever keep-alive connections exist.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from garrison.mesh.policy import CallPolicy
 from garrison.mesh.sidecar.identity import MeshView
 
@@ -16,6 +18,7 @@ __all__ = ["Gate"]
 SERVICE_PREFIX = "/svc/"
 
 
+@lru_cache(maxsize=4096)  # asked on every call, of the few identities a sidecar sees; bounded
 def service_of(spiffe_id: str) -> str | None:
     """``orders`` for ``spiffe://td/svc/orders``; None for another kind of identity (the gateway)."""
     _, _, rest = spiffe_id.partition("://")

@@ -12,6 +12,7 @@ import json
 import ssl
 import time
 from collections.abc import Callable, Coroutine
+from functools import lru_cache
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ ACCESS_LINE = (
 QUOTED_CAP = 4096  # distinct callers and callees whose JSON form is kept
 
 
+@lru_cache(maxsize=4096)  # once per identity, not once per call; bounded
 def caller_label(caller: str, gateway_id: str) -> str:
     """A bounded metrics label for a caller's SPIFFE ID."""
     if caller == gateway_id:
