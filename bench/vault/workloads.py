@@ -1,10 +1,10 @@
 """The vault benchmark's workloads: what each request asks, how each vault is made ready for it, and
 wrk's environment for vault.lua.
 
-A workload whose set-up a vault refuses with 404 (an engine this commit of Garrison does not have
-yet: transit and database are being built beside this benchmark) is left out of the run for both
-vaults and reported as not measured, with the reason; it joins the run by itself on the commit where
-the engine answers. To add one: a ``Workload`` in WORKLOADS, its set-up, and its target in report.py.
+A workload whose set-up a vault refuses with 404 (an engine that commit of Garrison does not have,
+e.g. transit on a `--baseline` from before it) is left out of the run for every vault and reported as
+not measured, with the reason. To add one: a ``Workload`` in WORKLOADS, its set-up, its target in
+report.py.
 """
 
 from __future__ import annotations
@@ -104,7 +104,9 @@ WORKLOADS = (
         {"plaintext": PLAINTEXT},
         setup=_transit_key,
     ),
-    # Hook: "database-creds" (GET database/creds/<role>, a PostgreSQL role per request) goes here once
-    # the database engine is on main; its set-up configures the connection and a role on both vaults.
+    # Hook: "database-creds" (GET database/creds/<role>, a PostgreSQL role created per request) goes
+    # here: its set-up configures a connection to a database of its own and a role on both vaults, and
+    # the run must revoke every lease at the end (sys/leases/revoke-prefix) before OpenBao's raft data
+    # goes with the temporary directory, or the roles stay behind in PostgreSQL.
 )
 NAMES = tuple(w.name for w in WORKLOADS)
