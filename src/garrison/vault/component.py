@@ -8,7 +8,7 @@ otherwise: ``sys/init`` once, then ``sys/unseal`` with enough shares after every
 uvicorn serves with llhttp (httptools), as the other components do, through ``_VaultHttpProtocol``:
 llhttp refuses methods it does not know, and Vault's clients send ``LIST``, so a request line that
 starts with ``LIST`` is handed to llhttp as ``GET`` and its method set back to ``LIST`` (h11, which
-takes any method, served until 2026-12-06: 1.2-1.4x the CPU per request, measured with bench/vault).
+takes any method, served until 2026-12-06: 1.2-1.7x the CPU per request, measured with bench/vault).
 SIGTERM finishes requests in flight and closes the database; SIGHUP regenerates the
 per-service policies from the file (service_policies.py). The listener asks for an optional client
 certificate verified against the mesh trust bundle, followed as it changes (listener_tls.py).
