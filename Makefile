@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/gateway/run.py
 	$(BIN)/python bench/identity/run.py
 	$(BIN)/python bench/mesh/run.py
+	$(BIN)/python bench/vault/run.py
 
 clean:
 	rm -rf $(VENV) .garrison .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -37,6 +37,7 @@ from garrison.vault.token_api import token_api
 from garrison.vault.transit import transit_for
 from garrison.vault.transit_api import transit_api
 from garrison.web.app import Receive, Scope, Send, WebApp
+from garrison.web.headers import API_CSP
 from garrison.web.http import HttpError, HttpRequest, HttpResponse
 
 __all__ = ["VaultApp"]
@@ -50,6 +51,14 @@ class VaultApp(WebApp):
     def __init__(self, core: VaultCore, *, hsts: bool, max_body: int) -> None:
         super().__init__(hsts, max_body=max_body, form_posts=False)
         self.core = core
+        # What the web layer adds to a JSON answer without headers of its own (every answer here so
+        # far), encoded once rather than per request.
+        self._json_headers = [
+            (b"content-type", b"application/json"),
+            (b"cache-control", b"no-store"),
+            (b"content-security-policy", API_CSP.encode()),
+            *((name.encode(), value.encode()) for name, value in self.common_headers),
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,6 +70,18 @@ class VaultApp(WebApp):
         except HttpError as exc:  # the web layer's own refusals (body too large, repeated header)
             response = _render(Answer(exc.status, {"errors": [exc.description]}))
         await self._write(send, response)
+
+    async def _write(self, send: Send, response: HttpResponse) -> None:
+        """As the web layer writes an answer, with the header block made once, and a Content-Length
+        (uvicorn would frame a body without one as chunked: more bytes and work on both sides)."""
+        if response.headers or response.content_type != "application/json":
+            await super()._write(send, response)
+            return
+        headers = self._json_headers
+        if response.status not in (204, 304):  # which must not carry one
+            headers = [*headers, (b"content-length", b"%d" % len(response.body))]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
 
     async def answer(self, request: HttpRequest, client_certificate: str | None = None) -> HttpResponse:
         request_id = str(uuid.uuid4())

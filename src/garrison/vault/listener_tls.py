@@ -9,8 +9,9 @@ bundle followed without a restart, and the verified certificate handed to the ap
   context and the listening context's SNI callback, called for every handshake, moves each new
   connection onto the current one (as the mesh CA's own listener does). ``refresh`` is called every
   second by the component; connections already open are untouched.
-- uvicorn puts no client certificate in the ASGI scope; ``TlsH11Protocol`` is its h11 protocol with
-  the ASGI ``tls`` extension (``client_cert_chain``: the verified leaf, PEM) added to every scope.
+- uvicorn puts no client certificate in the ASGI scope; ``with_tls_extension`` wraps a connection's app
+  so that the ASGI ``tls`` extension (``client_cert_chain``: the verified leaf, PEM) is in every scope
+  (the listener's protocol, vault/component.py, calls it for each connection).
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
-
 from garrison.pki.tls import ask_for_client_certificates, server_context
 from garrison.telemetry import logging as log
 
-__all__ = ["ListenerTls", "TlsH11Protocol", "peer_certificate_pem"]
+__all__ = ["ListenerTls", "peer_certificate_pem", "with_tls_extension"]
 
 
 class ListenerTls:
@@ -105,12 +104,11 @@ class _WithTls:
         await self._app(scope, receive, send)
 
 
-class TlsH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol (the vault serves with h11: clients send ``LIST``), with the ASGI ``tls``
-    extension in every scope once the handshake is done (``connection_made`` comes after it)."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        pem = peer_certificate_pem(transport)
-        if transport.get_extra_info("ssl_object") is not None:
-            self.app = _WithTls(self.app, {"client_cert_chain": [pem] if pem else []})
+def with_tls_extension(app: Any, transport: asyncio.BaseTransport) -> Any:
+    """``app`` with the ASGI ``tls`` extension (the verified client certificate, if any) added to each
+    scope of a TLS connection; called by the listener's protocol once the handshake is done
+    (``connection_made`` comes after it). A plaintext connection keeps ``app`` as it is."""
+    if transport.get_extra_info("ssl_object") is None:
+        return app
+    pem = peer_certificate_pem(transport)
+    return _WithTls(app, {"client_cert_chain": [pem] if pem else []})
