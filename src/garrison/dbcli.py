@@ -18,6 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from garrison.core.commandline import load_or_exit
+
 if TYPE_CHECKING:  # the store (SQLAlchemy, Alembic) is imported when a `db` command runs, not by `garrison`
     from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -63,13 +65,7 @@ def targets(loaded: LoadedConfig) -> list[Target]:
 
 
 def _load(config: Path) -> LoadedConfig:
-    from garrison.config.loader import ConfigError, load_config
-
-    try:
-        return load_config(config)
-    except ConfigError as exc:
-        err.print(f"[red]{exc}[/red]\nRun `garrison check -c {config}` for details.")
-        raise typer.Exit(2) from None
+    return load_or_exit(config)
 
 
 async def _each(loaded: LoadedConfig, upgrading: bool) -> list[tuple[Target, str, SchemaStatus]]:

@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from garrison.core.commandline import load_or_exit, run_server
+
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -53,31 +55,13 @@ def identity(
     ctx.obj = config
     if ctx.invoked_subcommand is not None:
         return
-    import uvloop
-
     from garrison.identity.component import serve
 
-    loaded = _load(config)
-    try:
-        code = uvloop.run(serve(loaded, ready_file))
-    except OSError as exc:
-        err.print(f"[red]cannot start[/red]: {exc}")
-        raise typer.Exit(2) from None
-    raise typer.Exit(code)
+    run_server(serve, _load(config), ready_file)
 
 
 def _load(config: Path) -> Any:
-    from garrison.config.loader import ConfigError, load_config
-
-    try:
-        loaded = load_config(config)
-    except ConfigError as exc:
-        err.print(f"[red]{exc}[/red]\nRun `garrison check -c {config}` for details.")
-        raise typer.Exit(2) from None
-    if loaded.config.identity is None:
-        err.print(f"[red]{config} has no `identity` section[/red]; add `identity: {{}}` to use the defaults.")
-        raise typer.Exit(2)
-    return loaded
+    return load_or_exit(config, "identity")
 
 
 def with_stores(ctx: typer.Context, config: Path | None, work: Callable[[Any], Awaitable[T]]) -> T:

@@ -20,6 +20,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from garrison.core.commandline import load_or_exit, run_server
+
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Path of garrison.yaml.")]
@@ -43,33 +45,15 @@ def vault(
     """Run the vault (starts sealed unless `vault.dev`; stop: SIGTERM finishes requests in flight)."""
     if ctx.invoked_subcommand is not None:
         return
-    import uvloop
-
     from garrison.telemetry import logging as log
     from garrison.vault.component import serve
 
     log.configure("vault")
-    loaded = _load(config)
-    try:
-        code = uvloop.run(serve(loaded, ready_file))
-    except OSError as exc:
-        err.print(f"[red]cannot start[/red]: {exc}")
-        raise typer.Exit(2) from None
-    raise typer.Exit(code)
+    run_server(serve, _load(config), ready_file)
 
 
 def _load(config: Path) -> Any:
-    from garrison.config.loader import ConfigError, load_config
-
-    try:
-        loaded = load_config(config)
-    except ConfigError as exc:
-        err.print(f"[red]{exc}[/red]\nRun `garrison check -c {config}` for details.")
-        raise typer.Exit(2) from None
-    if loaded.config.vault is None:
-        err.print(f"{config} has no `vault` section")
-        raise typer.Exit(2)
-    return loaded
+    return load_or_exit(config, "vault")
 
 
 def _call(

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from garrison.core.commandline import load_or_exit, run_server
+
 if TYPE_CHECKING:
     from garrison.config.loader import LoadedConfig
     from garrison.mesh.ca.server import CaParts
@@ -53,17 +55,7 @@ rotate_app.add_typer(root_app, name="root")
 
 
 def _load(config: Path) -> LoadedConfig:
-    from garrison.config.loader import ConfigError, load_config
-
-    try:
-        loaded = load_config(config)
-    except ConfigError as exc:
-        err.print(f"[red]{exc}[/red]\nRun `garrison check -c {config}` for details.")
-        raise typer.Exit(2) from None
-    if loaded.config.mesh is None:
-        err.print(f"[red]{config} has no `mesh` section[/red]; add `mesh: {{}}` to use the defaults.")
-        raise typer.Exit(2)
-    return loaded
+    return load_or_exit(config, "mesh")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -119,19 +111,11 @@ def serve(
     ] = None,
 ) -> None:
     """Run the CA (TLS API on mesh.ca.listen, admin API on mesh.ca.admin.listen; stop: SIGTERM)."""
-    import uvloop
-
     from garrison.mesh.ca.server import serve as serve_ca
     from garrison.telemetry import logging as log
 
     log.configure("ca")
-    loaded = _load(config)
-    try:
-        code = uvloop.run(serve_ca(loaded, ready_file))
-    except OSError as exc:
-        err.print(f"[red]cannot start[/red]: {exc}")
-        raise typer.Exit(2) from None
-    raise typer.Exit(code)
+    run_server(serve_ca, _load(config), ready_file)
 
 
 @ca_app.command()
