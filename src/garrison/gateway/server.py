@@ -98,8 +98,6 @@ class GatewayServer:
         self._config_mtime = self._mtime()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
-        self._log_second = 0
-        self._log_prefix = b""
 
     @property
     def mesh_tls(self) -> Callable[[], ssl.SSLContext] | None:
@@ -214,16 +212,12 @@ class GatewayServer:
         route.stats.observe(exchange.status, total, exchange.body_seen, exchange.bytes_out)
         if not self.access_log.enabled:
             return
-        wall = time.time()
-        second = int(wall)
-        if second != self._log_second:
-            self._log_second = second
-            self._log_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        prefix, milliseconds = self.access_log.now()
         self.access_log.write(
             ACCESS_LINE
             % (
-                self._log_prefix,
-                (wall - second) * 1000,
+                prefix,
+                milliseconds,
                 exchange.request_id,
                 exchange.trace_id,
                 exchange.client_ip.encode(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 
 FLUSH_BYTES = 64 * 1024
@@ -30,6 +31,18 @@ class AccessLog:
         self._owns_fd = path not in (None, "-")
         self._batch: list[bytes] = []
         self._size = 0
+        self._second = 0
+        self._prefix = b""
+
+    def now(self) -> tuple[bytes, float]:
+        """``YYYY-mm-ddTHH:MM:SS`` of the wall clock (formatted once a second) and the milliseconds
+        past it: a line's time as ``b"%s.%03dZ" % log.now()``."""
+        wall = time.time()
+        second = int(wall)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        return self._prefix, (wall - second) * 1000
 
     def write(self, line: bytes) -> None:
         self._batch.append(line)

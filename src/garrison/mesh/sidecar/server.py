@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-import time
 from collections.abc import Callable, Coroutine
 from functools import lru_cache
 from time import perf_counter
@@ -78,8 +77,6 @@ class Side:
         self.server: asyncio.Server | None = None
         self.access_log = AccessLog(None, sink=log.write_lines)
         self._component = log.component().encode()
-        self._log_second = 0
-        self._log_prefix = b""
         self._quoted: dict[str, bytes] = {}
 
     # -- what the connections ask ------------------------------------------------------------------------
@@ -121,16 +118,12 @@ class Side:
         caller = caller_label(request.caller, self.gateway_id) if request.caller else "unknown"
         callee = request.peer or "unknown"
         self.metrics.edge(self.direction, caller, callee).observe(request.status, decision, seconds)
-        wall = time.time()
-        second = int(wall)
-        if second != self._log_second:
-            self._log_second = second
-            self._log_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        prefix, milliseconds = self.access_log.now()
         self.access_log.write(
             ACCESS_LINE
             % (
-                self._log_prefix,
-                (wall - second) * 1000,
+                prefix,
+                milliseconds,
                 self._component,
                 self.direction.encode(),
                 self._quote(request.caller) if request.caller else b"null",
