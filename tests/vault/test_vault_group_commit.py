@@ -69,7 +69,8 @@ async def _poison(engine: AsyncEngine) -> None:
             )
             await connection.execute(
                 text(
-                    "CREATE TRIGGER poison BEFORE INSERT ON vault_entries FOR EACH ROW EXECUTE FUNCTION poison()"
+                    "CREATE TRIGGER poison BEFORE INSERT ON vault_entries FOR EACH ROW "
+                    "EXECUTE FUNCTION poison()"
                 )
             )
 

@@ -151,7 +151,7 @@ class BarrierStorage:
                 group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
                 try:
                     final = await self._commit(group)
-                except Exception as exc:  # noqa: BLE001 - handed to every writer of the group
+                except Exception as exc:  # handed to every writer of the group
                     self._forget(group)
                     _fail(group, exc)
                     continue
