@@ -4,8 +4,9 @@ Layout under ``kv/<mount>/``: ``config`` (the mount's max_versions, cas_required
 delete_version_after), ``meta/<path>`` (the secret's metadata and every version's times and flags) and
 ``data/<path>#<n>`` (version n's data; ``#`` keeps one secret's versions apart from the paths below it,
 which are other secrets). A write puts the new version and the metadata in one transaction; the
-check-and-set and the version number are decided under a lock, so two writers with the same ``cas``
-cannot both win (one process serves the vault).
+check-and-set and the version number are decided under the secret's own lock, held until the commit,
+so two writers with the same ``cas`` cannot both win (one process serves the vault), while writes to
+different secrets do not wait for each other and share their commits (see storage.py).
 
 The answers' shapes are Vault's (docs: /docs/secrets/kv/kv-v2): the data read's 404 for a deleted or
 destroyed version still carries its metadata, as hvac's ``raise_on_deleted_version=False`` expects.
@@ -15,14 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from garrison.vault.durations import go_duration, parse_vault_duration, rfc3339
 from garrison.vault.storage import BarrierStorage
 
-__all__ = ["KvError", "KvV2", "merge_patch"]
+__all__ = ["KvError", "KvV2", "PathLocks", "merge_patch"]
 
 DEFAULT_MAX_VERSIONS = 10
 MAX_CUSTOM_KEYS, MAX_CUSTOM_KEY, MAX_CUSTOM_VALUE = 64, 128, 512
@@ -56,13 +58,45 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+@dataclass
+class _Held:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # tasks holding or waiting for the lock
+
+
+class PathLocks:
+    """A lock per secret path, in the table only while some task holds or waits for it: the table's
+    size is bounded by the requests in flight, not by the secrets ever written."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, _Held] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    @asynccontextmanager
+    async def hold(self, path: str) -> AsyncIterator[None]:
+        held = self._held.get(path)
+        if held is None:
+            held = self._held[path] = _Held()
+        held.users += 1
+        try:
+            async with held.lock:
+                yield
+        finally:
+            held.users -= 1
+            if not held.users:
+                del self._held[path]
+
+
 class KvV2:
     def __init__(self, storage: BarrierStorage, mount: str, clock: Callable[[], float]) -> None:
         self.storage = storage
         self.mount = mount
         self.clock = clock
         self.prefix = f"kv/{mount}/"
-        self.lock = asyncio.Lock()
+        self.locks = PathLocks()  # per secret: its versions, cas and metadata change one at a time
+        self.config_lock = asyncio.Lock()  # the mount's config (writes read it without waiting)
 
     # -- storage helpers ---------------------------------------------------------------------------------
 
@@ -117,7 +151,7 @@ class KvV2:
         }
 
     async def write_config(self, body: dict[str, Any]) -> None:
-        async with self.lock:
+        async with self.config_lock:
             config = await self._config()
             _apply_settings(config, body)
             await self.storage.put(self.prefix + "config", json.dumps(config.__dict__).encode())
@@ -147,7 +181,7 @@ class KvV2:
         cas = options.get("cas")
         if cas is not None and (isinstance(cas, bool) or not isinstance(cas, int) or cas < 0):
             raise KvError(400, ["cas must be a non-negative integer"])
-        async with self.lock:
+        async with self.locks.hold(path):
             now = self.clock()
             config = await self._config()
             meta = await self.meta(path)
@@ -193,7 +227,7 @@ class KvV2:
         return [self._data_key(path, number) for number in dropped]
 
     async def delete_latest(self, path: str) -> None:
-        async with self.lock:
+        async with self.locks.hold(path):
             meta = await self.meta(path)
             if meta is None or not meta["current_version"]:
                 return
@@ -210,7 +244,7 @@ class KvV2:
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in versions)
         ):
             raise KvError(400, ["no version number provided"])
-        async with self.lock:
+        async with self.locks.hold(path):
             meta = await self.meta(path)
             if meta is not None:
                 await self._mark(path, meta, versions, action)
@@ -255,7 +289,7 @@ class KvV2:
         }
 
     async def write_metadata(self, path: str, body: dict[str, Any], patch: bool = False) -> None:
-        async with self.lock:
+        async with self.locks.hold(path):
             now = self.clock()
             meta = await self.meta(path)
             if meta is None and patch:
@@ -277,7 +311,7 @@ class KvV2:
             await self.storage.write({f"{self.prefix}meta/{path}": _dump(meta)}, deletes)
 
     async def delete_metadata(self, path: str) -> None:
-        async with self.lock:
+        async with self.locks.hold(path):
             meta = await self.meta(path)
             if meta is None:
                 return

@@ -6,16 +6,25 @@ writer of its storage (one process per database), every write updates the cache 
 a read costs a decryption (~10 us), not a database round trip (~1 ms through aiosqlite's thread).
 Only ciphertexts are kept, never plaintext, and the cache is bounded (least recently used out).
 
-A write is one transaction, committed before the caller answers: an acknowledged write survives a
-``kill -9`` (SQLite in WAL mode with ``synchronous=FULL`` syncs the log at each commit; PostgreSQL
-commits durably by default). ``write`` takes several puts and deletes at once so that a KV version
-and its metadata change together or not at all.
+A write is committed before the caller answers: an acknowledged write survives a ``kill -9`` (SQLite
+in WAL mode with ``synchronous=FULL`` syncs the log at each commit; PostgreSQL commits durably by
+default). ``write`` takes several puts and deletes at once so that a KV version and its metadata change
+together or not at all.
+
+Writes are group-committed, as a raft log batches entries: the cost of a write is the disk sync of its
+commit, so writers that arrive while a commit is in flight wait for the next one and share it (one
+transaction, one sync). Each writer is answered only after the commit that holds its rows succeeded; a
+failed commit fails every writer in its group and none of their rows is stored or cached. Within a
+group the writers' changes apply in arrival order (the last change to a path wins), which is exactly
+the outcome of committing them one after another.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete, event, select
@@ -25,9 +34,10 @@ from garrison.store.db import dialect_insert
 from garrison.vault.barrier import Keyring
 from garrison.vault.tables import core, entries
 
-__all__ = ["MAX_CACHED", "BarrierStorage", "CoreStorage", "durable"]
+__all__ = ["MAX_CACHED", "MAX_GROUP", "BarrierStorage", "CoreStorage", "StorageError", "durable"]
 
 MAX_CACHED = 50_000  # stored entries whose ciphertext is kept in memory (a few KiB each at most)
+MAX_GROUP = 256  # writers in one commit: bounds a transaction's size when many wait at once
 
 
 def durable(engine: AsyncEngine) -> AsyncEngine:
@@ -68,6 +78,19 @@ class CoreStorage:
                 await connection.execute(statement)
 
 
+class StorageError(Exception):
+    """A write's commit did not happen (it was interrupted)."""
+
+
+@dataclass
+class _Pending:
+    """One writer's rows waiting for a group commit, and the future that answers it."""
+
+    puts: dict[str, bytes]
+    deletes: tuple[str, ...]
+    done: asyncio.Future[None] = field(repr=False)
+
+
 class BarrierStorage:
     """Entries sealed under the keyring; reads of a tampered or moved entry raise BarrierError."""
 
@@ -76,7 +99,9 @@ class BarrierStorage:
         self.keyring = keyring
         self.max_cached = max_cached
         self._cache: OrderedDict[str, bytes] = OrderedDict()  # path -> ciphertext, as stored
-        self._writes = 0  # committed writes so far: a read that overlapped one does not fill the cache
+        self._writes = 0  # commits so far: a read that overlapped one does not fill the cache
+        self._queue: list[_Pending] = []  # writers waiting for the next commit, in arrival order
+        self._committer: asyncio.Task[None] | None = None  # the task committing groups, while any wait
 
     async def get(self, path: str) -> bytes | None:
         blob = self._cache.get(path)
@@ -107,24 +132,73 @@ class BarrierStorage:
         await self.write({}, [path])
 
     async def write(self, puts: Mapping[str, bytes], deletes: Sequence[str] = ()) -> None:
-        """Puts and deletes in one transaction, committed when this returns."""
+        """Puts and deletes in one transaction, committed when this returns (with other writers' rows,
+        when they arrive during a commit: see the module's docstring)."""
         sealed = {path: self.keyring.encrypt(path, value) for path, value in puts.items()}
-        async with self.engine.begin() as connection:
-            insert = dialect_insert(connection.dialect.name)
-            for path, blob in sealed.items():
-                statement = insert(entries).values(path=path, value=blob)
-                statement = statement.on_conflict_do_update(
-                    index_elements=[entries.c.path], set_={"value": blob}
-                )
-                await connection.execute(statement)
-            if deletes:
-                await connection.execute(delete(entries).where(entries.c.path.in_(list(deletes))))
-        # Committed: only now does the cache follow (a failed transaction leaves it as the database is).
+        pending = _Pending(sealed, tuple(deletes), asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
+        if self._committer is None:
+            # A task of its own, not the first writer's: a writer cancelled while waiting (its client
+            # gone) must not take the commit of everyone else's rows with it.
+            self._committer = asyncio.create_task(self._commit_groups())
+        # Shielded: a cancelled writer stops waiting, the group's commit goes on for the others.
+        await asyncio.shield(pending.done)
+
+    async def _commit_groups(self) -> None:
+        group: list[_Pending] = []
+        try:
+            while self._queue:
+                group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+                try:
+                    final = await self._commit(group)
+                except Exception as exc:  # handed to every writer of the group
+                    self._forget(group)
+                    _fail(group, exc)
+                    continue
+                self._writes += 1
+                for path, blob in final.items():
+                    if blob is None:
+                        self._cache.pop(path, None)
+                    else:
+                        self._remember(path, blob)
+                for pending in group:
+                    if not pending.done.done():
+                        pending.done.set_result(None)
+        except BaseException:
+            # Cancelled (the vault shutting down) mid-commit: whatever was in flight is not acknowledged.
+            self._forget(group)
+            _fail([*group, *self._queue], StorageError("the commit was interrupted"))
+            self._queue = []
+            raise
+        finally:
+            self._committer = None
+
+    def _forget(self, group: list[_Pending]) -> None:
+        """After a failed commit whose outcome may be unknown (a lost connection during COMMIT): the
+        group's paths are read from the database again, and reads in flight do not fill the cache."""
         self._writes += 1
-        for path, blob in sealed.items():
-            self._remember(path, blob)
-        for path in deletes:
-            self._cache.pop(path, None)
+        for pending in group:
+            for path in [*pending.puts, *pending.deletes]:
+                self._cache.pop(path, None)
+
+    async def _commit(self, group: list[_Pending]) -> dict[str, bytes | None]:
+        """The group's rows in one transaction; returns each path's final change (None: deleted)."""
+        final: dict[str, bytes | None] = {}  # in arrival order, the last change to a path wins
+        for pending in group:
+            final.update(pending.puts)
+            final.update(dict.fromkeys(pending.deletes))
+        puts = [{"path": path, "value": blob} for path, blob in final.items() if blob is not None]
+        deletes = [path for path, blob in final.items() if blob is None]
+        async with self.engine.begin() as connection:
+            if puts:
+                insert = dialect_insert(connection.dialect.name)(entries)
+                upsert = insert.on_conflict_do_update(
+                    index_elements=[entries.c.path], set_={"value": insert.excluded.value}
+                )
+                await connection.execute(upsert, puts)
+            if deletes:
+                await connection.execute(delete(entries).where(entries.c.path.in_(deletes)))
+        return final
 
     async def list(self, prefix: str) -> list[str]:
         """Every stored path that starts with ``prefix`` (not decrypted), in order."""
@@ -134,3 +208,11 @@ class BarrierStorage:
         async with self.engine.connect() as connection:
             rows = await connection.execute(query.order_by(entries.c.path))
         return [row[0] for row in rows if row[0].startswith(prefix)]
+
+
+def _fail(group: list[_Pending], error: Exception) -> None:
+    for pending in group:
+        if not pending.done.done():
+            pending.done.set_exception(error)
+        if pending.done.done() and not pending.done.cancelled():
+            pending.done.exception()  # marked retrieved: a writer that stopped waiting logs no warning
