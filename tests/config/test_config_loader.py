@@ -558,8 +558,10 @@ def test_check_exits_0_on_the_example() -> None:
     result = check(EXAMPLE)
     assert result.exit_code == 0, result.stderr
     assert "ok" in result.stderr
-    # The demo routes are deliberately open (require: none), and check says so.
-    assert "3 service(s), 3 route(s), 2 warning(s)" in result.stderr  # demo, orders, payments
+    # The demo routes are deliberately open (require: none), the demo's vault is in dev mode, and check
+    # says so.
+    assert "3 service(s), 3 route(s), 3 warning(s)" in result.stderr  # demo, orders, payments
+    assert "vault.dev: dev mode" in result.stderr
 
 
 def test_check_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
