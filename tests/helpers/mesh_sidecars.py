@@ -196,4 +196,8 @@ class SidecarThread:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
+            # As GatewayThread (tests/gateway/test_gateway_mesh.py): TLS connections interrupted by
+            # the drain may owe the loop closing callbacks, and uvloop will not close a loop with
+            # live handles. A bounded grace lets them run.
+            self.loop.run_until_complete(asyncio.sleep(0.2))
             self.loop.close()
