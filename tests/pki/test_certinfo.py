@@ -100,7 +100,10 @@ def test_malformed_input_is_a_value_error() -> None:
         with pytest.raises(ValueError):
             certificate_info(bad)
     with pytest.raises(ValueError, match="no PEM certificate"):
-        leaf_info(b"-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n")
+        key_only = new_key().private_bytes(  # generated here: a PEM file with a key and no certificate
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        leaf_info(key_only)
     with pytest.raises(ValueError, match="base64"):
         leaf_info(b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n")
 
