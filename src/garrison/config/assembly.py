@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
 
+from garrison.config.audit import AuditConfig
 from garrison.config.common import HOSTNAME_RE, ComponentConfig, RedisConfig, RevocationsConfig, Strict
 from garrison.config.gateway import GatewayConfig
 from garrison.config.identity import IdentityConfig
@@ -51,6 +52,11 @@ class GarrisonConfig(Strict):
     )
     vault: VaultConfig | None = Field(
         None, description="The secrets vault (`garrison vault`): Vault's HTTP API, encrypted storage, audit."
+    )
+    audit: AuditConfig | None = Field(
+        None,
+        description="The audit collector (`garrison audit serve`): every component's events, tamper-evident, "
+        "searched, detected on, shipped.",
     )
     store: StoreConfig = Field(
         default_factory=StoreConfig, description="Schema migrations and start-up waits for SQL databases."
