@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from garrison.events.schema import Event
+from garrison.events.schema import Actor, Event
 
-__all__ = ["AfterCommit", "Appender", "LogReader", "LoggedEvent"]
+__all__ = ["AfterCommit", "AlertRaised", "Appender", "LogReader", "LoggedEvent", "Responder"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +40,21 @@ class LogReader(Protocol):
 
 # Append events made by the collector itself; returns them as logged, once durable.
 Appender = Callable[[list[Event]], Awaitable[list[LoggedEvent]]]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRaised:
+    """An alert that detection raised (after deduplication and suppression) and that names responses."""
+
+    alert_id: str  # the id of its `audit.alert` event in the log
+    rule: str
+    severity: str  # low | medium | high | critical
+    actor: Actor  # whom the responses act on
+    responses: tuple[str, ...]  # block_ip | revoke_tokens | quarantine_service | lock_account
+    summary: str
+
+
+class Responder(Protocol):
+    async def respond(self, alert: AlertRaised) -> None:
+        """Run the alert's responses (or, in dry-run mode, say what they would do); never raises.
+        Each action and its expiry is recorded as an `audit.response` event through the Appender."""

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Literal, Self
 
 from pydantic import Field
 
-from garrison.config.audit_detection import DetectionConfig, ResponsesConfig
+from garrison.config.audit_detection import DetectionConfig
+from garrison.config.audit_responses import ResponsesConfig
 from garrison.config.audit_shipping import ShippingConfig
 from garrison.config.common import (
     AdminConfig,

@@ -88,6 +88,9 @@ class Event:
     instance: str = ""
     time: float = field(default_factory=time.time)  # epoch seconds
     id: str = field(default_factory=lambda: new_event_id())
+    # Who delivered it, as the collector authenticated the channel (a SPIFFE ID, or "token:<name>"):
+    # set by the collector only; whatever an emitter puts here is replaced.
+    origin: str | None = None
     version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,7 +104,7 @@ class Event:
             "outcome": self.outcome,
             "actor": self.actor.to_dict(),
         }
-        for name in ("target", "trace_id", "request_id"):
+        for name in ("target", "trace_id", "request_id", "origin"):
             value = getattr(self, name)
             if value is not None:
                 body[name] = value
@@ -152,6 +155,7 @@ class Event:
             instance=_text(body, "instance", optional=True) or "",
             time=_time(body.get("time")),
             id=_text(body, "id"),
+            origin=_text(body, "origin", optional=True),
         )
         if event.component not in COMPONENTS:
             raise EventError(f"component is one of {sorted(COMPONENTS)}")
