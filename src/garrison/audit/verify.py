@@ -91,7 +91,10 @@ def verify_log(
     structural = _structural_problem(scan)
     if structural is not None:
         report.problems.append(structural)
-    report.problems += _checkpoint_problems(report.checkpoints, scan, public_key, report.entries)
+    damaged_from = structural.seq if structural is not None and structural.seq is not None else None
+    report.problems += _checkpoint_problems(
+        report.checkpoints, scan, public_key, report.entries, damaged_from
+    )
     report.problems.sort(key=lambda p: (p.seq is None, p.seq or 0))
     return report
 
@@ -166,8 +169,14 @@ def _classify_gap(seqs: array[int], p: int) -> Problem:
 
 
 def _checkpoint_problems(
-    checkpoints: list[Checkpoint], scan: _Scan, public_key: Ed25519PublicKey, entries: int
+    checkpoints: list[Checkpoint],
+    scan: _Scan,
+    public_key: Ed25519PublicKey,
+    entries: int,
+    damaged_from: int | None,
 ) -> list[Problem]:
+    """Signatures, order, roots at their sizes (a mismatch the damage at ``damaged_from`` already
+    explains is not repeated), and truncation."""
     problems: list[Problem] = []
     bad_signatures = [c for c in checkpoints if not _signed(c, public_key)]
     if bad_signatures:
@@ -192,6 +201,8 @@ def _checkpoint_problems(
         if head is None:
             continue
         if head != (checkpoint.root, checkpoint.chain):
+            if damaged_from is not None and damaged_from < checkpoint.size:
+                break
             problems.append(
                 Problem(
                     "modification",
