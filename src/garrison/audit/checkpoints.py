@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -243,6 +243,14 @@ class Checkpointer:
     def due(self) -> bool:
         latest = self.latest.size if self.latest else 0
         return self._log.head().size > latest and self._clock() - self._last_time >= self.interval
+
+    async def run(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """Until cancelled: a checkpoint at most ``interval`` after entries arrived (the collector
+        runs this as a task, so a burst followed by silence is still covered; cancel, then call
+        ``checkpoint`` at close)."""
+        while True:
+            await sleep(max(self.interval - (self._clock() - self._last_time), 0.05))
+            await self.maybe_checkpoint()
 
     async def maybe_checkpoint(self) -> Checkpoint | None:
         """A new checkpoint if entries arrived and ``interval`` passed since the last one."""
