@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import pytest
 
-from garrison.audit.log import EventLog, LogClosed, LogDamaged
+from garrison.audit.log import EventLog, LogClosed, LogDamaged, LogError
 from garrison.audit.merkle import leaf_hash, mth
 from garrison.audit.segments import CHAIN_GENESIS, chain_next, list_segments
 from garrison.audit.tailstate import SNAPSHOT_FILE
@@ -208,3 +208,31 @@ def test_a_damaged_complete_last_line_is_tampering_not_a_torn_write(tmp_path: Pa
     path.write_bytes(data[:-2] + b"X\n")
     with pytest.raises(LogDamaged, match="seq 2"):
         run(lambda: EventLog.open(tmp_path))
+
+
+def test_a_failed_write_fails_its_callers_and_stops_appends_until_reopened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import garrison.audit.log as log_module
+
+    async def main() -> None:
+        log = await EventLog.open(tmp_path)
+        await log.append([event(0)])
+
+        def broken_fsync(fd: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(log_module.os, "fsync", broken_fsync)
+        results = await asyncio.gather(log.append([event(1)]), log.append([event(2)]), return_exceptions=True)
+        assert all(isinstance(r, LogError) for r in results), results
+        monkeypatch.undo()
+        with pytest.raises(LogError, match="takes no appends"):
+            await log.append([event(3)])
+        assert log.size() == 1  # never acknowledged, never counted
+        await log.close()
+        reopened = await EventLog.open(tmp_path)  # the written (unacknowledged) lines are whole
+        assert reopened.size() in (1, 2, 3)
+        await reopened.append([event(4)])
+        await reopened.close()
+
+    run(main)

@@ -229,3 +229,15 @@ def test_a_long_log_shows_progress(written: WrittenLog, monkeypatch: pytest.Monk
     assert report.ok and sum(advanced) == written.segment().stat().st_size
     code, output = cli(written, "verify")
     assert code == 0 and "intact: 40 entries" in output
+
+
+def test_unusable_input_exits_2(written: WrittenLog, tmp_path: Path) -> None:
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    result = runner.invoke(app, ["verify", "--log-dir", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "no audit log" in result.output
+    bad_key = tmp_path / "bad.pub"
+    bad_key.write_text("not a key")
+    result = runner.invoke(app, ["verify", "--log-dir", str(written.directory), "--public-key", str(bad_key)])
+    assert result.exit_code == 2 and "not a PEM public key" in result.output
