@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -154,8 +155,11 @@ def test_reopening_resumes_from_the_tail_snapshot_and_checks_the_lines_after_it(
         log = await EventLog.open(tmp_path, index_every=4, snapshot_every=10)
         lines = [e.line for e in await log.append([event(i) for i in range(12)])]
         lines += [e.line for e in await log.append([event(i) for i in range(12, 15)])]
-        # no close: as after kill -9, the snapshot (taken at 12) is behind the log (15)
+        # no close: as after kill -9, the snapshot (taken at 12) is behind the log (15); the
+        # kernel would close the files of a killed process
         assert json.loads((tmp_path / SNAPSHOT_FILE).read_bytes())["size"] == 12
+        os.close(log._fd)
+        os.close(log._lock)
         return lines
 
     lines = run(write)
@@ -234,5 +238,17 @@ def test_a_failed_write_fails_its_callers_and_stops_appends_until_reopened(
         assert reopened.size() in (1, 2, 3)
         await reopened.append([event(4)])
         await reopened.close()
+
+    run(main)
+
+
+def test_one_writer_per_log(tmp_path: Path) -> None:
+    async def main() -> None:
+        log = await EventLog.open(tmp_path)
+        with pytest.raises(LogError, match="another process has the audit log"):
+            await EventLog.open(tmp_path)
+        await log.close()
+        again = await EventLog.open(tmp_path)  # released at close
+        await again.close()
 
     run(main)

@@ -125,7 +125,10 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return _read_key(path)
+        key = _read_key(path)
+        if not path.with_suffix(".pub").exists():  # a crash between the two writes
+            _write_public(path, key)
+        return key
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -134,11 +137,17 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
         handle.write(pem)
         handle.flush()
         os.fsync(handle.fileno())
+    _write_public(path, key)
+    return key
+
+
+def _write_public(path: Path, key: Ed25519PrivateKey) -> None:
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    path.with_suffix(".pub").write_bytes(public)
-    return key
+    temporary = path.with_suffix(".pub.tmp")
+    temporary.write_bytes(public)
+    os.replace(temporary, path.with_suffix(".pub"))
 
 
 def _read_key(path: Path) -> Ed25519PrivateKey:
@@ -275,9 +284,16 @@ class Checkpointer:
 
 def _append_durably(path: Path, checkpoint: Checkpoint) -> None:
     line = json.dumps(checkpoint.to_dict(), separators=(",", ":")).encode() + b"\n"
+    created = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
         os.fsync(fd)
     finally:
         os.close(fd)
+    if created:  # the file's name is durable too
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)

@@ -19,6 +19,7 @@ the log refusing appends until it is reopened (fail closed).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = ["EventLog", "LogClosed", "LogDamaged", "LogError", "LogHead"]
 
 SEGMENT_BYTES: Final = 64 * 1024 * 1024
 INDEX_EVERY: Final = 1024
+LOCK_FILE: Final = ".lock"
 SNAPSHOT_EVERY: Final = 100_000  # entries between tail snapshots: the most a restart replays
 
 
@@ -82,6 +84,7 @@ class EventLog:
         self._writer: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
         self._closed = False
+        self._lock = -1  # the directory's lock file, held while open
 
     @classmethod
     async def open(
@@ -95,8 +98,15 @@ class EventLog:
         """Open (or create) the log in ``directory``, recovering from a crash; ``LogDamaged`` if
         a line other than a torn last one is damaged. ``snapshot_every=0``: no tail snapshots (every
         open replays, and so checks, every line)."""
-        tail = await asyncio.to_thread(recover, directory, index_every, snapshot_every > 0)
-        return cls(directory, tail, segment_bytes, index_every, snapshot_every)
+        lock = await asyncio.to_thread(_lock, directory)
+        try:
+            tail = await asyncio.to_thread(recover, directory, index_every, snapshot_every > 0)
+            log = cls(directory, tail, segment_bytes, index_every, snapshot_every)
+        except BaseException:
+            os.close(lock)
+            raise
+        log._lock = lock
+        return log
 
     def size(self) -> int:
         """Entries committed (durable) so far."""
@@ -220,6 +230,24 @@ class EventLog:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._lock >= 0:
+            os.close(self._lock)  # releases the flock
+            self._lock = -1
+
+
+def _lock(directory: Path) -> int:
+    """Hold an exclusive flock on ``directory/.lock``: two writers would interleave lines and fork the
+    chain, so a second process (an old collector still draining) is refused."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LogError(
+            f"another process has the audit log in {directory} open (one writer per log)"
+        ) from None
+    return fd
 
 
 def _write_all(fd: int, data: bytes) -> None:
