@@ -56,7 +56,7 @@ class Harness:
         async def run() -> None:
             for i in range(0, len(events), batch):
                 await self.detector.committed([self._logged(e) for e in events[i : i + batch]])
-            await self.detector.close()
+            await self.detector.settle()
 
         asyncio.run(run())
         return self.alerts[before:]
@@ -69,26 +69,65 @@ class Harness:
 def ev(kind: str, at: float, outcome: str = "success", component: str = "identity", **fields: Any) -> Event:
     actor = Actor(**{k: fields.pop(k) for k in ("subject", "client", "service", "ip") if k in fields})
     target = fields.pop("target", None)
-    return Event(component=component, type=kind, outcome=outcome, actor=actor, target=target, details=fields, time=at)  # type: ignore[arg-type]
+    return Event(
+        component=component, type=kind, outcome=outcome, actor=actor, target=target, details=fields, time=at
+    )  # type: ignore[arg-type]
 
 
-def request(at: float, ip: str, path: str, status: int = 200, query: str = "", agent: str = "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0", method: str = "GET") -> Event:
+def request(
+    at: float,
+    ip: str,
+    path: str,
+    status: int = 200,
+    query: str = "",
+    agent: str = "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0",
+    method: str = "GET",
+) -> Event:
     return ev(
-        "http.request", at, "success" if status < 400 else "denied", component="gateway", ip=ip,
-        method=method, path=path, query=query, status=status, user_agent=agent, host="shop.example",
-        bytes_out=512, duration_ms=3.1, route="api",
+        "http.request",
+        at,
+        "success" if status < 400 else "denied",
+        component="gateway",
+        ip=ip,
+        method=method,
+        path=path,
+        query=query,
+        status=status,
+        user_agent=agent,
+        host="shop.example",
+        bytes_out=512,
+        duration_ms=3.1,
+        route="api",
     )
 
 
 BENIGN_PATHS = [
-    "/api/orders", "/api/orders/{n}", "/api/products", "/api/products/{n}/reviews", "/static/app.{n}.js",
-    "/health", "/api/users/me", "/api/search", "/favicon.ico", "/api/cart/items/{n}",
+    "/api/orders",
+    "/api/orders/{n}",
+    "/api/products",
+    "/api/products/{n}/reviews",
+    "/static/app.{n}.js",
+    "/health",
+    "/api/users/me",
+    "/api/search",
+    "/favicon.ico",
+    "/api/cart/items/{n}",
 ]
-BENIGN_QUERIES = ["", "", "page={n}&size=20", "q=blue+shoes", "sort=price&order=asc", "q=select+a+gift", "from=2026-12-01"]
+BENIGN_QUERIES = [
+    "",
+    "",
+    "page={n}&size=20",
+    "q=blue+shoes",
+    "sort=price&order=asc",
+    "q=select+a+gift",
+    "from=2026-12-01",
+]
 AGENTS = [
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0",
     "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
-    "okhttp/4.12.0", "python-httpx/0.28.1", "Go-http-client/2.0",
+    "okhttp/4.12.0",
+    "python-httpx/0.28.1",
+    "Go-http-client/2.0",
 ]
 
 
@@ -108,14 +147,32 @@ def benign_traffic(n: int, start: float = T0, seed: int = 7) -> list[Event]:
             events.append(request(at, ip, path, status, query, rng.choice(AGENTS)))
         elif roll < 0.86:
             ok = rng.random() < 0.95
-            events.append(ev("auth.login", at, "success" if ok else "failure", subject=f"user{rng.randrange(500)}", ip=ip))
+            events.append(
+                ev(
+                    "auth.login",
+                    at,
+                    "success" if ok else "failure",
+                    subject=f"user{rng.randrange(500)}",
+                    ip=ip,
+                )
+            )
         elif roll < 0.88:
             events.append(ev("auth.mfa", at, "success", subject=f"user{rng.randrange(500)}", ip=ip))
         elif roll < 0.92:
             events.append(ev("token.refresh", at, subject=f"user{rng.randrange(500)}", client="web"))
         elif roll < 0.96:
-            caller, callee = rng.choice([("spiffe://shop/orders", "payments"), ("spiffe://shop/web", "orders")])
+            caller, callee = rng.choice(
+                [("spiffe://shop/orders", "payments"), ("spiffe://shop/web", "orders")]
+            )
             events.append(ev("mesh.edge", at, component="mesh", service=caller, target=callee))
         else:
-            events.append(ev("secret.read", at, component="vault", service="spiffe://shop/orders", target="kv/orders/db"))
+            events.append(
+                ev(
+                    "secret.read",
+                    at,
+                    component="vault",
+                    service="spiffe://shop/orders",
+                    target="kv/orders/db",
+                )
+            )
     return events

@@ -41,17 +41,27 @@ class RuleConfig(Strict):
 
     enabled: bool | None = Field(None, description="Run the rule.")
     threshold: int | None = Field(
-        None, ge=1, le=100_000, description="Events (or distinct accounts) within `window` that raise an alert."
+        None,
+        ge=1,
+        le=100_000,
+        description="Events (or distinct accounts) within `window` that raise an alert.",
     )
     window: Duration | None = Field(
-        None, gt=0, le=86400, description="The sliding window; also how long an alert deduplicates its repeats."
+        None,
+        gt=0,
+        le=86400,
+        description="The sliding window; also how long an alert deduplicates its repeats.",
     )
     severity: Severity | None = Field(None, description="low, medium, high or critical.")
     responses: list[Response] | None = Field(
-        None, description="Responses the alert names: block_ip, revoke_tokens, quarantine_service, lock_account."
+        None,
+        description="Responses the alert names: block_ip, revoke_tokens, quarantine_service, lock_account.",
     )
     rate_limit: int | None = Field(
-        None, ge=1, le=100_000, description="Most alerts of this rule per minute; more are counted, not raised."
+        None,
+        ge=1,
+        le=100_000,
+        description="Most alerts of this rule per minute; more are counted, not raised.",
     )
 
 

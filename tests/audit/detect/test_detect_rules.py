@@ -74,11 +74,21 @@ def test_lateral_movement_and_secret_reads_outside_policy() -> None:
     alerts = _fired(denied, "lateral_movement")
     assert len(alerts) == 1 and alerts[0].details["responses"] == ["quarantine_service"]
     secrets = [
-        ev("secret.read", T0 + i, "denied", component="vault", service="spiffe://shop/web", target="kv/payments")
+        ev(
+            "secret.read",
+            T0 + i,
+            "denied",
+            component="vault",
+            service="spiffe://shop/web",
+            target="kv/payments",
+        )
         for i in range(3)
     ]
     assert len(_fired(secrets, "secret_denied")) == 1
-    allowed = [ev("secret.read", T0 + i, component="vault", service="spiffe://shop/web", target="kv/web") for i in range(9)]
+    allowed = [
+        ev("secret.read", T0 + i, component="vault", service="spiffe://shop/web", target="kv/web")
+        for i in range(9)
+    ]
     assert _fired(allowed, "secret_denied") == []
 
 
@@ -94,6 +104,11 @@ def test_threshold_window_severity_and_responses_are_configurable() -> None:
 
 def test_key_sets_are_bounded() -> None:
     h = Harness(max_keys=100)
-    h.feed([ev("auth.login", T0 + i * 0.001, "failure", subject=f"u{i}", ip=f"10.0.{i // 250}.{i % 250}") for i in range(5000)])
+    h.feed(
+        [
+            ev("auth.login", T0 + i * 0.001, "failure", subject=f"u{i}", ip=f"10.0.{i // 250}.{i % 250}")
+            for i in range(5000)
+        ]
+    )
     for rule in h.detector.rules:
         assert len(rule.window) <= 100

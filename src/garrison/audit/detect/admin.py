@@ -39,7 +39,9 @@ def suppressions_api(
         if until is not None:
             details["until"] = until
             details["reason"] = params.get("reason", "")[:200]
-        await appender([Event(component="audit", type="audit.suppression", target=str(details["rule"]), details=details)])
+        await appender(
+            [Event(component="audit", type="audit.suppression", target=str(details["rule"]), details=details)]
+        )
 
     async def handle(request: SimpleRequest) -> SimpleResponse:
         method = request.method

@@ -167,7 +167,10 @@ def build_rules(
         CorrelationRule(s["scanning"], ("http.request",), _scan, max_keys),
         CorrelationRule(s["lateral_movement"], ("mesh.call",), _denied_service, max_keys),
         CorrelationRule(
-            s["secret_denied"], ("secret.read", "secret.write", "secret.delete", "secret.list"), _denied_caller, max_keys
+            s["secret_denied"],
+            ("secret.read", "secret.write", "secret.delete", "secret.list"),
+            _denied_caller,
+            max_keys,
         ),
         NewEdgeRule(s["new_service_edge"], baseline),
     ]

@@ -60,7 +60,9 @@ class Detector:
             state_dir / "suppressions.json" if state_dir else None, config.max_suppressions, now
         )
         self.baseline = Baseline(
-            state_dir / "baseline.json" if state_dir else None, config.baseline_learning, config.max_baseline_edges
+            state_dir / "baseline.json" if state_dir else None,
+            config.baseline_learning,
+            config.max_baseline_edges,
         )
         self.gate = AlertGate(self.suppressions, self.counters)
         settings = {name: settings_for(config, name) for name in DEFAULTS}
@@ -134,7 +136,9 @@ class Detector:
                 event = entry.event
                 actor = Actor(ip=event.actor.ip) if event.actor.ip else event.actor
                 target = str(row[2] or "")[:200]
-                summary = f"{settings.description}: {row[0] or '-'} {target} from {event.actor.ip or 'unknown'}"
+                summary = (
+                    f"{settings.description}: {row[0] or '-'} {target} from {event.actor.ip or 'unknown'}"
+                )
                 hits.append(Hit(settings, actor, [entry], summary))
         return hits
 
@@ -148,10 +152,14 @@ class Detector:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def close(self) -> None:
-        """Wait for responses in flight; save the baseline."""
+    async def settle(self) -> None:
+        """Wait for the responses in flight."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Wait for responses in flight, save the baseline, release the Sigma matcher."""
+        await self.settle()
         self.baseline.save()
         if self.sigma is not None:
             self.sigma.close()
@@ -168,7 +176,9 @@ def _sigma(config: DetectionConfig, config_dir: Path) -> tuple[SigmaMatcher | No
     named = {f"sigma:{r.id}" for r, _ in rules}
     unknown = [k for k in config.rules if k.startswith("sigma:") and k not in named]
     if unknown:
-        raise SigmaSetupError(f"audit.detection.rules names Sigma rules that are not loaded: {', '.join(unknown)}")
+        raise SigmaSetupError(
+            f"audit.detection.rules names Sigma rules that are not loaded: {', '.join(unknown)}"
+        )
     kept, settings = [], []
     for rule, source in rules:
         name = f"sigma:{rule.id}"

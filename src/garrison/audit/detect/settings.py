@@ -24,7 +24,9 @@ class RuleSettings:
     description: str = ""
 
 
-def _rule(name: str, threshold: int, window: float, severity: str, responses: tuple[str, ...], what: str) -> RuleSettings:
+def _rule(
+    name: str, threshold: int, window: float, severity: str, responses: tuple[str, ...], what: str
+) -> RuleSettings:
     return RuleSettings(name, True, threshold, window, severity, responses, 60, what)
 
 
@@ -33,7 +35,9 @@ DEFAULTS: dict[str, RuleSettings] = {
     for r in (
         _rule("brute_force_account", 10, 300, "medium", ("lock_account",), "failed sign-ins to one account"),
         _rule("brute_force_ip", 20, 300, "high", ("block_ip",), "failed sign-ins from one address"),
-        _rule("credential_stuffing", 5, 600, "high", ("block_ip",), "distinct accounts failing from one address"),
+        _rule(
+            "credential_stuffing", 5, 600, "high", ("block_ip",), "distinct accounts failing from one address"
+        ),
         _rule("mfa_failures", 5, 600, "high", ("lock_account",), "failed second factors for one account"),
         _rule("token_reuse", 1, 600, "high", ("revoke_tokens",), "a spent refresh token presented again"),
         _rule("revoked_token_use", 1, 600, "medium", (), "a revoked token presented"),

@@ -57,7 +57,9 @@ class Suppressions:
                 entry = Suppression(**row)
                 self._entries[(entry.rule, entry.actor)] = entry
         except (OSError, ValueError, TypeError) as exc:
-            raise ValueError(f"{path} is unreadable ({exc}); move it away to start without suppressions") from None
+            raise ValueError(
+                f"{path} is unreadable ({exc}); move it away to start without suppressions"
+            ) from None
 
     def entries(self) -> list[Suppression]:
         self._expire()
@@ -73,7 +75,9 @@ class Suppressions:
         """Suppress (or renew); ValueError for bad input, SuppressionsFull beyond the cap."""
         rule, actor = rule or ANY, actor or ANY
         if rule == ANY and actor == ANY:
-            raise ValueError("name a `rule`, an `actor`, or both: suppressing everything is switching detection off")
+            raise ValueError(
+                "name a `rule`, an `actor`, or both: suppressing everything is switching detection off"
+            )
         if not 0 < seconds <= MAX_SECONDS:
             raise ValueError(f"`for` must be positive and at most {MAX_SECONDS / 86400:g} days")
         if actor != ANY and actor.partition(":")[0] not in ("ip", "subject", "client", "service"):
