@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
@@ -29,6 +30,9 @@ from garrison.audit.detect.webfields import web_fields
 from garrison.audit.pipeline import AlertRaised, Appender, LoggedEvent, Responder
 from garrison.config.audit_detection import DetectionConfig
 from garrison.events.schema import Actor, Event
+
+if TYPE_CHECKING:
+    from garrison.config.assembly import GarrisonConfig
 
 __all__ = ["Detector"]
 
@@ -76,6 +80,19 @@ class Detector:
         self.metrics = DetectionMetrics(self.counters)
         if registry is not None:
             registry.register(self.metrics)
+
+    @classmethod
+    def for_config(
+        cls,
+        config: GarrisonConfig,
+        appender: Appender,
+        responder: Responder | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> Detector:
+        """The collector's detector: ``audit.detection``, state in ``state_dir/audit``. Raises
+        SigmaSetupError (a ValueError naming the file) for a Sigma rule that cannot be loaded."""
+        assert config.audit is not None
+        return cls(config.audit.detection, appender, responder, config.state_dir / "audit", registry=registry)
 
     async def committed(self, entries: Sequence[LoggedEvent]) -> None:
         if not self.enabled:
