@@ -68,7 +68,8 @@ def collector(tmp_path: Path) -> Iterator[tuple[Collector, Path]]:
     c = Collector(tmp_path)
     config = tmp_path / "garrison.yaml"
     config.write_text(
-        f"state_dir: {tmp_path}\naudit:\n  admin: {{listen: '{c.listener.address}', token_file: admin.token}}\n"
+        f"state_dir: {tmp_path}\naudit:\n"
+        f"  admin: {{listen: '{c.listener.address}', token_file: admin.token}}\n"
     )
     yield c, config
     c.close()

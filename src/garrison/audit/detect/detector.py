@@ -77,6 +77,7 @@ class Detector:
                 self._routes.setdefault(kind, []).append(rule)
         self.sigma, self.sigma_settings = _sigma(config, config_dir or Path.cwd())
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sigma_lock = asyncio.Lock()
         self.metrics = DetectionMetrics(self.counters)
         if registry is not None:
             registry.register(self.metrics)
@@ -103,7 +104,9 @@ class Detector:
             log.exception("detection failed on a batch of %d events", len(entries))
 
     async def _committed(self, entries: Sequence[LoggedEvent]) -> None:
-        hits = self._hits(entries)
+        hits, web = self._hits(entries)
+        if web:
+            hits.extend(await self._sigma_hits(web))
         self.baseline.save()
         if not hits:
             return
@@ -121,7 +124,8 @@ class Detector:
         for alert in raised:
             self._respond(alert)
 
-    def _hits(self, entries: Sequence[LoggedEvent]) -> list[Hit]:
+    def _hits(self, entries: Sequence[LoggedEvent]) -> tuple[list[Hit], list[LoggedEvent]]:
+        """The correlation rules' hits, and the gateway requests for the Sigma matcher."""
         hits: list[Hit] = []
         routes = self._routes
         web: list[LoggedEvent] = []
@@ -139,15 +143,17 @@ class Detector:
                         hits.append(hit)
             if sigma and kind == "http.request":
                 web.append(entry)
-        if web:
-            hits.extend(self._sigma_hits(web))
-        return hits
+        return hits, web
 
-    def _sigma_hits(self, web: list[LoggedEvent]) -> list[Hit]:
+    async def _sigma_hits(self, web: list[LoggedEvent]) -> list[Hit]:
+        """Sigma verdicts for a batch's requests. SQLite runs in a worker thread: it releases the GIL
+        while it evaluates, so the collector's loop keeps taking in events meanwhile."""
         assert self.sigma is not None
         rows = [web_fields(entry.event) for entry in web]
+        async with self._sigma_lock:
+            verdicts = await asyncio.to_thread(self.sigma.evaluate, rows)
         hits: list[Hit] = []
-        for entry, row, verdict in zip(web, rows, self.sigma.evaluate(rows), strict=True):
+        for entry, row, verdict in zip(web, rows, verdicts, strict=True):
             for index in verdict:
                 settings = self.sigma_settings[index]
                 event = entry.event
