@@ -112,3 +112,9 @@ def test_key_sets_are_bounded() -> None:
     )
     for rule in h.detector.rules:
         assert len(rule.window) <= 100
+
+
+def test_detection_switched_off_raises_nothing() -> None:
+    h = Harness(enabled=False)
+    assert h.detector.sigma is None
+    assert h.feed([ev("token.reuse", T0, "denied", subject="x")]) == []

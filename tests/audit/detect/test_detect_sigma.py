@@ -102,3 +102,18 @@ def test_bad_rules_are_refused_with_the_file_named(tmp_path: Path) -> None:
         Harness(sigma_dirs=[str(tmp_path)])
     with pytest.raises(SigmaSetupError, match="not loaded"):
         Harness(rules={"sigma:does-not-exist": {"enabled": False}})
+
+
+def test_the_shipped_rules_and_their_licence_are_package_data() -> None:
+    import fnmatch
+    import tomllib
+
+    from garrison.audit.detect.sigma import BUILTIN_RULES
+
+    root = Path(__file__).resolve().parents[3]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "garrison"
+    ]
+    shipped = sorted(p.relative_to(BUILTIN_RULES.parents[2]).as_posix() for p in BUILTIN_RULES.iterdir())
+    assert "audit/detect/sigma_rules/LICENSE.Detection.Rules.md" in shipped
+    assert [p for p in shipped if not any(fnmatch.fnmatch(p, g) for g in globs)] == []

@@ -75,7 +75,10 @@ class Detector:
         for rule in self.rules:
             for kind in rule.types:
                 self._routes.setdefault(kind, []).append(rule)
-        self.sigma, self.sigma_settings = _sigma(config, config_dir or Path.cwd())
+        self.sigma: SigmaMatcher | None = None
+        self.sigma_settings: list[RuleSettings] = []
+        if config.enabled:
+            self.sigma, self.sigma_settings = _sigma(config, config_dir or Path.cwd())
         self._tasks: set[asyncio.Task[None]] = set()
         self._sigma_lock = asyncio.Lock()
         self.metrics = DetectionMetrics(self.counters)
