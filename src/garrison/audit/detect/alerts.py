@@ -2,7 +2,8 @@
 
 - **Deduplicated**: while an alert for (rule, actor) is open (for the rule's window of event time
   after it was raised), further hits are counted in that alert's tally and in
-  ``garrison_audit_alerts_suppressed_total{reason="duplicate"}``; no new alert.
+  ``garrison_audit_alerts_suppressed_total{reason="duplicate"}``; no new alert. The next alert for
+  the same rule and actor reports the tally as ``previous_repeats``.
 - **Rate-limited**: at most ``rate_limit`` alerts per rule per minute of event time; beyond that,
   ``reason="rate"``. A flood of distinct attackers cannot flood the log or the responders.
 - **Suppressible**: an operator's suppression (suppressions.py) drops the alert, ``reason="suppressed"``.
@@ -80,7 +81,7 @@ class AlertGate:
             self.counters.suppress(rule, "rate")
             return None
         self._minute[rule] = (this_minute, used + 1)
-        event = self._event(hit, actor, raised_at)
+        event = self._event(hit, actor, raised_at, current.count - 1 if current else 0)
         self._open[key] = _Open(event.id, now + hit.settings.window, 1)
         self._open.move_to_end(key)
         while len(self._open) > MAX_OPEN:
@@ -98,7 +99,7 @@ class AlertGate:
         return current.count - 1 if current else 0
 
     @staticmethod
-    def _event(hit: Hit, actor: str, raised_at: float) -> Event:
+    def _event(hit: Hit, actor: str, raised_at: float, repeats: int) -> Event:
         s = hit.settings
         entries = hit.entries
         details: dict[str, object] = {
@@ -113,6 +114,7 @@ class AlertGate:
             "first_seq": entries[0].seq,
             "last_seq": entries[-1].seq,
             "events": _inline(entries),
+            "previous_repeats": repeats,  # hits folded into the previous alert for this rule and actor
         }
         return Event(
             component="audit",

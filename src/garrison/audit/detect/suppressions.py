@@ -80,6 +80,8 @@ class Suppressions:
             )
         if not 0 < seconds <= MAX_SECONDS:
             raise ValueError(f"`for` must be positive and at most {MAX_SECONDS / 86400:g} days")
+        if len(rule) > 200 or len(actor) > 1100:
+            raise ValueError("`rule` is at most 200 characters, `actor` at most 1100")
         if actor != ANY and actor.partition(":")[0] not in ("ip", "subject", "client", "service"):
             raise ValueError("`actor` is ip:ADDRESS, subject:NAME, client:ID or service:NAME")
         self._expire()
