@@ -93,8 +93,11 @@ class AuditConfig(ComponentConfig):
         return self.model_copy(update={"url": f"https://{host}:{port}"})
 
     def with_paths_resolved(self, resolve: Callable[[str], str]) -> Self:
-        """Admin token file, relative to the config file's directory."""
-        if self.admin.token_file is None:
-            return self
-        admin = self.admin.model_copy(update={"token_file": resolve(self.admin.token_file)})
-        return self.model_copy(update={"admin": admin})
+        """Admin token file and Sigma rule directories, relative to the config file's directory."""
+        updates: dict[str, object] = {}
+        if self.admin.token_file is not None:
+            updates["admin"] = self.admin.model_copy(update={"token_file": resolve(self.admin.token_file)})
+        if self.detection.sigma_dirs:
+            dirs = [resolve(d) for d in self.detection.sigma_dirs]
+            updates["detection"] = self.detection.model_copy(update={"sigma_dirs": dirs})
+        return self.model_copy(update=updates) if updates else self

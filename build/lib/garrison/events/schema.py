@@ -1,0 +1,200 @@
+"""The audit event schema, version 1: one shape for every component (docs/audit.md lists the types).
+
+An event is what happened (``type``, ``outcome``), who did it (``actor``: a subject, an OAuth
+client, a service, an IP address; any of them may be unknown), to what (``target``), where
+(``component``, ``instance``), when (``time``), and how to join it to the rest of the request
+(``trace_id``, ``request_id``). ``details`` holds the type's own fields, flat and JSON-typed.
+
+Secrets never enter an event: a component passes tokens, passwords and secret values through
+``token_hint`` (a short keyed fingerprint, never the token) or drops them before ``Event`` is built.
+``id`` is drawn by the emitter and is unique per event: the collector keeps the first copy of an id,
+so an event that is sent again after a lost acknowledgement is logged once.
+
+The wire form is one JSON object per line (``to_json``/``from_json``); ``from_json`` is the
+collector's only way in, so it checks every field's type and bounds every size an emitter controls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+__all__ = [
+    "OUTCOMES",
+    "SCHEMA_VERSION",
+    "Actor",
+    "Event",
+    "EventError",
+    "new_event_id",
+    "rfc3339",
+    "token_hint",
+]
+
+SCHEMA_VERSION: Final = 1
+Outcome = Literal["success", "failure", "denied", "error", "unknown"]
+OUTCOMES: Final = frozenset({"success", "failure", "denied", "error", "unknown"})
+COMPONENTS: Final = frozenset({"gateway", "identity", "mesh", "ca", "vault", "audit"})
+
+MAX_TEXT = 1024  # any one text field
+MAX_DETAILS = 32  # keys in details
+MAX_LINE = 16 * 1024  # one event on the wire
+_TYPE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._")
+
+
+class EventError(ValueError):
+    """An event that does not follow the schema (the message says which field and why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who acted. ``subject`` is a user (or the username tried); ``client`` an OAuth client id;
+    ``service`` a workload (SPIFFE ID or service name); ``ip`` the client address as the component
+    resolved it (after trusted proxies)."""
+
+    subject: str | None = None
+    client: str | None = None
+    service: str | None = None
+    ip: str | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            k: v
+            for k, v in (
+                ("subject", self.subject),
+                ("client", self.client),
+                ("service", self.service),
+                ("ip", self.ip),
+            )
+            if v is not None
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    component: str
+    type: str  # dotted, lower case: "auth.login", "http.request", "mesh.call" (docs/audit.md)
+    outcome: Outcome = "success"
+    actor: Actor = field(default_factory=Actor)
+    target: str | None = None
+    trace_id: str | None = None
+    request_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    instance: str = ""
+    time: float = field(default_factory=time.time)  # epoch seconds
+    id: str = field(default_factory=lambda: new_event_id())
+    # Who delivered it, as the collector authenticated the channel (a SPIFFE ID, or "token:<name>"):
+    # set by the collector only; whatever an emitter puts here is replaced.
+    origin: str | None = None
+    version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "v": self.version,
+            "id": self.id,
+            "time": rfc3339(self.time),
+            "component": self.component,
+            "instance": self.instance,
+            "type": self.type,
+            "outcome": self.outcome,
+            "actor": self.actor.to_dict(),
+        }
+        for name in ("target", "trace_id", "request_id", "origin"):
+            value = getattr(self, name)
+            if value is not None:
+                body[name] = value
+        if self.details:
+            body["details"] = self.details
+        return body
+
+    def to_json(self) -> bytes:
+        """One line, without its newline; keys in a fixed order, no spaces."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, line: bytes) -> Event:
+        if len(line) > MAX_LINE:
+            raise EventError(f"an event is at most {MAX_LINE} bytes")
+        try:
+            body = json.loads(line)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise EventError(f"not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise EventError("an event is a JSON object")
+        return cls.from_dict(body)
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> Event:
+        if body.get("v") != SCHEMA_VERSION:
+            raise EventError(
+                f"unknown schema version {body.get('v')!r} (this collector reads {SCHEMA_VERSION})"
+            )
+        actor = body.get("actor", {})
+        if not isinstance(actor, dict) or set(actor) - {"subject", "client", "service", "ip"}:
+            raise EventError("actor is an object of subject, client, service, ip")
+        details = body.get("details", {})
+        if not isinstance(details, dict) or len(details) > MAX_DETAILS:
+            raise EventError(f"details is an object of at most {MAX_DETAILS} keys")
+        outcome = body.get("outcome")
+        if outcome not in OUTCOMES:
+            raise EventError(f"outcome is one of {sorted(OUTCOMES)}")
+        event = cls(
+            component=_text(body, "component"),
+            type=_text(body, "type"),
+            outcome=outcome,
+            actor=Actor(**{k: _text(actor, k) for k in actor}),
+            target=_text(body, "target", optional=True),
+            trace_id=_text(body, "trace_id", optional=True),
+            request_id=_text(body, "request_id", optional=True),
+            details=details,
+            instance=_text(body, "instance", optional=True) or "",
+            time=_time(body.get("time")),
+            id=_text(body, "id"),
+            origin=_text(body, "origin", optional=True),
+        )
+        if event.component not in COMPONENTS:
+            raise EventError(f"component is one of {sorted(COMPONENTS)}")
+        if not event.type or not set(event.type) <= _TYPE_CHARS:
+            raise EventError("type is dotted lower-case words, such as auth.login")
+        return event
+
+
+def _text(body: dict[str, Any], name: str, optional: bool = False) -> Any:
+    value = body.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise EventError(f"{name} is text of at most {MAX_TEXT} characters")
+    return value
+
+
+def _time(value: Any) -> float:
+    if not isinstance(value, str):
+        raise EventError("time is an RFC 3339 UTC time such as 2026-12-07T10:00:00.000000Z")
+    try:
+        parsed = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        raise EventError("time is an RFC 3339 UTC time such as 2026-12-07T10:00:00.000000Z") from None
+    return parsed.timestamp()
+
+
+def rfc3339(epoch: float) -> str:
+    """``2026-12-07T10:00:00.123456Z``: microseconds, UTC, the only form ``from_json`` reads."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_event_id() -> str:
+    """128 random bits as 32 hex digits."""
+    return os.urandom(16).hex()
+
+
+def token_hint(key: bytes, token: str | bytes) -> str:
+    """A fingerprint that joins events about one token without carrying it: the first 16 hex digits
+    of HMAC-SHA256 under the component's key. Equal tokens give equal hints under one key."""
+    data = token.encode() if isinstance(token, str) else token
+    return "hmac:" + hmac.new(key, data, hashlib.sha256).hexdigest()[:16]

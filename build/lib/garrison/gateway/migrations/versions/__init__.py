@@ -1,0 +1,1 @@
+"""Revision scripts (a package only so that they are installed with Garrison)."""
