@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import ssl
 from collections.abc import Generator
 from pathlib import Path
@@ -24,6 +25,7 @@ from garrison.config.loader import LoadedConfig
 from garrison.config.model import GarrisonConfig
 from garrison.core.runner import ReloadUnsupported, StartFailed, run_component
 from garrison.core.sockets import address_of, bind_socket
+from garrison.events.emitter import Emitter, NullEmitter, emitter_for
 from garrison.identity.admin import start_identity_admin
 from garrison.identity.service import Provider, open_provider
 from garrison.pki.tls import CaIssuer, resolve_certificate, server_context
@@ -67,6 +69,7 @@ class IdentityComponent:
         self.server: _Uvicorn | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.admin: AdminListener | None = None
+        self.emitter: Emitter = NullEmitter()
 
     async def start(self) -> dict[str, str]:
         config = self.loaded.config
@@ -86,7 +89,13 @@ class IdentityComponent:
             config = config.model_copy(update={"identity": identity})
         self.issuer = identity.issuer
         context = tls_context(config, Path(self.loaded.source).parent)
-        provider = self.provider = await open_provider(config, identity.issuer)
+        # Stable across restarts (the emitter's spool is named after it): the host and configured listen.
+        instance = f"{socket.gethostname()}/{identity.listen}"
+        self.emitter = emitter_for(config, "identity", instance)
+        await self.emitter.start()
+        provider = self.provider = await open_provider(
+            config, identity.issuer, emitter=self.emitter, instance=instance
+        )
         server = self.server = _Uvicorn(_uvicorn_config(provider, context))
         self.admin = await start_identity_admin(config, Path(self.loaded.source).parent, provider, server)
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="identity-server")
@@ -118,6 +127,7 @@ class IdentityComponent:
         await provider.revocations.stop()
         await provider.push.stop()
         await provider.engine.dispose()
+        await self.emitter.close()  # after the last request: its events are delivered or spooled
         log.log("identity.stopped")
 
 
