@@ -13,7 +13,8 @@ import contextlib
 import os
 import socket
 import ssl
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -62,8 +63,17 @@ class IdentityComponent:
 
     name = "identity"
 
-    def __init__(self, loaded: LoadedConfig) -> None:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        emitter: Emitter | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        """``emitter`` and ``clock`` are for tests run in process: the audit events' recipient (else the
+        configured one, ``emitter_for``) and what the throttle and account locks read."""
         self.loaded = loaded
+        self.given_emitter, self.clock = emitter, clock
         self.issuer = ""
         self.provider: Provider | None = None
         self.server: _Uvicorn | None = None
@@ -91,10 +101,10 @@ class IdentityComponent:
         context = tls_context(config, Path(self.loaded.source).parent)
         # Stable across restarts (the emitter's spool is named after it): the host and configured listen.
         instance = f"{socket.gethostname()}/{identity.listen}"
-        self.emitter = emitter_for(config, "identity", instance)
+        self.emitter = self.given_emitter or emitter_for(config, "identity", instance)
         await self.emitter.start()
         provider = self.provider = await open_provider(
-            config, identity.issuer, emitter=self.emitter, instance=instance
+            config, identity.issuer, self.clock, emitter=self.emitter, instance=instance
         )
         server = self.server = _Uvicorn(_uvicorn_config(provider, context))
         self.admin = await start_identity_admin(config, Path(self.loaded.source).parent, provider, server)
