@@ -198,6 +198,24 @@ def test_approle_and_certificate_logins(vault: Vault) -> None:
     assert refused.actor.service == f"spiffe://{TD}/svc/stranger"
 
 
+def test_database_credentials_are_a_secret_read(vault: Vault, postgres_url: str) -> None:
+    """A dynamic PostgreSQL credential issued: ``secret.read`` of ``database/creds/<role>``; the
+    generated password is in no event. The lease is revoked at the end (the role dropped)."""
+    root = vault.client(vault.root)
+    root.secrets.database.configure(
+        "events", "postgresql-database-plugin", allowed_roles=["events-ro"], connection_url=postgres_url
+    )
+    statement = "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"
+    root.secrets.database.create_role("events-ro", "events", [statement], default_ttl="5m", max_ttl="10m")
+    issued = root.secrets.database.generate_credentials("events-ro")
+    try:
+        vault.canaries.append(issued["data"]["password"])
+        [event] = vault.emitter.of("secret.read", target="database/creds/events-ro", outcome="success")
+        assert event.details["engine"] == "database" and event.actor.subject == "root"
+    finally:
+        root.sys.revoke_lease(issued["lease_id"])
+
+
 def test_no_secret_or_token_in_any_event(vault: Vault) -> None:
     """Last in the module: every secret and token the tests above handled, looked for everywhere."""
     wire = vault.emitter.wire()
