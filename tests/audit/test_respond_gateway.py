@@ -1,0 +1,106 @@
+"""block_ip against a real gateway process (two workers behind one admin listener): the block reaches
+every worker, the address gets 403, and the block expires by itself; dry run and a wrong credential
+change nothing and are recorded."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from gateway_harness import GatewayProcess, RecordingUpstream, get, one_request
+from responder_harness import Trail, alert, config, eventually, write_token
+
+from garrison.audit.respond import responder_for
+
+ATTACKER = "203.0.113.7"
+
+
+@pytest.fixture(scope="module")
+def gw(module_gateway_factory: Any, module_upstream: RecordingUpstream) -> GatewayProcess:
+    # X-Forwarded-For from loopback is believed, so each test request can come "from" any address.
+    overrides = {"gateway": {"workers": 2, "trusted_proxies": ["127.0.0.1/32"]}}
+    gateway: GatewayProcess = module_gateway_factory(module_upstream, overrides)
+    return gateway
+
+
+def status_from(gw: GatewayProcess, ip: str) -> int:
+    """One request on a fresh connection (the kernel spreads those over both workers)."""
+    return one_request(gw.port, get("/orders", headers={"X-Forwarded-For": ip})).status
+
+
+def blocked(gw: GatewayProcess) -> list[dict[str, Any]]:
+    answer = httpx.get(f"http://127.0.0.1:{gw.admin_port}/blocklist", timeout=10)
+    entries: list[dict[str, Any]] = answer.json()["blocked"]
+    return entries
+
+
+def responder_config(gw: GatewayProcess, **responses: Any) -> Any:
+    """The collector's view: the gateway's state dir (its admin token), its admin URL (port 0 there)."""
+    return config(gw.state_dir, {"gateways": [f"http://127.0.0.1:{gw.admin_port}"], **responses})
+
+
+def test_block_ip_reaches_every_worker_and_expires(gw: GatewayProcess, tmp_path: Path) -> None:
+    trail = Trail()
+    cfg = responder_config(gw, block_ip={"for": "1500ms"})
+
+    async def body() -> None:
+        responder = responder_for(cfg, tmp_path, trail)
+        await responder.start()
+        assert status_from(gw, ATTACKER) == 200
+        await responder.respond(alert(["block_ip"], rule="web.scan", ip=ATTACKER))
+        await responder.drain()
+        assert [s for s in (status_from(gw, ATTACKER) for _ in range(8)) if s != 403] == []
+        assert status_from(gw, "198.51.100.1") == 200
+        [entry] = blocked(gw)
+        assert entry["ip"] == ATTACKER and "web.scan" in entry["reason"]
+        await eventually(lambda: status_from(gw, ATTACKER) == 200, what="the block to expire")
+        await responder.stop()
+
+    asyncio.run(body())
+    done = trail.only("block_ip", "done")
+    assert done.outcome == "success" and done.target == ATTACKER
+    assert done.details["status"] == 200 and done.details["dry_run"] is False
+    assert done.details["for_seconds"] == 1.5 and done.details["expiry"].endswith("Z")
+    assert done.actor.ip == ATTACKER and done.details["rule"] == "web.scan"
+    assert blocked(gw) == []
+
+
+def test_dry_run_blocks_nothing_and_says_what_it_would_do(gw: GatewayProcess, tmp_path: Path) -> None:
+    trail = Trail()
+    cfg = responder_config(gw, block_ip={"dry_run": True})
+
+    async def body() -> None:
+        responder = responder_for(cfg, tmp_path, trail)
+        await responder.start()
+        await responder.respond(alert(["block_ip"], ip=ATTACKER))
+        await responder.drain()
+        await responder.stop()
+
+    asyncio.run(body())
+    assert trail.only("block_ip", "dry_run").details["would"].startswith(f"POST /blocklist?ip={ATTACKER}&")
+    assert blocked(gw) == [] and status_from(gw, ATTACKER) == 200
+
+
+def test_a_wrong_admin_token_is_a_recorded_failure(gw: GatewayProcess, tmp_path: Path) -> None:
+    trail = Trail()
+    wrong = write_token(tmp_path / "wrong.token", "w" * 43)
+    cfg = config(
+        tmp_path,
+        {"gateways": [f"http://127.0.0.1:{gw.admin_port}"]},
+        gateway={"admin": {"listen": "127.0.0.1:0", "token_file": str(wrong)}},
+    )
+
+    async def body() -> None:
+        responder = responder_for(cfg, tmp_path, trail)
+        await responder.start()
+        await responder.respond(alert(["block_ip"], ip=ATTACKER))
+        await responder.drain()
+        await responder.stop()
+
+    asyncio.run(body())
+    failed = trail.only("block_ip", "failed")
+    assert failed.details["status"] == 401 and "admin token" in failed.details["error"]
+    assert blocked(gw) == []
