@@ -8,6 +8,8 @@ collector calls ``await start()``, then ``respond(alert)`` per alert, and ``awai
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -27,11 +29,13 @@ def responder_for(
     appender: Appender,
     registry: CollectorRegistry | None = None,
     instance: str = "",
+    clock: Callable[[], float] = time.time,
 ) -> AdminResponder:
     """The responder ``audit.responses`` describes. ``config_dir``: the config file's directory
-    (admin TLS certificate paths are relative to it)."""
+    (admin TLS certificate paths are relative to it); ``clock``: epoch seconds, for
+    expiries (tests move it)."""
     settings = config.audit.responses if config.audit is not None else ResponsesConfig()
     targets = targets_for(config, config_dir)
     return AdminResponder(
-        settings, targets, config.trust_domain, appender, config.state_dir, registry, instance
+        settings, targets, config.trust_domain, appender, config.state_dir, registry, instance, clock
     )
