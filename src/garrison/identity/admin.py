@@ -1,5 +1,6 @@
-"""The identity provider's admin listener: ``/live``, ``/ready`` and ``/metrics`` (admin/api.py),
-behind the same guard as the gateway's (admin/auth.py), at ``identity.admin.listen``.
+"""The identity provider's admin listener: ``/live``, ``/ready`` and ``/metrics`` (admin/api.py), and
+``/token-families`` and ``/lockouts`` (admin_api.py), behind the same guard as the gateway's
+(admin/auth.py), at ``identity.admin.listen``.
 
 The token is the gateway's unless ``identity.admin.token_file`` names another, so an operator (and
 the CLI) holds one credential for both. The listener is auxiliary: a port already taken is logged
@@ -19,7 +20,9 @@ from garrison.admin.api import AdminApi
 from garrison.admin.auth import AdminTokenError, admin_token_path
 from garrison.admin.listener import AdminListener, start_admin_listener
 from garrison.config.model import GarrisonConfig
+from garrison.identity.admin_api import lockouts_api, token_families_api
 from garrison.telemetry import logging as log
+from garrison.web.simplehttp import SimpleRequest, SimpleResponse
 
 if TYPE_CHECKING:
     from garrison.identity.service import Provider
@@ -55,7 +58,19 @@ def identity_admin_api(provider: Provider, serving: Serving) -> AdminApi:
             return [f"database unreachable ({type(exc).__name__})"]
         return []
 
-    return AdminApi(not_ready_reasons, metrics.registry)
+    api = AdminApi(not_ready_reasons, metrics.registry)
+    families, locks, grants = provider.families, provider.locks, provider.app.server.user_grants
+    assert families is not None and locks is not None and grants is not None
+
+    async def revoke_families(request: SimpleRequest) -> SimpleResponse:
+        return await token_families_api(request, families, grants.users, provider.audit)
+
+    async def lockouts(request: SimpleRequest) -> SimpleResponse:
+        return await lockouts_api(request, locks, provider.audit)
+
+    api.register("/token-families", revoke_families)
+    api.register("/lockouts", lockouts)
+    return api
 
 
 async def start_identity_admin(

@@ -30,10 +30,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only
 
 from garrison.identity.adapter import EndpointResponse, IdentityRequest
+from garrison.identity.auditing import IdentityAudit
 from garrison.identity.client_auth import TOKEN_ENDPOINT_AUTH_METHODS, AssertionAuth
 from garrison.identity.client_throttle import ClientAuthGuard
 from garrison.identity.clients import ClientDirectory, ClientRecord
 from garrison.identity.endpoints import REFRESH_TOKEN_PREFIX, Introspection, Revocation, TokenInspector
+from garrison.identity.families import access_token_id
 from garrison.telemetry import logging as log
 
 if TYPE_CHECKING:
@@ -184,6 +186,7 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
         self.directory = directory
         self.user_grants: UserGrants | None = None  # the stores of the user-facing grants (grants.install)
         self.client_guard: ClientAuthGuard | None = None  # the throttle on client authentication
+        self.audit = IdentityAudit()  # the provider's audit events (service.py sets the real one)
 
     def authenticate_client(
         self, request: IdentityRequest, methods: list[str], endpoint: str = "token"
@@ -205,13 +208,13 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
         return OAuthClient(record, self.directory) if record is not None else None
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
+        """client_credentials (the user grants save their own tokens, grants.py)."""
         client = request.client
-        log.log(
-            "identity.token.issued",
-            client_id=client.get_client_id() if client is not None else None,
-            grant_type=request.payload.grant_type,
-            scope=token.get("scope"),
-        )
+        client_id = client.get_client_id() if client is not None else None
+        grant_type = request.payload.grant_type
+        log.log("identity.token.issued", client_id=client_id, grant_type=grant_type, scope=token.get("scope"))
+        jti, _ = access_token_id(token["access_token"])
+        self.audit.token_issued("token.issued", jti, grant_type, client_id, None, token.get("scope"))
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
         if name == "after_revoke_token":

@@ -53,6 +53,7 @@ from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7523.client import ASSERTION_TYPE
 from sqlalchemy.util import await_only
 
+from garrison.identity.auditing import IdentityAudit
 from garrison.identity.throttle import (
     CLIENT_PREFIX,
     IP_PREFIX,
@@ -172,6 +173,7 @@ class ClientAuthGuard:
         self.throttle = throttle
         self.is_confidential = is_confidential
         self.suspects = suspects if suspects is not None else Suspects()
+        self.audit = IdentityAudit()  # the provider's audit events (service.py sets the real one)
         settings = throttle.settings
         self.horizon = timedelta(seconds=max(settings.window, settings.lock_for))
 
@@ -222,13 +224,17 @@ class ClientAuthGuard:
     ) -> NoReturn:
         """A right credential on a locked key: audited as such, answered as a wrong one."""
         self.throttle.refused(key)
+        locked = key.split(":")[0]
         log.warn(
             "identity.client_auth.refused",
             reason="locked",
-            locked=key.split(":")[0],
+            locked=locked,
             client_id=counted,
             ip=request.client_ip,
             endpoint=endpoint,
+        )
+        self.audit.emit(
+            "client.auth", "denied", client=counted, reason="locked", locked=locked, endpoint=endpoint
         )
         raise refused_like_a_wrong_secret(methods)
 
@@ -243,14 +249,32 @@ class ClientAuthGuard:
             lockouts = await_only(self.throttle.failed(counted_on))
         for lock in lockouts if isinstance(counted_on, Reservation) else [counted_on]:
             self.suspects.mark(lock.key, now + self.horizon, now, lock.until)
+        locked = counted_on.key.split(":")[0] if isinstance(counted_on, Locked) else None
         log.warn(
             "identity.client_auth.failed",
             client_id=counted,
             ip=request.client_ip,
             endpoint=endpoint,
-            locked=counted_on.key.split(":")[0] if isinstance(counted_on, Locked) else None,
+            locked=locked,
             lockout_started=bool(lockouts),
         )
+        self.audit.emit(
+            "client.auth",
+            "failure",
+            client=counted,
+            reason="locked" if locked else "bad_credentials",
+            claimed_client=None if counted is not None else self._claimed(request),
+            endpoint=endpoint,
+            lockout_started=bool(lockouts),
+        )
+
+    @staticmethod
+    def _claimed(request: Any) -> str | None:
+        """The client id an unregistered (or public) caller named, for the audit only."""
+        try:
+            return claimed_client(request)
+        except InvalidRequestError:
+            return None
 
 
 def refused_like_a_wrong_secret(methods: list[str]) -> InvalidClientError:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import ssl
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -24,6 +26,7 @@ from garrison.config.loader import LoadedConfig
 from garrison.config.model import GarrisonConfig
 from garrison.core.runner import ReloadUnsupported, StartFailed, run_component
 from garrison.core.sockets import address_of, bind_socket
+from garrison.events.emitter import Emitter, NullEmitter, emitter_for
 from garrison.identity.admin import start_identity_admin
 from garrison.identity.service import Provider, open_provider
 from garrison.pki.tls import CaIssuer, resolve_certificate, server_context
@@ -60,13 +63,23 @@ class IdentityComponent:
 
     name = "identity"
 
-    def __init__(self, loaded: LoadedConfig) -> None:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        emitter: Emitter | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        """``emitter`` and ``clock`` are for tests run in process: the audit events' recipient (else the
+        configured one, ``emitter_for``) and what the throttle and account locks read."""
         self.loaded = loaded
+        self.given_emitter, self.clock = emitter, clock
         self.issuer = ""
         self.provider: Provider | None = None
         self.server: _Uvicorn | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.admin: AdminListener | None = None
+        self.emitter: Emitter = NullEmitter()
 
     async def start(self) -> dict[str, str]:
         config = self.loaded.config
@@ -86,7 +99,13 @@ class IdentityComponent:
             config = config.model_copy(update={"identity": identity})
         self.issuer = identity.issuer
         context = tls_context(config, Path(self.loaded.source).parent)
-        provider = self.provider = await open_provider(config, identity.issuer)
+        # Stable across restarts (the emitter's spool is named after it): the host and configured listen.
+        instance = f"{socket.gethostname()}/{identity.listen}"
+        self.emitter = self.given_emitter or emitter_for(config, "identity", instance)
+        await self.emitter.start()
+        provider = self.provider = await open_provider(
+            config, identity.issuer, self.clock, emitter=self.emitter, instance=instance
+        )
         server = self.server = _Uvicorn(_uvicorn_config(provider, context))
         self.admin = await start_identity_admin(config, Path(self.loaded.source).parent, provider, server)
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="identity-server")
@@ -118,6 +137,7 @@ class IdentityComponent:
         await provider.revocations.stop()
         await provider.push.stop()
         await provider.engine.dispose()
+        await self.emitter.close()  # after the last request: its events are delivered or spooled
         log.log("identity.stopped")
 
 

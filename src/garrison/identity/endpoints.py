@@ -118,13 +118,32 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
         return self.inspector.inspect(token_string)
 
     def revoke_token(self, token: Any, request: Any) -> None:
+        audit, client_id = self.server.audit, request.client.get_client_id()
         if isinstance(token, AccessTokenInfo):
-            if token.verified.jti is not None and not token.revoked:
-                self.revoke(token.verified.jti, token.verified.exp)
+            jti = token.verified.jti
+            if jti is not None and not token.revoked:
+                self.revoke(jti, token.verified.exp)
+                audit.emit(
+                    "token.revoked",
+                    subject=token.verified.subject,
+                    client=client_id,
+                    target=audit.hint(jti),
+                    kind="access_token",
+                    by="client",
+                )
             return
         stores = self.server.user_grants
         assert stores is not None  # a refresh token was found through them
-        await_only(stores.families.revoke_family(token.family_id, "revoked_by_client"))
+        revoked = await_only(stores.families.revoke_family(token.family_id, "revoked_by_client"))
+        audit.emit(
+            "token.revoked",
+            subject=token.user_id,
+            client=client_id,
+            target=audit.hint(token.family_id),
+            kind="refresh_token",
+            by="client",
+            access_tokens_revoked=revoked,
+        )
 
 
 __all__ = ["REFRESH_TOKEN_PREFIX", "AccessTokenInfo", "Introspection", "Revocation", "TokenInspector"]

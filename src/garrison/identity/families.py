@@ -36,6 +36,7 @@ from authlib.oidc.core import AuthorizationCodeMixin
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from garrison.identity.auditing import IdentityAudit
 from garrison.identity.tables import access_tokens, codes, refresh_tokens, token_families
 from garrison.pki.kek import KeyEncryption
 from garrison.telemetry import logging as log
@@ -131,10 +132,18 @@ class TokenFamilies:
     """Codes, refresh tokens and families in the database; see the module docstring for the rules."""
 
     def __init__(
-        self, engine: AsyncEngine, kek: KeyEncryption, *, code_ttl: float, refresh_ttl: float, revoke: Revoke
+        self,
+        engine: AsyncEngine,
+        kek: KeyEncryption,
+        *,
+        code_ttl: float,
+        refresh_ttl: float,
+        revoke: Revoke,
+        audit: IdentityAudit | None = None,
     ) -> None:
         self.engine, self.kek, self.revoke_jti = engine, kek, revoke
         self.code_ttl, self.refresh_ttl = code_ttl, refresh_ttl
+        self.audit = audit if audit is not None else IdentityAudit()
 
     def __repr__(self) -> str:
         return f"TokenFamilies(code_ttl={self.code_ttl}, refresh_ttl={self.refresh_ttl})"
@@ -167,8 +176,7 @@ class TokenFamilies:
             log.warn("identity.code.wrong_client", client_id=client_id, issued_to=row.client_id)
             return None
         if row.used_at is not None:
-            log.warn("identity.code.reuse_detected", client_id=client_id, user_id=row.user_id)
-            await self.revoke_family(row.family_id, "code_reuse")
+            await self._replayed("authorization_code", client_id, row.user_id, row.family_id)
             return None
         if row.expires_at <= _utcnow():
             return None
@@ -213,8 +221,7 @@ class TokenFamilies:
                 )
                 await self._record(conn, code.family_id, code.client_id, code.user_id, token, now, expires)
         except _Refused:
-            log.warn("identity.code.reuse_detected", client_id=code.client_id, user_id=code.user_id)
-            await self.revoke_family(code.family_id, "code_reuse")
+            await self._replayed("authorization_code", code.client_id, code.user_id, code.family_id)
             return False
         return True
 
@@ -227,8 +234,7 @@ class TokenFamilies:
             log.warn("identity.refresh.wrong_client", client_id=client_id, issued_to=row.client_id)
             return None
         if row.used_at is not None:
-            log.warn("identity.refresh.reuse_detected", client_id=client_id, user_id=row.user_id)
-            await self.revoke_family(row.family_id, "refresh_reuse")
+            await self._replayed("refresh_token", client_id, row.user_id, row.family_id)
             return None
         if row.expires_at <= _utcnow():
             return None
@@ -290,13 +296,52 @@ class TokenFamilies:
                 )
         except _Refused as refused:
             if refused.spent:
-                log.warn("identity.refresh.reuse_detected", client_id=old.client_id, user_id=old.user_id)
-                await self.revoke_family(old.family_id, "refresh_reuse")
+                await self._replayed("refresh_token", old.client_id, old.user_id, old.family_id)
             return False
         return True
 
+    async def _replayed(self, credential: str, client_id: str, user_id: str, family_id: str) -> None:
+        """A spent code or refresh token was presented: revoke its family, and say so (``token.reuse``)."""
+        kind = "code" if credential == "authorization_code" else "refresh"
+        log.warn(f"identity.{kind}.reuse_detected", client_id=client_id, user_id=user_id)
+        revoked = await self.revoke_family(family_id, f"{kind}_reuse")
+        self.audit.emit(
+            "token.reuse",
+            "denied",
+            subject=user_id,
+            client=client_id,
+            target=self.audit.hint(family_id),
+            credential=credential,
+            family_revoked=True,
+            access_tokens_revoked=revoked,
+        )
+
+    async def revoke_all(
+        self, reason: str, *, user_id: str | None = None, client_id: str | None = None
+    ) -> tuple[int, int]:
+        """Revoke every live family of a user or of a client (the admin API's ``/token-families``):
+        how many families, and how many of their access tokens, were revoked."""
+        family = token_families.c
+        match = family.user_id == user_id if user_id is not None else family.client_id == client_id
+        query = select(family.family_id).where(
+            match, family.revoked_at.is_(None), family.expires_at > _utcnow()
+        )
+        async with self.engine.connect() as conn:
+            live = (await conn.scalars(query)).all()
+        families = tokens = 0
+        for family_id in live:
+            revoked = await self._revoke(family_id, reason[:64])
+            if revoked is not None:  # else revoked meanwhile (a replay, the client), with its tokens
+                families, tokens = families + 1, tokens + revoked
+        return families, tokens
+
     async def revoke_family(self, family_id: str, reason: str) -> int:
-        """Revoke a family: its refresh tokens stop working, its access tokens are revoked by jti."""
+        """Revoke a family: its refresh tokens stop working, its access tokens are revoked by jti.
+        How many access tokens were revoked (0 when the family was unknown or revoked before)."""
+        return await self._revoke(family_id, reason) or 0
+
+    async def _revoke(self, family_id: str, reason: str) -> int | None:
+        """``revoke_family``; None when this call did not revoke it (unknown, or revoked before)."""
         now = _utcnow()
         family = token_families.c
         async with self.engine.begin() as conn:
@@ -306,7 +351,7 @@ class TokenFamilies:
                 .values(revoked_at=now, revoked_reason=reason)
             )
             if result.rowcount != 1:
-                return 0  # unknown, or revoked before (and its tokens with it)
+                return None  # unknown, or revoked before (and its tokens with it)
             issued = (
                 await conn.execute(
                     select(access_tokens.c.jti, access_tokens.c.expires_at).where(

@@ -30,7 +30,9 @@ from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oidc.core.errors import ConsentRequiredError, InteractionRequiredError, LoginRequiredError
 
 from garrison.identity import pages
+from garrison.identity.account_locks import AccountLocks
 from garrison.identity.adapter import IdentityRequest
+from garrison.identity.auditing import IdentityAudit
 from garrison.identity.authserver import IdentityServer, OAuthClient
 from garrison.identity.grants import EndUser, UserGrants, user_scope
 from garrison.identity.mfa import MfaStore, mfa_required
@@ -78,9 +80,12 @@ class BrowserFlows:
         throttle: Throttle,
         consents: ConsentStore,
         mfa_roles: list[str],
+        locks: AccountLocks,
+        audit: IdentityAudit,
     ) -> None:
         self.app, self.server, self.grants, self.browser = app, server, grants, browser
         self.mfa, self.throttle, self.consents, self.mfa_roles = mfa, throttle, consents, frozenset(mfa_roles)
+        self.locks, self.audit = locks, audit
 
     def install(self) -> None:
         self.app.route("GET", "/authorize", self.authorize)
@@ -243,21 +248,28 @@ class BrowserFlows:
         return response
 
     async def _check_password(self, http: HttpRequest, username: str, password: str) -> str | None:
-        """The user_id when the password is right and neither the account nor the address is locked."""
+        """The user_id when the password is right and neither the account nor the address is locked
+        (by the throttle, or by an administrator: account_locks.py)."""
         users = self.grants.users
-        attempt = self.throttle.attempt([user_key(username), ip_key(http.client_ip)])
         user, locked = None, None
-        try:
-            async with attempt:
-                user = await users.verify_password(username, password)
-                if user is not None:
-                    attempt.succeed()
-        except LockedOut as refused:
-            locked = refused.locked.key.split(":")[0]  # "user" or "ip": which limit refused it
-            self.throttle.refused(refused.locked.key)
+        attempt = self.throttle.attempt([user_key(username), ip_key(http.client_ip)])
+        if await self.locks.locked(username) is not None:
+            locked = "admin"  # refused unchecked and uncounted, as a throttle lock refuses
+        else:
+            try:
+                async with attempt:
+                    user = await users.verify_password(username, password)
+                    if user is not None:
+                        attempt.succeed()
+            except LockedOut as refused:
+                locked = refused.locked.key.split(":")[0]  # "user" or "ip": which limit refused it
+                self.throttle.refused(refused.locked.key)
         self.app.metrics.login("success" if user is not None else "locked" if locked else "failure")
         if user is not None:
             log.log("identity.login.succeeded", user_id=user.user_id, ip=http.client_ip)
+            self.audit.emit(
+                "auth.login", "success", subject=username, user_id=user.user_id, method="password"
+            )
             return user.user_id
         known = await users.get_by_username(username)  # the audit names an account, never what was typed
         fields = {"user_id": known.user_id if known else None, "ip": http.client_ip}
@@ -265,6 +277,17 @@ class BrowserFlows:
             log.warn("identity.login.refused", reason="locked", locked=locked, **fields)
         else:
             log.warn("identity.login.failed", lockout_started=bool(attempt.lockouts), **fields)
+        reason = "locked" if locked else "bad_password" if known is not None else "unknown_user"
+        self.audit.emit(
+            "auth.login",
+            "denied" if locked else "failure",
+            subject=username,
+            reason=reason,
+            locked_by=locked,
+            user_id=fields["user_id"],
+            method="password",
+            lockout_started=bool(attempt.lockouts) or None,
+        )
         return None
 
     async def _check_code(self, http: HttpRequest, user_id: str, code: str) -> bool:
@@ -280,6 +303,7 @@ class BrowserFlows:
             self.throttle.refused(refused.locked.key)
             self.app.metrics.login("mfa_locked")
             log.warn("identity.mfa.refused", reason="locked", user_id=user_id, ip=http.client_ip)
+            await self._mfa_event(user_id, "denied", reason="locked")
             return False
         self.app.metrics.login("mfa_success" if ok else "mfa_failure")
         log.log(
@@ -288,7 +312,19 @@ class BrowserFlows:
             ip=http.client_ip,
             lockout=bool(attempt.lockouts),
         )
+        if ok:
+            await self._mfa_event(user_id, "success")
+        else:
+            await self._mfa_event(
+                user_id, "failure", reason="bad_code", lockout_started=bool(attempt.lockouts)
+            )
         return ok
+
+    async def _mfa_event(self, user_id: str, outcome: Any, **details: Any) -> None:
+        """``auth.mfa``: the subject is the username, as for ``auth.login`` (the rules count per account)."""
+        user = await self.grants.end_user(user_id)
+        subject = user.username if user is not None else user_id
+        self.audit.emit("auth.mfa", outcome, subject=subject, user_id=user_id, method="totp", **details)
 
 
 def _prompts(params: dict[str, str]) -> set[str]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, grants
+from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, OAuth2Error, grants
 from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7636.challenge import compare_s256_code_challenge
@@ -31,7 +31,7 @@ from sqlalchemy.util import await_only
 from garrison.identity.authserver import IdentityServer, OAuthClient
 from garrison.identity.client_auth import TOKEN_ENDPOINT_AUTH_METHODS
 from garrison.identity.clients import ClientDirectory
-from garrison.identity.families import CodeRecord, RefreshRecord, TokenFamilies
+from garrison.identity.families import CodeRecord, RefreshRecord, TokenFamilies, access_token_id
 from garrison.identity.users import UserNotFound, UserStore
 from garrison.telemetry import logging as log
 
@@ -203,11 +203,31 @@ class AuthorizationCode(grants.AuthorizationCodeGrant):  # type: ignore[misc]
             user_id=code.user_id,
             scope=token.get("scope"),
         )
+        jti, _ = access_token_id(token["access_token"])
+        self.server.audit.token_issued(
+            "token.issued", jti, "authorization_code", code.client_id, code.user_id, token.get("scope")
+        )
 
 
 class RefreshToken(grants.RefreshTokenGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = USER_AUTH_METHODS
     INCLUDE_NEW_REFRESH_TOKEN = True  # rotation: every use returns a new one
+
+    def validate_token_request(self) -> None:
+        """Authlib's checks, with a refused refresh audited (``token.refresh`` failure). A client that
+        fails to authenticate is ``client.auth`` already (client_throttle.py)."""
+        try:
+            super().validate_token_request()
+        except OAuth2Error as error:
+            if error.error != "invalid_client":
+                client = getattr(self.request, "client", None)
+                self.server.audit.emit(
+                    "token.refresh",
+                    "failure",
+                    client=client.get_client_id() if client is not None else None,
+                    reason=error.error,
+                )
+            raise
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshRecord | None:
         if not isinstance(refresh_token, str) or len(refresh_token) > 128:
@@ -230,10 +250,22 @@ class RefreshToken(grants.RefreshTokenGrant):  # type: ignore[misc]
 
     def save_token(self, token: dict[str, Any]) -> None:
         old: RefreshRecord = self.request.refresh_token
+        audit = self.server.audit
         if not await_only(_context(self.server).families.rotate(old, token)):
+            audit.emit(
+                "token.refresh",
+                "failure",
+                subject=old.user_id,
+                client=old.client_id,
+                reason="spent_or_revoked",
+            )
             raise InvalidGrantError("The refresh token is no longer valid.")
         log.log(
             "identity.token.refreshed", client_id=old.client_id, user_id=old.user_id, scope=token.get("scope")
+        )
+        jti, _ = access_token_id(token["access_token"])
+        audit.token_issued(
+            "token.refresh", jti, "refresh_token", old.client_id, old.user_id, token.get("scope")
         )
 
     def revoke_old_credential(self, refresh_token: RefreshRecord) -> None:

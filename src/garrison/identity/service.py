@@ -27,7 +27,10 @@ from sqlalchemy.util import await_only
 
 from garrison.admin.auth import admin_token_path
 from garrison.config.model import GarrisonConfig, IdentityConfig
+from garrison.events.emitter import Emitter
 from garrison.identity import tables
+from garrison.identity.account_locks import AccountLocks
+from garrison.identity.auditing import IdentityAudit
 from garrison.identity.authserver import AccessTokenGenerator, IdentityServer, build_server
 from garrison.identity.client_throttle import ClientAuthGuard
 from garrison.identity.clients import ClientDirectory, ClientStore
@@ -68,6 +71,9 @@ class Provider:
     revocations: Revocations
     jwks_cache: JwksCache
     push: GatewayPush
+    audit: IdentityAudit = field(default_factory=IdentityAudit)  # its events (auditing.py)
+    locks: AccountLocks | None = None  # administrative account locks (the admin API's /lockouts)
+    families: TokenFamilies | None = None  # token families (the admin API's /token-families)
     app: IdentityApp | None = None  # set once the Authlib server around this provider is built
     client_guard: ClientAuthGuard | None = None  # refreshed from the throttle table by _maintain
     purgers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)  # forget what expired
@@ -112,9 +118,14 @@ class Provider:
 
 
 async def open_provider(
-    config: GarrisonConfig, base_url: str, clock: Callable[[], datetime] | None = None
+    config: GarrisonConfig,
+    base_url: str,
+    clock: Callable[[], datetime] | None = None,
+    emitter: Emitter | None = None,
+    instance: str = "",
 ) -> Provider:
-    """``clock`` (tests) is what the throttle reads for windows and locks."""
+    """``clock`` (tests) is what the throttle and the account locks read; ``emitter`` takes the audit
+    events (none: they go nowhere), ``instance`` names this process in them."""
     identity = config.identity
     assert identity is not None
     engine = make_engine(identity.database, config.state_dir)
@@ -141,7 +152,11 @@ async def open_provider(
         identity.revocation_push or [], Path(push_token) if push_token else admin_token_path(config)
     )
     await push.start()
-    provider = Provider(identity, engine, keys, directory, revocations, jwks_cache, push)
+    # Token hints are keyed by a digest of the KEK: stable across restarts and replicas, and secret.
+    hint_key = bytes.fromhex(kek.digest("audit", "audit-token-hint"))
+    audit = IdentityAudit(emitter, instance, hint_key)
+    provider = Provider(identity, engine, keys, directory, revocations, jwks_cache, push, audit)
+    provider.locks = AccountLocks(engine, clock) if clock else AccountLocks(engine)
     provider.refresh_jwks()
     generator = AccessTokenGenerator(
         identity.issuer, identity.access_token_audience, identity.access_token_ttl, keys
@@ -149,11 +164,14 @@ async def open_provider(
     inspector = TokenInspector(verifier, revocations.is_revoked)
     # One throttle for passwords, one-time codes and client credentials: an address's failures add up.
     throttle = Throttle(engine, identity.lockout, clock) if clock else Throttle(engine, identity.lockout)
+    throttle.on_lockout = lambda locked: audit.lockout(locked.key, locked.until.timestamp())
     provider.client_guard = ClientAuthGuard(throttle, directory.is_confidential)
+    provider.client_guard.audit = audit
     await provider.client_guard.refresh()  # locks and failures from before this start still hold
     server = build_server(
         identity.issuer, directory, engine, generator, inspector, provider.revoke_sync, provider.client_guard
     )
+    server.audit = audit
     provider.app = IdentityApp(
         server,
         base_url,
@@ -174,14 +192,15 @@ def _user_flows(
     throttle: Throttle,
 ) -> None:
     """Authorization code + PKCE, refresh rotation, OpenID Connect, and the pages in front of them."""
-    identity, engine, app = provider.config, provider.engine, provider.app
-    assert app is not None
-    families = TokenFamilies(
+    identity, engine, app, locks = provider.config, provider.engine, provider.app, provider.locks
+    assert app is not None and locks is not None
+    families = provider.families = TokenFamilies(
         engine,
         kek,
         code_ttl=identity.code_ttl,
         refresh_ttl=identity.refresh_token_ttl,
         revoke=provider.revoke,
+        audit=provider.audit,
     )
     grants = UserGrants(families, UserStore(engine, kek), provider.directory)
     install(server, grants, [OpenIdCode(identity.issuer, identity.id_token_ttl, provider.keys, families)])
@@ -199,10 +218,12 @@ def _user_flows(
         throttle=throttle,
         consents=ConsentStore(engine),
         mfa_roles=identity.mfa_roles,
+        locks=locks,
+        audit=provider.audit,
     )
     flows.install()
     LogoutFlow(app, server, browser).install()
-    provider.purgers += [families.purge, browser.sessions.purge, throttle.purge]
+    provider.purgers += [families.purge, browser.sessions.purge, throttle.purge, locks.purge]
 
 
 def _routes(provider: Provider) -> None:

@@ -192,3 +192,14 @@ consents = Table(
     Column("scopes", JSON, nullable=False),
     Column("granted_at", UTCDateTime, nullable=False),
 )
+
+account_locks = Table(
+    # Accounts an administrator (or an automated response) has locked until a moment: sign-in is
+    # refused as for a throttle lockout (account_locks.py). Bounded by MAX_LOCKS.
+    "identity_account_locks",
+    metadata,
+    Column("username", String(200), primary_key=True),  # as throttle.user_key folds it, without "user:"
+    Column("locked_at", UTCDateTime, nullable=False),
+    Column("until", UTCDateTime, nullable=False, index=True),
+    Column("reason", String(200), nullable=False),
+)

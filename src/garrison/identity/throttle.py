@@ -144,10 +144,16 @@ class Throttle:
         # Told the kind of key ("user", "ip", "otp", "client") each time a locked key refuses an
         # attempt unchecked: the provider's metrics (identity/admin.py wires it).
         self.on_refused: Callable[[str], None] = lambda limit: None
+        # Told every lock an attempt starts: the provider's audit events (service.py wires it).
+        self.on_lockout: Callable[[Locked], None] = lambda locked: None
 
     def refused(self, key: str) -> None:
         """Report an attempt the lock on ``key`` refused (flows.py, client_throttle.py)."""
         self.on_refused(key.split(":", 1)[0])
+
+    def _started(self, locked: Locked) -> None:
+        log.warn("identity.lockout", key=locked.key, until=locked.until.isoformat())
+        self.on_lockout(locked)
 
     def limit_for(self, key: str) -> int:
         return self.settings.ip_max_failures if key.startswith(IP_PREFIX) else self.settings.max_failures
@@ -173,7 +179,7 @@ class Throttle:
             else:
                 return Reservation(tuple(counted))
         if locked.started:
-            log.warn("identity.lockout", key=locked.key, until=locked.until.isoformat())
+            self._started(locked)
         return locked
 
     async def succeeded(self, reservation: Reservation) -> None:
@@ -195,7 +201,7 @@ class Throttle:
                 if await self._lock(connection, item, until)
             ]
         for locked in started:
-            log.warn("identity.lockout", key=locked.key, until=locked.until.isoformat())
+            self._started(locked)
         return started
 
     async def purge(self) -> int:
@@ -269,7 +275,7 @@ class Throttle:
                 if accounts := [key for key in ordered if not key.startswith(IP_PREFIX)]:
                     await connection.execute(delete(table).where(table.c.key.in_(accounts)))
         if refused is not None and refused.started:
-            log.warn("identity.lockout", key=refused.key, until=refused.until.isoformat())
+            self._started(refused)
         return refused
 
     def _verdict(self, row: Row[Any], now: datetime) -> str:

@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 from sqlalchemy.util import greenlet_spawn
 
 from garrison.identity.adapter import EndpointResponse, IdentityRequest
+from garrison.identity.auditing import in_context
 from garrison.identity.authserver import IdentityServer
 from garrison.telemetry.identity_metrics import IdentityMetrics
 from garrison.tokens.forwarded import TrustedProxies
@@ -75,6 +76,10 @@ class IdentityApp(WebApp):
         # Counted at the code points (token, introspection here; sign-ins in flows.py); scraped from
         # the admin listener (identity/admin.py).
         self.metrics = IdentityMetrics()
+
+    def route(self, method: str, path: str, handler: Handler) -> None:
+        """Every route runs with its request's audit context: address, trace and request ids."""
+        super().route(method, path, in_context(handler))
 
     # -- Authlib calls -------------------------------------------------------------------------------
 

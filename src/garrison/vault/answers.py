@@ -28,6 +28,7 @@ class Call:
     request_id: str
     content_type: str = ""
     client_certificate: str | None = None  # the TLS client certificate (PEM), verified by the handshake
+    caller: Any = None  # the caller's TokenEntry once its token is looked up (for the audit events)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import Any
 from garrison.telemetry import logging as log
 from garrison.vault.answers import Answer, Call, VaultError
 from garrison.vault.audit import AuditFailed
+from garrison.vault.audit_events import VaultEvents
 from garrison.vault.auth_api import LOGIN_PATHS, auth_mounts, login
 from garrison.vault.core import KV_MOUNT, VaultCore
 from garrison.vault.database_api import database_api
@@ -48,9 +49,12 @@ MAX_PATH = 768  # leaves room for the storage prefixes within the 1024-character
 
 
 class VaultApp(WebApp):
-    def __init__(self, core: VaultCore, *, hsts: bool, max_body: int) -> None:
+    def __init__(
+        self, core: VaultCore, *, hsts: bool, max_body: int, events: VaultEvents | None = None
+    ) -> None:
         super().__init__(hsts, max_body=max_body, form_posts=False)
         self.core = core
+        self.events = events if events is not None else VaultEvents()
         # What the web layer adds to a JSON answer without headers of its own (every answer here so
         # far), encoded once rather than per request.
         self._json_headers = [
@@ -103,6 +107,7 @@ class VaultApp(WebApp):
             self.core.audit.response(call, policies, answer)
         except AuditFailed:
             return _render(Answer(500, {"errors": ["internal error: the response could not be audited"]}))
+        self.events.observe(call, answer)
         return _render(answer)
 
     async def _handle(self, call: Call) -> tuple[Answer, list[str] | None]:
@@ -117,7 +122,7 @@ class VaultApp(WebApp):
         if call.path in LOGIN_PATHS:  # no token: a login is how a client gets one
             core.audit.request(call, None)
             return await login(unsealed, core.cert_login, call), None
-        entry = await unsealed.tokens.lookup(call.token) if call.token else None
+        entry = call.caller = await unsealed.tokens.lookup(call.token) if call.token else None
         if entry is None:
             core.audit.request(call, None)
             raise VaultError(403, "permission denied")

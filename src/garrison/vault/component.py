@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import Generator
 from pathlib import Path
@@ -29,6 +30,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from garrison.config.loader import LoadedConfig, load_config
 from garrison.core.runner import StartFailed, run_component
 from garrison.core.sockets import address_of, bind_socket
+from garrison.events.emitter import Emitter, NullEmitter, emitter_for
 from garrison.pki.ca_client import CaUnreachable
 from garrison.pki.tls import CaIssuer, resolve_certificate
 from garrison.pki.workload import WorkloadIdentity
@@ -38,6 +40,7 @@ from garrison.store.startup import prepare_schema
 from garrison.telemetry import logging as log
 from garrison.vault.api import VaultApp
 from garrison.vault.audit import AuditLog
+from garrison.vault.audit_events import VaultEvents
 from garrison.vault.core import VaultCore
 from garrison.vault.listener_tls import ListenerTls, with_tls_extension
 from garrison.vault.mesh_state import vault_identity
@@ -140,6 +143,7 @@ class VaultComponent:
         self.tls: ListenerTls | None = None
         self.following: asyncio.Task[None] | None = None
         self.identity: WorkloadIdentity | None = None
+        self.emitter: Emitter = NullEmitter()
 
     async def start(self) -> dict[str, str]:
         config = self.loaded.config
@@ -169,7 +173,15 @@ class VaultComponent:
             raise
         sock = bind_socket(vault.listen)
         listening = address_of(sock)
-        app = VaultApp(core, hsts=tls is not None, max_body=vault.max_request_body)
+        # Stable across restarts (the emitter's spool is named after it): the host and configured listen.
+        instance = f"{socket.gethostname()}/{vault.listen}"
+        identity = self.identity
+        self.emitter = emitter_for(
+            config, "vault", instance, identity.client_context if identity is not None else None
+        )
+        await self.emitter.start()
+        events = VaultEvents(self.emitter, instance)
+        app = VaultApp(core, hsts=tls is not None, max_body=vault.max_request_body, events=events)
         server = self.server = _Uvicorn(_uvicorn_config(app, tls.listening if tls else None))
         self.serving = asyncio.create_task(server.serve(sockets=[sock]), name="vault-server")
         while not server.started:
@@ -245,6 +257,7 @@ class VaultComponent:
         await _close_idle_connections(self.server, self.serving)
         self.core.seal_now()
         await self.core.engine.dispose()
+        await self.emitter.close()  # after the last request: its events are delivered or spooled
         log.log("vault.stopped")
 
 
