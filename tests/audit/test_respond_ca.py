@@ -16,6 +16,8 @@ from responder_harness import Trail, alert, config, eventually
 
 from garrison.audit.respond import AdminResponder, responder_for
 
+pytestmark = pytest.mark.process  # real processes
+
 
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CaProcess]:

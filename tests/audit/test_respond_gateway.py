@@ -5,17 +5,22 @@ change nothing and are recorded."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from certs import TestCA
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from gateway_harness import GatewayProcess, RecordingUpstream, get, one_request
 from responder_harness import Trail, alert, config, eventually, write_token
 
 from garrison.audit.respond import responder_for
 
 ATTACKER = "203.0.113.7"
+
+pytestmark = pytest.mark.process  # real processes
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +109,48 @@ def test_a_wrong_admin_token_is_a_recorded_failure(gw: GatewayProcess, tmp_path:
     failed = trail.only("block_ip", "failed")
     assert failed.details["status"] == 401 and "admin token" in failed.details["error"]
     assert blocked(gw) == []
+
+
+def test_over_admin_tls_the_listeners_own_certificate_is_pinned(
+    gateway_factory: Any, module_upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    """An admin listener with `tls` is called over https and verified against its own chain; a
+    listener whose certificate is not that chain is refused in the handshake (nothing blocked)."""
+    issuer = TestCA.create("admin server CA")
+    cert, key = issuer.issue(
+        tmp_path, "admin", common_name="admin", dns=("localhost",), usage=ExtendedKeyUsageOID.SERVER_AUTH
+    )
+    chain = tmp_path / "admin-chain.pem"
+    chain.write_bytes(cert.read_bytes() + issuer.write(tmp_path / "issuer.pem").read_bytes())
+    tls = {"cert": str(chain), "key": str(key)}
+    gw: GatewayProcess = gateway_factory(
+        module_upstream, {"gateway": {"admin": {"listen": "127.0.0.1:0", "tls": tls}}}
+    )
+    url = f"https://127.0.0.1:{gw.admin_port}"
+    other_cert, other_key = TestCA.create("another CA").issue(
+        tmp_path, "other", common_name="admin", dns=("localhost",), usage=ExtendedKeyUsageOID.SERVER_AUTH
+    )
+    trails = {"pinned": Trail(), "wrong": Trail()}
+    pins = {"pinned": tls, "wrong": {"cert": str(other_cert), "key": str(other_key)}}
+
+    async def body() -> None:
+        for name, trail in trails.items():
+            cfg = config(
+                gw.state_dir,
+                {"gateways": [url], "attempts": 1},
+                gateway={"admin": {"listen": "127.0.0.1:0", "tls": pins[name]}},
+            )
+            responder = responder_for(cfg, tmp_path, trail)
+            await responder.start()
+            await responder.respond(alert(["block_ip"], ip=f"192.0.2.{len(name)}"))
+            await responder.drain()
+            await responder.stop()
+
+    asyncio.run(body())
+    assert trails["pinned"].only("block_ip", "done").details["status"] == 200
+    refused = trails["wrong"].only("block_ip", "failed")
+    assert "status" not in refused.details and "CERTIFICATE_VERIFY_FAILED" in refused.details["error"]
+    trust = ssl.create_default_context(cafile=tmp_path / "issuer.pem")
+    trust.check_hostname = False  # the admin certificate names localhost; the chain is what is checked
+    listed = httpx.get(f"{url}/blocklist", verify=trust, headers=gw.admin_headers()).json()
+    assert [entry["ip"] for entry in listed["blocked"]] == ["192.0.2.6"]

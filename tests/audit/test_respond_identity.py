@@ -18,6 +18,8 @@ from garrison.audit.respond import AdminResponder, responder_for
 PASSWORD = "correct horse battery staple"
 APP = "https://app.example/callback"
 
+pytestmark = pytest.mark.process  # real processes
+
 
 @pytest.fixture(scope="module")
 def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IdentityProcess]:
