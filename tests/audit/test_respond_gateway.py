@@ -5,7 +5,10 @@ change nothing and are recorded."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import ssl
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import pytest
 from certs import TestCA
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from gateway_harness import GatewayProcess, RecordingUpstream, get, one_request
+from prometheus_client import CollectorRegistry, generate_latest
 from responder_harness import Trail, alert, config, eventually, write_token
 
 from garrison.audit.respond import responder_for
@@ -49,10 +53,11 @@ def responder_config(gw: GatewayProcess, **responses: Any) -> Any:
 
 def test_block_ip_reaches_every_worker_and_expires(gw: GatewayProcess, tmp_path: Path) -> None:
     trail = Trail()
+    registry = CollectorRegistry()
     cfg = responder_config(gw, block_ip={"for": "1500ms"})
 
     async def body() -> None:
-        responder = responder_for(cfg, tmp_path, trail)
+        responder = responder_for(cfg, tmp_path, trail, registry)
         await responder.start()
         assert status_from(gw, ATTACKER) == 200
         await responder.respond(alert(["block_ip"], rule="web.scan", ip=ATTACKER))
@@ -71,6 +76,23 @@ def test_block_ip_reaches_every_worker_and_expires(gw: GatewayProcess, tmp_path:
     assert done.details["for_seconds"] == 1.5 and done.details["expiry"].endswith("Z")
     assert done.actor.ip == ATTACKER and done.details["rule"] == "web.scan"
     assert blocked(gw) == []
+    labels = {"action": "block_ip", "outcome": "success"}
+    assert registry.get_sample_value("garrison_audit_responses_total", labels) == 1.0
+    check_exposition(generate_latest(registry))
+
+
+def check_exposition(exposition: bytes) -> None:
+    """promtool accepts the responder's metrics (skipped where it is not installed, never on CI)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("promtool is missing on CI (apt-get install -y prometheus)")
+        pytest.skip("promtool is not installed (Debian: apt-get install -y prometheus)")
+    assert b"garrison_audit_responses_total{" in exposition
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
 
 
 def test_dry_run_blocks_nothing_and_says_what_it_would_do(gw: GatewayProcess, tmp_path: Path) -> None:

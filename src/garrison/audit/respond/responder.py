@@ -109,28 +109,24 @@ class AdminResponder:
             log.error("audit.response.schedule_failed", rule=alert.rule, error=type(exc).__name__)
 
     def _schedule(self, alert: AlertRaised, planned: Plan | Skip) -> None:
+        # The cap counts every task, the records of skips included: a flood of alerts stays bounded.
+        if len(self._tasks) >= self.settings.max_active:
+            self._note_busy(alert, planned.action)
+            return
         if isinstance(planned, Skip):
-            record = ResponseRecord.for_alert(
-                alert, planned.action, "skipped", target=planned.target, error=planned.reason
-            )
-            self._spawn(self.record(record))
+            self._spawn(self.record(self._skipped(alert, planned.action, planned.target, planned.reason)))
             return
         key = (planned.action, planned.target)
         if key in self._in_flight:
-            error = "the same action on the same target is already in progress"
-            self._spawn(
-                self.record(
-                    ResponseRecord.for_alert(
-                        alert, planned.action, "skipped", target=planned.target, error=error
-                    )
-                )
-            )
-            return
-        if len(self._tasks) >= self.settings.max_active:
-            self._note_busy(alert, planned)
+            why = "the same action on the same target is already in progress"
+            self._spawn(self.record(self._skipped(alert, planned.action, planned.target, why)))
             return
         self._in_flight.add(key)
         self._spawn(self._run(alert, planned))
+
+    @staticmethod
+    def _skipped(alert: AlertRaised, action: str, target: str | None, why: str) -> ResponseRecord:
+        return ResponseRecord.for_alert(alert, action, "skipped", target=target, error=why)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.get_running_loop().create_task(_quietly(work))
@@ -146,12 +142,13 @@ class AdminResponder:
             self.metrics.pending_undos.set(len(self.undos.entries))
             self._undo_wake.set()
 
-    def _note_busy(self, alert: AlertRaised, planned: Plan) -> None:
+    def _note_busy(self, alert: AlertRaised, action: str) -> None:
         """Count an action dropped at the cap (per action name: a bounded map); one reporter task
         records the counts once it runs."""
-        self.metrics.responses.labels(planned.action, "failure").inc()
-        first, count = self._busy.get(planned.action, (alert, 0))
-        self._busy[planned.action] = (first, count + 1)
+        action = action if action in ACTIONS else "other"
+        self.metrics.responses.labels(action, "failure").inc()
+        first, count = self._busy.get(action, (alert, 0))
+        self._busy[action] = (first, count + 1)
         if self._busy_reporter is None or self._busy_reporter.done():
             self._busy_reporter = asyncio.get_running_loop().create_task(_quietly(self._report_busy()))
 
