@@ -4,6 +4,7 @@ responder's own bounds (skips, a full cap, failures, dry run) against addresses 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from garrison.audit.respond import responder_for
 from garrison.audit.respond.actions import Plan, Skip, plan
 from garrison.audit.respond.targets import targets_for
 from garrison.config.audit_responses import ResponsesConfig
+from garrison.telemetry import logging as log
 
 TD = "shop.local"
 
@@ -238,3 +240,27 @@ def test_a_corrupt_undo_file_is_reported_not_fatal(tmp_path: Path) -> None:
         return count
 
     assert asyncio.run(body()) == 0  # block_ip has no undo of the collector's: the entry is refused
+
+
+def test_blocking_a_loopback_address_is_logged_loudly(
+    tmp_path: Path, refused_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(log, "_stream", stream)
+    trail = Trail()
+    cfg = config(tmp_path, {"block_ip": {"dry_run": True}, "gateways": [f"http://127.0.0.1:{refused_port}"]})
+
+    async def body() -> None:
+        responder = responder_for(cfg, tmp_path, trail)
+        await responder.start()
+        await responder.respond(alert(["block_ip"], rule="auth.bruteforce", ip="127.0.0.1"))
+        await responder.drain()
+        await responder.stop()
+
+    asyncio.run(body())
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    [warning] = [line for line in lines if line["event"] == "audit.response.blocking_loopback"]
+    assert (
+        warning["level"] == "warning" and warning["ip"] == "127.0.0.1" and "never_block" in warning["message"]
+    )
+    assert trail.only("block_ip", "dry_run").target == "127.0.0.1"

@@ -73,14 +73,7 @@ class Executor:
         }
         endpoints = self.endpoints(plan.component)
         if plan.loopback:
-            log.warn(
-                "audit.response.blocking_loopback",
-                ip=plan.target,
-                rule=alert.rule,
-                message="blocking a loopback address: local clients (and the demo) through this gateway "
-                "are refused until it expires; add it to audit.responses.never_block to exempt it",
-                dry_run=self.dry_run(plan.action),
-            )
+            _warn_loopback(alert, plan, self.dry_run(plan.action))
         if self.dry_run(plan.action):
             extra = {"would": f"{plan.do.method} {plan.do.path}?{urlencode(plan.do.params)}"}
             extra["endpoints"] = ",".join(t.url for t in endpoints) or MISSING[plan.component]
@@ -89,24 +82,27 @@ class Executor:
             )
             return
         if not endpoints:
-            await self.record(
-                ResponseRecord.for_alert(
-                    alert, plan.action, "failed", error=MISSING[plan.component], **fields
-                )
+            failed = ResponseRecord.for_alert(
+                alert, plan.action, "failed", error=MISSING[plan.component], **fields
             )
+            await self.record(failed)
             return
+        previous = self.undos.entries.get((plan.action, plan.target))
         if plan.undo is not None and until is not None:
             refusal = await self._prepare_undo(alert, plan, endpoints, until)
             if refusal is not None:
-                await self.record(
-                    ResponseRecord.for_alert(alert, plan.action, refusal[0], error=refusal[1], **fields)
-                )
+                result, why = refusal
+                await self.record(ResponseRecord.for_alert(alert, plan.action, result, error=why, **fields))
                 return
         results = await asyncio.gather(
             *(self.caller.call(t, plan.do.method, plan.do.path, plan.do.params) for t in endpoints)
         )
         if plan.undo is not None and _definitely_not_applied(results):
-            await self.undos.remove((plan.action, plan.target))
+            # Nothing took effect: back to the undo there was before (an earlier quarantine of ours).
+            if previous is None:
+                await self.undos.remove((plan.action, plan.target))
+            else:
+                await self.undos.put(previous)
         await self.record(_outcome(alert, plan.action, results, fields))
 
     async def _prepare_undo(
@@ -162,6 +158,17 @@ class Executor:
                 record = _replace(record, error=f"{record.error} (refused: not retried; lift it by hand)")
         await self.record(record)
         return final
+
+
+def _warn_loopback(alert: AlertRaised, plan: Plan, dry_run: bool) -> None:
+    log.warn(
+        "audit.response.blocking_loopback",
+        ip=plan.target,
+        rule=alert.rule,
+        dry_run=dry_run,
+        message="blocking a loopback address: local clients (and the demo) through this gateway are "
+        "refused until it expires; add it to audit.responses.never_block to exempt it",
+    )
 
 
 def _definitely_not_applied(results: Sequence[CallResult]) -> bool:
