@@ -176,3 +176,30 @@ def test_over_admin_tls_the_listeners_own_certificate_is_pinned(
     trust.check_hostname = False  # the admin certificate names localhost; the chain is what is checked
     listed = httpx.get(f"{url}/blocklist", verify=trust, headers=gw.admin_headers()).json()
     assert [entry["ip"] for entry in listed["blocked"]] == ["192.0.2.6"]
+
+
+def test_every_listed_gateway_is_called_and_one_down_is_a_failure(
+    gw: GatewayProcess, tmp_path: Path, refused_port: int
+) -> None:
+    """Two replicas listed, one of them down: the live one blocks, the record says 1 of 2 and fails."""
+    trail = Trail()
+    down = f"http://127.0.0.1:{refused_port}"
+    cfg = responder_config(gw, gateways=[f"http://127.0.0.1:{gw.admin_port}", down], attempts=1)
+
+    async def body() -> None:
+        responder = responder_for(cfg, tmp_path, trail)
+        await responder.start()
+        await responder.respond(alert(["block_ip"], ip="198.51.100.99"))
+        await responder.drain()
+        await responder.stop()
+
+    try:
+        asyncio.run(body())
+        failed = trail.only("block_ip", "failed")
+        assert (failed.details["succeeded"], failed.details["attempted"]) == (1, 2)
+        assert failed.details["error"].startswith(down) and "status" not in failed.details
+        assert [entry["ip"] for entry in blocked(gw)] == ["198.51.100.99"]
+    finally:
+        httpx.delete(
+            f"http://127.0.0.1:{gw.admin_port}/blocklist?ip=198.51.100.99", headers=gw.admin_headers()
+        )

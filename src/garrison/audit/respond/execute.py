@@ -193,7 +193,7 @@ def _outcome_record(base: ResponseRecord, results: Sequence[CallResult]) -> Resp
         if isinstance(answer.body.get("released"), bool):
             extra["released"] = answer.body["released"]
     if len(results) > 1:
-        extra.update(succeeded=len(results) - len(failed), endpoints=len(results))
+        extra.update(succeeded=len(results) - len(failed), attempted=len(results))
     error = "; ".join(f"{r.url}: {r.error}" for r in failed)[:500] or None
     return _replace(
         base,
