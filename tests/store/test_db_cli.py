@@ -90,7 +90,7 @@ def test_status_then_upgrade(tmp_path: Path, database: str | None) -> None:
     config = str(_config(tmp_path, database))
     code, output = _db("status", "-c", config, "--check")
     assert code == 1, output
-    assert "identity_0001" in output and "gateway_0001" in output and "no tables" in output
+    assert "identity_0002" in output and "gateway_0001" in output and "no tables" in output
 
     code, output = _db("upgrade", "-c", config)
     assert code == 0, output
@@ -99,7 +99,7 @@ def test_status_then_upgrade(tmp_path: Path, database: str | None) -> None:
     code, output = _db("status", "-c", config, "--check")
     assert code == 0, output
     lines = [line for line in output.splitlines() if "identity" in line]
-    assert len(lines) == 1 and lines[0].count("identity_0001") == 2  # current and head
+    assert len(lines) == 1 and lines[0].count("identity_0002") == 2  # current and head
 
 
 @pytest.mark.process
@@ -107,7 +107,7 @@ def test_every_component_with_tables_is_migrated(tmp_path: Path, database: str |
     config = str(_config_of_all(tmp_path, database))
     code, output = _db("status", "-c", config, "--check")
     assert code == 1, output
-    for head in ("identity_0001", "gateway_0001", "mesh_0002", "vault_0001"):
+    for head in ("identity_0002", "gateway_0001", "mesh_0002", "vault_0001"):
         assert head in output, output
     code, output = _db("upgrade", "-c", config)
     assert code == 0 and output.count("up to date") == 4, output

@@ -173,7 +173,8 @@ def test_a_revision_from_a_newer_release_is_refused(backend: Backend) -> None:
 
 def test_each_baseline_is_frozen_apart_from_the_live_tables() -> None:
     """The baselines define their own tables: a later change to tables.py must not change them."""
+    later = {IDENTITY: {"identity_account_locks"}, GATEWAY: set()}  # tables added by later revisions
     for schema, live in ((IDENTITY, identity_tables.clients.metadata), (GATEWAY, api_keys.metadata)):
         baseline = schema.baseline_metadata()
         assert isinstance(baseline, MetaData) and baseline is not live
-        assert set(baseline.tables) == {table.name for table in schema.tables()}
+        assert set(baseline.tables) == {table.name for table in schema.tables()} - later[schema]

@@ -57,4 +57,4 @@ def test_parallel_upgrades_all_succeed_and_migrate_once(backend: Backend) -> Non
         finally:
             await engine.dispose()
 
-    assert asyncio.run(versions()) == ["identity_0001", "gateway_0001"]
+    assert asyncio.run(versions()) == ["identity_0002", "gateway_0001"]

@@ -127,12 +127,9 @@ class IdentityAudit:
         """``auth.lockout`` for a throttle key that has just been locked (throttle.py calls this)."""
         kind, _, name = key.partition(":")
         fields: dict[str, Any] = {"limit": kind, "until": until, "source": source, "reason": reason}
-        if kind == "user" or kind == "otp":
-            self.emit("auth.lockout", "success", subject=name, target=key, **fields)
-        elif kind == "client":
-            self.emit("auth.lockout", "success", client=name, target=key, **fields)
-        else:  # an address (or, for IPv6, its /64): the key names it
-            self.emit("auth.lockout", "success", target=key, **fields)
+        subject = name if kind in ("user", "otp") else None  # an account, or an account's second factor
+        client = name if kind == "client" else None  # else an address (IPv6: its /64), named by the key
+        self.emit("auth.lockout", "success", subject=subject, client=client, target=key, **fields)
 
     # -- tokens --------------------------------------------------------------------------------------
 

@@ -135,8 +135,10 @@ class _Uvicorn(uvicorn.Server):
 class VaultComponent:
     name = "vault"
 
-    def __init__(self, loaded: LoadedConfig) -> None:
+    def __init__(self, loaded: LoadedConfig, emitter: Emitter | None = None) -> None:
+        """``emitter``: where the audit events go, for tests run in process (else ``emitter_for``)."""
         self.loaded = loaded
+        self.given_emitter = emitter
         self.core: VaultCore | None = None
         self.server: _Uvicorn | None = None
         self.serving: asyncio.Task[None] | None = None
@@ -176,7 +178,7 @@ class VaultComponent:
         # Stable across restarts (the emitter's spool is named after it): the host and configured listen.
         instance = f"{socket.gethostname()}/{vault.listen}"
         identity = self.identity
-        self.emitter = emitter_for(
+        self.emitter = self.given_emitter or emitter_for(
             config, "vault", instance, identity.client_context if identity is not None else None
         )
         await self.emitter.start()
