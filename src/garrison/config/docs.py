@@ -95,6 +95,7 @@ def _walk(model: type[BaseModel], path: str, depth: int, stack: tuple[type, ...]
     rows: list[Row] = []
     children: list[tuple[type[BaseModel], str]] = []
     for name, field in model.model_fields.items():
+        name = field.alias or name  # what garrison.yaml spells (`for`, a Python keyword, is `for_`)
         key = f"{path}.{name}" if path else name
         nested = _nested(field.annotation)
         if nested is None:
