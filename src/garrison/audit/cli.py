@@ -109,17 +109,24 @@ def search(
 def _run_search(config: Path, where: SearchFilter) -> list[Found]:
     import asyncio
 
+    from sqlalchemy import inspect
+
     from garrison.audit.index import index_engine
-    from garrison.audit.migrations import SCHEMA
     from garrison.audit.search import search as run
-    from garrison.store.migrations import status
+    from garrison.audit.tables import events
 
     loaded = load_or_exit(config, "audit")
+    assert loaded.config.audit is not None
+    if loaded.config.audit.database is None and not (loaded.config.state_dir / "audit" / "index.db").exists():
+        err.print("no audit index yet: `garrison audit serve` creates it")
+        return []
 
     async def main() -> list[Found]:
         engine = index_engine(loaded.config)
         try:
-            if not (await status(engine, SCHEMA)).current:
+            async with engine.connect() as connection:
+                present = await connection.run_sync(lambda sync: inspect(sync).has_table(events.name))
+            if not present:
                 return []  # no index yet: the collector has never started
             return await run(engine, where)
         finally:
