@@ -90,6 +90,8 @@ def test_kill_9_loses_no_acknowledged_event(tmp_path: Path) -> None:
     assert acked <= set(logged)
     assert max(Counter(logged).values()) == 1  # nothing logged twice
     assert len(logged) == len(indexed)
+    verified = process.cli("audit", "verify")  # chain and the checkpoint signed at the drain
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collector]:
     ca_dir = directory / "state" / "ca"
     ca_dir.mkdir(parents=True, mode=0o700)
     (ca_dir / "bundle.pem").write_bytes(pem(issuing.parents[-1]))
-    process = AuditProcess(directory, audit_config(directory)).start()
+    process = AuditProcess(directory, audit_config(directory, checkpoint_interval=0.2)).start()
     try:
         yield Collector(process, issuing, directory)
     finally:
@@ -168,6 +168,9 @@ def test_metrics_pass_promtool(collector: Collector) -> None:
     )
     assert (
         b"garrison_audit_log_entries" in exposition and b"garrison_audit_commit_seconds_bucket" in exposition
+    )
+    assert wait_until(
+        lambda: b"garrison_audit_checkpoints_total 0.0" not in collector.process.admin("/metrics").content
     )
     checked = subprocess.run(
         [promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=60, check=False

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from garrison.admin.api import AdminApi
 from garrison.admin.auth import AdminTokenError, admin_token_path, load_or_create_admin_token
 from garrison.admin.listener import AdminListener, start_admin_listener
+from garrison.audit.checkpoints import Checkpointer
 from garrison.audit.collector import Collector
 from garrison.audit.feeder import StageFeeder
 from garrison.audit.index import EventIndex, index_engine
@@ -38,6 +39,7 @@ from garrison.audit.intake import IntakeServer
 from garrison.audit.log import EventLog
 from garrison.audit.metrics import CollectorMetrics
 from garrison.audit.migrations import SCHEMA
+from garrison.audit.paths import AuditPaths
 from garrison.audit.pipeline import AfterCommit, LoggedEvent, LogReader
 from garrison.audit.recent import RecentIds
 from garrison.config.loader import LoadedConfig
@@ -49,7 +51,7 @@ from garrison.pki.tls import CaIssuer, resolve_certificate
 from garrison.store.startup import prepare_schema
 from garrison.telemetry import logging as log
 
-__all__ = ["AuditComponent", "emit_token_path", "log_directory", "serve"]
+__all__ = ["AuditComponent", "emit_token_path", "serve"]
 
 DRAIN_TIMEOUT = 10.0
 STAGES_TIMEOUT = 30.0
@@ -58,10 +60,6 @@ BACKLOG = 1024
 
 Background = Callable[[LogReader], Awaitable[None]]
 Setup = Callable[["AuditComponent"], Awaitable[None]]
-
-
-def log_directory(state_dir: Path) -> Path:
-    return state_dir / "audit" / "log"
 
 
 def emit_token_path(state_dir: Path) -> Path:
@@ -80,6 +78,7 @@ class AuditComponent:
         self.background: list[Background] = []
         self.setup: list[Setup] = []
         self.log: EventLog | None = None
+        self.checkpointer: Checkpointer | None = None
         self.engine: AsyncEngine | None = None
         self.index: EventIndex | None = None
         self.feeder: StageFeeder | None = None
@@ -123,8 +122,14 @@ class AuditComponent:
         return listeners
 
     async def _open_log(self) -> None:
-        self.log = await EventLog.open(log_directory(self.loaded.config.state_dir))
+        config = self.loaded.config
+        assert config.audit is not None
+        paths = AuditPaths.for_state_dir(config.state_dir)
+        self.log = await EventLog.open(paths.log)
         self.metrics.entries.set(self.log.size())
+        self.checkpointer = await Checkpointer.open(
+            self.log, paths.log, paths.checkpoint_key, config.audit.checkpoint_interval
+        )
 
     async def _open_pipeline(self) -> Collector:
         config = self.loaded.config
@@ -192,10 +197,26 @@ class AuditComponent:
         self.feeder.start()
         if self.tls is not None:
             self.tasks.append(asyncio.create_task(_follow_bundle(self.tls), name="audit-bundle"))
+        self.tasks.append(asyncio.create_task(self._checkpoints(), name="audit-checkpoints"))
         for number, task in enumerate(self.background):
             self.tasks.append(
                 asyncio.create_task(_guarded(task(self._log())), name=f"audit-background-{number}")
             )
+
+    async def _checkpoints(self) -> None:
+        """A signed checkpoint at most ``checkpoint_interval`` after entries arrive (the Checkpointer
+        decides; this only asks it often enough)."""
+        assert self.checkpointer is not None
+        while True:
+            await asyncio.sleep(min(1.0, self.checkpointer.interval))
+            await self._checkpoint(self.checkpointer.maybe_checkpoint)
+
+    async def _checkpoint(self, how: Callable[[], Awaitable[object]]) -> None:
+        try:
+            if await how() is not None:
+                self.metrics.checkpoints.inc()
+        except Exception as exc:  # a key or disk problem: said, and the next interval tries again
+            log.error("audit.checkpoint.failed", error=type(exc).__name__, message=str(exc)[:200])
 
     def _log(self) -> EventLog:
         assert self.log is not None
@@ -243,6 +264,8 @@ class AuditComponent:
             except TimeoutError:
                 log.warn("audit.stages.unfinished", backlog=self.feeder.backlog)
             await self.feeder.close()
+        if self.checkpointer is not None:
+            await self._checkpoint(self.checkpointer.checkpoint)  # the head at exit is signed
         if self.admin is not None:
             await self.admin.close()
         size = self.log.size() if self.log is not None else 0
