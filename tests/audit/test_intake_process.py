@@ -177,3 +177,37 @@ def test_metrics_pass_promtool(collector: Collector) -> None:
     )
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
     assert collector.process.admin("/ready").status_code == 200
+
+
+def test_curl_with_expect_100_continue(collector: Collector, tmp_path: Path) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    process = collector.process
+    body = tmp_path / "batch.ndjson"
+    body.write_bytes(ndjson([sample(n, trace_id="trace-curl") for n in range(20)]))
+    result = subprocess.run(
+        [
+            curl,
+            "-sS",
+            "--max-time",
+            "20",
+            "--cacert",
+            str(process.state_dir / "audit" / "tls" / "ca.pem"),
+            "-H",
+            "Expect: 100-continue",
+            "-H",
+            "Content-Type: application/x-ndjson",
+            "-H",
+            f"Authorization: Bearer {process.token}",
+            "--data-binary",
+            f"@{body}",
+            process.url.replace("127.0.0.1", "localhost"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"accepted":20' in result.stdout

@@ -31,7 +31,7 @@ import httptools
 from garrison.audit.collector import BatchAnswer, Collector
 from garrison.audit.metrics import CollectorMetrics
 from garrison.pki.identity import spiffe_id
-from garrison.proxy.http1 import status_line
+from garrison.proxy.http1 import CONTINUE_LINE, status_line
 
 __all__ = ["MAX_BODY", "IntakeServer", "authenticate"]
 
@@ -191,6 +191,8 @@ class IntakeProtocol(asyncio.Protocol):
             status, message, reason = refusal
             self._refuse_now(status, message, reason)
             raise httptools.HttpParserError("refused")  # stop parsing this connection
+        if self.headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
+            self.transport.write(CONTINUE_LINE)  # curl waits for it before sending a large body
 
     def _check_head(self) -> tuple[int, str, str] | None:
         if self.url.partition(b"?")[0] != PATH:
@@ -240,6 +242,8 @@ class IntakeProtocol(asyncio.Protocol):
         self.server.metrics.reject(reason)
         self.queue.append(_Request(self.refusal, "", b"", keep_alive=False))
         self.in_request = False
+        if self.transport is not None:
+            self.transport.pause_reading()  # the rest of what it sends is not read
         if self.worker is None:
             self.worker = asyncio.ensure_future(self._work())
 
