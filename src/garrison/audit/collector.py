@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from garrison.audit.feeder import StageFeeder
@@ -113,7 +113,7 @@ class Collector:
             if not line.strip():
                 continue
             try:
-                event = replace(Event.from_json(line), origin=origin)
+                event = Event.from_json(line, origin)
             except (EventError, TypeError) as exc:
                 batch.rejected.append({"line": index, "error": str(exc)})
                 continue

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -117,7 +118,8 @@ class Event:
         return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod
-    def from_json(cls, line: bytes) -> Event:
+    def from_json(cls, line: bytes, origin: str | None = None) -> Event:
+        """``origin``, when given (the collector's authenticated channel), replaces the line's."""
         if len(line) > MAX_LINE:
             raise EventError(f"an event is at most {MAX_LINE} bytes")
         try:
@@ -126,6 +128,8 @@ class Event:
             raise EventError(f"not JSON: {exc}") from None
         if not isinstance(body, dict):
             raise EventError("an event is a JSON object")
+        if origin is not None:
+            body["origin"] = origin
         return cls.from_dict(body)
 
     @classmethod
@@ -173,11 +177,16 @@ def _text(body: dict[str, Any], name: str, optional: bool = False) -> Any:
     return value
 
 
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+
+
 def _time(value: Any) -> float:
-    if not isinstance(value, str):
+    # The one shape rfc3339() writes, checked by a regular expression, then read by fromisoformat:
+    # strptime was most of the collector's per-event cost (about 5x slower than this).
+    if not isinstance(value, str) or _TIME.fullmatch(value) is None:
         raise EventError("time is an RFC 3339 UTC time such as 2026-12-07T10:00:00.000000Z")
     try:
-        parsed = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        parsed = datetime.fromisoformat(value[:-1]).replace(tzinfo=UTC)
     except ValueError:
         raise EventError("time is an RFC 3339 UTC time such as 2026-12-07T10:00:00.000000Z") from None
     return parsed.timestamp()
