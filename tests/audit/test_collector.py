@@ -211,3 +211,38 @@ def test_index_catches_up_and_filters(backend: Backend, tmp_path: Path) -> None:
             await engine.dispose()
 
     asyncio.run(main())
+
+
+def test_event_times_are_read_strictly_and_origin_is_the_collectors() -> None:
+    from garrison.events.schema import Event, EventError
+
+    line = sample(1, origin="spiffe://forged").to_json()
+    event = Event.from_json(line, "token")
+    assert event.origin == "token" and Event.from_json(line).origin == "spiffe://forged"
+    good = sample(time=1_800_000_000.25)
+    assert Event.from_json(good.to_json()).time == 1_800_000_000.25
+    for bad in (
+        "2026-12-07T10:00:00,000000Z",
+        "2026-12-07 10:00:00.000000Z",
+        "2026-02-30T10:00:00.000000Z",
+        "2026-12-07T10:00:00.000000+00:00",
+        "2026-12-07T10:00:00Z",
+    ):
+        with pytest.raises(EventError, match="RFC 3339"):
+            Event.from_json(good.to_json().replace(good.to_dict()["time"].encode(), bad.encode()))
+
+
+def test_the_collectors_own_events_are_logged_staged_and_remembered(tmp_path: Path) -> None:
+    async def main() -> None:
+        collector, log, recorder = await _collector(tmp_path)
+        alert = sample(1, component="audit", type="audit.alert")
+        [logged] = await collector.append([alert])
+        assert logged.seq == 0 and log.size() == 1
+        answer = await collector.submit("token", ndjson([alert]))  # the same id from outside: a duplicate
+        assert answer.payload["duplicates"] == 1
+        await collector.feeder.flush()
+        assert recorder.seen == [0]
+        await collector.feeder.close()
+        await log.close()
+
+    asyncio.run(main())
