@@ -138,3 +138,23 @@ def test_search_filters_on_postgresql(pg_collector: AuditProcess) -> None:
     status = process.cli("db", "status")
     [row] = [line for line in status.stdout.splitlines() if line.startswith("│ audit ")]
     assert "audit_0001" in row and "up to date" in row, status.stdout
+
+
+def test_sigterm_amid_a_stream_answers_what_it_took_and_checkpoints_the_end(tmp_path: Path) -> None:
+    from garrison.audit.checkpoints import read_checkpoints
+
+    process = AuditProcess(tmp_path, audit_config(tmp_path)).start()
+    stream = Stream(process)
+    for thread in stream.threads:
+        thread.start()
+    try:
+        wait_until(lambda: stream.acknowledged() >= 10 * BATCH, timeout=60)
+        assert process.stop() == 0, process.stderr()  # SIGTERM: a drain, not a crash
+    finally:
+        for thread in stream.threads:
+            thread.join(60)
+    logged = _log_ids(process.state_dir)
+    assert set(stream.acked) <= set(logged)
+    checkpoints = read_checkpoints(process.state_dir / "audit" / "log" / "checkpoints.jsonl")
+    assert checkpoints[-1].size == len(logged)  # the drain signed the log's last entry
+    assert '"audit.stopped"' in process.stderr()
