@@ -13,8 +13,10 @@ one more is closed at once.
 
 Credential (``authenticate``): a client certificate verified in the handshake against the mesh bundle
 (pki/listener_tls.py) whose SPIFFE ID is of the trust domain, else ``Authorization: Bearer`` with the
-emit token, compared in constant time. Refusals that come before the body is read close the
-connection, so a refused client cannot make the collector read its 4 MiB.
+emit token, compared in constant time. A refusal decided from the head (400, 401, 404, 405) is sent
+once the body (4 MiB at most) has been read and dropped, unparsed: closing with unread data makes
+TCP reset the connection, and the client would see a network error, and retry, instead of the
+answer. 413 and 431 (and any refusal of a client waiting for ``100 Continue``) close at once.
 """
 
 from __future__ import annotations
@@ -118,6 +120,8 @@ class IntakeProtocol(asyncio.Protocol):
         self.head_bytes = 0
         self.body = bytearray()
         self.refusal: BatchAnswer | None = None
+        self.later: tuple[int, str, str] | None = None  # a refusal answered once the body is read
+        self.discarded = 0
         self.in_request = False
 
     # -- connection ----------------------------------------------------------------------------------
@@ -187,11 +191,16 @@ class IntakeProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         refusal = self._check_head()
+        expects = self.headers.get(b"expect", b"").lower() == b"100-continue"
+        if refusal is not None and refusal[0] != 413 and not expects:
+            # Read (and drop) the body first: closing with it unread makes TCP reset the connection,
+            # and the client would see a network error, and retry, instead of this answer.
+            self.later = refusal
+            return
         if refusal is not None:
-            status, message, reason = refusal
-            self._refuse_now(status, message, reason)
+            self._refuse_now(*refusal)
             raise httptools.HttpParserError("refused")  # stop parsing this connection
-        if self.headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
+        if expects and self.transport is not None:
             self.transport.write(CONTINUE_LINE)  # curl waits for it before sending a large body
 
     def _check_head(self) -> tuple[int, str, str] | None:
@@ -214,12 +223,18 @@ class IntakeProtocol(asyncio.Protocol):
         return None
 
     def on_body(self, body: bytes) -> None:
-        self.body += body
-        if len(self.body) > MAX_BODY:
+        if self.later is not None:
+            self.discarded += len(body)
+        else:
+            self.body += body
+        if len(self.body) + self.discarded > MAX_BODY:
             self._refuse_now(413, f"a batch is at most {MAX_BODY} bytes", "too_large")
             raise httptools.HttpParserError("refused")
 
     def on_message_complete(self) -> None:
+        if self.later is not None:
+            self._refuse_now(*self.later)
+            raise httptools.HttpParserError("refused")  # stop parsing this connection
         origin = self.server.origin_of(self.peer, self.headers.get(b"authorization")) or ""
         keep_alive = bool(self.parser.should_keep_alive()) and not self.server.draining
         self.queue.append(_Request(None, origin, bytes(self.body), keep_alive))
