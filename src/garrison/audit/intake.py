@@ -34,6 +34,7 @@ from garrison.audit.collector import BatchAnswer, Collector
 from garrison.audit.metrics import CollectorMetrics
 from garrison.pki.identity import spiffe_id
 from garrison.proxy.http1 import CONTINUE_LINE, status_line
+from garrison.telemetry import logging as log
 
 __all__ = ["MAX_BODY", "IntakeServer", "authenticate"]
 
@@ -266,7 +267,7 @@ class IntakeProtocol(asyncio.Protocol):
         try:
             while self.queue:
                 request = self.queue[0]
-                answer = request.answer or await self.server.collector.submit(request.origin, request.body)
+                answer = request.answer or await self._submit(request)
                 self.queue.popleft()
                 self._write(answer, request.keep_alive)
                 if not request.keep_alive:
@@ -279,6 +280,15 @@ class IntakeProtocol(asyncio.Protocol):
                 return
             self._arm(IDLE_TIMEOUT)
             self.transport.resume_reading()
+
+    async def _submit(self, request: _Request) -> BatchAnswer:
+        try:
+            return await self.server.collector.submit(request.origin, request.body)
+        except (
+            Exception
+        ) as exc:  # a bug answers 500 (nothing acknowledged) rather than hanging the connection
+            log.error("audit.intake.failed", error=type(exc).__name__)
+            return BatchAnswer(500, {"error": "internal error"})
 
     def _write(self, answer: BatchAnswer, keep_alive: bool) -> None:
         transport = self.transport
