@@ -36,7 +36,7 @@ def small_event(number: int) -> Event:
     )
 
 
-async def _run(directory: Path, batches: list[list[Event]], concurrency: int) -> float:
+async def _run(directory: Path, batches: list[list[Event]], concurrency: int) -> tuple[float, float]:
     log = await EventLog.open(directory)
     queue = list(reversed(batches))
 
@@ -44,11 +44,11 @@ async def _run(directory: Path, batches: list[list[Event]], concurrency: int) ->
         while queue:
             await log.append(queue.pop())
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     await log.close()
-    return elapsed
+    return elapsed, cpu
 
 
 def measure(root: Path, batches: int, batch_size: int, concurrency: int) -> dict[str, Any]:
@@ -56,9 +56,14 @@ def measure(root: Path, batches: int, batch_size: int, concurrency: int) -> dict
     log under ``root``; events/s and batches/s."""
     prepared = [[small_event(b * batch_size + i) for i in range(batch_size)] for b in range(batches)]
     with tempfile.TemporaryDirectory(dir=root) as directory:
-        elapsed = asyncio.run(_run(Path(directory), prepared, concurrency))
+        elapsed, cpu = asyncio.run(_run(Path(directory), prepared, concurrency))
         size = sum(f.stat().st_size for f in Path(directory).glob("segment-*"))
     events = batches * batch_size
+    sample = [event for batch in prepared[:10] for event in batch]
+    encoding = time.process_time()
+    for event in sample:
+        event.to_json()
+    encoding = time.process_time() - encoding
     return {
         "concurrency": concurrency,
         "batch_size": batch_size,
@@ -67,6 +72,10 @@ def measure(root: Path, batches: int, batch_size: int, concurrency: int) -> dict
         "events_per_s": round(events / elapsed),
         "batches_per_s": round(batches / elapsed, 1),
         "bytes_per_event": round(size / events),
+        # CPU per event, less sensitive than wall time to a busy machine; and the part of it that is
+        # Event.to_json() alone (the caller's encoding, not the log's hashing and writing)
+        "cpu_us_per_event": round(cpu / events * 1e6, 1),
+        "to_json_us_per_event": round(encoding / len(sample) * 1e6, 1),
     }
 
 
@@ -89,7 +98,8 @@ def main() -> None:
         print(
             f"{r['concurrency']} appender(s), batches of {r['batch_size']}: {r['events_per_s']:,} events/s "
             f"({r['batches_per_s']} batches/s, {r['bytes_per_event']} bytes/event, {r['events']:,} events "
-            f"in {r['seconds']} s)"
+            f"in {r['seconds']} s; {r['cpu_us_per_event']} us CPU/event, of which to_json "
+            f"{r['to_json_us_per_event']} us)"
         )
 
 

@@ -102,3 +102,32 @@ def test_a_log_shorter_than_its_checkpoint_refuses_to_start(tmp_path: Path) -> N
             await log.close()
 
     asyncio.run(main())
+
+
+def test_the_run_task_checkpoints_entries_that_stopped_arriving(tmp_path: Path) -> None:
+    paths = AuditPaths.for_state_dir(tmp_path)
+    clock = Clock()
+
+    async def main() -> None:
+        log = await EventLog.open(paths.log)
+        checkpointer = await Checkpointer.open(log, paths.log, paths.checkpoint_key, 10, clock)
+        made = asyncio.Event()
+        slept: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            slept.append(seconds)
+            clock.now += seconds
+            if checkpointer.latest is not None:
+                made.set()
+                await asyncio.Event().wait()  # park until cancelled
+
+        await log.append([sample_event(0)])
+        clock.now += 4
+        task = asyncio.create_task(checkpointer.run(sleep))
+        await made.wait()
+        task.cancel()
+        assert slept[0] == 6  # the rest of the interval, not a whole one
+        assert checkpointer.latest is not None and checkpointer.latest.size == 1
+        await log.close()
+
+    asyncio.run(main())

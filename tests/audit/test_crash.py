@@ -46,7 +46,11 @@ def test_no_acknowledged_event_is_lost_across_kill_9(tmp_path: Path) -> None:
     paths = AuditPaths.for_state_dir(tmp_path)
 
     async def reopen() -> None:
-        log = await EventLog.open(paths.log, segment_bytes=64 * 1024)
+        replayed = await EventLog.open(paths.log, segment_bytes=64 * 1024, snapshot_every=0)
+        full = replayed.head()
+        await replayed.close()
+        log = await EventLog.open(paths.log, segment_bytes=64 * 1024)  # from the tail snapshot
+        assert log.head() == full
         assert log.size() >= max(acknowledged) + 1
         entries = {e.seq: e.event.id for e in await log.read(0, log.size())}
         missing = [seq for seq, event_id in acknowledged.items() if entries.get(seq) != event_id]

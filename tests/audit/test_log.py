@@ -4,15 +4,18 @@ index across segments, and crash recovery (torn tail cut; damage elsewhere refus
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
-from garrison.audit.log import EventLog, LogClosed, LogDamaged
+from garrison.audit.log import EventLog, LogClosed, LogDamaged, LogError
 from garrison.audit.merkle import leaf_hash, mth
 from garrison.audit.segments import CHAIN_GENESIS, chain_next, list_segments
+from garrison.audit.tailstate import SNAPSHOT_FILE
 from garrison.events.schema import Actor, Event
 
 T = TypeVar("T")
@@ -136,12 +139,70 @@ def test_a_torn_last_line_is_cut_off_on_open(tmp_path: Path, tail: bytes) -> Non
 
 def test_a_damaged_line_before_the_end_refuses_to_open(tmp_path: Path) -> None:
     _fill(tmp_path, 5)
+    (tmp_path / SNAPSHOT_FILE).unlink()  # a full replay: as after a crash before the first snapshot
     path = _segment(tmp_path)
     data = path.read_bytes().split(b"\n")
     data[2] = data[2].replace(b"/api/2", b"/api/9")
     path.write_bytes(b"\n".join(data))
     with pytest.raises(LogDamaged, match=r"seq 2 .*chain breaks.*garrison audit verify"):
         run(lambda: EventLog.open(tmp_path))
+    with pytest.raises(LogDamaged, match=r"seq 2"):  # the snapshot is not trusted over the lines
+        run(lambda: EventLog.open(tmp_path, snapshot_every=0))
+
+
+def test_reopening_resumes_from_the_tail_snapshot_and_checks_the_lines_after_it(tmp_path: Path) -> None:
+    async def write() -> list[bytes]:
+        log = await EventLog.open(tmp_path, index_every=4, snapshot_every=10)
+        lines = [e.line for e in await log.append([event(i) for i in range(12)])]
+        lines += [e.line for e in await log.append([event(i) for i in range(12, 15)])]
+        # no close: as after kill -9, the snapshot (taken at 12) is behind the log (15); the
+        # kernel would close the files of a killed process
+        assert json.loads((tmp_path / SNAPSHOT_FILE).read_bytes())["size"] == 12
+        os.close(log._fd)
+        os.close(log._lock)
+        return lines
+
+    lines = run(write)
+    at_twelve = (tmp_path / SNAPSHOT_FILE).read_bytes()
+
+    async def reopen() -> None:
+        log = await EventLog.open(tmp_path, index_every=4, snapshot_every=10)
+        assert log.size() == 15 and log.head().root == mth(lines)
+        assert [e.line for e in await log.read(3, 20)] == lines[3:]
+        more = await log.append([event(15)])
+        await log.close()
+        assert json.loads((tmp_path / SNAPSHOT_FILE).read_bytes())["size"] == 16
+        assert more[0].seq == 15
+
+    run(reopen)
+    path = _segment(tmp_path)
+    data = path.read_bytes().split(b"\n")
+    data[13] = data[13].replace(b"/api/13", b"/api/99")  # after the snapshot: replayed, and refused
+    path.write_bytes(b"\n".join(data))
+    (tmp_path / SNAPSHOT_FILE).write_bytes(at_twelve)
+    with pytest.raises(LogDamaged, match="seq 13"):
+        run(lambda: EventLog.open(tmp_path, index_every=4, snapshot_every=10))
+
+
+@pytest.mark.parametrize("damage", ["chain", "end", "garbage", "index"])
+def test_a_snapshot_that_does_not_match_the_lines_is_ignored(tmp_path: Path, damage: str) -> None:
+    lines = _fill(tmp_path, 9)
+    snapshot_path = tmp_path / SNAPSHOT_FILE
+    body = json.loads(snapshot_path.read_bytes())
+    if damage == "chain":
+        body["chain"] = "00" * 32
+    elif damage == "end":
+        body["end"] -= 1
+    elif damage == "index":
+        body["index"] = [[0, 5]]
+    snapshot_path.write_text("{not json" if damage == "garbage" else json.dumps(body))
+
+    async def main() -> None:
+        log = await EventLog.open(tmp_path)
+        assert log.size() == 9 and log.head().root == mth(lines)
+        await log.close()
+
+    run(main)
 
 
 def test_a_damaged_complete_last_line_is_tampering_not_a_torn_write(tmp_path: Path) -> None:
@@ -151,3 +212,43 @@ def test_a_damaged_complete_last_line_is_tampering_not_a_torn_write(tmp_path: Pa
     path.write_bytes(data[:-2] + b"X\n")
     with pytest.raises(LogDamaged, match="seq 2"):
         run(lambda: EventLog.open(tmp_path))
+
+
+def test_a_failed_write_fails_its_callers_and_stops_appends_until_reopened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import garrison.audit.log as log_module
+
+    async def main() -> None:
+        log = await EventLog.open(tmp_path)
+        await log.append([event(0)])
+
+        def broken_fsync(fd: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(log_module.os, "fsync", broken_fsync)
+        results = await asyncio.gather(log.append([event(1)]), log.append([event(2)]), return_exceptions=True)
+        assert all(isinstance(r, LogError) for r in results), results
+        monkeypatch.undo()
+        with pytest.raises(LogError, match="takes no appends"):
+            await log.append([event(3)])
+        assert log.size() == 1  # never acknowledged, never counted
+        await log.close()
+        reopened = await EventLog.open(tmp_path)  # the written (unacknowledged) lines are whole
+        assert reopened.size() in (1, 2, 3)
+        await reopened.append([event(4)])
+        await reopened.close()
+
+    run(main)
+
+
+def test_one_writer_per_log(tmp_path: Path) -> None:
+    async def main() -> None:
+        log = await EventLog.open(tmp_path)
+        with pytest.raises(LogError, match="another process has the audit log"):
+            await EventLog.open(tmp_path)
+        await log.close()
+        again = await EventLog.open(tmp_path)  # released at close
+        await again.close()
+
+    run(main)

@@ -122,7 +122,18 @@ def test_a_truncated_tail(written: WrittenLog) -> None:
 def test_a_tail_cut_inside_a_line(written: WrittenLog) -> None:
     data = b"".join(written.lines())
     written.segment().write_bytes(data[: len(data) - 20])
-    assert first(check(written)) == ("truncation", 39)
+    report = check(written)
+    assert first(report) == ("truncation", 39)
+    assert "seq 39" in report.notes[0]
+
+
+def test_an_incomplete_last_line_after_the_checkpoints_is_a_note(tmp_path: Path) -> None:
+    """As verify sees a live log while a write is in flight (or before the collector restarts)."""
+    written = write_log(tmp_path, [10], {0})
+    with written.segment().open("ab") as file:
+        file.write(b'{"seq":10,"chain":"00')
+    code, output = cli(written, "verify")
+    assert code == 0 and "note" in output and "seq 10" in output
 
 
 def test_truncated_before_the_last_checkpoints(written: WrittenLog) -> None:
@@ -229,3 +240,15 @@ def test_a_long_log_shows_progress(written: WrittenLog, monkeypatch: pytest.Monk
     assert report.ok and sum(advanced) == written.segment().stat().st_size
     code, output = cli(written, "verify")
     assert code == 0 and "intact: 40 entries" in output
+
+
+def test_unusable_input_exits_2(written: WrittenLog, tmp_path: Path) -> None:
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    result = runner.invoke(app, ["verify", "--log-dir", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "no audit log" in result.output
+    bad_key = tmp_path / "bad.pub"
+    bad_key.write_text("not a key")
+    result = runner.invoke(app, ["verify", "--log-dir", str(written.directory), "--public-key", str(bad_key)])
+    assert result.exit_code == 2 and "not a PEM public key" in result.output

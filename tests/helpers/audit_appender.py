@@ -28,7 +28,7 @@ async def appender(log: EventLog, checkpointer: Checkpointer, task: int) -> None
 
 async def main(state_dir: Path) -> None:
     paths = AuditPaths.for_state_dir(state_dir)
-    log = await EventLog.open(paths.log, segment_bytes=64 * 1024)
+    log = await EventLog.open(paths.log, segment_bytes=64 * 1024, snapshot_every=500)
     checkpointer = await Checkpointer.open(log, paths.log, paths.checkpoint_key, interval=0.0)
     await asyncio.gather(*(appender(log, checkpointer, task) for task in range(4)))
 

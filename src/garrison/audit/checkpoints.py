@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -125,7 +125,10 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return _read_key(path)
+        key = _read_key(path)
+        if not path.with_suffix(".pub").exists():  # a crash between the two writes
+            _write_public(path, key)
+        return key
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -134,11 +137,17 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
         handle.write(pem)
         handle.flush()
         os.fsync(handle.fileno())
+    _write_public(path, key)
+    return key
+
+
+def _write_public(path: Path, key: Ed25519PrivateKey) -> None:
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    path.with_suffix(".pub").write_bytes(public)
-    return key
+    temporary = path.with_suffix(".pub.tmp")
+    temporary.write_bytes(public)
+    os.replace(temporary, path.with_suffix(".pub"))
 
 
 def _read_key(path: Path) -> Ed25519PrivateKey:
@@ -244,6 +253,14 @@ class Checkpointer:
         latest = self.latest.size if self.latest else 0
         return self._log.head().size > latest and self._clock() - self._last_time >= self.interval
 
+    async def run(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """Until cancelled: a checkpoint at most ``interval`` after entries arrived (the collector
+        runs this as a task, so a burst followed by silence is still covered; cancel, then call
+        ``checkpoint`` at close)."""
+        while True:
+            await sleep(max(self.interval - (self._clock() - self._last_time), 0.05))
+            await self.maybe_checkpoint()
+
     async def maybe_checkpoint(self) -> Checkpoint | None:
         """A new checkpoint if entries arrived and ``interval`` passed since the last one."""
         return await self.checkpoint() if self.due() else None
@@ -267,9 +284,16 @@ class Checkpointer:
 
 def _append_durably(path: Path, checkpoint: Checkpoint) -> None:
     line = json.dumps(checkpoint.to_dict(), separators=(",", ":")).encode() + b"\n"
+    created = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
         os.fsync(fd)
     finally:
         os.close(fd)
+    if created:  # the file's name is durable too
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)

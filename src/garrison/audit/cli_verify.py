@@ -112,9 +112,12 @@ def _print(report: VerifyReport, as_json: bool) -> None:
             "checkpoints": len(report.checkpoints),
             "latest": latest.to_dict() if latest else None,
             "problems": [{"kind": p.kind, "seq": p.seq, "message": p.message} for p in report.problems],
+            "notes": report.notes,
         }
         out.print_json(json.dumps(body))
         return
+    for note in report.notes:
+        out.print(f"[yellow]note[/yellow]: {note}")
     for problem in report.problems:
         where = f" at seq {problem.seq}" if problem.seq is not None else ""
         out.print(f"[red]{problem.kind}{where}[/red]: {problem.message}")

@@ -7,40 +7,38 @@ Blocking I/O (write, fsync, reads) runs in worker threads, never on the event lo
 copies of the tail state (chain head, compact range) and the loop publishes them when the fsync
 returns, so ``head()`` never sees a half-written batch.
 
-Opening replays every segment: it checks each line's format, seq and chain, rebuilds the Merkle tree
-head and a sparse seq -> file offset index (one entry per ``index_every`` entries: ``read`` seeks,
-it never loads the log). A torn last line (bytes after the last newline, or zeros a crash left) was
-never acknowledged and is cut off; any other damage refuses to open (``LogDamaged``): a line that
-changed after it was acknowledged is tampering, and `garrison audit verify` says where it starts.
-A failed write leaves the log refusing appends until it is reopened (fail closed).
+Opening (``recovery``) resumes from the saved tail snapshot and replays the lines written since (all
+of them without a snapshot): it checks each line's format, seq and chain, rebuilds the Merkle tree head
+and a sparse seq -> file offset index (one entry per ``index_every`` entries: ``read`` seeks, it never
+loads the log). A torn last line was never acknowledged and is cut off; any other damage refuses to
+open (``LogDamaged``): a line that changed after it was acknowledged is tampering, and
+`garrison audit verify` (which checks every line, always) says where it starts. A failed write leaves
+the log refusing appends until it is reopened (fail closed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Final
 
-from garrison.audit.merkle import CompactRange, leaf_hash
+from garrison.audit.merkle import leaf_hash
 from garrison.audit.pipeline import LoggedEvent
-from garrison.audit.segments import (
-    CHAIN_GENESIS,
-    chain_next,
-    format_line,
-    list_segments,
-    parse_line,
-    read_lines,
-    segment_name,
-)
+from garrison.audit.recovery import LogDamaged, Tail, fsync_directory, recover, snapshot_of, walk
+from garrison.audit.segments import chain_next, format_line, parse_line, segment_first, segment_name
+from garrison.audit.tailstate import save_snapshot
 from garrison.events.schema import Event
 
 __all__ = ["EventLog", "LogClosed", "LogDamaged", "LogError", "LogHead"]
 
 SEGMENT_BYTES: Final = 64 * 1024 * 1024
 INDEX_EVERY: Final = 1024
+LOCK_FILE: Final = ".lock"
+SNAPSHOT_EVERY: Final = 100_000  # entries between tail snapshots: the most a restart replays
 
 
 class LogError(Exception):
@@ -49,10 +47,6 @@ class LogError(Exception):
 
 class LogClosed(LogError):
     pass
-
-
-class LogDamaged(Exception):
-    """A line other than a torn last one is not what the log wrote: the log refuses to open."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,21 +60,6 @@ class LogHead:
 
 
 @dataclass(slots=True)
-class _Tail:
-    """The writer's state; replaced, never mutated, once published."""
-
-    size: int
-    chain: bytes
-    tree: CompactRange
-    segment: Path
-    segment_bytes: int
-    index: list[tuple[Path, int]] = field(default_factory=list)  # seq i*every -> (file, offset)
-
-    def copy(self) -> _Tail:
-        return _Tail(self.size, self.chain, self.tree.copy(), self.segment, self.segment_bytes)
-
-
-@dataclass(slots=True)
 class _Waiter:
     events: Sequence[Event]
     future: asyncio.Future[list[LoggedEvent]]
@@ -89,27 +68,45 @@ class _Waiter:
 class EventLog:
     """The durable, chained, Merkle-hashed log; one writer per directory (one collector process)."""
 
-    def __init__(self, directory: Path, tail: _Tail, segment_limit: int, index_every: int) -> None:
+    def __init__(
+        self, directory: Path, tail: Tail, segment_limit: int, every: int, snapshot_every: int
+    ) -> None:
         self.directory = directory
         self._tail = tail
         self._index = tail.index
         tail.index = []
         self._segment_limit = segment_limit
-        self._every = index_every
+        self._every = every
+        self._snapshot_every = snapshot_every
+        self._snapshot_size = tail.size
         self._fd = os.open(tail.segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._waiting: list[_Waiter] = []
         self._writer: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
         self._closed = False
+        self._lock = -1  # the directory's lock file, held while open
 
     @classmethod
     async def open(
-        cls, directory: Path, *, segment_bytes: int = SEGMENT_BYTES, index_every: int = INDEX_EVERY
+        cls,
+        directory: Path,
+        *,
+        segment_bytes: int = SEGMENT_BYTES,
+        index_every: int = INDEX_EVERY,
+        snapshot_every: int = SNAPSHOT_EVERY,
     ) -> EventLog:
         """Open (or create) the log in ``directory``, recovering from a crash; ``LogDamaged`` if
-        a line other than a torn last one is damaged."""
-        tail = await asyncio.to_thread(_recover, directory, index_every)
-        return cls(directory, tail, segment_bytes, index_every)
+        a line other than a torn last one is damaged. ``snapshot_every=0``: no tail snapshots (every
+        open replays, and so checks, every line)."""
+        lock = await asyncio.to_thread(_lock, directory)
+        try:
+            tail = await asyncio.to_thread(recover, directory, index_every, snapshot_every > 0)
+            log = cls(directory, tail, segment_bytes, index_every, snapshot_every)
+        except BaseException:
+            os.close(lock)
+            raise
+        log._lock = lock
+        return log
 
     def size(self) -> int:
         """Entries committed (durable) so far."""
@@ -155,7 +152,7 @@ class EventLog:
         finally:
             self._writer = None
 
-    def _write_group(self, group: list[_Waiter]) -> tuple[_Tail, list[list[LoggedEvent]]]:
+    def _write_group(self, group: list[_Waiter]) -> tuple[Tail, list[list[LoggedEvent]]]:
         """In a worker thread: encode, chain and hash every event, write them in one call, fsync."""
         tail = self._tail.copy()
         if tail.segment_bytes >= self._segment_limit:
@@ -172,7 +169,7 @@ class EventLog:
                 tail.tree.append(leaf)
                 line = format_line(tail.size, tail.chain, entry)
                 if tail.size % self._every == 0:
-                    tail.index.append((tail.segment, offset))
+                    tail.index.append((segment_first(tail.segment), offset))
                 offset += len(line)
                 lines.append(line)
                 entries.append(LoggedEvent(tail.size, event, entry))
@@ -181,13 +178,19 @@ class EventLog:
         _write_all(self._fd, b"".join(lines))
         os.fsync(self._fd)
         tail.segment_bytes = offset
+        if 0 < self._snapshot_every <= tail.size - self._snapshot_size:
+            self._save_snapshot(tail, self._index + tail.index)
         return tail, logged
 
-    def _roll(self, tail: _Tail) -> None:
+    def _save_snapshot(self, tail: Tail, index: list[tuple[int, int]]) -> None:
+        save_snapshot(self.directory, snapshot_of(tail, index, self._every))
+        self._snapshot_size = tail.size
+
+    def _roll(self, tail: Tail) -> None:
         """Start a new segment at the next seq (between groups, so a group never spans two)."""
         path = self.directory / segment_name(tail.size)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         os.close(self._fd)
         self._fd = fd
         tail.segment = path
@@ -199,36 +202,52 @@ class EventLog:
         if start < 0 or start >= end:
             return []
         slot = start // self._every
-        path, offset = self._index[slot]
-        return await asyncio.to_thread(self._read_range, path, offset, start, end)
+        segment, offset = self._index[slot]
+        return await asyncio.to_thread(self._read_range, segment, offset, start, end)
 
-    def _read_range(self, path: Path, offset: int, start: int, end: int) -> list[LoggedEvent]:
+    def _read_range(self, segment: int, offset: int, start: int, end: int) -> list[LoggedEvent]:
         out: list[LoggedEvent] = []
-        expected = (start // self._every) * self._every
-        while expected < end:
-            with path.open("rb") as file:
-                for _, raw, complete in read_lines(file, offset):
-                    parsed = parse_line(raw) if complete else None
-                    if parsed is None or parsed.seq != expected:
-                        raise LogDamaged(f"audit log line for seq {expected} in {path.name} is damaged")
-                    if expected >= start:
-                        out.append(LoggedEvent(expected, Event.from_json(parsed.entry), parsed.entry))
-                    expected += 1
-                    if expected >= end:
-                        return out
-            path, offset = self.directory / segment_name(expected), 0
-            if not path.exists():
-                raise LogDamaged(f"audit log segment for seq {expected} is missing")
-        return out
+        seq = (start // self._every) * self._every
+        for path, _, raw, complete in walk(self.directory, segment, offset, seq):
+            parsed = parse_line(raw) if complete else None
+            if parsed is None or parsed.seq != seq:
+                raise LogDamaged(f"audit log line for seq {seq} in {path.name} is damaged")
+            if seq >= start:
+                out.append(LoggedEvent(seq, Event.from_json(parsed.entry), parsed.entry))
+            seq += 1
+            if seq >= end:
+                return out
+        raise LogDamaged(f"audit log segment for seq {seq} is missing")
 
     async def close(self) -> None:
         """Finish the writes in flight; later appends raise ``LogClosed``."""
         self._closed = True
         while self._writer is not None:
             await asyncio.shield(self._writer)
+        tail = self._tail
+        if self._snapshot_every > 0 and self._failed is None and tail.size > self._snapshot_size:
+            await asyncio.to_thread(self._save_snapshot, tail, self._index)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._lock >= 0:
+            os.close(self._lock)  # releases the flock
+            self._lock = -1
+
+
+def _lock(directory: Path) -> int:
+    """Hold an exclusive flock on ``directory/.lock``: two writers would interleave lines and fork the
+    chain, so a second process (an old collector still draining) is refused."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LogError(
+            f"another process has the audit log in {directory} open (one writer per log)"
+        ) from None
+    return fd
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -236,80 +255,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _recover(directory: Path, every: int) -> _Tail:
-    """Replay the segments (blocking; run in a thread): the tail state, with the torn end cut."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    segments = list_segments(directory)
-    if not segments:
-        path = directory / segment_name(0)
-        path.touch(mode=0o600)
-        _fsync_directory(directory)
-        segments = [(0, path)]
-    tail = _Tail(0, CHAIN_GENESIS, CompactRange(), segments[0][1], 0)
-    for number, (first, path) in enumerate(segments):
-        if first != tail.size:
-            raise LogDamaged(
-                f"audit log segment {path.name} starts at seq {first}, expected {tail.size}: "
-                "run `garrison audit verify` for details"
-            )
-        last = number == len(segments) - 1
-        tail.segment, tail.segment_bytes = path, _replay_segment(path, tail, every, last)
-    return tail
-
-
-def _replay_segment(path: Path, tail: _Tail, every: int, last: bool) -> int:
-    """Check and absorb one segment's lines into ``tail``; the segment's good length in bytes."""
-    good = 0
-    with path.open("rb") as file:
-        for offset, raw, complete in read_lines(file):
-            parsed = parse_line(raw) if complete else None
-            if parsed is None and last and _is_torn_tail(file, offset, complete, raw):
-                break
-            if parsed is None or parsed.seq != tail.size:
-                raise LogDamaged(_damage(path, offset, tail.size, "not a well-formed line in sequence"))
-            leaf = leaf_hash(parsed.entry)
-            chain = chain_next(tail.chain, leaf)
-            if chain != parsed.chain:
-                raise LogDamaged(_damage(path, offset, tail.size, "the hash chain breaks"))
-            if tail.size % every == 0:
-                tail.index.append((path, offset))
-            tail.chain = chain
-            tail.tree.append(leaf)
-            tail.size += 1
-            good = offset + len(raw) + 1
-    if last and path.stat().st_size != good:
-        with path.open("r+b") as file:  # never acknowledged: cut it so appends start on a line
-            file.truncate(good)
-            os.fsync(file.fileno())
-    return good
-
-
-def _is_torn_tail(file: BinaryIO, offset: int, complete: bool, raw: bytes) -> bool:
-    """A write the crash interrupted: bytes after the last newline, or nothing but zeros (what some
-    file systems leave of unwritten blocks after a power cut) from here to the end of the file."""
-    if not complete:
-        return True
-    if raw.strip(b"\x00"):
-        return False
-    position = file.tell()
-    file.seek(offset)
-    rest = file.read()
-    file.seek(position)
-    return not rest.strip(b"\x00\n")
-
-
-def _damage(path: Path, offset: int, seq: int, why: str) -> str:
-    return (
-        f"the audit log is damaged at seq {seq} ({path.name}, byte {offset}): {why}; "
-        "it refuses to open: run `garrison audit verify` to see where tampering starts"
-    )

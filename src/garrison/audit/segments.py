@@ -28,6 +28,7 @@ __all__ = [
     "list_segments",
     "parse_line",
     "read_lines",
+    "segment_first",
     "segment_name",
 ]
 
@@ -66,6 +67,11 @@ def parse_line(line: bytes) -> ParsedLine | None:
 
 def segment_name(first_seq: int) -> str:
     return f"segment-{first_seq:020d}.jsonl"
+
+
+def segment_first(path: Path) -> int:
+    """The first seq of a segment, from its name."""
+    return int(path.name[len("segment-") : -len(".jsonl")])
 
 
 def list_segments(directory: Path) -> list[tuple[int, Path]]:

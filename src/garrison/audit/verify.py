@@ -12,7 +12,8 @@ tell what kind of damage a break in the sequence is). What it checks, and how ea
   against the log's first ``size`` entries: a log rewritten with a recomputed chain fails here, and the
   problem names the range between the last checkpoint that matches and the first that does not;
   consecutive checkpoints that both match the log are consistent (append-only) by construction;
-- *truncation*: a log shorter than its latest checkpoint, or a torn last line.
+- *truncation*: a log shorter than its latest checkpoint (an incomplete last line alone is only a
+  note: a write in flight when verify runs on a live log, or one a crash cut).
 
 It cannot see entries removed after the latest checkpoint by someone who also removes nothing else,
 nor a history rewritten by someone who holds the checkpoint key (docs/audit.md, "Tamper evidence").
@@ -50,6 +51,7 @@ class VerifyReport:
     entries: int = 0
     checkpoints: list[Checkpoint] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth saying, not tampering
     total_bytes: int = 0
 
     @property
@@ -104,6 +106,13 @@ def verify_log(
         report.checkpoints, scan, public_key, report.entries, damaged_from
     )
     report.problems.sort(key=lambda p: (p.seq is None, p.seq or 0))
+    if scan.torn is not None and scan.torn == report.entries:
+        # not a problem by itself: a write in flight (verify on a live log) or cut by a crash (the
+        # collector drops it at its next start); a cut into entries a checkpoint covers is a
+        # truncation above
+        report.notes.append(
+            f"the last line (seq {scan.torn}) is incomplete: a write in progress, or cut by a crash"
+        )
     return report
 
 
@@ -230,15 +239,6 @@ def _checkpoint_problems(
                 entries,
                 f"the log holds {entries} entries but a signed checkpoint covers {covered}: "
                 f"entries from seq {entries} on were removed",
-            )
-        )
-    elif scan.torn is not None:
-        problems.append(
-            Problem(
-                "truncation",
-                scan.torn,
-                f"the last line (seq {scan.torn}) is incomplete: a write cut by a crash (the collector "
-                "drops it at its next start) or a truncated file",
             )
         )
     return problems
