@@ -30,6 +30,7 @@ from garrison.telemetry import logging as log
 __all__ = ["MAX_LINES", "BatchAnswer", "Collector", "EventStore", "LogUnavailable"]
 
 MAX_LINES: Final = 10_000
+TAIL_ENTRIES: Final = 50_000  # the ids the window is rebuilt with at start: 5x a largest batch
 
 
 class EventStore(Protocol):
@@ -70,16 +71,18 @@ class Collector:
         self.recent = recent
         self.last_failure: str | None = None  # why the last append failed; None once one succeeds
 
-    async def remember_tail(self) -> None:
-        """Rebuild the recent-id window from the log's last entries (at start)."""
+    async def remember_tail(self, entries: int = TAIL_ENTRIES) -> None:
+        """Rebuild the recent-id window from the log's last ``entries`` (at start). Not the whole
+        window: reading an entry costs about as much as logging it (40 us), and what emitters resend
+        after a restart are the batches that were in flight when the collector stopped."""
         size = self.store.size()
-        start = max(0, size - self.recent.capacity)
+        start = max(0, size - min(entries, self.recent.capacity))
         while start < size:
-            entries = await self.store.read(start, min(10_000, size - start))
-            if not entries:
+            chunk = await self.store.read(start, min(10_000, size - start))
+            if not chunk:
                 break
-            self.recent.remember(entry.event.id for entry in entries)
-            start = entries[-1].seq + 1
+            self.recent.remember(entry.event.id for entry in chunk)
+            start = chunk[-1].seq + 1
 
     async def submit(self, origin: str, body: bytes) -> BatchAnswer:
         lines = body.split(b"\n")

@@ -3,7 +3,8 @@
 An emitter resends a batch whose acknowledgement it did not get (the collector was killed after the
 fsync, a connection dropped): every event id it resends is usually among the last few thousand
 logged. So the window keeps the most recent ``capacity`` ids (oldest forgotten first), and is rebuilt
-from the log's tail at start, so a restart does not forget what was logged just before it.
+from the log's last 50,000 entries at start (collector.py), so a restart does not forget what was
+logged just before it.
 
 An id can also be *pending*: claimed by a batch whose append has not returned. A second batch carrying
 it (a resend racing its original) does not log it again; it waits for the first append's outcome and
