@@ -183,3 +183,10 @@ def test_demo_apps_are_told_how_to_reach_the_vault_and_orders_what_to_read(tmp_p
     assert payments[payments.index("--identity") + 1] == str(tmp_path / "state" / "apps" / "payments")
     done, url = demo_vault.configure_database(config, "127.0.0.1:8201", "mysql://db/orders")
     assert url is None and "not a postgresql:// URL" in done
+
+
+def test_the_audit_collector_starts_before_the_components_that_send_it_events(tmp_path: Path) -> None:
+    config = write_config(tmp_path, audit={"listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0"}})
+    specs = build_components(load_config(config), demo=False, run_dir=tmp_path)
+    assert [spec.name for spec in specs] == ["audit", "identity", "gateway"]
+    assert specs[0].argv[3:6] == ["audit", "serve", "-c"]

@@ -4,6 +4,7 @@ Each component runs exactly as it would in production (``garrison gateway -c FIL
 ``up`` proves works is what gets deployed. This module is the thin layer above the one supervisor
 (core/supervisor.py, which the gateway's ``workers: N`` uses too): it builds the list of components
 from the config (with a ``mesh`` section: the workload CA, then a sidecar per service; with a
+``audit`` section, the audit collector, before the components that send it events; with a
 ``vault`` section, the vault, before any app that reads its secrets; then the demo upstream and apps,
 the identity provider, then the gateway, which fetches the provider's keys before it serves), starts
 them in that order, waits for each ready file (core/ready.py),
@@ -234,6 +235,8 @@ def _table(children: list[Child]) -> Table:
 def build_components(loaded: LoadedConfig, demo: bool, run_dir: Path) -> list[ChildSpec]:
     """What ``up`` runs, in start order: each needs the one before it (the CA first, the gateway last)."""
     specs = _mesh_components(loaded, run_dir)
+    if loaded.config.audit is not None:  # after the CA (its certificate, the bundle), before emitters
+        specs.append(_garrison_component("audit", loaded, run_dir, "serve"))
     vault = _vault_component(loaded, run_dir) if loaded.config.vault is not None else None
     if vault is not None:
         specs.append(vault)  # after the CA (it joins the mesh), before the apps that read secrets
@@ -248,6 +251,7 @@ def build_components(loaded: LoadedConfig, demo: bool, run_dir: Path) -> list[Ch
 STARTING = {
     "ca": "starting the workload CA…",
     "demo upstream": "starting the demo upstream…",
+    "audit": "starting the audit collector (recovering its log)…",
     "vault": "starting the vault (migrating its storage on first run)…",
     "identity": "starting the identity provider (keys and certificates on first run)…",
     "gateway": "starting the gateway (creating TLS certificates on first run)…",

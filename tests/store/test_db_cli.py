@@ -53,18 +53,20 @@ def _config(tmp_path: Path, database: str | None) -> Path:
 
 
 def _config_of_all(tmp_path: Path, database: str | None) -> Path:
-    """Every component with tables: identity, gateway API keys, the mesh CA and the vault."""
+    """Every component with tables: identity, gateway API keys, the mesh CA, the vault, the audit index."""
     settings: dict[str, object] = {
         "state_dir": str(tmp_path / "state"),
         "identity": {},
         "mesh": {"ca": {}},
         "vault": {},
+        "audit": {},
     }
     if database is not None:
         settings["identity"] = {"database": database}
         settings["gateway"] = {"api_keys": {"database": database}}
         settings["mesh"] = {"ca": {"database": database}}
         settings["vault"] = {"database": database}
+        settings["audit"] = {"database": database}
     return _write(tmp_path, settings)
 
 
@@ -107,10 +109,10 @@ def test_every_component_with_tables_is_migrated(tmp_path: Path, database: str |
     config = str(_config_of_all(tmp_path, database))
     code, output = _db("status", "-c", config, "--check")
     assert code == 1, output
-    for head in ("identity_0002", "gateway_0001", "mesh_0002", "vault_0001"):
+    for head in ("identity_0002", "gateway_0001", "mesh_0002", "vault_0001", "audit_0001"):
         assert head in output, output
     code, output = _db("upgrade", "-c", config)
-    assert code == 0 and output.count("up to date") == 4, output
+    assert code == 0 and output.count("up to date") == 5, output
     assert _db("status", "-c", config, "--check")[0] == 0
 
 

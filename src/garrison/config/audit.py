@@ -9,7 +9,7 @@ Derived default (``with_derived_defaults``): ``url`` from ``listen``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import Field
 
@@ -22,6 +22,7 @@ from garrison.config.common import (
     ListenAddress,
     Strict,
     TlsConfig,
+    is_loopback_host,
     parse_listen,
 )
 from garrison.config.units import Duration, Size
@@ -101,3 +102,36 @@ class AuditConfig(ComponentConfig):
             dirs = [resolve(d) for d in self.detection.sigma_dirs]
             updates["detection"] = self.detection.model_copy(update={"sigma_dirs": dirs})
         return self.model_copy(update=updates) if updates else self
+
+    def problems(self, config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
+        """Off loopback, the intake and the admin listener must not take their credentials in clear."""
+        del config
+        errors: list[tuple[tuple[Any, ...], str]] = []
+        if self.tls.insecure_disable and not is_loopback_host(parse_listen(self.listen)[0]):
+            errors.append(
+                (
+                    ("audit", "tls", "insecure_disable"),
+                    "the intake is not on loopback: it needs TLS (the emit token and the events must not "
+                    "cross a network in clear)",
+                )
+            )
+        if not is_loopback_host(parse_listen(self.admin.listen)[0]) and self.admin.tls is None:
+            errors.append(
+                (
+                    ("audit", "admin", "listen"),
+                    "an admin listener off loopback needs `tls` (the token must not cross in clear)",
+                )
+            )
+        return errors
+
+    def warnings(self, config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
+        del config
+        if self.tls.insecure_disable:
+            return [
+                (
+                    ("audit", "tls", "insecure_disable"),
+                    "TLS is off: the emit token and every event cross in clear, and workload certificates "
+                    "cannot authenticate emitters",
+                )
+            ]
+        return []

@@ -122,7 +122,8 @@ class Event:
             raise EventError(f"details must be JSON values: {exc}") from None
 
     @classmethod
-    def from_json(cls, line: bytes) -> Event:
+    def from_json(cls, line: bytes, origin: str | None = None) -> Event:
+        """``origin``, when given (the collector's authenticated channel), replaces the line's."""
         if len(line) > MAX_LINE:
             raise EventError(f"an event is at most {MAX_LINE} bytes")
         try:
@@ -131,6 +132,8 @@ class Event:
             raise EventError(f"not JSON: {exc}") from None
         if not isinstance(body, dict):
             raise EventError("an event is a JSON object")
+        if origin is not None:
+            body["origin"] = origin
         return cls.from_dict(body)
 
     @classmethod
