@@ -64,16 +64,16 @@ class Actor:
     ip: str | None = None
 
     def to_dict(self) -> dict[str, str]:
-        return {
-            k: v
-            for k, v in (
-                ("subject", self.subject),
-                ("client", self.client),
-                ("service", self.service),
-                ("ip", self.ip),
-            )
-            if v is not None
-        }
+        body = {}
+        if self.subject is not None:
+            body["subject"] = self.subject
+        if self.client is not None:
+            body["client"] = self.client
+        if self.service is not None:
+            body["service"] = self.service
+        if self.ip is not None:
+            body["ip"] = self.ip
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +105,14 @@ class Event:
             "outcome": self.outcome,
             "actor": self.actor.to_dict(),
         }
-        for name in ("target", "trace_id", "request_id", "origin"):
-            value = getattr(self, name)
-            if value is not None:
-                body[name] = value
+        if self.target is not None:
+            body["target"] = self.target
+        if self.trace_id is not None:
+            body["trace_id"] = self.trace_id
+        if self.request_id is not None:
+            body["request_id"] = self.request_id
+        if self.origin is not None:
+            body["origin"] = self.origin
         if self.details:
             body["details"] = self.details
         return body
@@ -138,47 +142,59 @@ class Event:
 
     @classmethod
     def from_dict(cls, body: dict[str, Any]) -> Event:
-        if body.get("v") != SCHEMA_VERSION:
-            raise EventError(
-                f"unknown schema version {body.get('v')!r} (this collector reads {SCHEMA_VERSION})"
-            )
-        actor = body.get("actor", {})
-        if not isinstance(actor, dict) or set(actor) - {"subject", "client", "service", "ip"}:
+        """The event ``body`` describes; EventError naming the first field that breaks the schema.
+        (Written for speed: the collector runs it on every event it receives.)"""
+        get = body.get
+        if get("v") != SCHEMA_VERSION:
+            raise EventError(f"unknown schema version {get('v')!r} (this collector reads {SCHEMA_VERSION})")
+        actor = get("actor", _NO_ACTOR)
+        if type(actor) is not dict or not _ACTOR_KEYS.issuperset(actor):
             raise EventError("actor is an object of subject, client, service, ip")
-        details = body.get("details", {})
-        if not isinstance(details, dict) or len(details) > MAX_DETAILS:
+        for name, value in actor.items():
+            _check_text(name, value)
+        details = get("details", _NO_DETAILS)
+        if type(details) is not dict or len(details) > MAX_DETAILS:
             raise EventError(f"details is an object of at most {MAX_DETAILS} keys")
-        outcome = body.get("outcome")
+        outcome = get("outcome")
         if outcome not in OUTCOMES:
             raise EventError(f"outcome is one of {sorted(OUTCOMES)}")
-        event = cls(
-            component=_text(body, "component"),
-            type=_text(body, "type"),
-            outcome=outcome,
-            actor=Actor(**{k: _text(actor, k) for k in actor}),
-            target=_text(body, "target", optional=True),
-            trace_id=_text(body, "trace_id", optional=True),
-            request_id=_text(body, "request_id", optional=True),
-            details=details,
-            instance=_text(body, "instance", optional=True) or "",
-            time=_time(body.get("time")),
-            id=_text(body, "id"),
-            origin=_text(body, "origin", optional=True),
-        )
-        if event.component not in COMPONENTS:
+        component, kind, event_id = get("component"), get("type"), get("id")
+        if component not in COMPONENTS:
             raise EventError(f"component is one of {sorted(COMPONENTS)}")
-        if not event.type or not set(event.type) <= _TYPE_CHARS:
+        if type(event_id) is not str or len(event_id) > MAX_TEXT:
+            raise EventError(f"id is text of at most {MAX_TEXT} characters")
+        if type(kind) is not str or not kind or len(kind) > MAX_TEXT or not _TYPE_CHARS.issuperset(kind):
             raise EventError("type is dotted lower-case words, such as auth.login")
-        return event
+        target, trace_id, request_id, instance, origin = optional = [get(n) for n in _OPTIONAL_TEXT]
+        for name, value in zip(_OPTIONAL_TEXT, optional, strict=True):
+            if value is not None:
+                _check_text(name, value)
+        return cls(
+            component=component,
+            type=kind,
+            outcome=outcome,
+            actor=Actor(**actor) if actor else _ANONYMOUS,
+            target=target,
+            trace_id=trace_id,
+            request_id=request_id,
+            details=details,
+            instance=instance or "",
+            time=_time(get("time")),
+            id=event_id,
+            origin=origin,
+        )
 
 
-def _text(body: dict[str, Any], name: str, optional: bool = False) -> Any:
-    value = body.get(name)
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or len(value) > MAX_TEXT:
+_ACTOR_KEYS: Final = frozenset({"subject", "client", "service", "ip"})
+_OPTIONAL_TEXT: Final = ("target", "trace_id", "request_id", "instance", "origin")
+_NO_ACTOR: Final[dict[str, str]] = {}
+_NO_DETAILS: Final[dict[str, Any]] = {}
+_ANONYMOUS: Final = Actor()
+
+
+def _check_text(name: str, value: Any) -> None:
+    if type(value) is not str or len(value) > MAX_TEXT:
         raise EventError(f"{name} is text of at most {MAX_TEXT} characters")
-    return value
 
 
 _TIME_FORM = "time is an RFC 3339 UTC time such as 2026-12-07T10:00:00.000000Z"
