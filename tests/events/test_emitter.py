@@ -223,6 +223,7 @@ def test_a_hanging_collector_never_blocks_emit_and_a_full_spool_counts_its_drops
         config = settings(tmp_path, receiver.url, memory_max=200, batch_max=20, spool_max=16 * 1024)
         sender = emitter(config)
         sender.client.answer_timeout = 3600  # the collector hangs for the whole test
+        sender.close_timeout = 0.2
         await sender.start()
         for i, event in enumerate(events(total)):
             sender.emit(event)  # synchronous: returns without waiting for anything

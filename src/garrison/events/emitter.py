@@ -125,6 +125,7 @@ class AuditEmitter:
         self._closing = False
         self._started = False
         self._warned: set[str] = set()  # troubles logged in this episode
+        self.close_timeout = CLOSE_TIMEOUT
 
     def __repr__(self) -> str:
         return f"AuditEmitter({self.component}/{self.instance} -> {self.settings.url})"
@@ -180,7 +181,7 @@ class AuditEmitter:
             task.cancel()
         if pump is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(pump), CLOSE_TIMEOUT)
+                await asyncio.wait_for(asyncio.shield(pump), self.close_timeout)
             except TimeoutError:
                 pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
