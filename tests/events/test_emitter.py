@@ -115,7 +115,8 @@ def test_delivers_with_a_workload_certificate_and_no_token(tmp_path: Path) -> No
         await sender.close()
         await receiver.stop()
         assert receiver.ids == [event.id for event in sent]
-        assert {(b.origin, b.authorization) for b in receiver.batches} == {(f"spiffe://{TD}/svc/orders", False)}
+        seen = {(b.origin, b.authorization) for b in receiver.batches}
+        assert seen == {(f"spiffe://{TD}/svc/orders", False)}
 
     run(body)
 

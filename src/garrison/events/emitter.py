@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import ssl
 import time
@@ -240,7 +241,7 @@ class AuditEmitter:
         while queue and len(lines) < self._batch_max:
             build, arg = queue.popleft()
             try:
-                line = build(arg).to_json()
+                line = self._line(build(arg))
             except Exception as exc:  # a builder's bug must not stop the pump: counted, logged
                 self.stats.dropped["rejected"] += 1
                 log.error("audit.emitter.unserializable", error=f"{type(exc).__name__}: {exc}")
@@ -255,6 +256,13 @@ class AuditEmitter:
         sequence = self._sequence
         self._sequence += 1
         return sequence, lines
+
+    def _line(self, event: Event) -> bytes:
+        """The event's wire form, its ``instance`` this emitter's when the event names none."""
+        body = event.to_dict()
+        if not body["instance"]:
+            body["instance"] = self.instance
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
     async def _deliver(self, sequence: int, lines: list[bytes]) -> None:
         spool = self.spool
