@@ -32,7 +32,7 @@ TD = "shop.local"
 
 @dataclass
 class IntakePki:
-    ca: TestCA
+    ca: TestCA | None
     cert: Path
     key: Path
     token: str
@@ -54,12 +54,18 @@ def intake_pki(state_dir: Path, token: str | None = None, ca: TestCA | None = No
         ips=("127.0.0.1",),
         usage=ssl_server_usage(),
     )
+    return IntakePki(ca, cert, key, write_token(state_dir, token))
+
+
+def write_token(state_dir: Path, token: str | None = None) -> str:
+    """The emit token, as the collector leaves it at ``state_dir/audit/emit.token`` (0600)."""
     token = token or secrets.token_urlsafe(32)
     token_file = state_dir / "audit" / "emit.token"
+    token_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
-    return IntakePki(ca, cert, key, token)
+    return token
 
 
 def ssl_server_usage() -> Any:
