@@ -129,7 +129,7 @@ class GatewayServer:
         emitter = emitter_for(config, "gateway", instance, self.mesh_tls)
         register_metrics(emitter, self.metrics.registry)
         mode = config.audit.emitter.gateway_requests
-        return emitter, GatewayAudit(emitter, mode, hint_key(config.state_dir))
+        return emitter, GatewayAudit(emitter, mode, hint_key(config.state_dir), instance)
 
     @staticmethod
     def _open_access_log(loaded: LoadedConfig) -> AccessLog:
