@@ -126,6 +126,7 @@ class AuditEmitter:
         self._spill = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._closed = False  # close() is done: a late event goes straight to the spool
         self._started = False
         self._warned: set[str] = set()  # troubles logged in this episode
         self.close_timeout = CLOSE_TIMEOUT
@@ -138,6 +139,9 @@ class AuditEmitter:
         self.defer(_same, event)
 
     def defer(self, build: Callable[[T], Event | bytes], arg: T) -> None:
+        if self._closed:
+            self._after_close(build, arg)
+            return
         queue = self._queue
         size = len(queue)
         if size >= self._memory_max:
@@ -193,8 +197,16 @@ class AuditEmitter:
         while self._queue or self._carry is not None:
             self._to_spool(*self._take())
         await self.client.close()
+        self._closed = True
         if self.spool is not None:
-            self.spool.close()
+            self.spool.close()  # the lock: a new emitter of this name may start (a restart, a test)
+
+    def _after_close(self, build: Callable[[Any], Event | bytes], arg: Any) -> None:
+        """An event emitted after close() (a component's last words): written to the spool at once,
+        for the next start of this component to deliver; never silently lost."""
+        self.stats.emitted += 1
+        self._queue.append((build, arg))
+        self._to_spool(*self._take())
 
     # -- the pump ----------------------------------------------------------------------------------
     async def _pump(self) -> None:
