@@ -6,6 +6,8 @@ metrics on the admin listener, and a sidecar still within its 40 MB."""
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,6 +103,16 @@ def test_sidecars_report_edges_and_refusals_with_their_certificates(
         metrics = response.read().decode()
     assert "garrison_audit_delivered_total 2.0" in metrics
     assert 'garrison_audit_dropped_total{reason="spool_full"} 0.0' in metrics
+    promtool = shutil.which("promtool")
+    if promtool is not None:  # the Debian package `prometheus` (NOTES.md); CI has it
+        checked = subprocess.run(
+            [promtool, "check", "metrics"],
+            input=metrics.encode(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
     for process in sidecars.values():
         assert process.rss_bytes() <= SIDECAR_RSS_MAX
     assert sidecars["payments"].stop() == 0
