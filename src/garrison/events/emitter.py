@@ -312,6 +312,10 @@ class AuditEmitter:
         except IntakeUnavailable as exc:
             self._failed(str(exc))
             return False
+        except Exception as exc:  # a fault of ours must not stop the pump: treated as a failed delivery
+            await self.client.close()
+            self._failed(f"{type(exc).__name__}: {exc}")
+            return False
         self._settled(answer, len(lines))
         return True
 
