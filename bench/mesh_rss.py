@@ -7,8 +7,12 @@ with ``garrison ca join-token`` and starts the sidecar with ``GARRISON_JOIN_TOKE
 the same CA. Prints VmRSS (and its anonymous and file-backed parts) from /proc/<pid>/status after
 start, after ``--requests`` mTLS requests on keep-alive connections, and (joined) after the sidecar's
 first renewal, at about half of ``--ttl``. ``--imports`` also prints import time per top-level package.
+``--audit`` adds an ``audit`` section whose collector never answers (nothing listens on its port):
+the sidecar carries its audit emitter, and spools what it emits (the edge of the first allowed
+call) on disk, retrying with back-off; tests/mesh/test_sidecar_audit.py checks the same bound with a
+collector that takes the events.
 
-    .venv/bin/python bench/mesh_rss.py [--requests 2000] [--ttl 60] [--no-joined] [--imports]
+    .venv/bin/python bench/mesh_rss.py [--requests 2000] [--ttl 60] [--no-joined] [--imports] [--audit]
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ mesh:
   sidecars:
     payments: {{inbound: "127.0.0.1:{inbound}"}}
 """
+AUDIT = """audit:
+  listen: "127.0.0.1:{port}"
+"""
+EXTRA: list[str] = []  # --audit: the audit section, appended to every config
 CA = """
   ca:
     listen: "127.0.0.1:{port}"
@@ -204,7 +212,8 @@ class Sidecar:
 def cert_dir_run(root: Path, app_port: int, requests: int) -> list[dict[str, int]]:
     issue_pki(root)
     config = root / "garrison.yaml"
-    config.write_text(CONFIG.format(td=TD, state=root / "state", app=app_port, inbound=free_port()))
+    text = CONFIG.format(td=TD, state=root / "state", app=app_port, inbound=free_port())
+    config.write_text(text + "".join(EXTRA))
     sidecar = Sidecar(root, config, ["--cert-dir", str(root / "payments")])
     try:
         started = sidecar.rss()
@@ -229,7 +238,7 @@ def joined_run(root: Path, app_port: int, requests: int, ttl: int) -> list[dict[
     config = root / "garrison.yaml"
     state = root / "state"
     text = CONFIG.format(td=TD, state=state, app=app_port, inbound=free_port())
-    config.write_text(text + CA.format(port=free_port(), ttl=ttl))
+    config.write_text(text + CA.format(port=free_port(), ttl=ttl) + "".join(EXTRA))
     garrison(config, "ca", "init")
     ready, stderr = root / "ca.ready.json", root / "ca.stderr"
     with open(stderr, "wb") as err:
@@ -294,7 +303,10 @@ def main() -> None:
     )
     parser.add_argument("--no-joined", action="store_true", help="measure the --cert-dir sidecar only")
     parser.add_argument("--imports", action="store_true", help="also print the import profile")
+    parser.add_argument("--audit", action="store_true", help="with an audit emitter (collector away)")
     args = parser.parse_args()
+    if args.audit:
+        EXTRA.append(AUDIT.format(port=free_port()))
     app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _App)
     threading.Thread(target=app.serve_forever, daemon=True).start()
     rows: list[tuple[str, list[dict[str, int]]]] = []

@@ -45,7 +45,8 @@ def test_the_sidecar_path_does_not_import_the_cli() -> None:
     code = (
         "import sys; from garrison.entry import sidecar_arguments, run_sidecar; "
         "import garrison.mesh.sidecar.main; "
-        "heavy = [m for m in ('typer', 'click', 'rich', 'garrison.cli', 'pydantic', 'yaml', 'cryptography') "
+        "heavy = [m for m in ('typer', 'click', 'rich', 'garrison.cli', 'pydantic', 'yaml', 'cryptography', "
+        "'httpx') "
         "if m in sys.modules]; print(heavy)"
     )
     done = subprocess.run(

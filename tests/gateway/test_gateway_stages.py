@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from garrison.config.loader import parse_config
+from garrison.events.emitter import NullEmitter
+from garrison.gateway.audit import GatewayAudit
 from garrison.gateway.exchange import Exchange
 from garrison.gateway.policy_stages import AuthStage, RateLimitStage
 from garrison.gateway.runtime import Route, Runtime, build_runtime
@@ -108,6 +110,7 @@ class Host:
         self.spawned: list[Coroutine[Any, Any, None]] = []
         self.written: list[bytes] = []
         self.preflights: list[bytes] = []
+        self.audit = GatewayAudit(NullEmitter(), "none", b"")  # the stages report refused tokens to it
 
     def fail(self, exchange: Exchange, status: int, code: str, extra: bytes = b"") -> None:
         self.failures.append((status, code, extra + exchange.extra_response_headers))

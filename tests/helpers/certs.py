@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class TestCA:
         common_name: str = "client",
         uris: tuple[str, ...] = (),
         dns: tuple[str, ...] = (),
+        ips: tuple[str, ...] = (),
         usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH,
         valid_for: dt.timedelta = dt.timedelta(hours=1),
         not_before: dt.datetime | None = None,
@@ -75,6 +77,7 @@ class TestCA:
         )
         names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
         names += [x509.DNSName(d) for d in dns]
+        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())

@@ -23,6 +23,7 @@ from garrison.proxy.state import ResponsePhase as _Phase
 from garrison.tokens.jwt import AuthError
 
 if TYPE_CHECKING:
+    from garrison.gateway.audit import GatewayAudit
     from garrison.gateway.authn import CertificateClient, ClientCertificates
     from garrison.gateway.head import HeaderCache
     from garrison.gateway.runtime import Runtime
@@ -53,6 +54,10 @@ class AnsweringConnection(ProxyConnection):
         self.certificate_cache: tuple[ClientCertificates, CertificateClient | AuthError] | None = None
 
     # -- the host the stages run on ------------------------------------------------------------------
+    @property
+    def audit(self) -> GatewayAudit:
+        return self.server.audit
+
     def _start(self, exchange: Exchange) -> None:
         self.active = exchange
         exchange.route.chain.run(exchange, self)  # the route's stages (gateway/stages.py)
@@ -138,6 +143,8 @@ class AnsweringConnection(ProxyConnection):
     def _refuse(self, rejection: Rejected) -> None:
         """A request that fails validation: answer it (after any response in progress) and close."""
         self.server.runtime.metrics.reject(rejection.code)
+        if rejection.blocked is not None:
+            self.server.audit.blocked(rejection.client_ip or self.peer, rejection.blocked)
         self._pause(PAUSE_PIPELINE)
         active = self.active
         if active is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,11 @@ class GatewayComponent:
         gateway = self.loaded.config.gateway
         for warning in self.loaded.warnings:
             log.warn("config.warning", problem=warning.render(str(self.loaded.source)))
-        server = self.server = GatewayServer(self.loaded, loop)
         worker = worker_settings()
+        host = socket.gethostname()
+        # A stable name (its spool survives a restart): the host, and the worker's index under workers: N.
+        instance = host if worker is None else f"{host}:w{worker[0]}"
+        server = self.server = GatewayServer(self.loaded, loop, audit_instance=instance)
         if worker is None:
             listeners = await server.start(bind_socket(gateway.listen, reuse_port=gateway.workers > 1))
         else:

@@ -50,13 +50,19 @@ class Rejected(Exception):
     """A request refused before it reaches an upstream."""
 
     def __init__(
-        self, status: int, code: str, extra_headers: bytes = b"", client_ip: str | None = None
+        self,
+        status: int,
+        code: str,
+        extra_headers: bytes = b"",
+        client_ip: str | None = None,
+        blocked: str | None = None,
     ) -> None:
         super().__init__(code)
         self.status = status
         self.code = code
         self.extra_headers = extra_headers
         self.client_ip = client_ip  # the resolved client, when known, for the access log
+        self.blocked = blocked  # refused by the blocklist or IP rules: which (a gateway.blocked event)
 
 
 class Exchange(ProxyExchange):
@@ -77,6 +83,7 @@ class Exchange(ProxyExchange):
     cache_request: CacheRequest | None = None
     cache: ResponseCache | None = None
     cache_fill: CacheFill | None = None
+    client_headers: ClientHeaders | None = None  # what the head said (User-Agent, Referer: audit events)
 
     def __init__(
         self,
@@ -142,6 +149,8 @@ class ClientHeaders:
     request_id: bytes | None = None
     traceparent: bytes | None = None
     expect_continue = False
+    user_agent: bytes | None = None  # for the audit events (gateway/audit.py); forwarded as any header
+    referer: bytes | None = None
 
     def __init__(self) -> None:
         self.kept: list[bytes] = []
@@ -190,6 +199,10 @@ def filter_request_headers(raw: list[tuple[bytes, bytes]], allow_underscores: bo
             result.cors_method = value
         elif lname == b"access-control-request-headers":
             result.cors_headers = value
+        elif lname == b"user-agent":
+            result.user_agent = value
+        elif lname == b"referer":
+            result.referer = value
         kept_names.append(lname)
         result.kept.append(line)
     if named_by_connection:

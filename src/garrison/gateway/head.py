@@ -78,10 +78,10 @@ def build_exchange(conn: ClientConnection, runtime: Runtime) -> Exchange:
     # Address controls come before routing: a blocked client costs no further work. The
     # address is the one resolved through trusted_proxies, so a forged X-Forwarded-For
     # changes nothing.
-    if conn.server.blocklist.is_blocked(client_ip) or (
-        runtime.ip_rules is not None and not runtime.ip_rules.permits(client_ip)
-    ):
-        raise Rejected(403, "forbidden", client_ip=client_ip)
+    if conn.server.blocklist.is_blocked(client_ip):
+        raise Rejected(403, "forbidden", client_ip=client_ip, blocked="blocklist")
+    if runtime.ip_rules is not None and not runtime.ip_rules.permits(client_ip):
+        raise Rejected(403, "forbidden", client_ip=client_ip, blocked="ip_rules")
     http11 = version == "1.1"
     host = headers.host
     if target.authority is not None:
@@ -152,6 +152,7 @@ def build_exchange(conn: ClientConnection, runtime: Runtime) -> Exchange:
         query=target.query,
         expect_continue=headers.expect_continue,
     )
+    exchange.client_headers = headers
     if route.cache_ttl is not None and (method == b"GET" or method == b"HEAD"):
         exchange.request_headers = raw  # for the cache's Vary and Cache-Control, read after auth
     if route.cors is not None and headers.origin is not None:
@@ -175,7 +176,7 @@ def _route(
         raise Rejected(match.status, "not_found" if match.status == 404 else "method_not_allowed", allow)
     route = match.payload
     if route.ip_rules is not None and not route.ip_rules.permits(client_ip):
-        raise Rejected(403, "forbidden", client_ip=client_ip)
+        raise Rejected(403, "forbidden", client_ip=client_ip, blocked="route_ip_rules")
     return route, preflight
 
 

@@ -28,6 +28,7 @@ from garrison.proxy.state import ResponsePhase
 from garrison.tokens.jwt import AuthError
 
 if TYPE_CHECKING:
+    from garrison.gateway.audit import GatewayAudit
     from garrison.gateway.exchange import Exchange
     from garrison.gateway.runtime import Runtime
 
@@ -37,6 +38,9 @@ class PolicyHost(ChainHost["Exchange"], Protocol):
 
     @property
     def runtime(self) -> Runtime: ...
+
+    @property
+    def audit(self) -> GatewayAudit: ...
 
     def fail(self, exchange: Exchange, status: int, code: str, extra: bytes = b"") -> None: ...
     def certificate_client(self, clients: ClientCertificates) -> CertificateClient: ...
@@ -105,6 +109,7 @@ class AuthStage:
         if self.held_rate_headers:
             add_rate_headers(exchange)  # the address limits counted; their headers were held back
         host.runtime.metrics.reject(refusal.error)
+        host.audit.token_rejected(exchange, refusal)
         host.fail(exchange, refusal.status, refusal.error, challenge(refusal))
 
 

@@ -22,7 +22,9 @@ from garrison.config.loader import ConfigError, LoadedConfig, load_config
 from garrison.config.model import GarrisonConfig, parse_listen
 from garrison.config.store import StoreConfig
 from garrison.core.sockets import BACKLOG, address_of, bind_socket
+from garrison.events.emitter import Emitter, NullEmitter, emitter_for, register_metrics
 from garrison.gateway.admin import gateway_admin_api
+from garrison.gateway.audit import GatewayAudit, hint_key
 from garrison.gateway.auth.apikeys import ApiKeyCache, ApiKeyStore
 from garrison.gateway.blocklist import blocklist_from_config
 from garrison.gateway.exchange import Exchange
@@ -53,7 +55,11 @@ ACCESS_LINE = (
 
 
 class GatewayServer:
-    def __init__(self, loaded: LoadedConfig, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loaded: LoadedConfig, loop: asyncio.AbstractEventLoop, audit_instance: str | None = None
+    ) -> None:
+        """``audit_instance``: this process's name in its audit events (None: it serves no requests,
+        as the supervisor of ``workers: N``, and emits none)."""
         self.loop = loop
         self.source = loaded.source
         self.metrics = GatewayMetrics()
@@ -83,6 +89,7 @@ class GatewayServer:
         self.draining = False
         self.ready = False
         self.access_log = self._open_access_log(loaded)
+        self.emitter, self.audit = self._audit(loaded.config, audit_instance)
         self.blocklist = blocklist_from_config(loaded.config.gateway.blocklist, loaded.config.redis.url)
         self.admin_api = gateway_admin_api(
             self.not_ready_reasons,
@@ -115,6 +122,15 @@ class GatewayServer:
             await self.api_keys.start()
             self._api_keys_started = True
 
+    def _audit(self, config: GarrisonConfig, instance: str | None) -> tuple[Emitter, GatewayAudit]:
+        """The emitter (with the mesh identity's certificate when the gateway has one) and the events."""
+        if instance is None or config.audit is None:
+            return NullEmitter(), GatewayAudit(NullEmitter(), "none", b"")
+        emitter = emitter_for(config, "gateway", instance, self.mesh_tls)
+        register_metrics(emitter, self.metrics.registry)
+        mode = config.audit.emitter.gateway_requests
+        return emitter, GatewayAudit(emitter, mode, hint_key(config.state_dir), instance)
+
     @staticmethod
     def _open_access_log(loaded: LoadedConfig) -> AccessLog:
         settings = loaded.config.gateway.access_log
@@ -142,6 +158,7 @@ class GatewayServer:
                 ca_file = Path(gateway.mtls.ca)
                 ask_for_client_certificates(self.tls_context, self.source.parent / ca_file)
         await self.revocations.start()  # before serving: a revoked token is never let in at start
+        await self.emitter.start()
         server = await self.loop.create_server(
             lambda: ClientConnection(self), sock=main_sock, ssl=self.tls_context, backlog=BACKLOG
         )
@@ -210,6 +227,7 @@ class GatewayServer:
         total = time.perf_counter() - exchange.start
         route = exchange.route
         route.stats.observe(exchange.status, total, exchange.body_seen, exchange.bytes_out)
+        self.audit.request(exchange, total)
         if not self.access_log.enabled:
             return
         prefix, milliseconds = self.access_log.now()
@@ -238,6 +256,7 @@ class GatewayServer:
         """The access-log line of a request refused before routing. Nothing from the request is
         echoed: its target or headers are exactly what failed validation."""
         self.runtime.unmatched.observe(status, 0.0, 0, 0)
+        self.audit.refusal(peer, status, code)
         if self.access_log.enabled:
             self.access_log.write(
                 f'{{"time":"{_utc_now()}","request_id":null,"trace_id":null,"client_ip":"{peer}",'
@@ -374,6 +393,7 @@ class GatewayServer:
             await self.api_keys.stop()
             await self.api_keys.store.engine.dispose()
         self.access_log.close()
+        await self.emitter.close()  # after the last request: its events go out or to the spool
 
 
 def _utc_now() -> str:

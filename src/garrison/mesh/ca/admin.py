@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable
 
 from garrison.admin.api import AdminApi, Readiness, json_answer, query_params
 from garrison.config.units import parse_duration
+from garrison.events.emitter import Emitter, NullEmitter
+from garrison.events.schema import Actor, Event
 from garrison.mesh.ca.issuer import Refused
 from garrison.mesh.ca.join_tokens import JoinTokens, TooManyJoinTokens
 from garrison.mesh.ca.state import CaState
@@ -44,9 +46,23 @@ def identity_of(trust_domain: str, params: dict[str, str]) -> str:
 
 
 def ca_admin_api(
-    readiness: Readiness, metrics: CaMetrics, state: CaState, tokens: JoinTokens, trust_domain: str
+    readiness: Readiness,
+    metrics: CaMetrics,
+    state: CaState,
+    tokens: JoinTokens,
+    trust_domain: str,
+    emitter: Emitter | None = None,
 ) -> AdminApi:
+    """``emitter``: where ``ca.revoke`` and ``ca.quarantine`` events go (each change, with its action)."""
     api = AdminApi(readiness, metrics.registry)
+    events = emitter or NullEmitter()
+
+    def changed(type_: str, target: str, action: str, reason: str) -> None:
+        details = {"action": action, "reason": reason[:200]} if reason else {"action": action}
+        # The admin API's caller is whoever holds the admin token (admin/auth.py): "admin".
+        events.emit(
+            Event(component="ca", type=type_, actor=Actor(subject="admin"), target=target, details=details)
+        )
 
     async def join_tokens(method: bytes, params: dict[str, str]) -> SimpleResponse | None:
         if method != b"POST":
@@ -68,9 +84,12 @@ def ca_admin_api(
                 await state.revoke(spiffe_id, params.get("reason", ""))
             except Refused as exc:
                 return json_answer(507, {"error": "insufficient_storage", "message": str(exc)})
+            changed("ca.revoke", spiffe_id, "revoke", params.get("reason", ""))
             return json_answer(200, {"revoked": spiffe_id, "version": state.snapshot.version})
         if method == b"DELETE":
-            return json_answer(200, {"reinstated": await state.reinstate(spiffe_id)})
+            reinstated = await state.reinstate(spiffe_id)
+            changed("ca.revoke", spiffe_id, "reinstate", "")
+            return json_answer(200, {"reinstated": reinstated})
         return None
 
     async def quarantine(method: bytes, params: dict[str, str]) -> SimpleResponse | None:
@@ -80,9 +99,12 @@ def ca_admin_api(
         workload_id(trust_domain, service)  # a valid service name, or ValueError
         if method == b"POST":
             await state.quarantine(service, params.get("reason", ""))
+            changed("ca.quarantine", service, "quarantine", params.get("reason", ""))
             return json_answer(200, {"quarantined": service, "version": state.snapshot.version})
         if method == b"DELETE":
-            return json_answer(200, {"released": await state.unquarantine(service)})
+            released = await state.unquarantine(service)
+            changed("ca.quarantine", service, "release", "")
+            return json_answer(200, {"released": released})
         return None
 
     api.register("/join-tokens", _sub_api(join_tokens, b"POST"))

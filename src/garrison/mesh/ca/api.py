@@ -24,10 +24,12 @@ from urllib.parse import parse_qs
 
 from cryptography import x509
 
+from garrison.events.emitter import Emitter, NullEmitter
+from garrison.events.schema import Actor, Event
 from garrison.mesh.ca.attestors import DEFAULT_ATTESTOR
 from garrison.mesh.ca.issuer import Issued, Issuer, Refused
 from garrison.mesh.ca.state import CaState
-from garrison.pki.authority import CsrRefused, check_request
+from garrison.pki.authority import CsrRefused, check_request, spiffe_id_of_certificate
 from garrison.telemetry.mesh_metrics import CaMetrics
 from garrison.web.simplehttp import SimpleRequest, SimpleResponse
 
@@ -56,8 +58,15 @@ class CaApi:
     """The handler behind the CA's TLS listener."""
 
     def __init__(
-        self, issuer: Issuer, state: CaState, metrics: CaMetrics, long_poll: float = LONG_POLL
+        self,
+        issuer: Issuer,
+        state: CaState,
+        metrics: CaMetrics,
+        long_poll: float = LONG_POLL,
+        emitter: Emitter | None = None,
     ) -> None:
+        """``emitter``: where ``ca.join`` (issued or refused) and ``ca.renew`` (refused) events go."""
+        self._emitter = emitter or NullEmitter()
         self._issuer = issuer
         self._state = state
         self._metrics = metrics
@@ -107,14 +116,29 @@ class CaApi:
             csr = _csr(body["csr"])
         except BadRequest as exc:
             self._metrics.refuse("join", exc.reason)
+            self._event("ca.join", "failure", None, reason=exc.reason)
             return error(400, "bad_request", str(exc))
         try:
             issued = await self._issuer.attest(name, body, csr)
         except Refused as exc:
             self._metrics.refuse("join", exc.reason)
+            self._event("ca.join", "failure", None, reason=exc.reason, attestor=name)
             return error(403, "forbidden", str(exc))
         self._metrics.issue("join")
+        self._event("ca.join", "success", issued.spiffe_id, attestor=name)
         return json_response(200, _issued(issued))
+
+    def _event(self, type_: str, outcome: str, spiffe_id: str | None, **details: str) -> None:
+        self._emitter.emit(
+            Event(
+                component="ca",
+                type=type_,
+                outcome=outcome,  # type: ignore[arg-type]
+                actor=Actor(service=spiffe_id),
+                target=spiffe_id,
+                details=details,
+            )
+        )
 
     async def _renew(self, request: SimpleRequest) -> SimpleResponse:
         if request.peer_der is None:
@@ -132,6 +156,7 @@ class CaApi:
             issued = await self._issuer.renew(presented, csr)
         except Refused as exc:
             self._metrics.refuse("renewal", exc.reason)
+            self._event("ca.renew", "failure", spiffe_id_of_certificate(presented), reason=exc.reason)
             return error(403, "forbidden", str(exc))
         self._metrics.issue("renewal")
         return json_response(200, _issued(issued))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from garrison.config.loader import LoadedConfig
 from garrison.config.model import GarrisonConfig
 from garrison.core.runner import ReloadUnsupported, StartFailed, run_component
 from garrison.core.sockets import BACKLOG, address_of, bind_socket
+from garrison.events.emitter import emitter_for, register_metrics
 from garrison.mesh.ca.admin import ca_admin_api
 from garrison.mesh.ca.api import MAX_BODY, CaApi
 from garrison.mesh.ca.issuer import Issuer
@@ -99,6 +101,10 @@ class CaComponent:
         self.loaded = loaded
         self.clock = clock
         self.metrics = CaMetrics()
+        # Audit events (ca.join, ca.renew, ca.revoke, ca.quarantine), sent with the emit token: the
+        # CA holds no workload certificate of its own. Instance: the host (one CA per state_dir).
+        self.emitter = emitter_for(loaded.config, "ca", socket.gethostname())
+        register_metrics(self.emitter, self.metrics.registry)
         self.parts: CaParts | None = None
         self.server: asyncio.Server | None = None
         self.admin: AdminListener | None = None
@@ -114,7 +120,8 @@ class CaComponent:
         assert config.mesh is not None
         ca = config.mesh.ca
         tls = self.tls = CaTls(parts.files, config.trust_domain, self.clock)
-        api = self.api = CaApi(parts.issuer, parts.state, self.metrics)
+        await self.emitter.start()
+        api = self.api = CaApi(parts.issuer, parts.state, self.metrics, emitter=self.emitter)
         sock = bind_socket(ca.listen)
         try:
             self.server = await asyncio.get_running_loop().create_server(
@@ -142,7 +149,12 @@ class CaComponent:
         settings = config.mesh.ca.admin
         token_path = Path(settings.token_file) if settings.token_file else admin_token_path(config)
         api = ca_admin_api(
-            self._not_ready, self.metrics, self.parts.state, self.parts.tokens, config.trust_domain
+            self._not_ready,
+            self.metrics,
+            self.parts.state,
+            self.parts.tokens,
+            config.trust_domain,
+            self.emitter,
         )
         try:
             listener = await start_admin_listener(settings, token_path, self.loaded.source.parent, api)
@@ -204,6 +216,7 @@ class CaComponent:
         if self.admin is not None:
             await self.admin.close()
         await self.parts.engine.dispose()
+        await self.emitter.close()
         log.log("ca.stopped")
 
 

@@ -19,7 +19,9 @@ from garrison.admin.listener import AdminListener, start_admin_listener
 from garrison.config.addresses import is_loopback_host, parse_listen
 from garrison.core.runner import StartFailed
 from garrison.core.sockets import address_of, bind_socket
+from garrison.events.emitter import AuditEmitter, Emitter, NullEmitter, register_metrics
 from garrison.mesh.policy import CallPolicy, gateway_id, service_id
+from garrison.mesh.sidecar.audit import SidecarAudit
 from garrison.mesh.sidecar.gate import Gate
 from garrison.mesh.sidecar.identity import FileIdentity, SidecarIdentity
 from garrison.mesh.sidecar.inbound import InboundConnection, InboundSide
@@ -52,6 +54,14 @@ class SidecarComponent:
         self.settings = settings
         self.gate = Gate(service, CallPolicy.from_grants(settings.grants))
         self.metrics = SidecarMetrics()
+        # Audit events (component `mesh`, instance: the service), sent with the workload certificate.
+        self.emitter: Emitter = (
+            AuditEmitter(settings.audit, "mesh", service, identity.client_context)
+            if settings.audit is not None
+            else NullEmitter()
+        )
+        register_metrics(self.emitter, self.metrics.registry)
+        self.audit = SidecarAudit(self.emitter)
         self.inbound: InboundSide | None = None
         self.outbound: OutboundSide | None = None
         self.admin: AdminListener | None = None
@@ -88,6 +98,8 @@ class SidecarComponent:
         if not is_loopback_host(parse_listen(spec.outbound)[0]):
             raise StartFailed("mesh.sidecars.*.outbound must be loopback: it calls with this identity")
         self.inbound, self.outbound = inbound, outbound = self._sides(loop)
+        inbound.audit = outbound.audit = self.audit
+        await self.emitter.start()
         self.identity.on_state(self.gate.apply)
         inbound_sock, outbound_sock = bind_socket(spec.inbound), bind_socket(spec.outbound)
         await inbound.serve(lambda: InboundConnection(inbound), inbound_sock, self.identity.server_context())
@@ -113,6 +125,7 @@ class SidecarComponent:
                 await side.drain()
         if self.admin is not None:
             await self.admin.close()
+        await self.emitter.close()  # after the last request: its events go out or to the spool
         close: Any = getattr(self.identity, "close", None)  # the CA client's renewal and state tasks
         if close is not None:
             await close()

@@ -58,6 +58,7 @@ class InboundConnection(RelayConnection):
         if self.caller is None:
             # Verified by OpenSSL but not an SVID (no single spiffe:// URI SAN): not a workload.
             log.warn("mesh.call.denied", direction="inbound", reason="no_identity", peer=self.peer)
+            self.side.audit.no_identity(str(self.peer))
             self._close()
             return
         self.caller_lines = self.side.caller_headers(self.caller)
@@ -74,4 +75,5 @@ class InboundConnection(RelayConnection):
             self.answer_json(request, 403, "forbidden", DENIED_MESSAGE)
             return
         request.service = side.app
+        side.audit.allowed(request.caller, request.peer)  # the call graph (mesh.edge), once an hour
         self.forward(request, request.upstream_request(request.path, side.app_host, self.caller_lines))

@@ -15,6 +15,8 @@ from functools import lru_cache
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from garrison.events.emitter import NullEmitter
+from garrison.mesh.sidecar.audit import SidecarAudit
 from garrison.mesh.sidecar.gate import Gate, service_of
 from garrison.mesh.sidecar.identity import SidecarIdentity
 from garrison.pki.identity import spiffe_id
@@ -76,6 +78,7 @@ class Side:
         self.draining = False
         self.server: asyncio.Server | None = None
         self.access_log = AccessLog(None, sink=log.write_lines)
+        self.audit = SidecarAudit(NullEmitter())  # the component gives both sides its own
         self._component = log.component().encode()
         self._quoted: dict[str, bytes] = {}
 
@@ -147,7 +150,8 @@ class Side:
         return quoted
 
     def denied(self, request: Request, reason: str) -> None:
-        """The audit line of a refused call (the access line follows from ``record``)."""
+        """The audit line and event of a refused call (the access line follows from ``record``)."""
+        self.audit.denied(self.direction, request, reason)
         self.access_log.flush()  # the lines before it stay before it
         log.warn(
             "mesh.call.denied",

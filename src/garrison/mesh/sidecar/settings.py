@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from garrison.admin.auth import admin_token_path
 from garrison.config.problems import ConfigError, Problem
+from garrison.events.settings import EmitterSettings, emitter_settings
 from garrison.mesh.policy import Grant, grants_of
 from garrison.pki.workload import JOIN_TOKEN_ENV
 
@@ -125,6 +126,7 @@ class SidecarSettings:
     sidecars: dict[str, SidecarSpec]
     services: dict[str, ServiceSettings]
     grants: tuple[Grant, ...]  # the call policy's input (mesh/policy.py)
+    audit: EmitterSettings | None = None  # where its audit events go (None: no `audit` section)
 
 
 def settings_from_config(config: GarrisonConfig, source: Path) -> SidecarSettings:
@@ -167,6 +169,7 @@ def settings_from_config(config: GarrisonConfig, source: Path) -> SidecarSetting
         sidecars,
         services,
         tuple(grants_of(config)),
+        emitter_settings(config),
     )
 
 
@@ -186,6 +189,7 @@ def settings_from_json(text: str) -> SidecarSettings:
             {name: _sidecar(spec) for name, spec in data["sidecars"].items()},
             {name: _service(spec) for name, spec in data["services"].items()},
             tuple(_grant(grant) for grant in data["grants"]),
+            EmitterSettings.from_dict(data["audit"]) if data.get("audit") else None,
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"malformed sidecar settings: {type(exc).__name__}: {exc}") from None
