@@ -9,7 +9,7 @@ Derived default (``with_derived_defaults``): ``url`` from ``listen``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import Field
 
@@ -92,9 +92,15 @@ class AuditConfig(ComponentConfig):
         host = f"[{host}]" if ":" in host else host
         return self.model_copy(update={"url": f"https://{host}:{port}"})
 
+    def warnings(self, config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
+        """Shippers that send the log in plaintext or without verifying their receiver."""
+        del config
+        return self.shipping.warnings()
+
     def with_paths_resolved(self, resolve: Callable[[str], str]) -> Self:
-        """Admin token file, relative to the config file's directory."""
-        if self.admin.token_file is None:
-            return self
-        admin = self.admin.model_copy(update={"token_file": resolve(self.admin.token_file)})
-        return self.model_copy(update={"admin": admin})
+        """Admin token file and the shippers' credential and CA files, relative to the config file's
+        directory."""
+        updates: dict[str, Any] = {"shipping": self.shipping.with_paths_resolved(resolve)}
+        if self.admin.token_file is not None:
+            updates["admin"] = self.admin.model_copy(update={"token_file": resolve(self.admin.token_file)})
+        return self.model_copy(update=updates)
