@@ -21,7 +21,7 @@ from garrison.core.runner import StartFailed
 from garrison.core.sockets import address_of, bind_socket
 from garrison.mesh.policy import CallPolicy, gateway_id, service_id
 from garrison.mesh.sidecar.gate import Gate
-from garrison.mesh.sidecar.identity import FileIdentity, SidecarIdentity
+from garrison.mesh.sidecar.identity import FileIdentity, SidecarIdentity, certificate_expiry
 from garrison.mesh.sidecar.inbound import InboundConnection, InboundSide
 from garrison.mesh.sidecar.outbound import OutboundConnection, OutboundSide, Peer
 from garrison.mesh.sidecar.settings import SidecarSettings, reload_settings
@@ -52,6 +52,8 @@ class SidecarComponent:
         self.settings = settings
         self.gate = Gate(service, CallPolicy.from_grants(settings.grants))
         self.metrics = SidecarMetrics()
+        self.metrics.service = service
+        self.metrics.certificate_expiry = lambda: certificate_expiry(identity)
         self.inbound: InboundSide | None = None
         self.outbound: OutboundSide | None = None
         self.admin: AdminListener | None = None
