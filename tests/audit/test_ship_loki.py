@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from ship_receivers import MemoryLog, Receiver, Seen, sample_events, secret_file, serving, until
 
 from garrison.audit.ship.service import ShippingService
@@ -164,5 +165,34 @@ def test_tls_verifies_the_receiver_against_the_configured_ca(tmp_path: Path) -> 
             verified.start()
             await until(lambda: len(loki.lines) == 3)
             await verified.close()
+
+    asyncio.run(body())
+
+
+def test_the_lag_grows_while_the_receiver_is_down_and_returns_to_zero(tmp_path: Path) -> None:
+    events = sample_events(5, start=1_796_000_000.0)
+
+    async def body() -> None:
+        loki, log = Loki(), MemoryLog()
+        loki.failing = [503] * 1000  # down until cleared
+        async with serving(Receiver(loki)) as url:
+            service = ShippingService(
+                loki_config(url), tmp_path, log, log.wake, clock=lambda: 1_796_000_060.0
+            )
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(service.metrics)
+            service.start()
+            log.append(*events)
+            stats = service.metrics.stats("loki")
+            await until(lambda: stats.failures >= 3)
+            labels = {"shipper": "loki"}
+            assert registry.get_sample_value("garrison_audit_ship_lag_entries", labels) == 5
+            assert registry.get_sample_value("garrison_audit_ship_lag_seconds", labels) == pytest.approx(60.0)
+            loki.failing.clear()
+            await until(lambda: stats.position == 5)
+            assert registry.get_sample_value("garrison_audit_ship_lag_entries", labels) == 0
+            assert registry.get_sample_value("garrison_audit_ship_lag_seconds", labels) == 0
+            await service.close()
+        assert len(loki.lines) == 5
 
     asyncio.run(body())

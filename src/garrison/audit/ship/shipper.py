@@ -23,6 +23,10 @@ from garrison.telemetry import logging as log
 
 __all__ = ["Shipper", "Sink"]
 
+# Longest an idle shipper waits before it looks at the log's size by itself: a guard against a commit
+# whose wake-up was missed, not the way new entries are found (the collector's event is).
+IDLE_RECHECK = 5.0
+
 
 class Sink(Protocol):
     async def send(self, entries: Sequence[LoggedEvent]) -> Delivery:
@@ -57,14 +61,13 @@ class Shipper:
         self.stats.position = cursor.next
         while True:
             batch = await self._next_batch(cursor.next)
-            self.stats.oldest_pending = batch[0].event.time
             await self._deliver(batch, failures=0)
             cursor = Cursor(cursor.next + len(batch), batch[-1].event.id)
             await asyncio.to_thread(self.cursor.save, cursor)
             self.stats.position = cursor.next
             self.stats.oldest_pending = None
 
-    async def _wait_past(self, position: int, timeout: float | None) -> bool:
+    async def _wait_past(self, position: int, timeout: float) -> bool:
         """Wait until the log holds more than ``position`` entries; False on timeout.
 
         The event is shared by every shipper: each clears it and then checks the size before it
@@ -84,8 +87,9 @@ class Shipper:
         """Entries from ``start``: at least one, at most batch_max, after lingering up to batch_wait."""
         batch: list[LoggedEvent] = []
         while not batch:
-            await self._wait_past(start, None)
-            batch = await self.reader.read(start, self.batch_max)
+            if await self._wait_past(start, IDLE_RECHECK):
+                batch = await self.reader.read(start, self.batch_max)
+        self.stats.oldest_pending = batch[0].event.time
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.batch_wait
         while len(batch) < self.batch_max:
