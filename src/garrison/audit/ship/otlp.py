@@ -44,30 +44,43 @@ def severity(event: Event) -> tuple[int, str]:
 
 
 def any_value(value: Any) -> dict[str, Any]:
-    """A JSON value as an OTLP AnyValue."""
-    if isinstance(value, bool):
-        return {"boolValue": value}
-    if isinstance(value, int):
-        return {"intValue": str(value)}
-    if isinstance(value, float):
-        return {"doubleValue": value}
-    if isinstance(value, str):
+    """A JSON value as an OTLP AnyValue (by exact type first: this runs per attribute per event)."""
+    kind = type(value)
+    if kind is str:
         return {"stringValue": value}
+    if kind is bool:
+        return {"boolValue": value}
+    if kind is int:
+        return {"intValue": str(value)}
+    if kind is float:
+        return {"doubleValue": value}
     if isinstance(value, list):
         return {"arrayValue": {"values": [any_value(item) for item in value]}}
     if isinstance(value, dict):
         return {"kvlistValue": {"values": [{"key": str(k), "value": any_value(v)} for k, v in value.items()]}}
+    if isinstance(value, str | bool | int | float):  # subclasses (an IntEnum, a str subclass)
+        return any_value(json.loads(json.dumps(value)))
     return {}
 
 
 def _attributes(event: Event) -> list[dict[str, Any]]:
-    flat: dict[str, Any] = {}
-    for key, value in event.to_dict().items():
-        if key in ("actor", "details"):
-            flat.update({f"{key}.{name}": item for name, item in value.items()})
-        elif key != "time":
-            flat[key] = value
-    return [{"key": key, "value": any_value(value)} for key, value in flat.items()]
+    attributes = [
+        {"key": "id", "value": {"stringValue": event.id}},
+        {"key": "component", "value": {"stringValue": event.component}},
+        {"key": "instance", "value": {"stringValue": event.instance}},
+        {"key": "type", "value": {"stringValue": event.type}},
+        {"key": "outcome", "value": {"stringValue": event.outcome}},
+    ]
+    for key, value in event.actor.to_dict().items():
+        attributes.append({"key": "actor." + key, "value": {"stringValue": value}})
+    for key in ("target", "trace_id", "request_id", "origin"):
+        text = getattr(event, key)
+        if text is not None:
+            attributes.append({"key": key, "value": {"stringValue": text}})
+    for key, value in event.details.items():
+        attributes.append({"key": "details." + key, "value": any_value(value)})
+    attributes.append({"key": "v", "value": {"intValue": str(event.version)}})
+    return attributes
 
 
 def log_record(entry: LoggedEvent, observed: int) -> dict[str, Any]:
