@@ -3,15 +3,20 @@ and how credential files are read (never inline, never readable by others, never
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
+from ship_receivers import secret_file
 
 from garrison.audit.ship.receiver import Credentials, ShippingSetupError
-from garrison.audit.ship.service import ShippingService
+from garrison.audit.ship.service import ShippingService, install
 from garrison.config.audit_shipping import ShipperAuth, ShippingConfig
 from garrison.config.loader import ConfigError, parse_config
+from garrison.core.runner import StartFailed
 
 BASE = """
 trust_domain: shop.local
@@ -97,26 +102,22 @@ def test_credential_files_are_read_only_when_private_and_never_shown(tmp_path: P
         Credentials(missing)
 
 
-def test_a_missing_credential_file_fails_the_service_at_construction(tmp_path: Path) -> None:
-    config = ShippingConfig.model_validate(
-        {
-            "shippers": [
-                {
-                    "name": "es",
-                    "type": "elasticsearch",
-                    "url": "https://es",
-                    "auth": {"api_key_file": "/nope"},
-                }
-            ]
-        }
+def test_install_joins_the_collector_and_a_missing_credential_file_fails_its_start(tmp_path: Path) -> None:
+    text = shippers("- {name: es, type: elasticsearch, url: 'https://es', auth: {api_key_file: es.key}}")
+    loaded = parse_config(text, base_dir=tmp_path)
+    host = SimpleNamespace(
+        loaded=loaded, registry=CollectorRegistry(auto_describe=True), stages=[], background=[]
     )
-
-    class Empty:
-        def size(self) -> int:
-            return 0
-
-        async def read(self, start: int, limit: int) -> list[object]:
-            return []
-
-    with pytest.raises(ShippingSetupError, match="/nope"):
-        ShippingService(config, tmp_path, Empty(), None)  # type: ignore[arg-type]
+    with pytest.raises(StartFailed, match=r"es\.key"):
+        asyncio.run(install(host))  # type: ignore[arg-type]
+    assert not host.stages and not host.background
+    secret_file(tmp_path / "es.key", "a2V5")
+    asyncio.run(install(host))  # type: ignore[arg-type]
+    (service,) = host.stages
+    assert isinstance(service, ShippingService) and host.background == [service.run]
+    assert host.registry.get_sample_value("garrison_audit_ship_lag_entries", {"shipper": "es"}) == 0
+    empty = SimpleNamespace(
+        loaded=parse_config(BASE + "      []\n", base_dir=tmp_path), stages=[], background=[]
+    )
+    asyncio.run(install(empty))  # type: ignore[arg-type]
+    assert not empty.stages and not empty.background

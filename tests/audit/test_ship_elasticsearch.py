@@ -77,8 +77,8 @@ def test_create_actions_keyed_by_event_id_into_dated_indices(tmp_path: Path) -> 
         receiver = Receiver(es)
         key = secret_file(tmp_path / "es.key", "a2V5aWQ6c2VjcmV0")
         async with serving(receiver) as url:
-            service = ShippingService(es_config(url, auth={"api_key_file": key}), tmp_path, log, log.wake)
-            service.start()
+            service = ShippingService(es_config(url, auth={"api_key_file": key}), tmp_path, wake=log.wake)
+            service.start(log)
             log.append(*events)
             stats = service.metrics.stats("es")
             await until(lambda: stats.position == 12)
@@ -111,8 +111,8 @@ def test_an_item_refused_with_429_is_retried_alone_and_a_mapping_error_is_skippe
         es.fail_once = {events[3].id}
         es.unmappable = {events[6].id}
         async with serving(Receiver(es)) as url:
-            service = ShippingService(es_config(url), tmp_path, log, log.wake)
-            service.start()
+            service = ShippingService(es_config(url), tmp_path, wake=log.wake)
+            service.start(log)
             log.append(*events)
             stats = service.metrics.stats("es")
             await until(lambda: stats.position == 10)
@@ -137,8 +137,8 @@ def test_a_batch_sent_again_after_a_lost_answer_is_not_duplicated(tmp_path: Path
             return (503, {}, b"") if answered["count"] == 1 else (status, headers, answer)
 
         async with serving(Receiver(lose_first_answer)) as url:
-            service = ShippingService(es_config(url), tmp_path, log, log.wake)
-            service.start()
+            service = ShippingService(es_config(url), tmp_path, wake=log.wake)
+            service.start(log)
             log.append(*events)
             stats = service.metrics.stats("es")
             await until(lambda: stats.position == 6)
@@ -160,8 +160,8 @@ def test_a_request_over_the_size_limit_is_split_in_halves(tmp_path: Path) -> Non
 
         receiver = Receiver(limited)
         async with serving(receiver) as url:
-            service = ShippingService(es_config(url), tmp_path, log, log.wake)
-            service.start()
+            service = ShippingService(es_config(url), tmp_path, wake=log.wake)
+            service.start(log)
             log.append(*sample_events(10))
             stats = service.metrics.stats("es")
             await until(lambda: stats.position == 10)

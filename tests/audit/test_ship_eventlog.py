@@ -29,16 +29,16 @@ def test_a_real_log_ships_once_across_segments_and_a_restart(tmp_path: Path) -> 
 
     async def run(url: str, first: int, last: int) -> list[bytes]:
         log = await EventLog.open(tmp_path / "log", segment_bytes=4096)
-        wake = asyncio.Event()
         spec = {"name": "loki", "type": "loki", "url": url, "batch_max": 8, "batch_wait": 0}
-        service = ShippingService(ShippingConfig.model_validate({"shippers": [spec]}), tmp_path, log, wake)
-        service.start()
-        for start in range(first, last, 7):  # commits of 7, each waking the shipper
-            await log.append(events[start : min(start + 7, last)])
-            wake.set()
+        service = ShippingService(ShippingConfig.model_validate({"shippers": [spec]}), tmp_path)
+        background = asyncio.create_task(service.run(log))  # as the collector runs it
+        for start in range(first, last, 7):  # commits of 7, each handed to the stage, which wakes it
+            await service.committed(await log.append(events[start : min(start + 7, last)]))
         stats = service.metrics.stats("loki")
         await until(lambda: stats.position == last)
-        await service.close()
+        background.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await background
         lines = [entry.line for entry in await log.read(0, last)]
         await log.close()
         return lines

@@ -87,8 +87,8 @@ def test_a_batch_is_pushed_with_few_labels_per_stream_in_time_order(tmp_path: Pa
                 labels={"env": "test"},
                 auth={"username": "garrison", "password_file": password},
             )
-            service = ShippingService(config, tmp_path, log, log.wake)
-            service.start()
+            service = ShippingService(config, tmp_path, wake=log.wake)
+            service.start(log)
             log.append(*events)
             stats = service.metrics.stats("loki")
             await until(lambda: stats.position == 30)
@@ -114,8 +114,8 @@ def test_an_outage_then_recovery_ships_everything_once(tmp_path: Path) -> None:
         loki, log = Loki(), MemoryLog()
         loki.failing = [503, 503, 500, 429]
         async with serving(Receiver(loki)) as url:
-            service = ShippingService(loki_config(url, batch_max=7), tmp_path, log, log.wake)
-            service.start()
+            service = ShippingService(loki_config(url, batch_max=7), tmp_path, wake=log.wake)
+            service.start(log)
             log.append(*sample_events(20))
             await until(lambda: len(loki.lines) == 20)
             log.append(*sample_events(5, start=1_796_000_100.0))
@@ -135,8 +135,8 @@ def test_entries_loki_refuses_with_400_are_counted_and_skipped_not_retried(tmp_p
         loki.failing = [400]  # "entry too far behind": the first batch
         receiver = Receiver(loki)
         async with serving(receiver) as url:
-            service = ShippingService(loki_config(url, batch_max=4), tmp_path, log, log.wake)
-            service.start()
+            service = ShippingService(loki_config(url, batch_max=4), tmp_path, wake=log.wake)
+            service.start(log)
             log.append(*sample_events(10))
             stats = service.metrics.stats("loki")
             await until(lambda: stats.position == 10)
@@ -154,15 +154,15 @@ def test_tls_verifies_the_receiver_against_the_configured_ca(tmp_path: Path) -> 
         loki, log = Loki(), MemoryLog()
         log.append(*sample_events(3))
         async with serving(Receiver(loki), tls=(cert, key)) as url:
-            unverified = ShippingService(loki_config(url), tmp_path / "a", log, log.wake)
-            unverified.start()  # the system CAs do not know this receiver: retried, never sent
+            unverified = ShippingService(loki_config(url), tmp_path / "a", wake=log.wake)
+            unverified.start(log)  # the system CAs do not know this receiver: retried, never sent
             stats = unverified.metrics.stats("loki")
             await until(lambda: stats.failures >= 2)
             await unverified.close()
             assert not loki.lines
             trusting = loki_config(url, tls={"ca_file": str(tmp_path / "tls" / "ca.pem")})
-            verified = ShippingService(trusting, tmp_path / "b", log, log.wake)
-            verified.start()
+            verified = ShippingService(trusting, tmp_path / "b", wake=log.wake)
+            verified.start(log)
             await until(lambda: len(loki.lines) == 3)
             await verified.close()
 
@@ -176,12 +176,11 @@ def test_the_lag_grows_while_the_receiver_is_down_and_returns_to_zero(tmp_path: 
         loki, log = Loki(), MemoryLog()
         loki.failing = [503] * 1000  # down until cleared
         async with serving(Receiver(loki)) as url:
-            service = ShippingService(
-                loki_config(url), tmp_path, log, log.wake, clock=lambda: 1_796_000_060.0
-            )
+            now = 1_796_000_060.0
+            service = ShippingService(loki_config(url), tmp_path, wake=log.wake, clock=lambda: now)
             registry = CollectorRegistry(auto_describe=False)
             registry.register(service.metrics)
-            service.start()
+            service.start(log)
             log.append(*events)
             stats = service.metrics.stats("loki")
             await until(lambda: stats.failures >= 3)

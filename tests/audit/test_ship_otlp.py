@@ -87,8 +87,8 @@ def test_records_parse_into_the_real_export_request(tmp_path: Path) -> None:
         token = secret_file(tmp_path / "otel.token", "t0ken-value")
         async with serving(receiver) as url:
             config = otlp_config(url, service_name="shop-audit", auth={"bearer_token_file": token})
-            service = ShippingService(config, tmp_path, log, log.wake)
-            service.start()
+            service = ShippingService(config, tmp_path, wake=log.wake)
+            service.start(log)
             log.append(*events)
             stats = service.metrics.stats("otel")
             await until(lambda: stats.position == 4)
@@ -126,8 +126,8 @@ def test_partially_rejected_records_are_counted_as_skipped(tmp_path: Path) -> No
         collector, log = Collector(), MemoryLog()
         collector.reject_first = 2
         async with serving(Receiver(collector)) as url:
-            service = ShippingService(otlp_config(url, batch_max=5), tmp_path, log, log.wake)
-            service.start()
+            service = ShippingService(otlp_config(url, batch_max=5), tmp_path, wake=log.wake)
+            service.start(log)
             log.append(*sample_events(10))
             stats = service.metrics.stats("otel")
             await until(lambda: stats.position == 10)
@@ -152,8 +152,8 @@ def test_an_outage_is_retried_with_the_same_records(tmp_path: Path) -> None:
             )
 
         async with serving(Receiver(flaky)) as url:
-            service = ShippingService(otlp_config(url), tmp_path, log, log.wake)
-            service.start()
+            service = ShippingService(otlp_config(url), tmp_path, wake=log.wake)
+            service.start(log)
             log.append(*sample_events(4))
             stats = service.metrics.stats("otel")
             await until(lambda: stats.position == 4)

@@ -40,7 +40,7 @@ class ShipperStats:
 class ShippingMetrics(Collector):
     def __init__(self, log_size: Callable[[], int], clock: Callable[[], float] = time.time) -> None:
         self.shippers: dict[str, ShipperStats] = {}
-        self._log_size = log_size
+        self.log_size = log_size  # the LogReader's size, once the shippers start
         self._clock = clock
 
     def stats(self, shipper: str) -> ShipperStats:
@@ -52,7 +52,7 @@ class ShippingMetrics(Collector):
         return max(0.0, self._clock() - stats.oldest_pending)
 
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
-        size = self._log_size()
+        size = self.log_size()
         shipped = CounterMetricFamily(
             "garrison_audit_shipped", "Audit events the receiver stored.", labels=["shipper"]
         )

@@ -1,39 +1,45 @@
 """The shippers of one collector: built from ``audit.shipping``, run as background tasks, stopped with it.
 
-The collector builds ``ShippingService`` at start (a missing credential or CA file fails the start,
-naming the file), registers ``metrics`` in its registry, calls ``start()`` once its log is open, sets
-``wake`` after each commit, and awaits ``close()`` when it stops. A shipper that fails unexpectedly
-(the log unreadable) is logged and restarted from its saved cursor after a back-off, never left dead.
+How the collector (audit/component.py) carries it, through its extension points (``install`` does
+all three from a setup hook): the service is an ``AfterCommit`` stage whose ``committed`` only sets
+``wake`` (the shippers read the log themselves, from their cursors); ``run(reader)`` is a background
+task that ships until cancelled and then closes its connections; ``metrics`` joins the collector's
+registry. Building the service reads every credential and CA file, so a missing one fails the start
+and names the file. A shipper that fails unexpectedly (the log unreadable) is logged and restarted
+from its saved cursor after a back-off, never left dead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import httpx
+from prometheus_client import CollectorRegistry
 
-from garrison.audit.pipeline import LogReader
+from garrison.audit.pipeline import AfterCommit, LoggedEvent, LogReader
 from garrison.audit.ship.backoff import Backoff
 from garrison.audit.ship.cursor import CursorFile
 from garrison.audit.ship.elasticsearch import ElasticsearchSink
 from garrison.audit.ship.loki import LokiSink
 from garrison.audit.ship.metrics import ShippingMetrics
 from garrison.audit.ship.otlp import OtlpSink
-from garrison.audit.ship.receiver import Receiver
+from garrison.audit.ship.receiver import Receiver, ShippingSetupError
 from garrison.audit.ship.shipper import Shipper, Sink
-from garrison.config.assembly import GarrisonConfig
 from garrison.config.audit_shipping import (
     ElasticsearchShipperConfig,
     LokiShipperConfig,
     ShipperConfig,
     ShippingConfig,
 )
+from garrison.config.loader import LoadedConfig
+from garrison.core.runner import StartFailed
 from garrison.telemetry import logging as log
 
-__all__ = ["ShippingService", "build_sink", "cursor_path"]
+__all__ = ["ShippingHost", "ShippingService", "build_sink", "cursor_path", "install"]
 
 
 def cursor_path(state_dir: Path, shipper: str) -> Path:
@@ -54,16 +60,30 @@ class ShippingService:
         self,
         shipping: ShippingConfig,
         state_dir: Path,
-        reader: LogReader,
-        wake: asyncio.Event,
         *,
+        wake: asyncio.Event | None = None,
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.metrics = ShippingMetrics(reader.size, clock)
+        self.wake = asyncio.Event() if wake is None else wake
+        self.metrics = ShippingMetrics(lambda: 0, clock)
+        self.state_dir = state_dir
+        self.specs = list(shipping.shippers)
+        self.sinks = {spec.name: build_sink(spec, transport) for spec in self.specs}
+        for spec in self.specs:
+            self.metrics.stats(spec.name)  # every shipper on /metrics from the start
         self.shippers: list[Shipper] = []
         self._tasks: list[asyncio.Task[None]] = []
-        for spec in shipping.shippers:
+
+    async def committed(self, entries: Sequence[LoggedEvent]) -> None:
+        """AfterCommit: new entries are durable; wake the shippers."""
+        del entries
+        self.wake.set()
+
+    def start(self, reader: LogReader) -> None:
+        """A task per shipper over ``reader``, on the running loop."""
+        self.metrics.log_size = reader.size
+        for spec in self.specs:
             if spec.tls.insecure_skip_verify:
                 log.warn(
                     "audit.ship.insecure",
@@ -71,32 +91,28 @@ class ShippingService:
                     message="TLS verification is OFF for this receiver: anyone on the path can read "
                     "and alter the shipped audit log (insecure)",
                 )
-            self.shippers.append(
-                Shipper(
-                    spec.name,
-                    build_sink(spec, transport),
-                    reader,
-                    wake,
-                    CursorFile(cursor_path(state_dir, spec.name)),
-                    self.metrics.stats(spec.name),
-                    batch_max=spec.batch_max,
-                    batch_wait=spec.batch_wait,
-                    backoff=Backoff(spec.retry_initial, spec.retry_max),
-                )
+            shipper = Shipper(
+                spec.name,
+                self.sinks[spec.name],
+                reader,
+                self.wake,
+                CursorFile(cursor_path(self.state_dir, spec.name)),
+                self.metrics.stats(spec.name),
+                batch_max=spec.batch_max,
+                batch_wait=spec.batch_wait,
+                backoff=Backoff(spec.retry_initial, spec.retry_max),
             )
-        self._specs = {spec.name: spec for spec in shipping.shippers}
+            self.shippers.append(shipper)
+            log.log("audit.ship.started", shipper=spec.name, type=spec.type, url=spec.url)
+            self._tasks.append(asyncio.create_task(self._supervise(shipper), name=f"ship-{spec.name}"))
 
-    @classmethod
-    def from_config(cls, config: GarrisonConfig, reader: LogReader, wake: asyncio.Event) -> ShippingService:
-        shipping = ShippingConfig() if config.audit is None else config.audit.shipping
-        return cls(shipping, config.state_dir, reader, wake)
-
-    def start(self) -> None:
-        """A task per shipper, on the running loop."""
-        for shipper in self.shippers:
-            spec = self._specs[shipper.name]
-            log.log("audit.ship.started", shipper=shipper.name, type=spec.type, url=spec.url)
-            self._tasks.append(asyncio.create_task(self._supervise(shipper), name=f"ship-{shipper.name}"))
+    async def run(self, reader: LogReader) -> None:
+        """Background task: ship until cancelled, then close the receivers' connections."""
+        self.start(reader)
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            await self.close()
 
     async def _supervise(self, shipper: Shipper) -> None:
         failures = 0
@@ -115,5 +131,28 @@ class ShippingService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for shipper in self.shippers:
-            await shipper.sink.aclose()
+        for sink in self.sinks.values():
+            await sink.aclose()
+
+
+class ShippingHost(Protocol):
+    """What ``install`` needs of the collector component (audit/component.py's AuditComponent)."""
+
+    loaded: LoadedConfig
+    registry: CollectorRegistry
+    stages: list[AfterCommit]
+    background: list[Callable[[LogReader], Awaitable[None]]]
+
+
+async def install(host: ShippingHost) -> None:
+    """A setup hook: the configured shippers join the collector (nothing when none is configured)."""
+    config = host.loaded.config
+    if config.audit is None or not config.audit.shipping.shippers:
+        return
+    try:
+        service = ShippingService(config.audit.shipping, config.state_dir)
+    except ShippingSetupError as exc:
+        raise StartFailed(str(exc)) from None
+    host.registry.register(service.metrics)
+    host.stages.append(service)
+    host.background.append(service.run)
