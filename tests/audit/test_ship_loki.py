@@ -61,14 +61,34 @@ class Loki:
     def __init__(self) -> None:
         self.lines: list[tuple[dict[str, str], int, str]] = []
         self.failing: list[int] = []
+        self.too_old: int | None = None  # entries older than this (ns) are refused as Loki does
 
     def __call__(self, seen: Seen) -> tuple[int, dict[str, str], bytes]:
         streams = check_push(seen)
         if self.failing:
             return self.failing.pop(0), {}, b"ingester unavailable"
+        if self.too_old is not None:
+            return self.refuse_old(streams, self.too_old)
         for labels, values in streams:
             self.lines += [(labels, ns, line) for ns, line in values]
         return 204, {}, b""
+
+    def refuse_old(
+        self, streams: list[tuple[dict[str, str], list[tuple[int, str]]]], limit: int
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Store the recent entries, refuse the old ones with Loki's 400 message."""
+        complaints, total = [], 0
+        for labels, values in streams:
+            total += len(values)
+            for ns, line in values:
+                if ns < limit:
+                    complaints.append(f"entry with timestamp {ns} ignored, reason: 'entry too far behind'")
+                else:
+                    self.lines.append((labels, ns, line))
+        if not complaints:
+            return 204, {}, b""
+        message = ",\n".join(complaints) + f",\ntotal ignored: {len(complaints)} out of {total}"
+        return 400, {"content-type": "text/plain"}, message.encode()
 
 
 def test_a_batch_is_pushed_with_few_labels_per_stream_in_time_order(tmp_path: Path) -> None:
@@ -130,19 +150,22 @@ def test_an_outage_then_recovery_ships_everything_once(tmp_path: Path) -> None:
 
 
 def test_entries_loki_refuses_with_400_are_counted_and_skipped_not_retried(tmp_path: Path) -> None:
+    events = sample_events(10)
+
     async def body() -> None:
         loki, log = Loki(), MemoryLog()
-        loki.failing = [400]  # "entry too far behind": the first batch
+        loki.too_old = round(events[3].time * 1e6) * 1000  # "entry too far behind": events 0 to 2
         receiver = Receiver(loki)
         async with serving(receiver) as url:
             service = ShippingService(loki_config(url, batch_max=4), tmp_path, wake=log.wake)
             service.start(log)
-            log.append(*sample_events(10))
+            log.append(*events)
             stats = service.metrics.stats("loki")
             await until(lambda: stats.position == 10)
             await service.close()
-        assert len(receiver.requests) == 3  # the refused batch was not sent again
-        assert len(loki.lines) == 6 and stats.skipped == {"refused": 4} and stats.shipped == 6
+        assert len(receiver.requests) == 3  # the partly refused batch was not sent again
+        assert sorted(line for _, _, line in loki.lines) == sorted(e.to_json().decode() for e in events[3:])
+        assert stats.skipped == {"refused": 3} and stats.shipped == 7 and stats.failures == 0
 
     asyncio.run(body())
 

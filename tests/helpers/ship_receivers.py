@@ -103,7 +103,8 @@ class Receiver:
         except AssertionError as exc:  # a wire-format check failed: answer 400 and keep the evidence
             status, extra, answer = 418, {}, f"wire format: {exc}".encode()
         self.requests.append(seen)
-        sent = [(b"content-type", b"application/json"), *((k.encode(), v.encode()) for k, v in extra.items())]
+        extra = {"content-type": "application/json", **extra}
+        sent = [(k.encode(), v.encode()) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": sent})
         await send({"type": "http.response.body", "body": answer})
         async with self.changed:
