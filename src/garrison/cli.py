@@ -272,6 +272,12 @@ from garrison.vault.secret_cli import secret_app  # noqa: E402 - a sub-applicati
 
 app.add_typer(secret_app, name="secret")
 
+from garrison.audit import cli_verify  # noqa: E402 - a sub-application, registered here
+from garrison.audit.cli import audit_app  # noqa: E402 - a sub-application, registered here
+
+cli_verify.register(audit_app)
+app.add_typer(audit_app, name="audit")
+
 from garrison.dbcli import db_app  # noqa: E402 - a sub-application, registered here
 
 app.add_typer(db_app, name="db")

@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # the store (SQLAlchemy, Alembic) is imported when a `db` com
     from garrison.store.migrations import Schema, SchemaStatus
 
 db_app = typer.Typer(
-    help="Schema migrations of the SQL databases (identity provider, gateway API keys, mesh CA, vault).",
+    help="Schema migrations of the SQL databases (identity provider, gateway API keys, mesh CA, vault, "
+    "audit index).",
     no_args_is_help=True,
 )
 out = Console(highlight=False, soft_wrap=True)
@@ -43,11 +44,13 @@ class Target:
     """One component's schema and the database the config gives it."""
 
     schema: Schema
-    database: str | None  # None: SQLite in state_dir
+    database: str | None  # None: SQLite in state_dir/garrison.db
 
 
 def targets(loaded: LoadedConfig) -> list[Target]:
     """Every component of the config that has tables, in a fixed order."""
+    from garrison.audit.index import index_database
+    from garrison.audit.migrations import SCHEMA as AUDIT
     from garrison.gateway.migrations import SCHEMA as GATEWAY
     from garrison.identity.migrations import SCHEMA as IDENTITY
     from garrison.mesh.migrations import SCHEMA as MESH
@@ -61,6 +64,8 @@ def targets(loaded: LoadedConfig) -> list[Target]:
         found.append(Target(MESH, config.mesh.ca.database))
     if config.vault is not None:
         found.append(Target(VAULT, config.vault.database))
+    if config.audit is not None:  # its own SQLite file by default (state_dir/audit/index.db)
+        found.append(Target(AUDIT, index_database(config)))
     return found
 
 

@@ -198,3 +198,34 @@ def test_verify_reads_the_config(written: WrittenLog, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     body = json.loads(result.output)
     assert body["ok"] and body["entries"] == 40 and body["latest"]["size"] == 40
+
+
+def test_checkpoints_kept_elsewhere_show_a_log_cut_with_its_checkpoints(tmp_path: Path) -> None:
+    written = write_log(tmp_path / "box", [10, 10], {0})
+    path = written.directory / CHECKPOINTS_FILE
+    copy = tmp_path / "offbox.jsonl"
+    copy.write_bytes(path.read_bytes())  # what shipping the checkpoints off the machine keeps
+    written.write_lines(written.lines()[:15])
+    path.write_bytes(path.read_bytes().splitlines(keepends=True)[0])
+    assert check(written).ok  # alone, the box cannot tell
+    code, output = cli(written, "verify", "--checkpoints", str(copy))
+    assert code == 1 and "truncation at seq 15" in output
+    for segment in written.directory.glob("segment-*"):
+        segment.unlink()
+    path.unlink()  # everything removed: the copy still tells
+    code, output = cli(written, "verify", "--checkpoints", str(copy))
+    assert code == 1 and "truncation at seq 0" in output
+    assert cli(written, "verify", "--checkpoints", str(tmp_path / "absent.jsonl"))[0] == 2
+
+
+def test_a_long_log_shows_progress(written: WrittenLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    import garrison.audit.cli_verify as cli_verify
+
+    monkeypatch.setattr(cli_verify, "PROGRESS_FROM", 0)
+    advanced: list[int] = []
+    report = verify_log(
+        written.directory, load_public_key(written.paths.checkpoint_public_key), advanced.append
+    )
+    assert report.ok and sum(advanced) == written.segment().stat().st_size
+    code, output = cli(written, "verify")
+    assert code == 0 and "intact: 40 entries" in output

@@ -64,8 +64,13 @@ def verify(
     log_dir: LogDirOption = None,
     public_key: KeyOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    checkpoints: Annotated[
+        list[Path] | None,
+        typer.Option("--checkpoints", help="A copy of checkpoints.jsonl kept off this machine (repeatable)."),
+    ] = None,
 ) -> None:
     """Check every line, the seq order, the hash chain and the signed checkpoints of the audit log."""
+    from garrison.audit.checkpoints import CheckpointError, read_checkpoints
     from garrison.audit.verify import log_bytes, verify_log
     from garrison.core.commandline import err
 
@@ -74,15 +79,23 @@ def verify(
         err.print(f"[red]no audit log at {directory}[/red]")
         raise typer.Exit(2)
     key = _public_key(key_path)
+    try:
+        missing = [path for path in checkpoints or () if not path.is_file()]
+        if missing:
+            raise CheckpointError(f"no checkpoints file {missing[0]}")
+        elsewhere = [c for path in checkpoints or () for c in read_checkpoints(path)]
+    except (CheckpointError, OSError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     total = log_bytes(directory)
     if total >= PROGRESS_FROM:
         from rich.progress import Progress
 
         with Progress(console=err, transient=True) as bar:
             task = bar.add_task("verifying", total=total)
-            report = verify_log(directory, key, lambda n: bar.advance(task, n))
+            report = verify_log(directory, key, lambda n: bar.advance(task, n), elsewhere)
     else:
-        report = verify_log(directory, key)
+        report = verify_log(directory, key, None, elsewhere)
     _print(report, as_json)
     raise typer.Exit(0 if report.ok else 1)
 

@@ -21,7 +21,7 @@ nor a history rewritten by someone who holds the checkpoint key (docs/audit.md, 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -77,14 +77,22 @@ def log_bytes(directory: Path) -> int:
 
 
 def verify_log(
-    directory: Path, public_key: Ed25519PublicKey, progress: Progress | None = None
+    directory: Path,
+    public_key: Ed25519PublicKey,
+    progress: Progress | None = None,
+    kept_elsewhere: Sequence[Checkpoint] = (),
 ) -> VerifyReport:
-    """Check the log in ``directory`` (segments and checkpoints.jsonl) under ``public_key``."""
+    """Check the log in ``directory`` (segments and checkpoints.jsonl) under ``public_key``.
+    ``kept_elsewhere``: checkpoints copied off this machine, checked as the log's own are (the copy
+    is what shows a log removed or cut together with its checkpoints file)."""
     report = VerifyReport(total_bytes=log_bytes(directory))
     try:
         report.checkpoints = read_checkpoints(directory / CHECKPOINTS_FILE)
     except CheckpointError as exc:
         report.problems.append(Problem("checkpoint", None, str(exc)))
+    if kept_elsewhere:
+        merged = set(report.checkpoints) | set(kept_elsewhere)
+        report.checkpoints = sorted(merged, key=lambda c: (c.size, c.time))
     sizes = {checkpoint.size for checkpoint in report.checkpoints}
     scan = _scan(directory, sizes, progress)
     report.entries = len(scan.seqs)

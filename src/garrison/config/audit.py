@@ -22,6 +22,7 @@ from garrison.config.common import (
     ListenAddress,
     Strict,
     TlsConfig,
+    is_loopback_host,
     parse_listen,
 )
 from garrison.config.units import Duration, Size
@@ -92,11 +93,6 @@ class AuditConfig(ComponentConfig):
         host = f"[{host}]" if ":" in host else host
         return self.model_copy(update={"url": f"https://{host}:{port}"})
 
-    def warnings(self, config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
-        """Shippers that send the log in plaintext or without verifying their receiver."""
-        del config
-        return self.shipping.warnings()
-
     def with_paths_resolved(self, resolve: Callable[[str], str]) -> Self:
         """Admin token file and the shippers' credential and CA files, relative to the config file's
         directory."""
@@ -104,3 +100,37 @@ class AuditConfig(ComponentConfig):
         if self.admin.token_file is not None:
             updates["admin"] = self.admin.model_copy(update={"token_file": resolve(self.admin.token_file)})
         return self.model_copy(update=updates)
+
+    def problems(self, config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
+        """Off loopback, the intake and the admin listener must not take their credentials in clear."""
+        del config
+        errors: list[tuple[tuple[Any, ...], str]] = []
+        if self.tls.insecure_disable and not is_loopback_host(parse_listen(self.listen)[0]):
+            errors.append(
+                (
+                    ("audit", "tls", "insecure_disable"),
+                    "the intake is not on loopback: it needs TLS (the emit token and the events must not "
+                    "cross a network in clear)",
+                )
+            )
+        if not is_loopback_host(parse_listen(self.admin.listen)[0]) and self.admin.tls is None:
+            errors.append(
+                (
+                    ("audit", "admin", "listen"),
+                    "an admin listener off loopback needs `tls` (the token must not cross in clear)",
+                )
+            )
+        return errors
+
+    def warnings(self, config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
+        del config
+        found = self.shipping.warnings()
+        if self.tls.insecure_disable:
+            found.append(
+                (
+                    ("audit", "tls", "insecure_disable"),
+                    "TLS is off: the emit token and every event cross in clear, and workload certificates "
+                    "cannot authenticate emitters",
+                )
+            )
+        return found
