@@ -111,6 +111,8 @@ class Shipper:
                 result = Delivery(retry=pending, error=str(exc), retry_after=exc.retry_after)
             self._count(pending, result)
             if not result.retry:
+                if failures:
+                    log.log("audit.ship.recovered", shipper=self.name, failures=failures)
                 return 0
             failures += 1
             self.stats.failures += 1
