@@ -15,6 +15,7 @@ from cryptography import x509
 from gateway_harness import GARRISON, RecordingUpstream
 from mesh_sidecars import MeshPki, answer, close_clients, mtls, svc, write_mesh
 from ports import reserved_port
+from prometheus_client.parser import text_string_to_metric_families
 from sidecar_process import SidecarProcess
 from waiting import wait_until
 
@@ -71,6 +72,13 @@ def test_sighup_reloads_the_policy_and_the_certificate(
         'garrison_mesh_requests_total{callee="payments",caller="inventory",decision="allowed",'
         'direction="inbound",status="2xx"} 1.0' in metrics
     )
+    expiry = [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "garrison_mesh_certificate_expiry_timestamp_seconds"
+    ]
+    assert expiry == [({"service": "payments"}, rotated.not_valid_after_utc.timestamp())]
     assert process.stop() == 0
 
 

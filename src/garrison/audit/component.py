@@ -42,6 +42,7 @@ from garrison.audit.migrations import SCHEMA
 from garrison.audit.paths import AuditPaths
 from garrison.audit.pipeline import AfterCommit, LoggedEvent, LogReader
 from garrison.audit.recent import RecentIds
+from garrison.audit.ship.service import install as install_shipping
 from garrison.config.loader import LoadedConfig
 from garrison.core.runner import ReloadUnsupported, StartFailed, run_component
 from garrison.core.sockets import address_of, bind_socket
@@ -297,4 +298,6 @@ async def _follow_bundle(tls: ListenerTls) -> None:
 
 async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
     """Run the collector until SIGTERM/SIGINT (core/runner.py)."""
-    return await run_component(AuditComponent(loaded), ready_file)
+    component = AuditComponent(loaded)
+    component.setup.append(install_shipping)
+    return await run_component(component, ready_file)

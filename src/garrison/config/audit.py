@@ -94,14 +94,15 @@ class AuditConfig(ComponentConfig):
         return self.model_copy(update={"url": f"https://{host}:{port}"})
 
     def with_paths_resolved(self, resolve: Callable[[str], str]) -> Self:
-        """Admin token file and Sigma rule directories, relative to the config file's directory."""
-        updates: dict[str, object] = {}
+        """Admin token file, Sigma rule directories and the shippers' credential and CA files, relative
+        to the config file's directory."""
+        updates: dict[str, Any] = {"shipping": self.shipping.with_paths_resolved(resolve)}
         if self.admin.token_file is not None:
             updates["admin"] = self.admin.model_copy(update={"token_file": resolve(self.admin.token_file)})
         if self.detection.sigma_dirs:
             dirs = [resolve(d) for d in self.detection.sigma_dirs]
             updates["detection"] = self.detection.model_copy(update={"sigma_dirs": dirs})
-        return self.model_copy(update=updates) if updates else self
+        return self.model_copy(update=updates)
 
     def problems(self, config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
         """Off loopback, the intake and the admin listener must not take their credentials in clear."""
@@ -126,12 +127,13 @@ class AuditConfig(ComponentConfig):
 
     def warnings(self, config: GarrisonConfig) -> list[tuple[tuple[Any, ...], str]]:
         del config
+        found = self.shipping.warnings()
         if self.tls.insecure_disable:
-            return [
+            found.append(
                 (
                     ("audit", "tls", "insecure_disable"),
                     "TLS is off: the emit token and every event cross in clear, and workload certificates "
                     "cannot authenticate emitters",
                 )
-            ]
-        return []
+            )
+        return found

@@ -14,10 +14,10 @@ exception class name or a fixed word.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from garrison.telemetry.metrics import cumulative_buckets
@@ -53,6 +53,9 @@ class SidecarMetrics(Collector):
     def __init__(self) -> None:
         self.edges: dict[tuple[str, str, str], EdgeStats] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}  # (callee, reason) -> failed attempts
+        # The sidecar's service and when its workload certificate expires (epoch seconds; None unknown).
+        self.service = ""
+        self.certificate_expiry: Callable[[], float | None] = lambda: None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -67,7 +70,7 @@ class SidecarMetrics(Collector):
         key = (callee, reason)
         self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
 
-    def collect(self) -> Iterable[CounterMetricFamily | HistogramMetricFamily]:
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         labels = ["direction", "caller", "callee"]
         requests = CounterMetricFamily(
             "garrison_mesh_requests",
@@ -94,3 +97,12 @@ class SidecarMetrics(Collector):
         for (callee, reason), count in list(self.upstream_errors.items()):
             errors.add_metric([callee, reason], count)
         yield errors
+        expiry = GaugeMetricFamily(
+            "garrison_mesh_certificate_expiry_timestamp_seconds",
+            "When the sidecar's current workload certificate expires (Unix time); renewal moves it on.",
+            labels=["service"],
+        )
+        not_after = self.certificate_expiry()
+        if not_after is not None:
+            expiry.add_metric([self.service], not_after)
+        yield expiry

@@ -23,7 +23,7 @@ from garrison.events.emitter import AuditEmitter, Emitter, NullEmitter, register
 from garrison.mesh.policy import CallPolicy, gateway_id, service_id
 from garrison.mesh.sidecar.audit import SidecarAudit
 from garrison.mesh.sidecar.gate import Gate
-from garrison.mesh.sidecar.identity import FileIdentity, SidecarIdentity
+from garrison.mesh.sidecar.identity import FileIdentity, SidecarIdentity, certificate_expiry
 from garrison.mesh.sidecar.inbound import InboundConnection, InboundSide
 from garrison.mesh.sidecar.outbound import OutboundConnection, OutboundSide, Peer
 from garrison.mesh.sidecar.settings import SidecarSettings, reload_settings
@@ -62,6 +62,8 @@ class SidecarComponent:
         )
         register_metrics(self.emitter, self.metrics.registry)
         self.audit = SidecarAudit(self.emitter)
+        self.metrics.service = service
+        self.metrics.certificate_expiry = lambda: certificate_expiry(identity)
         self.inbound: InboundSide | None = None
         self.outbound: OutboundSide | None = None
         self.admin: AdminListener | None = None

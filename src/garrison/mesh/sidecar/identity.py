@@ -12,6 +12,7 @@ again for each new connection), which is what makes rotation in place work.
 
 from __future__ import annotations
 
+import datetime as dt
 import ssl
 import tempfile
 from collections.abc import Callable
@@ -68,6 +69,13 @@ def _contexts(bundle: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server, client
 
 
+def certificate_expiry(identity: SidecarIdentity) -> float | None:
+    """When the identity's certificate expires (Unix time), where it says (WorkloadIdentity and
+    FileIdentity do); the sidecar's metrics report it."""
+    not_after = getattr(identity, "not_after", None)
+    return not_after.timestamp() if isinstance(not_after, dt.datetime) else None
+
+
 class FileIdentity:
     """A workload identity from files; see the module docstring."""
 
@@ -77,6 +85,7 @@ class FileIdentity:
         self._callbacks: list[StateCallback] = []
         self._state: MeshView | None = None
         self._spiffe_id = ""
+        self._not_after = dt.datetime.min.replace(tzinfo=dt.UTC)
         self.reload()
 
     @classmethod
@@ -100,7 +109,8 @@ class FileIdentity:
         live contexts keep the certificate they have.
         """
         cert_pem, key_pem = self._cert.read_bytes(), self._key.read_bytes()
-        found = leaf_info(cert_pem).spiffe_id
+        info = leaf_info(cert_pem)
+        found = info.spiffe_id
         if found is None:
             raise ValueError(f"{self._cert} is not a workload certificate (no single SPIFFE ID)")
         with tempfile.TemporaryDirectory(prefix="garrison-identity-") as scratch:  # 0700
@@ -117,6 +127,12 @@ class FileIdentity:
             for context in (self._server, self._client):
                 context.load_cert_chain(str(cert_file), str(key_file))
         self._spiffe_id = found
+        self._not_after = info.not_after
+
+    @property
+    def not_after(self) -> dt.datetime:
+        """When the loaded certificate expires."""
+        return self._not_after
 
     def server_context(self) -> ssl.SSLContext:
         return self._server

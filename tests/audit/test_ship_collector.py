@@ -1,0 +1,39 @@
+"""A real `garrison audit serve` ships what its intake accepted to a Loki receiver, and reports it on
+its admin /metrics (the shipping service installed as a setup hook of the collector)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from audit_harness import AuditProcess, audit_config, ndjson, sample
+from gateway_harness import RecordingUpstream
+from waiting import wait_until
+
+pytestmark = pytest.mark.process  # a collector process and a receiver on a port-0 socket
+
+
+def test_the_collector_ships_what_it_logged(tmp_path: Path, upstream: RecordingUpstream) -> None:
+    loki = {"name": "loki", "type": "loki", "url": f"http://127.0.0.1:{upstream.port}", "batch_wait": 0}
+    process = AuditProcess(tmp_path, audit_config(tmp_path, shipping={"shippers": [loki]})).start()
+    try:
+        events = [sample(number) for number in range(20)]
+        answer = process.post(ndjson(events))
+        assert answer.status_code == 200, answer.text
+
+        def lines() -> list[str]:
+            return [
+                value[1]
+                for request in upstream.requests
+                for stream in json.loads(request.body)["streams"]
+                for value in stream["values"]
+            ]
+
+        wait_until(lambda: len(lines()) == 20, timeout=20, what="20 lines at the Loki receiver")
+        assert sorted(json.loads(line)["id"] for line in lines()) == sorted(event.id for event in events)
+        metrics = process.admin("/metrics").text
+        assert 'garrison_audit_shipped_total{shipper="loki"} 20.0' in metrics
+        assert 'garrison_audit_ship_lag_entries{shipper="loki"} 0.0' in metrics
+    finally:
+        assert process.stop() == 0, process.stderr()
