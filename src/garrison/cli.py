@@ -272,10 +272,11 @@ from garrison.vault.secret_cli import secret_app  # noqa: E402 - a sub-applicati
 
 app.add_typer(secret_app, name="secret")
 
-from garrison.audit import cli_verify  # noqa: E402 - a sub-application, registered here
+from garrison.audit import cli_suppress, cli_verify  # noqa: E402 - sub-applications, registered here
 from garrison.audit.cli import audit_app  # noqa: E402 - a sub-application, registered here
 
 cli_verify.register(audit_app)
+cli_suppress.register(audit_app)
 app.add_typer(audit_app, name="audit")
 
 from garrison.dbcli import db_app  # noqa: E402 - a sub-application, registered here

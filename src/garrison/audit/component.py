@@ -3,9 +3,10 @@
 Start, in this order, so that nothing is acknowledged before everything behind it works: the emit
 token (``state_dir/audit/emit.token``, 0600, created once), the log (``state_dir/audit/log``,
 recovered after a crash), the search index (migrated, then caught up from its highest seq to the
-log's end), the recent-id window (rebuilt from the log's tail), the setup hooks (the lead's detection
-adds its stage and admin sub-APIs here), then the intake listener (TLS by default) and the admin
-listener (``/live``, ``/ready``, ``/metrics``, and what the hooks registered).
+log's end), the recent-id window (rebuilt from the log's tail), the setup hooks (detection and
+responses, audit/wiring.py, add a stage and admin sub-APIs; shipping adds background tasks), then the
+intake listener (TLS by default) and the admin listener (``/live``, ``/ready``, ``/metrics``, and
+what the hooks registered).
 
 SIGTERM drains: the intake stops accepting, idle connections close, requests in flight are answered
 (their appends finish), the stages get every durable batch, a last checkpoint is written, the log
@@ -78,6 +79,7 @@ class AuditComponent:
         self.stages: list[AfterCommit] = []  # the index goes first at start
         self.background: list[Background] = []
         self.setup: list[Setup] = []
+        self.closers: list[Callable[[], Awaitable[None]]] = []  # at drain, after the stages' last batch
         self.log: EventLog | None = None
         self.checkpointer: Checkpointer | None = None
         self.engine: AsyncEngine | None = None
@@ -265,6 +267,11 @@ class AuditComponent:
             except TimeoutError:
                 log.warn("audit.stages.unfinished", backlog=self.feeder.backlog)
             await self.feeder.close()
+        for close in self.closers:  # their last events (responses) are appended before the checkpoint
+            try:
+                await close()
+            except Exception as exc:
+                log.error("audit.close.failed", error=type(exc).__name__, message=str(exc)[:200])
         if self.checkpointer is not None:
             await self._checkpoint(self.checkpointer.checkpoint)  # the head at exit is signed
         if self.admin is not None:
@@ -298,6 +305,8 @@ async def _follow_bundle(tls: ListenerTls) -> None:
 
 async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
     """Run the collector until SIGTERM/SIGINT (core/runner.py)."""
+    from garrison.audit.wiring import install_detection
+
     component = AuditComponent(loaded)
-    component.setup.append(install_shipping)
+    component.setup += [install_detection, install_shipping]
     return await run_component(component, ready_file)
