@@ -328,6 +328,10 @@ async def _up(loaded: LoadedConfig, specs: list[ChildSpec], demo: bool, console:
             vault = next((c.listeners["vault"] for c in supervisor.children if c.name == "vault"), None)
             if vault is not None:
                 await asyncio.to_thread(demo_vault.vault_calls, loaded.config, console, vault, loaded.source)
+            if loaded.config.audit is not None:
+                from garrison import demo_attack
+
+                await asyncio.to_thread(demo_attack.attack, loaded.config, gateway, console, loaded.source)
         console.print("\nPress Ctrl-C to stop.")
         supervisor.supervise()
         await stop.wait()
