@@ -205,9 +205,10 @@ def _wait_for_block(config: GarrisonConfig, gateway: str, console: Console) -> b
     return True
 
 
-async def _trail(config: GarrisonConfig) -> list[dict[str, Any]]:
+async def _trail(config: GarrisonConfig, since: float) -> list[dict[str, Any]]:
     """The alerts about the attacker's address and the demo user's account, and the responses to
-    them, oldest first, from the audit index."""
+    them since ``since`` (this run's attack: a state_dir keeps earlier ones), oldest first, from the
+    audit index."""
     from garrison.audit.index import index_engine
     from garrison.audit.search import SearchFilter, search
 
@@ -216,17 +217,17 @@ async def _trail(config: GarrisonConfig) -> list[dict[str, Any]]:
         found = []
         for actor in (("actor_ip", ATTACKER_IP), ("actor_subject", DEMO_USER)):
             for kind in ("audit.alert", "audit.response"):
-                found += await search(engine, SearchFilter(actor=actor, type=kind, limit=50))
+                found += await search(engine, SearchFilter(since=since, actor=actor, type=kind, limit=50))
     finally:
         await engine.dispose()
     return [item.event for item in sorted(found, key=lambda item: item.seq)]
 
 
-def _wait_for_trail(config: GarrisonConfig) -> list[dict[str, Any]]:
+def _wait_for_trail(config: GarrisonConfig, since: float) -> list[dict[str, Any]]:
     """The trail, once it holds the brute-force alert and the block (bounded: the index trails the log)."""
     deadline = time.monotonic() + TRAIL_WAIT
     while True:
-        events = asyncio.run(_trail(config))
+        events = asyncio.run(_trail(config, since))
         rules = {e["details"].get("rule") for e in events if e["type"] == "audit.alert"}
         blocked = any(
             e["details"].get("action") == "block_ip" for e in events if e["type"] == "audit.response"
@@ -244,8 +245,8 @@ def _describe(event: dict[str, Any]) -> str:
     return f"response {details['action']} {event.get('target') or ''} -> {details['result']}{until}"
 
 
-def _show_trail(config: GarrisonConfig, console: Console) -> None:
-    events = _wait_for_trail(config)
+def _show_trail(config: GarrisonConfig, console: Console, since: float) -> None:
+    events = _wait_for_trail(config, since)
     console.print(
         f"\nThe trail in the audit index (alerts and responses, ip:{ATTACKER_IP} and subject:{DEMO_USER}):"
     )
@@ -296,6 +297,7 @@ def attack(config: GarrisonConfig, gateway: str, console: Console, source: Path)
         "passwords; the collector detects it and blocks the address",
         soft_wrap=True,
     )
+    started = time.time() - 1  # the trail of this run only (event times are wall-clock)
     try:
         _probe(config, gateway, console)
         client_id = asyncio.run(_prepare_identity(config))
@@ -305,6 +307,6 @@ def attack(config: GarrisonConfig, gateway: str, console: Console, source: Path)
     except (httpx.HTTPError, OSError) as exc:
         console.print(f"[red]demo attack failed:[/red] {exc}")
         return
-    _show_trail(config, console)
+    _show_trail(config, console, started)
     _verify(source, console)
     _try_it(config, source, console)

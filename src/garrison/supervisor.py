@@ -8,8 +8,9 @@ from the config (with a ``mesh`` section: the workload CA, then a sidecar per se
 ``vault`` section, the vault, before any app that reads its secrets; then the demo upstream and apps,
 the identity provider, then the gateway, which fetches the provider's keys before it serves), starts
 them in that order, waits for each ready file (core/ready.py),
-prints where each listens, and on Ctrl-C or SIGTERM stops them all in reverse order, the gateway
-first (SIGTERM, then SIGKILL after a grace period).
+prints where each listens (with ``--demo``, runs the demo's steps: demo.py, demo_vault.py, and last
+demo_attack.py's attack, which the audit collector detects and answers), and on Ctrl-C or SIGTERM
+stops them all in reverse order, the gateway first (SIGTERM, then SIGKILL after a grace period).
 
 The mesh: ``up`` creates a CA under ``state_dir/ca`` if there is none (saying so: production runs
 ``garrison ca init --offline-root``). Before each start of a sidecar, it mints a short-lived join
