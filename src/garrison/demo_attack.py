@@ -40,7 +40,11 @@ ATTACKER_IP = "127.0.0.66"  # on loopback, like every demo address, but not the 
 DEMO_USER = "demo-user"
 WEB_CLIENT = "demo-web"
 REDIRECT_URI = "https://app.demo.local/callback"
-PROBES = (  # (path, user agent, what it is): each matches one of the shipped SigmaHQ web rules
+# (path, user agent, what it is): each matches one of the shipped SigmaHQ web rules. Under a route
+# (/api): the gateway's event of a request refused before routing (no route: 404; a target the
+# normaliser refuses, such as ..%2f: 400) deliberately echoes nothing of it, so Sigma has no path
+# to match there (the `scanning` rule still counts those refusals per address).
+PROBES = (
     ("/api/files?name=../../../etc/passwd", "Mozilla/5.0", "path traversal"),
     ("/api/.git/config", "Mozilla/5.0", "source-code enumeration"),
     ("/api/hello?id=1", "sqlmap/1.7.2#stable (https://sqlmap.org)", "sqlmap user agent"),
