@@ -2,7 +2,8 @@
 from the identity provider with client_credentials and calls a protected route with it; then, with
 a ``mesh`` section, a call between services that the mesh allows (orders -> payments, through both
 sidecars, with the caller identity payments saw) and one it refuses (payments -> orders, 403, with
-the ``mesh.call.denied`` line orders' sidecar logged).
+the ``mesh.call.denied`` line orders' sidecar logged). The vault's part is demo_vault.py; with an
+``audit`` section, the demo ends with demo_attack.py's scripted attack and its audit trail.
 
 Everything goes over the same sockets and TLS a user's curl would use; the demo client is
 registered afresh on each run. Its secret is written to ``state_dir/demo-client.secret`` (0600) and

@@ -8,8 +8,9 @@ from the config (with a ``mesh`` section: the workload CA, then a sidecar per se
 ``vault`` section, the vault, before any app that reads its secrets; then the demo upstream and apps,
 the identity provider, then the gateway, which fetches the provider's keys before it serves), starts
 them in that order, waits for each ready file (core/ready.py),
-prints where each listens, and on Ctrl-C or SIGTERM stops them all in reverse order, the gateway
-first (SIGTERM, then SIGKILL after a grace period).
+prints where each listens (with ``--demo``, runs the demo's steps: demo.py, demo_vault.py, and last
+demo_attack.py's attack, which the audit collector detects and answers), and on Ctrl-C or SIGTERM
+stops them all in reverse order, the gateway first (SIGTERM, then SIGKILL after a grace period).
 
 The mesh: ``up`` creates a CA under ``state_dir/ca`` if there is none (saying so: production runs
 ``garrison ca init --offline-root``). Before each start of a sidecar, it mints a short-lived join
@@ -328,6 +329,10 @@ async def _up(loaded: LoadedConfig, specs: list[ChildSpec], demo: bool, console:
             vault = next((c.listeners["vault"] for c in supervisor.children if c.name == "vault"), None)
             if vault is not None:
                 await asyncio.to_thread(demo_vault.vault_calls, loaded.config, console, vault, loaded.source)
+            if loaded.config.audit is not None:
+                from garrison import demo_attack
+
+                await asyncio.to_thread(demo_attack.attack, loaded.config, gateway, console, loaded.source)
         console.print("\nPress Ctrl-C to stop.")
         supervisor.supervise()
         await stop.wait()

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from ports import reserved_port
+from test_e2e_audit_up import AUDIT_PORTS, the_attack_was_detected_and_blocked, the_log_verifies
 
 from garrison.config.loader import load_config
 from garrison.core.ready import read_ready
@@ -44,6 +45,7 @@ MESH_PORTS = {
     "orders_inbound": "127.0.0.1:15001",
     "payments_inbound": "127.0.0.1:15002",
     "payments_outbound": "127.0.0.1:15010",
+    **AUDIT_PORTS,  # the audit collector's intake and admin listener
 }
 
 
@@ -107,6 +109,7 @@ def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path, ports: dic
             try_it_yourself_reads_the_secret_from_a_private_file(text, tmp_path / "state")
             the_mesh_allowed_one_call_and_denied_the_other(text, tmp_path / "state")
             the_vault_gave_orders_its_password_and_refused_payments(text, tmp_path / "state", ports)
+            the_attack_was_detected_and_blocked(text, tmp_path / "garrison.yaml", ports["gateway"])
             proc.send_signal(signal.SIGINT)
             assert proc.wait(20) == 0
         finally:
@@ -114,6 +117,7 @@ def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path, ports: dic
                 proc.kill()
                 proc.wait()
     assert "stopped." in output.read_text()
+    the_log_verifies(tmp_path / "garrison.yaml")
     for port in (ports["gateway"], ports["demo"], ports["identity"], ports["identity_admin"]):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
