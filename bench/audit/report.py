@@ -30,7 +30,7 @@ def progress(name: str, found: dict[str, Any]) -> str:
     return (
         f"{COLUMNS.get(name, name):<22} {found['events_per_s']:>9,.0f} events/s  {found['seconds']:6.2f} s  "
         f"CPU {found['cpu_seconds']:6.2f} s  {per_cpu or 0:>9,.0f} events/CPU-s  dropped {found['dropped']}"
-    )
+    ) + (f"  load core {found['load_cpu_share']:.0%}" if "load_cpu_share" in found else "")
 
 
 def latency_line(latency: dict[str, Any]) -> str:

@@ -123,6 +123,7 @@ def through_collector(
         "cpu_seconds": cpu,
         "per_cpu_second": args.events / cpu if cpu else None,
         "dropped": sent["dropped"],
+        "load_cpu_share": sent["load_cpu_seconds"] / (sent["delivered_at"] - sent["start"]),
         "alerts": now["alerts"] - before["alerts"],
     }
 

@@ -71,21 +71,29 @@ def _write_yaml(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-def start_collector(stack: ExitStack, tmp: Path, prefix: list[str], name: str, sigma: bool) -> Collector:
-    """`garrison audit serve`: intake TLS (auto certificate), SQLite index, the default detection rules
-    (with or without the shipped Sigma rules), responses in dry run (no gateway to call), no shipping."""
-    if not GARRISON_BIN.exists():
-        raise StartError(f"{GARRISON_BIN} not found (make .venv/.installed)")
-    home = tmp / name
-    home.mkdir(mode=0o700)
-    state_dir = home / "state"
+def collector_config(state_dir: Path, sigma: bool) -> dict[str, Any]:
+    """`garrison audit serve` on port 0: intake TLS (auto certificate), SQLite index, the default
+    detection rules (with or without the shipped Sigma rules), no shipping. Responses stay as
+    configured by default (nothing to call here: each is logged as skipped). The emitters' queue may
+    hold a whole round (memory_max), so that the load never spills to its spool."""
     audit: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "admin": {"listen": "127.0.0.1:0"},
         "emitter": {"memory_max": 1_000_000},
         "detection": {"sigma_builtin": sigma},
     }
-    config = {"state_dir": str(state_dir), "trust_domain": TRUST_DOMAIN, "audit": audit}
+    return {"state_dir": str(state_dir), "trust_domain": TRUST_DOMAIN, "audit": audit}
+
+
+def start_collector(stack: ExitStack, tmp: Path, prefix: list[str], name: str, sigma: bool) -> Collector:
+    """The collector in ``tmp/name``; its emitters' config names the intake's address once it listens."""
+    if not GARRISON_BIN.exists():
+        raise StartError(f"{GARRISON_BIN} not found (make .venv/.installed)")
+    home = tmp / name
+    home.mkdir(mode=0o700)
+    state_dir = home / "state"
+    config = collector_config(state_dir, sigma)
+    audit = config["audit"]
     path = _write_yaml(home / "garrison.yaml", config)
     ready = home / "ready.json"
     argv = [*prefix, str(GARRISON_BIN), "audit", "serve", "-c", str(path), "--ready-file", str(ready)]
@@ -128,6 +136,10 @@ class Rsyslog:
             return 0
 
 
+def rsyslog_conf(work: Path, out: Path, port: int, sync: bool) -> str:
+    return RSYSLOG_CONF.format(work=work, out=out, port=port, write=SYNCED if sync else BUFFERED)
+
+
 def rsyslog_version() -> str:
     from common.machine import command_output
 
@@ -142,8 +154,7 @@ def start_rsyslog(stack: ExitStack, tmp: Path, prefix: list[str], name: str, syn
     home.mkdir(mode=0o700)
     out = home / "events.jsonl"
     with reserved_port() as port:
-        conf = RSYSLOG_CONF.format(work=home, out=out, port=port, write=SYNCED if sync else BUFFERED)
-        (home / "rsyslog.conf").write_text(conf)
+        (home / "rsyslog.conf").write_text(rsyslog_conf(home, out, port, sync))
         argv = [*prefix, "rsyslogd", "-n", "-f", str(home / "rsyslog.conf"), "-i", str(home / "rsyslog.pid")]
         server = stack.enter_context(Server(name, argv, home / "rsyslog.out", {**os.environ}))
 
