@@ -72,10 +72,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load(pin: Pinning, *argv: str) -> subprocess.Popen[bytes]:
+    """load.py on the load core; its one line of JSON comes on stdout (``finish``)."""
     return subprocess.Popen([*pin.client(), PYTHON, str(HERE / "load.py"), *argv], stdout=subprocess.PIPE)
 
 
 def finish(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """Wait for a load process and read what it reports."""
     out, _ = proc.communicate(timeout=TIMEOUT)
     if proc.returncode != 0:
         raise StartError(f"load exited with status {proc.returncode}")
