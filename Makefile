@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/identity/run.py
 	$(BIN)/python bench/mesh/run.py
 	$(BIN)/python bench/vault/run.py
+	$(BIN)/python bench/audit/run.py
 
 clean:
 	rm -rf $(VENV) .garrison .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -99,7 +99,13 @@ def test_stages_get_batches_in_log_order_whatever_order_they_arrive() -> None:
     async def main() -> None:
         recorder = Recorder()
         feeder = StageFeeder([recorder], 0)
+        metrics = CollectorMetrics()
+        metrics.watch_stages(lambda: feeder.through, lambda: feeder.backlog)
         feeder.start()
+
+        def staged() -> tuple[float | None, float | None]:
+            read = metrics.registry.get_sample_value
+            return read("garrison_audit_staged_entries"), read("garrison_audit_stage_backlog")
 
         def batch(start: int, count: int) -> list[LoggedEvent]:
             return [LoggedEvent(seq, sample(seq), b"") for seq in range(start, start + count)]
@@ -108,9 +114,11 @@ def test_stages_get_batches_in_log_order_whatever_order_they_arrive() -> None:
         await feeder.deliver(batch(1, 2), wait=False)
         await asyncio.sleep(0)
         assert recorder.seen == []  # seq 0 has not come yet
+        assert staged() == (0, 4)  # the metrics: nothing through the stages, 4 waiting
         await feeder.deliver(batch(0, 1))
         await feeder.flush()
         assert recorder.seen == [0, 1, 2, 3, 4]
+        assert staged() == (5, 0)
         await feeder.close()
 
     asyncio.run(main())

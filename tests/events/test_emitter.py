@@ -76,6 +76,7 @@ def test_delivers_over_tls_with_the_emit_token(tmp_path: Path) -> None:
         assert registry.get_sample_value("garrison_audit_delivered_total") == 25
         assert registry.get_sample_value("garrison_audit_spool_events") == 0
         assert receiver.requests <= 3 + 1  # batches of 10 on one connection, not one request per event
+        assert receiver.connections == 1  # kept alive between batches (one TLS handshake, not one each)
 
     run(body)
 

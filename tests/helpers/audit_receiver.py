@@ -92,6 +92,7 @@ class Receiver:
     events: list[Event] = field(default_factory=list)
     batches: list[Batch] = field(default_factory=list)
     requests: int = 0
+    connections: int = 0
     refused: dict[int, int] = field(default_factory=dict)
     _seen: set[str] = field(default_factory=set)
     _server: asyncio.Server | None = None
@@ -134,6 +135,7 @@ class Receiver:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        self.connections += 1
         try:
             while await self._one(reader, writer):
                 pass

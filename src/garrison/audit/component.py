@@ -144,7 +144,8 @@ class AuditComponent:
         if caught_up:
             log.log("audit.index.caught_up", entries=caught_up)
         self.stages.insert(0, index)
-        self.feeder = StageFeeder(self.stages, self._log().size())
+        feeder = self.feeder = StageFeeder(self.stages, self._log().size())
+        self.metrics.watch_stages(lambda: feeder.through, lambda: feeder.backlog)
         collector = self.collector = Collector(self._log(), self.metrics, self.feeder, RecentIds())
         await collector.remember_tail()
         return collector

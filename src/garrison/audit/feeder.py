@@ -36,12 +36,19 @@ class StageFeeder:
         self._waiting: dict[int, Sequence[LoggedEvent]] = {}  # first seq -> batch, ahead of a gap
         self._ready: deque[Sequence[LoggedEvent]] = deque()
         self._backlog = 0
+        self._through = next_seq  # entries of the log every stage has been handed
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
 
     @property
     def backlog(self) -> int:
         return self._backlog
+
+    @property
+    def through(self) -> int:
+        """Log entries (from the first) every stage has been handed: once it equals the log's size,
+        everything logged is indexed and has been through detection."""
+        return self._through
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-stages")
@@ -75,6 +82,7 @@ class StageFeeder:
                     log.error("audit.stage.failed", stage=type(stage).__name__, error=type(exc).__name__)
             async with self._changed:
                 self._backlog -= len(merged)
+                self._through = merged[-1].seq + 1
                 self._changed.notify_all()
 
     async def flush(self) -> None:

@@ -9,7 +9,7 @@ mint series without bound. The detection, response and shipping parts register t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -60,8 +60,24 @@ class CollectorMetrics:
         self.checkpoints = Counter(
             "garrison_audit_checkpoints", "Signed checkpoints written.", registry=self.registry
         )
+        self.staged = Gauge(
+            "garrison_audit_staged_entries",
+            "Log entries handed to every after-commit stage (index, detection); the log's entries minus "
+            "this is the stages' lag.",
+            registry=self.registry,
+        )
+        self.stage_backlog = Gauge(
+            "garrison_audit_stage_backlog",
+            "Entries durable but not yet through the stages (intake waits above a bound).",
+            registry=self.registry,
+        )
         for reason in sorted(REJECT_REASONS):
             self.rejected.labels(reason)  # every reason present from the first scrape, at 0
+
+    def watch_stages(self, through: Callable[[], int], backlog: Callable[[], int]) -> None:
+        """Read the stages' position and backlog at each scrape (the feeder's counters)."""
+        self.staged.set_function(lambda: float(through()))
+        self.stage_backlog.set_function(lambda: float(backlog()))
 
     def _type_label(self, kind: str) -> str:
         if kind in self._types:

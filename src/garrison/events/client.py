@@ -51,11 +51,15 @@ class Answer:
 
 
 class _Response:
-    """httptools callbacks for one response."""
+    """httptools callbacks for one response. Keep-alive is read in ``on_message_complete``: once the
+    message is complete llhttp clears its flags (the content-length among them), and a response without
+    one reads as "until EOF", i.e. never keep-alive: every batch would open a new TLS connection."""
 
     def __init__(self) -> None:
         self.body = bytearray()
         self.done = False
+        self.keep_alive = False
+        self.parser: httptools.HttpResponseParser | None = None
 
     def on_body(self, body: bytes) -> None:
         if len(self.body) + len(body) > MAX_ANSWER:
@@ -64,6 +68,7 @@ class _Response:
 
     def on_message_complete(self) -> None:
         self.done = True
+        self.keep_alive = self.parser is not None and bool(self.parser.should_keep_alive())
 
 
 ContextSource = Callable[[], ssl.SSLContext | None]
@@ -121,13 +126,13 @@ class IntakeClient:
 
     async def _read_answer(self, reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
         response = _Response()
-        parser = httptools.HttpResponseParser(response)
+        parser = response.parser = httptools.HttpResponseParser(response)
         while not response.done:
             chunk = await reader.read(65536)
             if not chunk:
                 raise EOFError("the collector closed the connection")
             parser.feed_data(chunk)
-        return parser.get_status_code(), bytes(response.body), parser.should_keep_alive()
+        return parser.get_status_code(), bytes(response.body), response.keep_alive
 
     async def _connect(self) -> None:
         settings = self.settings
