@@ -99,9 +99,14 @@ def test_sidecars_report_edges_and_refusals_with_their_certificates(
     assert {batch.origin for batch in receiver.receiver.batches} == {svc("payments")}  # its certificate
     assert not any(batch.authorization for batch in receiver.receiver.batches)
     admin = sidecars["payments"].port("admin")
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=30) as response:
-        metrics = response.read().decode()
-    assert "garrison_audit_delivered_total 2.0" in metrics
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=30) as response:
+            return str(response.read().decode())
+
+    # The receiver records a batch before it answers; the emitter counts it delivered on the answer.
+    wait_until(lambda: "garrison_audit_delivered_total 2.0" in scrape(), timeout=30, what=scrape)
+    metrics = scrape()
     assert 'garrison_audit_dropped_total{reason="spool_full"} 0.0' in metrics
     promtool = shutil.which("promtool")
     if promtool is not None:  # the Debian package `prometheus` (NOTES.md); CI has it

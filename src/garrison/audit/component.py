@@ -43,7 +43,6 @@ from garrison.audit.migrations import SCHEMA
 from garrison.audit.paths import AuditPaths
 from garrison.audit.pipeline import AfterCommit, LoggedEvent, LogReader
 from garrison.audit.recent import RecentIds
-from garrison.audit.ship.service import install as install_shipping
 from garrison.config.loader import LoadedConfig
 from garrison.core.runner import ReloadUnsupported, StartFailed, run_component
 from garrison.core.sockets import address_of, bind_socket
@@ -309,5 +308,10 @@ async def serve(loaded: LoadedConfig, ready_file: Path | None) -> int:
     from garrison.audit.wiring import install_detection
 
     component = AuditComponent(loaded)
-    component.setup += [install_detection, install_shipping]
+    component.setup.append(install_detection)
+    audit = loaded.config.audit
+    if audit is not None and audit.shipping.shippers:  # httpx and the shippers only when configured
+        from garrison.audit.ship.service import install as install_shipping
+
+        component.setup.append(install_shipping)
     return await run_component(component, ready_file)
