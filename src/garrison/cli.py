@@ -124,21 +124,12 @@ def up(
     raise typer.Exit(run_up(config, demo=demo, console=err))
 
 
-def _admin_call(config: Path, method: str, path: str, query: dict[str, str]) -> dict[str, object]:
+def _admin_call(config: Path, method: str, path: str, query: dict[str, str]) -> dict[str, Any]:
     """One call to the running gateway's admin API (`gateway.admin.listen` in the config), with the
     admin token from `gateway.admin.token_file` (default state_dir/admin.token)."""
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    from garrison.admin.auth import (
-        AdminTokenError,
-        admin_client_context,
-        admin_token_path,
-        read_admin_token,
-    )
+    from garrison.admin.auth import AdminTokenError, admin_token_path, read_admin_token
     from garrison.config.loader import ConfigError, load_config
-    from garrison.config.model import parse_listen
+    from garrison.core.commandline import admin_call
 
     try:
         loaded = load_config(config)
@@ -147,27 +138,7 @@ def _admin_call(config: Path, method: str, path: str, query: dict[str, str]) -> 
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     admin = loaded.config.gateway.admin
-    host, port = parse_listen(admin.listen)
-    if port == 0:
-        err.print("gateway.admin.listen uses port 0; set a fixed port to reach the admin API.")
-        raise typer.Exit(2)
-    host = "127.0.0.1" if host in ("0.0.0.0", "localhost") else ("::1" if host == "::" else host)
-    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    scheme = "https" if admin.tls is not None else "http"
-    url = f"{scheme}://{authority}{path}?{urllib.parse.urlencode(query)}"
-    headers = {"Authorization": f"Bearer {token}"}
-    request = urllib.request.Request(url, method=method, headers=headers)  # noqa: S310 - http(s) only
-    context = admin_client_context(admin, loaded.source.parent)
-    try:
-        with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310
-            return dict(json.loads(response.read()))
-    except urllib.error.HTTPError as exc:
-        detail = json.loads(exc.read() or b"{}").get("error", exc.reason)
-        err.print(f"[red]refused[/red] ({exc.code}): {detail}")
-        raise typer.Exit(1) from None
-    except OSError as exc:
-        err.print(f"[red]cannot reach the gateway's admin API at {authority}[/red]: {exc}. Is it running?")
-        raise typer.Exit(1) from None
+    return admin_call(admin, token, loaded.source.parent, (method, path, query), "gateway")
 
 
 @app.command()

@@ -4,11 +4,7 @@ collector, through its admin listener (`audit.admin.listen`) with the admin toke
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,9 +19,9 @@ ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Path of garr
 
 def audit_admin_call(config: Path, method: str, path: str, query: dict[str, str]) -> dict[str, Any]:
     """One call to the collector's admin API; exits with a clear message when it refuses or is down."""
-    from garrison.admin.auth import AdminTokenError, admin_client_context, admin_token_path, read_admin_token
+    from garrison.admin.auth import AdminTokenError, admin_token_path, read_admin_token
     from garrison.config.loader import ConfigError, load_config
-    from garrison.config.model import parse_listen
+    from garrison.core.commandline import admin_call
 
     try:
         loaded = load_config(config)
@@ -39,26 +35,7 @@ def audit_admin_call(config: Path, method: str, path: str, query: dict[str, str]
     except (ConfigError, AdminTokenError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    host, port = parse_listen(admin.listen)
-    if port == 0:
-        err.print("audit.admin.listen uses port 0; set a fixed port to reach the admin API.")
-        raise typer.Exit(2)
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1", "localhost": "127.0.0.1"}.get(host, host)
-    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    scheme = "https" if admin.tls is not None else "http"
-    url = f"{scheme}://{authority}{path}?{urllib.parse.urlencode(query)}"
-    request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"})  # noqa: S310
-    context = admin_client_context(admin, loaded.source.parent)
-    try:
-        with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310 - http(s)
-            return dict(json.loads(response.read()))
-    except urllib.error.HTTPError as exc:
-        detail = json.loads(exc.read() or b"{}").get("error", exc.reason)
-        err.print(f"[red]refused[/red] ({exc.code}): {detail}")
-        raise typer.Exit(1) from None
-    except OSError as exc:
-        err.print(f"[red]cannot reach the collector's admin API at {authority}[/red]: {exc}. Is it running?")
-        raise typer.Exit(1) from None
+    return admin_call(admin, token, loaded.source.parent, (method, path, query), "collector")
 
 
 def _utc(epoch: float) -> str:

@@ -18,8 +18,9 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from garrison.config.loader import LoadedConfig
+    from garrison.config.shapes import AdminShape
 
-__all__ = ["err", "load_or_exit", "run_server"]
+__all__ = ["admin_call", "err", "load_or_exit", "run_server"]
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -55,3 +56,44 @@ def run_server(
         err.print(f"[red]cannot start[/red]: {exc}")
         raise typer.Exit(2) from None
     raise typer.Exit(code)
+
+
+def admin_call(
+    admin: AdminShape,
+    token: str,
+    config_dir: Path,
+    request: tuple[str, str, dict[str, str]],
+    what: str,
+) -> dict[str, Any]:
+    """One call ``(method, path, query)`` to a running component's admin listener ``admin`` with the
+    admin ``token``; exits 1 with what to do when it refuses or is down, 2 when it has no fixed port.
+    ``what`` names the listener in messages ("gateway", "collector")."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from garrison.admin.auth import admin_client_context
+    from garrison.config.addresses import parse_listen
+
+    method, path, query = request
+    host, port = parse_listen(admin.listen)
+    if port == 0:
+        err.print(f"the {what}'s admin listener uses port 0; set a fixed port to reach its admin API.")
+        raise typer.Exit(2)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1", "localhost": "127.0.0.1"}.get(host, host)
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    scheme = "https" if admin.tls is not None else "http"
+    url = f"{scheme}://{authority}{path}?{urllib.parse.urlencode(query)}"
+    call = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"})  # noqa: S310
+    context = admin_client_context(admin, config_dir)
+    try:
+        with urllib.request.urlopen(call, timeout=10, context=context) as response:  # noqa: S310 - http(s)
+            return dict(json.loads(response.read()))
+    except urllib.error.HTTPError as exc:
+        detail = json.loads(exc.read() or b"{}").get("error", exc.reason)
+        err.print(f"[red]refused[/red] ({exc.code}): {detail}")
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        err.print(f"[red]cannot reach the {what}'s admin API at {authority}[/red]: {exc}. Is it running?")
+        raise typer.Exit(1) from None

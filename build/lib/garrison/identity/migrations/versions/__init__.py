@@ -1,1 +1,0 @@
-"""Revision scripts (a package only so that they are installed with Garrison)."""

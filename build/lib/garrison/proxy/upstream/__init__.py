@@ -1,1 +1,0 @@
-"""Upstream targets of a service: connection pools, balancing, retries, circuit breakers, health checks."""
