@@ -15,24 +15,13 @@ import asyncio
 import random
 import time
 
+from mix import QUERIES, ROUTES  # the benchmark's own mix (bench/audit/mix.py, beside this script)
+
 from garrison.audit.detect import Detector
 from garrison.audit.pipeline import LoggedEvent
 from garrison.config.audit_detection import DetectionConfig
 from garrison.events.schema import Actor, Event
 
-ROUTES = [
-    "/api/orders/{n}",
-    "/api/products/{n}",
-    "/api/products/{n}/reviews",
-    "/api/cart/items/{n}",
-    "/api/users/me",
-    "/api/search",
-    "/static/app.{n}.js",
-    "/health",
-    "/api/orders",
-    "/favicon.ico",
-]
-QUERIES = ["", "", "", "page={n}&size=20", "q=blue+shoes", "sort=price&order=asc"]
 AGENTS = [
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0",
     "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
