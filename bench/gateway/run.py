@@ -87,6 +87,8 @@ def start_proxy(
         return servers.start_garrison(tmp, pin, upstream_port, baseline)
     if name == "nginx":
         return servers.start_nginx_proxy(tmp, pin, upstream_port)
+    if name == "bare":
+        return servers.start_bare(tmp, pin, upstream_port)
     if name == "aiohttp":
         return servers.start_aiohttp(tmp, pin, upstream_port, loop)
     if name == "garrison-chain":

@@ -131,6 +131,15 @@ def start_aiohttp(tmp: Path, pin: Pinning, upstream_port: int, loop: str) -> Ser
         return started(Server("aiohttp", argv, tmp / "aiohttp.out"), f"127.0.0.1:{port}")
 
 
+def start_bare(tmp: Path, pin: Pinning, upstream_port: int) -> Server:
+    """The floor: the bare uvloop + httptools proxy (bare_proxy.py) on the same core as the others."""
+    script = HERE / "bare_proxy.py"
+    with reserved_port() as port:  # held until it answers on it
+        argv = [*pin.server(), sys.executable, str(script), "--listen", f"127.0.0.1:{port}"]
+        argv += ["--upstream", f"127.0.0.1:{upstream_port}"]
+        return started(Server("bare", argv, tmp / "bare.out"), f"127.0.0.1:{port}")
+
+
 @dataclass(frozen=True)
 class GarrisonVariant:
     """One Garrison column: what its config adds to the plain one, and what every request must carry."""
