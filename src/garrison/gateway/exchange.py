@@ -46,6 +46,10 @@ RESPONSE_DROP = HOP_BY_HOP | {
 }
 
 
+# "keep-alive" and "close", the usual Connection values, name no header to drop.
+_PLAIN_CONNECTION = frozenset((b"keep-alive", b"close"))
+
+
 class Rejected(Exception):
     """A request refused before it reaches an upstream."""
 
@@ -85,9 +89,10 @@ class Exchange(ProxyExchange):
     cache_fill: CacheFill | None = None
     client_headers: ClientHeaders | None = None  # what the head said (User-Agent, Referer: audit events)
 
+    # Not keyword-only: build_exchange passes all of them by position (cheaper, on every request);
+    # other callers may name them.
     def __init__(
         self,
-        *,
         method: bytes,
         path: bytes,
         request_line: bytes,
@@ -293,6 +298,7 @@ def response_head(
     """The response head sent to the client; sets ``exchange.rechunk`` / ``close_after``."""
     drop = RESPONSE_DROP
     lines = [STATUS_LINES.get(status) or status_line(status)]
+    append = lines.append
     content_length: bytes | None = None
     has_referrer_policy = False
     named: set[bytes] | None = None
@@ -301,15 +307,15 @@ def response_head(
         if lname in drop:
             if lname == b"content-length":
                 content_length = value
-            elif lname == b"connection":
-                # "keep-alive" and "close" are the usual values and name nothing we would forward.
+            elif lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                # Any other value may name headers that are then hop-by-hop too.
                 tokens = [t for t in connection_tokens(value) if t not in drop]
                 if tokens:
                     named = (named or set()).union(tokens)
             continue
         if lname == b"referrer-policy":
             has_referrer_policy = True
-        lines.append(name + b": " + value + b"\r\n")
+        append(b"%s: %s\r\n" % (name, value))
     if named:
         lines = [lines[0], *(line for line in lines[1:] if line.split(b":", 1)[0].lower() not in named)]
     no_body = exchange.method == b"HEAD" or status in (204, 304)

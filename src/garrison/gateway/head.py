@@ -24,7 +24,7 @@ from garrison.gateway.exchange import (
 )
 from garrison.gateway.router import RouteMiss
 from garrison.proxy.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE
-from garrison.proxy.trace import request_id_for, trace_for
+from garrison.proxy.trace import trace_context
 from garrison.uri.normalize import TargetRejected, parse_request_target
 
 if TYPE_CHECKING:
@@ -113,8 +113,7 @@ def build_exchange(conn: ClientConnection, runtime: Runtime) -> Exchange:
         cache.host = host
         forwarding = forwarding_headers(runtime, conn.peer, client_ip, headers, host)
         cache.forwarded_block = b"".join((*headers.kept, forwarding))
-    request_id = request_id_for(headers.request_id)
-    trace_id, span_id, flags = trace_for(headers.traceparent)
+    request_id, trace_id, span_id, flags = trace_context(headers.request_id, headers.traceparent)
     request_line = b"%s %s%s%s HTTP/1.1\r\n" % (
         method,
         target.path,
@@ -131,26 +130,27 @@ def build_exchange(conn: ClientConnection, runtime: Runtime) -> Exchange:
     if headers.api_key_lines and not isinstance(route.auth, ApiKeyRouteAuth):
         credentials = b"".join(headers.api_key_lines)  # not ours to consume: pass them on
     head_rest = b"".join((cache.forwarded_block, credentials, trace, framing, b"\r\n"))
+    # Positional: a call with nineteen keywords costs about 1 µs more, on every request.
     exchange = Exchange(
-        method=method,
-        path=target.path,
-        request_line=request_line,
-        host=host,
-        http11=http11,
-        keep_alive=bool(conn.parser.should_keep_alive()),
-        start=perf_counter(),
-        route=route,
-        client_ip=client_ip,
-        request_id=request_id,
-        trace_id=trace_id,
-        body_mode=body_mode,
-        content_length=length,
-        head_rest=head_rest,
-        trace_lines=trace,
-        authorization=headers.authorization,
-        api_key=headers.api_key,
-        query=target.query,
-        expect_continue=headers.expect_continue,
+        method,
+        target.path,
+        request_line,
+        host,
+        http11,
+        bool(conn.parser.should_keep_alive()),  # keep_alive
+        perf_counter(),  # start
+        route,
+        client_ip,
+        request_id,
+        trace_id,
+        body_mode,
+        length,  # content_length
+        head_rest,
+        trace,  # trace_lines
+        headers.authorization,
+        headers.api_key,
+        target.query,
+        headers.expect_continue,
     )
     exchange.client_headers = headers
     if route.cache_ttl is not None and (method == b"GET" or method == b"HEAD"):

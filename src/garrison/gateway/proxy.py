@@ -81,26 +81,19 @@ class ClientConnection(ForwardingConnection):
             end = data.find(b"\r\n\r\n")
             self.head_bytes += len(data) if end < 0 else end + 4
         try:
-            self._feed(data)
-        finally:
-            self.flush()
-
-    def _feed(self, data: bytes) -> None:
-        try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             reason = exc.__context__
-            if isinstance(reason, _Closed):
-                return
-            self._refuse(reason if isinstance(reason, Rejected) else Rejected(500, "internal_error"))
-            return
+            if not isinstance(reason, _Closed):
+                self._refuse(reason if isinstance(reason, Rejected) else Rejected(500, "internal_error"))
         except httptools.HttpParserUpgrade:
-            return  # already refused in on_headers_complete
+            pass  # already refused in on_headers_complete
         except httptools.HttpParserError:
             self._refuse(Rejected(400, "bad_request"))
-            return
-        if self.parsing is None and self.head_bytes > self.server.runtime.limits.max_header_bytes:
-            self._refuse(Rejected(431, "header_fields_too_large"))
+        else:
+            if self.parsing is None and self.head_bytes > self.server.runtime.limits.max_header_bytes:
+                self._refuse(Rejected(431, "header_fields_too_large"))
+        self.flush()  # everything the callbacks wrote, in one write (proxy/connection.py)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED  # always legal: the transport is gone whatever the state was

@@ -1,7 +1,8 @@
 """Rate limits: one ``RateLimiter`` per route, counting with the ``limits`` library or in Redis.
 
-Memory storage (per worker) is ``limits``' ``MemoryStorage``, called synchronously (``hit_sync``).
-Redis storage is shared by every worker and replica. Around the counting this module adds:
+Memory storage (per worker) is ``MemoryCounters`` (gateway/ratelimit_memory.py: ``limits``'
+strategies, single-threaded and bounded), called synchronously (``hit_sync``). Redis storage is
+shared by every worker and replica. Around the counting this module adds:
 
 - keys namespaced ``garrison:rl:<route>:<key kind>:<identity>``; an identity longer than 128
   characters is replaced by its SHA-256, so a key never grows with attacker input;
@@ -56,7 +57,6 @@ from typing import Any, Literal, get_args
 import redis.asyncio
 import redis.exceptions
 from limits import RateLimitItem, parse
-from limits.storage import MemoryStorage
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -67,6 +67,7 @@ from garrison.gateway.ratelimit_decision import (
     rate_limit_lines,
     sliding_window_stats,
 )
+from garrison.gateway.ratelimit_memory import MemoryCounters
 from garrison.gateway.ratelimit_scripts import SCRIPTS
 from garrison.proxy.upstream.circuit import CircuitBreaker, CircuitState
 from garrison.telemetry import logging as log
@@ -135,10 +136,9 @@ class RateLimiter:
     ``identity`` is the value of the spec's key kind: the client id, the API key's lookup id (never
     the secret key itself), the client IP, or anything constant for ``route``.
 
-    ``clock`` gives epoch seconds; every ``reset_at`` is on it. Windows are measured where they are
-    kept: Redis hands back time-to-live figures (relative, on Redis's own clock) and ``limits``'
-    ``MemoryStorage`` reads ``time.time()`` itself, so a decision places what the storage reports
-    relative to now onto ``clock()``. Tests inject a fixed clock to check reset and retry-after
+    ``clock`` gives epoch seconds; every ``reset_at`` is on it. Memory windows are kept on it;
+    Redis hands back time-to-live figures (relative, on Redis's own clock), which a decision places
+    onto ``clock()``. Tests inject a fixed clock to check reset and retry-after
     exactly; in production it must be the wall clock, as the moving window's Redis entries are
     timestamps that every replica compares.
     """
@@ -163,14 +163,14 @@ class RateLimiter:
         self._metrics = metrics_callback
         self._last_error = ""
         self._error_logged_at = -math.inf
-        self._memory: MemoryStorage | None = None
+        self._memory: MemoryCounters | None = None
         self._pool: redis.asyncio.ConnectionPool | None = None
         self._client: redis.asyncio.Redis | None = None
         self._breaker: CircuitBreaker | None = None
         self._pending: Batch = {}  # hits queued for the next round trip
         self._sender: asyncio.Task[None] | None = None
         if spec.storage == "memory":
-            self._memory = MemoryStorage()
+            self._memory = MemoryCounters(self.limit, self.expiry)
         else:
             assert spec.redis_url is not None  # checked by RateLimitSpec
             # One round trip is in flight at a time: the client holds one connection of the pool
@@ -210,26 +210,28 @@ class RateLimiter:
 
     def hit_sync(self, identity: str) -> RateDecision:
         """Count and decide one request against memory storage, without an event loop."""
-        storage = self._memory
-        if storage is None:
+        counters = self._memory
+        if counters is None:
             raise TypeError("hit_sync needs memory storage; use 'await hit()' with Redis")
-        key = KEY_PREFIX + self.storage_key(identity)
-        limit, expiry, strategy, now = self.limit, self.expiry, self.spec.strategy, self._clock()
-        # The storage's absolute times are on time.time(): shifted onto an injected clock.
-        shift = 0.0 if self._clock is time.time else now - time.time()
+        key = self.storage_key(identity)
+        now, strategy = self._clock(), self.spec.strategy
         if strategy == "fixed_window":
-            count = storage.incr(key, expiry)
-            decision = self._fixed(count, storage.get_expiry(key) + shift, now)
+            decision = self._fixed(*counters.hit_fixed(key, now), now)
         elif strategy == "moving_window":
-            allowed = storage.acquire_entry(key, limit, expiry)
-            window_start, count = storage.get_moving_window(key, limit, expiry)
-            decision = self._moving(allowed, window_start + shift, count, now)
-        else:  # the storage reports times to live: relative already
-            allowed = storage.acquire_sliding_window_entry(key, limit, expiry, 1)
-            decision = self._sliding(allowed, storage.get_sliding_window(key, expiry), now)
+            allowed = counters.acquire_moving(key, now)
+            window_start, count = counters.moving_window(key, now)
+            decision = self._moving(allowed, window_start, count, now)
+        else:
+            allowed = counters.acquire_sliding(key, now)
+            decision = self._sliding(allowed, counters.sliding_window(key, now), now)
         if self._metrics is not None:
             self._metrics("allowed" if decision.allowed else "limited")
         return decision
+
+    def sweep(self) -> None:
+        """Drop some memory keys whose windows are over (the gateway's sweeper calls this)."""
+        if self._memory is not None:
+            self._memory.sweep(self._clock())
 
     # -- any storage -----------------------------------------------------------------------------
 

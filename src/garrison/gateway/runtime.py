@@ -87,6 +87,7 @@ class Runtime:
     ip_rules: IpRules | None = field(init=False)  # global; None when both lists are empty
     unmatched: RouteStats = field(init=False)  # requests refused before a route was chosen
     redirect: HttpsRedirect = field(init=False)  # the plaintext listener's hosts
+    memory_limiters: tuple[RateLimiter, ...] = field(init=False)  # swept by the server's sweeper
 
     def __post_init__(self) -> None:
         self.unmatched = self.metrics.route("(refused)", "(none)")
@@ -95,6 +96,14 @@ class Runtime:
         self.allow_underscores = self.config.gateway.allow_underscores_in_headers
         self.ip_rules = _ip_rules(self.config.gateway.ip_rules)
         self.redirect = HttpsRedirect.from_config(self.config)
+        routes = [
+            route.payload
+            for entries in (*self.routes.exact.values(), *self.routes.prefixes.values())
+            for route in entries
+        ]
+        self.memory_limiters = tuple(
+            limiter for route in routes for limiter in route.rate_limiters if limiter.spec.storage == "memory"
+        )
 
     def not_ready_reasons(self) -> list[str]:
         """Why some routes of this configuration cannot be served yet (empty: all can)."""
@@ -128,6 +137,8 @@ class Runtime:
     def sweep(self, now: float) -> None:
         for service in self.services.values():
             service.sweep(now)
+        for limiter in self.memory_limiters:
+            limiter.sweep()
 
 
 def _cors(spec: CorsConfig | None) -> CorsPolicy | None:

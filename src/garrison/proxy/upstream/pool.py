@@ -51,7 +51,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser: Any = None
         self.listener: UpstreamListener | None = None
         self.headers: list[tuple[bytes, bytes]] = []
-        self.chunked = False
+        self.chunked = False  # the response head so far said Transfer-Encoding / Content-Length
+        self.has_length = False
         self.close_delimited = False
         self.head_only = False  # a response to HEAD: headers and no body, whatever they say
         self.informational = False
@@ -66,6 +67,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = head_only
         self.headers = []
         self.chunked = False
+        self.has_length = False
         self.close_delimited = False
         self.last_read = self.pool.loop.time()
         assert self.transport is not None
@@ -138,6 +140,13 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks --------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        size = len(name)
+        # Only the two framing headers matter here; their lengths rule out every other name at the
+        # cost of one len() (the framing is read as the headers arrive, not in a second pass).
+        if size == 17 and name.lower() == b"transfer-encoding":
+            self.chunked = True
+        elif size == 14 and name.lower() == b"content-length":
+            self.has_length = True
 
     def on_headers_complete(self) -> None:
         status: int = self.parser.get_status_code()
@@ -145,17 +154,10 @@ class UpstreamConnection(asyncio.Protocol):
             # 1xx (e.g. 103 Early Hints): not forwarded; the final response follows.
             self.informational = True
             self.headers = []
+            self.chunked = self.has_length = False
             return
-        chunked = False
-        has_length = False
-        for name, _ in self.headers:
-            lname = name.lower()
-            if lname == b"transfer-encoding":
-                chunked = True
-            elif lname == b"content-length":
-                has_length = True
-        self.chunked = chunked
-        self.close_delimited = not chunked and not has_length
+        chunked = self.chunked
+        self.close_delimited = not chunked and not self.has_length
         listener = self.listener
         if listener is None:
             return
