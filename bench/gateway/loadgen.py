@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from common.loadgen import LoadError, WrkResult, parse_wrk, run_tool, search, wrk_argv
+from common.loadgen import WRK_CONNECTIONS, LoadError, WrkResult, parse_wrk, run_tool, search, wrk_argv
 
 HEY_WORKERS = 10
 
@@ -51,11 +51,32 @@ def _header_flags(headers: dict[str, str] | None) -> list[str]:
     return [flag for name, value in (headers or {}).items() for flag in ("-H", f"{name}: {value}")]
 
 
+@dataclass(frozen=True)
+class WrkShape:
+    """How wrk loads a column: threads, connections, and http or https."""
+
+    threads: int = 1
+    connections: int = WRK_CONNECTIONS
+    scheme: str = "http"
+
+    def describe(self) -> str:
+        return f"wrk -t{self.threads} -c{self.connections}" + (" over TLS" if self.scheme == "https" else "")
+
+
 def run_wrk(
-    address: str, seconds: int, prefix: list[str], headers: dict[str, str] | None = None
+    address: str,
+    seconds: int,
+    prefix: list[str],
+    headers: dict[str, str] | None = None,
+    shape: WrkShape = WrkShape(),
 ) -> WrkResult:
-    """Saturate address for `seconds` with one wrk thread and WRK_CONNECTIONS keep-alive connections."""
-    argv = [*wrk_argv(prefix, seconds), *_header_flags(headers), f"http://{address}/"]
+    """Saturate address for `seconds`: by default one wrk thread and WRK_CONNECTIONS keep-alive connections.
+
+    With a `Connection: close` header, wrk opens a new connection (and over https does a new TLS
+    handshake) for every request: it reconnects whenever a response is not keep-alive.
+    """
+    argv = [*wrk_argv(prefix, seconds, shape.threads, shape.connections), *_header_flags(headers)]
+    argv.append(f"{shape.scheme}://{address}/")
     return parse_wrk(run_tool("wrk", argv, seconds))
 
 
