@@ -49,8 +49,9 @@ def _sections(settings: Settings) -> str:
     found = []
     if any(name in SECTIONS["tls"] for name in settings.columns):
         found.append(
-            f"TLS section: wrk -t1 -c{WRK_CONNECTIONS} over https (TLS 1.3), -tls-new columns with "
-            "`Connection: close` (a new connection and TLS handshake per request)"
+            f"TLS section: wrk -t1 -c{WRK_CONNECTIONS} over https (TLS 1.3); -tls-new: the same with "
+            "`Connection: close` (a new connection per request, its TLS session resumed); -tls-full: "
+            f"hey -c {WRK_CONNECTIONS} -disable-keepalive (a new connection and a full handshake per request)"
         )
     if any(name in SCALING for name in settings.columns):
         found.append("workers: 2 section: wrk -t2 -c100")
@@ -91,7 +92,7 @@ THROUGHPUT_HEADINGS = ("", "req/s", "rounds", "x nginx", "p50", "p99", "errors",
 
 SECTION_TITLES = {
     "main": "Saturation throughput (wrk; medians over rounds)",
-    "tls": "TLS termination (wrk over https; -tls-new: a new connection per request; x nginx: its nginx)",
+    "tls": "TLS termination (x nginx: against the nginx of the same kind of column)",
     "scaling": "workers: 2 on both cores, unpinned (wrk -t2 -c100; CPU: all of a proxy's processes)",
 }
 

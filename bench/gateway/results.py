@@ -19,11 +19,13 @@ DIRECT = "direct"
 PROXIES = ("nginx", "bare", "aiohttp", "garrison", "garrison-chain", "garrison-redis", "garrison-pure")
 # Sections of their own (throughput only, shorter rounds): two workers on both cores, unpinned ...
 SCALING = ("nginx-w2", "garrison-w2")
-# ... and TLS termination, pinned as the main section: keep-alive, then a new connection per request.
+# ... and TLS termination, pinned as the main section: keep-alive; a new connection per request whose
+# handshake resumes the session (wrk); a new connection per request with a full handshake (hey).
 TLS_KEEPALIVE = ("nginx-tls", "garrison-tls")
 TLS_NEW = ("nginx-tls-new", "garrison-tls-new")
-SECTIONS = {"scaling": SCALING, "tls": TLS_KEEPALIVE + TLS_NEW}
-COLUMNS = PROXIES + SCALING + TLS_KEEPALIVE + TLS_NEW  # the default selection, in round order
+TLS_FULL = ("nginx-tls-full", "garrison-tls-full")
+SECTIONS = {"tls": TLS_KEEPALIVE + TLS_NEW + TLS_FULL, "scaling": SCALING}
+COLUMNS = PROXIES + TLS_KEEPALIVE + TLS_NEW + TLS_FULL + SCALING  # the default selection, in round order
 # Another checkout's Garrison (`--baseline DIR`), run in the same interleaved rounds: before/after a change.
 BASELINES = ("garrison@base", "garrison-chain@base")
 RATE_FRACTION = 0.25  # the fixed-rate latency test runs at a quarter of saturation
@@ -52,6 +54,7 @@ RATIO_PAIRS = (
     ("garrison-w2", "garrison"),
     ("garrison-tls", "nginx-tls"),
     ("garrison-tls-new", "nginx-tls-new"),
+    ("garrison-tls-full", "nginx-tls-full"),
     ("nginx-tls", "nginx"),
     ("garrison-tls", "garrison"),
     ("garrison", "garrison@base"),
@@ -113,7 +116,7 @@ class Summary:
 
 def nginx_of(name: str) -> str:
     """The nginx column a column is compared with: the one of its own section."""
-    for section in (SCALING, TLS_KEEPALIVE, TLS_NEW):
+    for section in (SCALING, TLS_KEEPALIVE, TLS_NEW, TLS_FULL):
         if name in section:
             return section[0]
     return "nginx"

@@ -32,13 +32,14 @@ from common.loadgen import LoadError
 from common.processes import ServerDied, StartError, Unavailable, still_alive, with_cpu_share
 from common.render import progress_line, say, to_json
 from issuer import Issuer
-from loadgen import WrkShape, run_hey, run_wrk
+from loadgen import LoadShape, run_hey, run_load
 from results import (
     BASELINES,
     COLUMNS,
     DIRECT,
     SCALING,
     SECTIONS,
+    TLS_FULL,
     TLS_NEW,
     Column,
     Run,
@@ -56,8 +57,9 @@ APT_COMMAND = "apt-get install -y wrk nginx-light hey"
 Measure = Callable[[str, Server], str]  # runs one measurement, stores it, returns a progress line
 NAME_WIDTH = max(len(name) for name in COLUMNS + BASELINES)
 UNPINNED = Pinning(False)
-SCALING_SHAPE = WrkShape(threads=2, connections=100)  # two workers: a wrk thread and 50 connections each
-TLS_SHAPE = WrkShape(scheme="https")
+SCALING_SHAPE = LoadShape(threads=2, connections=100)  # two workers: a wrk thread and 50 connections each
+TLS_SHAPE = LoadShape(scheme="https")
+FULL_HANDSHAKES = LoadShape(scheme="https", full_handshakes=True)  # hey -c 50 -disable-keepalive
 CLOSE = {"Connection": "close"}  # wrk then opens a new connection (a new TLS handshake) per request
 
 
@@ -130,7 +132,7 @@ def start_section_proxy(
         server = servers.start_nginx_tls(tmp, pin, upstream_port, name, tls)
     else:
         server = servers.start_garrison(tmp, pin, upstream_port, servers.tls_variant(name, tls))
-    server.shape = TLS_SHAPE
+    server.shape = FULL_HANDSHAKES if name in TLS_FULL else TLS_SHAPE
     if name in TLS_NEW:
         server.headers = dict(CLOSE)
         refusal = closes_after_answer(server.address, tls.ca, CLOSE)
@@ -246,7 +248,9 @@ def warm_up(console: Console, run: Run, live: dict[str, Server], settings: Setti
         console.print(f"warm-up: {settings.warmup} s of wrk per column", highlight=False)
 
         def measure(name: str, server: Server) -> str:
-            result = run_wrk(server.address, settings.warmup, client(name, pin), server.headers, server.shape)
+            result = run_load(
+                server.address, settings.warmup, client(name, pin), server.headers, server.shape
+            )
             still_alive(server)
             return f"{name:<{NAME_WIDTH}} warm-up {result.rps:>9,.0f} req/s"
 
@@ -260,7 +264,7 @@ def measure_throughput(
 
     def measure(name: str, server: Server) -> str:
         measured = (server.address, seconds, client(name, pin), server.headers, server.shape)
-        result, cpu = with_cpu_share(server, run_wrk, *measured)
+        result, cpu = with_cpu_share(server, run_load, *measured)
         still_alive(server)
         run.columns[name].throughput.append(result)
         run.columns[name].cpu.append(cpu)

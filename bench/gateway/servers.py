@@ -23,7 +23,7 @@ import yaml
 from common import processes
 from common.processes import StartError, Unavailable, reserved_port, wait_for
 from issuer import Issuer
-from loadgen import WrkShape
+from loadgen import LoadShape
 from tls import TlsFiles, client_context
 
 from garrison.core.ready import read_ready
@@ -56,7 +56,7 @@ class Server(processes.Server):
         self.address = ""  # "host:port" once the server answers
         self.headers: dict[str, str] = {}  # sent with every request: readiness check, wrk and hey
         self.ca: Path | None = None  # set for a TLS column: the CA its certificate is checked against
-        self.shape = WrkShape()  # how wrk loads it (threads, connections, scheme)
+        self.shape = LoadShape()  # how wrk (or hey) saturates it
 
 
 def get_status(
