@@ -57,7 +57,8 @@ def _sections(settings: Settings) -> str:
         found.append("workers: 2 section: wrk -t2 -c100")
     if not found:
         return ""
-    rounds = f"{settings.rounds} round(s) of {settings.section_duration} s, no hey"
+    warmup = min(settings.warmup, 1)
+    rounds = f"{settings.rounds} round(s) of {settings.section_duration} s after {warmup} s warm-up, no hey"
     return "; " + "; ".join(found) + f" ({rounds})"
 
 

@@ -309,4 +309,4 @@ class Settings(Timing):
     pinning: str  # how processes were placed on cores, in words
     aiohttp_loop: str
     baseline: str | None = None  # the checkout whose Garrison runs the `@base` columns
-    section_duration: int = 5  # seconds per wrk run in the scaling and TLS sections
+    section_duration: int = 4  # seconds per wrk run in the scaling and TLS sections

@@ -60,6 +60,7 @@ UNPINNED = Pinning(False)
 SCALING_SHAPE = LoadShape(threads=2, connections=100)  # two workers: a wrk thread and 50 connections each
 TLS_SHAPE = LoadShape(scheme="https")
 FULL_HANDSHAKES = LoadShape(scheme="https", full_handshakes=True)  # hey -c 50 -disable-keepalive
+SECTION_WARMUP = 1  # seconds at most of warm-up per column in the TLS and scaling sections
 CLOSE = {"Connection": "close"}  # wrk then opens a new connection (a new TLS handshake) per request
 
 
@@ -71,8 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--section-duration",
         type=int,
-        default=5,
-        help="seconds per wrk run in the TLS and workers: 2 sections (default 5; --quick: 2)",
+        default=4,
+        help="seconds per wrk run in the TLS and workers: 2 sections (default 4; --quick: 2); their "
+        "warm-up is at most 1 s per column",
     )
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin processes to cores")
     parser.add_argument("--aiohttp-loop", choices=["uvloop", "asyncio"], default="uvloop")
@@ -243,14 +245,12 @@ def client(name: str, pin: Pinning) -> list[str]:
     return UNPINNED.client() if name in SCALING else pin.client()
 
 
-def warm_up(console: Console, run: Run, live: dict[str, Server], settings: Settings, pin: Pinning) -> None:
-    if settings.warmup:
-        console.print(f"warm-up: {settings.warmup} s of wrk per column", highlight=False)
+def warm_up(console: Console, run: Run, live: dict[str, Server], seconds: int, pin: Pinning) -> None:
+    if seconds:
+        console.print(f"warm-up: {seconds} s of wrk per column", highlight=False)
 
         def measure(name: str, server: Server) -> str:
-            result = run_load(
-                server.address, settings.warmup, client(name, pin), server.headers, server.shape
-            )
+            result = run_load(server.address, seconds, client(name, pin), server.headers, server.shape)
             still_alive(server)
             return f"{name:<{NAME_WIDTH}} warm-up {result.rps:>9,.0f} req/s"
 
@@ -315,7 +315,7 @@ def measure_all(console: Console, run: Run, settings: Settings, pin: Pinning) ->
         upstream = stack.enter_context(servers.start_upstream(tmp, pin))
         with ExitStack() as section:
             live = {DIRECT: upstream, **start_all(section, tmp, pin, settings, run, main, upstream)}
-            warm_up(console, run, live, settings, pin)
+            warm_up(console, run, live, settings.warmup, pin)
             measure_throughput(console, run, live, settings, pin, settings.duration)
             measure_latency(console, run, live, settings, pin)
         for names, title in ((tls, "TLS"), (scaling, "workers: 2, unpinned")):
@@ -334,7 +334,7 @@ def measure_all(console: Console, run: Run, settings: Settings, pin: Pinning) ->
                             run.columns[name].failure = f"its upstream failed to start: {exc}"
                         continue
                 live = start_all(section, tmp, pin, settings, run, selected, upstream)
-                warm_up(console, run, live, settings, pin)
+                warm_up(console, run, live, min(settings.warmup, SECTION_WARMUP), pin)
                 measure_throughput(console, run, live, settings, pin, settings.section_duration)
 
 
