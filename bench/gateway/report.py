@@ -163,8 +163,14 @@ LEGEND = (
 
 
 def tls_lines(summary: Summary) -> list[str]:
-    """What each TLS column's handshakes negotiated (openssl s_client; a reconnect with Python's ssl)."""
-    return [f"TLS {name}: {found}" for name, found in summary.tls.items()]
+    """What each TLS column's handshakes negotiated (openssl s_client; a reconnect with Python's ssl),
+    and how many TCP connections the machine accepted per request while it was loaded."""
+    lines = []
+    for name, found in summary.tls.items():
+        per_request = summary.connections.get(name)
+        opened = "" if per_request is None else f"; {per_request:.2f} connections accepted per request"
+        lines.append(f"TLS {name}: {found}{opened}")
+    return lines
 
 
 def print_report(console: Console, summary: Summary) -> None:

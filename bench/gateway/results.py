@@ -71,6 +71,9 @@ class Column:
     cpu: list[float] = field(default_factory=list)  # per throughput round: share of a core the server used
     latency: list[HeyResult] = field(default_factory=list)
     failure: str | None = None  # why it did not start, or stopped answering
+    # per throughput round: TCP connections accepted on the machine per request served (about 1 when
+    # every request comes on a new connection, about 0 with keep-alive)
+    connections: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +112,7 @@ class Summary:
     rate_basis: str | None
     notes: list[str]
     tls: dict[str, str] = field(default_factory=dict)  # per TLS column: what its handshakes negotiate
+    connections: dict[str, float] = field(default_factory=dict)  # median new connections per request
 
     def column(self, name: str) -> ColumnSummary | None:
         return next((c for c in self.columns if c.name == name), None)
@@ -244,7 +248,12 @@ def summarize(run: Run) -> Summary:
         ),
         scaling_target(found, by_name),
     ]
-    return Summary(columns, found, targets, run.target_rps, run.rate_basis, notes(columns), dict(run.tls))
+    connections = {
+        name: median(column.connections) for name, column in run.columns.items() if column.connections
+    }
+    return Summary(
+        columns, found, targets, run.target_rps, run.rate_basis, notes(columns), dict(run.tls), connections
+    )
 
 
 def scaling_target(found: dict[str, float], by_name: dict[str, ColumnSummary]) -> Target:

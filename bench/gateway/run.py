@@ -29,7 +29,14 @@ import report
 import servers
 from common import cli
 from common.loadgen import LoadError
-from common.processes import ServerDied, StartError, Unavailable, still_alive, with_cpu_share
+from common.processes import (
+    ServerDied,
+    StartError,
+    Unavailable,
+    still_alive,
+    tcp_passive_opens,
+    with_cpu_share,
+)
 from common.render import progress_line, say, to_json
 from issuer import Issuer
 from loadgen import LoadShape, run_hey, run_load
@@ -216,10 +223,10 @@ def start_all(
 def describe_tls(address: str, ca: Path) -> str:
     """What a fresh connection negotiates, and whether a reconnect resumes the session (as wrk's do)."""
     try:
-        again = "resumed" if resumes(address, ca) else "full handshake"
+        again = "yes" if resumes(address, ca) else "no"
     except OSError as exc:
         again = f"unknown ({exc})"
-    return f"{negotiated(address, ca)}; a reconnect: {again}"
+    return f"{negotiated(address, ca)}; resumes a session offered again: {again}"
 
 
 def interleave(console: Console, run: Run, live: dict[str, Server], rounds: int, measure: Measure) -> None:
@@ -264,10 +271,14 @@ def measure_throughput(
 
     def measure(name: str, server: Server) -> str:
         measured = (server.address, seconds, client(name, pin), server.headers, server.shape)
+        opens = tcp_passive_opens()
         result, cpu = with_cpu_share(server, run_load, *measured)
         still_alive(server)
         run.columns[name].throughput.append(result)
         run.columns[name].cpu.append(cpu)
+        opened = tcp_passive_opens()
+        if opens is not None and opened is not None and result.requests:
+            run.columns[name].connections.append((opened - opens) / result.requests)
         return progress_line(name, NAME_WIDTH, result, result.errors, cpu)
 
     interleave(console, run, live, settings.rounds, measure)
