@@ -66,9 +66,12 @@ def parse_wrk(text: str) -> WrkResult:
     )
 
 
-def wrk_argv(prefix: list[str], seconds: int) -> list[str]:
-    """wrk with one thread and WRK_CONNECTIONS connections for `seconds`; the caller adds script and URL."""
-    return [*prefix, "wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency"]
+def wrk_argv(
+    prefix: list[str], seconds: int, threads: int = 1, connections: int = WRK_CONNECTIONS
+) -> list[str]:
+    """wrk with `threads` threads (1) and `connections` connections (WRK_CONNECTIONS) for `seconds`; the
+    caller adds script and URL."""
+    return [*prefix, "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
 
 
 PACED_SCRIPT = Path(__file__).with_name("paced.lua")

@@ -121,6 +121,22 @@ def group_cpu_seconds(pgid: int) -> float:
     return ticks / CLOCK_TICKS
 
 
+def tcp_passive_opens() -> int | None:
+    """TCP connections accepted so far in this network namespace (/proc/net/snmp's Tcp PassiveOpens).
+
+    Counted around a load run, it tells whether the load opened a connection per request: other
+    processes' connections add to it, so it is an upper bound of the server's own.
+    """
+    try:
+        lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
+    except OSError:
+        return None
+    tcp = [fields for fields in lines if fields and fields[0] == "Tcp:"]
+    if len(tcp) < 2 or "PassiveOpens" not in tcp[0]:
+        return None
+    return int(tcp[1][tcp[0].index("PassiveOpens")])
+
+
 def wait_for(server: Server, read: Callable[[], str | None], what: str, timeout: float) -> str:
     """Poll read() (an address, or None) until it answers, the server exits, or `timeout` runs out."""
     deadline = time.monotonic() + timeout

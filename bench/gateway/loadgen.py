@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from common.loadgen import LoadError, WrkResult, parse_wrk, run_tool, search, wrk_argv
+from common.loadgen import WRK_CONNECTIONS, LoadError, WrkResult, parse_wrk, run_tool, search, wrk_argv
 
 HEY_WORKERS = 10
 
@@ -51,11 +51,67 @@ def _header_flags(headers: dict[str, str] | None) -> list[str]:
     return [flag for name, value in (headers or {}).items() for flag in ("-H", f"{name}: {value}")]
 
 
-def run_wrk(
-    address: str, seconds: int, prefix: list[str], headers: dict[str, str] | None = None
+@dataclass(frozen=True)
+class LoadShape:
+    """How a column is saturated: wrk's threads and connections, http or https; or (`full_handshakes`)
+    hey with as many workers and no keep-alive, for a new connection and a full TLS handshake per request."""
+
+    threads: int = 1
+    connections: int = WRK_CONNECTIONS
+    scheme: str = "http"
+    full_handshakes: bool = False
+
+
+def run_load(
+    address: str,
+    seconds: int,
+    prefix: list[str],
+    headers: dict[str, str] | None = None,
+    shape: LoadShape = LoadShape(),
 ) -> WrkResult:
-    """Saturate address for `seconds` with one wrk thread and WRK_CONNECTIONS keep-alive connections."""
-    argv = [*wrk_argv(prefix, seconds), *_header_flags(headers), f"http://{address}/"]
+    """Saturate address for `seconds` as `shape` says (run_wrk, or run_hey_new_connections)."""
+    if shape.full_handshakes:
+        return run_hey_new_connections(address, seconds, prefix, shape.connections, headers)
+    return run_wrk(address, seconds, prefix, headers, shape)
+
+
+def run_hey_new_connections(
+    address: str, seconds: int, prefix: list[str], workers: int, headers: dict[str, str] | None = None
+) -> WrkResult:
+    """As many requests as `workers` hey workers get through over https, each on a new connection.
+
+    hey -disable-keepalive opens a connection per request, and Go's TLS client keeps no session cache
+    unless told to, so each of them is a full handshake whatever the server offers (wrk instead
+    resumes its session on every reconnect). The figures come back as a WrkResult (socket errors:
+    requests hey got no answer to).
+    """
+    argv = [*prefix, "hey", "-z", f"{seconds}s", "-c", str(workers), "-disable-keepalive"]
+    argv += [*_header_flags(headers), f"https://{address}/"]
+    found = parse_hey(run_tool("hey", argv, seconds))
+    return WrkResult(
+        rps=found.rps,
+        p50_ms=found.p50_ms,
+        p99_ms=found.p99_ms,
+        requests=found.responses,
+        non_2xx=found.non_2xx,
+        socket_errors=found.errors,
+    )
+
+
+def run_wrk(
+    address: str,
+    seconds: int,
+    prefix: list[str],
+    headers: dict[str, str] | None = None,
+    shape: LoadShape = LoadShape(),
+) -> WrkResult:
+    """Saturate address for `seconds`: by default one wrk thread and WRK_CONNECTIONS keep-alive connections.
+
+    With a `Connection: close` header, wrk opens a new connection (and over https does a new TLS
+    handshake) for every request: it reconnects whenever a response is not keep-alive.
+    """
+    argv = [*wrk_argv(prefix, seconds, shape.threads, shape.connections), *_header_flags(headers)]
+    argv.append(f"{shape.scheme}://{address}/")
     return parse_wrk(run_tool("wrk", argv, seconds))
 
 

@@ -11,7 +11,7 @@ from common import machine, render
 from common.loadgen import WRK_CONNECTIONS
 from common.render import ms, rps
 from loadgen import HEY_WORKERS
-from results import RATE_REACHED, ColumnSummary, Settings, Summary
+from results import RATE_REACHED, SCALING, SECTIONS, ColumnSummary, Settings, Summary, nginx_of
 from rich.console import Console
 from rich.table import Table
 
@@ -39,9 +39,27 @@ def header_lines(date: str, host: dict[str, str], settings: Settings) -> list[st
         f"(commit {host['commit']})" + _baseline(settings),
         f"method: wrk -t1 -c{WRK_CONNECTIONS}, {settings.rounds} interleaved round(s) of "
         f"{settings.duration} s after {settings.warmup} s warm-up; "
-        f"hey -c {HEY_WORKERS} for {settings.latency_seconds} s per round",
+        f"hey -c {HEY_WORKERS} for {settings.latency_seconds} s per round" + _sections(settings),
         settings.pinning,
     )
+
+
+def _sections(settings: Settings) -> str:
+    """The sections' own method, if any of their columns runs."""
+    found = []
+    if any(name in SECTIONS["tls"] for name in settings.columns):
+        found.append(
+            f"TLS section: wrk -t1 -c{WRK_CONNECTIONS} over https (TLS 1.3); -tls-new: the same with "
+            "`Connection: close` (a new connection per request, its TLS session resumed); -tls-full: "
+            f"hey -c {WRK_CONNECTIONS} -disable-keepalive (a new connection and a full handshake per request)"
+        )
+    if any(name in SCALING for name in settings.columns):
+        found.append("workers: 2 section: wrk -t2 -c100")
+    if not found:
+        return ""
+    warmup = min(settings.warmup, 1)
+    rounds = f"{settings.rounds} round(s) of {settings.section_duration} s after {warmup} s warm-up, no hey"
+    return "; " + "; ".join(found) + f" ({rounds})"
 
 
 def _baseline(settings: Settings) -> str:
@@ -63,7 +81,8 @@ def _loop(settings: Settings, host: dict[str, str]) -> str:
 
 
 def _x_nginx(column: ColumnSummary, summary: Summary) -> str:
-    nginx = summary.column("nginx")
+    """req/s over that of the nginx of the column's section (nginx, nginx-w2, nginx-tls, nginx-tls-new)."""
+    nginx = summary.column(nginx_of(column.name))
     if column.rps is None or nginx is None or not nginx.rps:
         return "—"
     return f"{column.rps / nginx.rps:.2f}x"
@@ -72,9 +91,31 @@ def _x_nginx(column: ColumnSummary, summary: Summary) -> str:
 THROUGHPUT_HEADINGS = ("", "req/s", "rounds", "x nginx", "p50", "p99", "errors", "CPU", "req/CPU-s")
 
 
-def throughput_table(summary: Summary) -> Table:
-    found = render.table("Saturation throughput (wrk; medians over rounds)", THROUGHPUT_HEADINGS)
+SECTION_TITLES = {
+    "main": "Saturation throughput (wrk; medians over rounds)",
+    "tls": "TLS termination (x nginx: against the nginx of the same kind of column)",
+    "scaling": "workers: 2 on both cores, unpinned (wrk -t2 -c100; CPU: all of a proxy's processes)",
+}
+
+
+def section_of(name: str) -> str:
+    return next((section for section, names in SECTIONS.items() if name in names), "main")
+
+
+def throughput_tables(summary: Summary) -> list[Table]:
+    """One table per section that has columns: the main one, TLS, workers: 2."""
+    return [
+        throughput_table(summary, section)
+        for section in SECTION_TITLES
+        if any(section_of(c.name) == section for c in summary.columns)
+    ]
+
+
+def throughput_table(summary: Summary, section: str = "main") -> Table:
+    found = render.table(SECTION_TITLES[section], THROUGHPUT_HEADINGS)
     for c in summary.columns:
+        if section_of(c.name) != section:
+            continue
         if c.rps is None:
             found.add_row(c.name, f"[red]{render.failure_word(c.failure)}[/red]")
             continue
@@ -103,6 +144,8 @@ LATENCY_HEADINGS = ("", "achieved req/s", "p50", "p99", "added p50", "added p99"
 def latency_table(summary: Summary) -> Table:
     found = render.table(latency_title(summary), LATENCY_HEADINGS)
     for c in summary.columns:
+        if section_of(c.name) != "main":
+            continue  # the sections measure throughput only
         if c.fixed_p50_ms is None:
             found.add_row(c.name, f"[red]{render.failure_word(c.failure)}[/red]")
             continue
@@ -119,9 +162,23 @@ LEGEND = (
 )
 
 
+def tls_lines(summary: Summary) -> list[str]:
+    """What each TLS column's handshakes negotiated (openssl s_client; a reconnect with Python's ssl),
+    and how many TCP connections the machine accepted per request while it was loaded."""
+    lines = []
+    for name, found in summary.tls.items():
+        per_request = summary.connections.get(name)
+        opened = "" if per_request is None else f"; {per_request:.2f} connections accepted per request"
+        lines.append(f"TLS {name}: {found}{opened}")
+    return lines
+
+
 def print_report(console: Console, summary: Summary) -> None:
-    console.print(throughput_table(summary))
+    for table in throughput_tables(summary):
+        console.print(table)
     render.print_ratios(console, summary.ratios)
+    for line in tls_lines(summary):
+        render.say(console, line)
     console.print(latency_table(summary))
     render.say(console, LEGEND)
     failures = {c.name: c.failure for c in summary.columns if c.failure}
@@ -148,5 +205,6 @@ def markdown(summary: Summary, header: list[str]) -> str:
         *(_markdown_row(c, summary) for c in summary.columns),
         "",
     ]
+    lines += [f"- {line}" for line in tls_lines(summary)]
     lines += render.markdown_verdicts(summary.ratios, summary.notes, summary.targets)
     return "\n".join(lines) + "\n"

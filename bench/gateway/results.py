@@ -15,7 +15,17 @@ from loadgen import HeyResult
 
 DIRECT = "direct"
 # "bare": the least a Python proxy can do (bare_proxy.py), the floor Garrison is measured from.
-PROXIES = ("nginx", "bare", "aiohttp", "garrison", "garrison-chain", "garrison-redis")
+# The main section: each proxy pinned alone on core 0, one worker, plaintext, throughput and latency.
+PROXIES = ("nginx", "bare", "aiohttp", "garrison", "garrison-chain", "garrison-redis", "garrison-pure")
+# Sections of their own (throughput only, shorter rounds): two workers on both cores, unpinned ...
+SCALING = ("nginx-w2", "garrison-w2")
+# ... and TLS termination, pinned as the main section: keep-alive; a new connection per request whose
+# handshake resumes the session (wrk); a new connection per request with a full handshake (hey).
+TLS_KEEPALIVE = ("nginx-tls", "garrison-tls")
+TLS_NEW = ("nginx-tls-new", "garrison-tls-new")
+TLS_FULL = ("nginx-tls-full", "garrison-tls-full")
+SECTIONS = {"tls": TLS_KEEPALIVE + TLS_NEW + TLS_FULL, "scaling": SCALING}
+COLUMNS = PROXIES + TLS_KEEPALIVE + TLS_NEW + TLS_FULL + SCALING  # the default selection, in round order
 # Another checkout's Garrison (`--baseline DIR`), run in the same interleaved rounds: before/after a change.
 BASELINES = ("garrison@base", "garrison-chain@base")
 RATE_FRACTION = 0.25  # the fixed-rate latency test runs at a quarter of saturation
@@ -29,6 +39,7 @@ MIN_X_AIOHTTP = 4.0
 MAX_ADDED_P99_MS = 0.5
 MIN_CHAIN_X_NGINX = 0.4  # the full security chain (IP rules, JWT, rate limit) against plain nginx
 MIN_REDIS_X_PLAIN = 0.75  # Redis-backed limits cost at most 25% of Garrison's throughput
+SCALING_HOLDS = 0.9  # garrison-w2/nginx-w2 at least this share of garrison/nginx ("the ratio must hold")
 # (numerator, denominator) of each ratio reported; Garrison's per-CPU-second ratios only for its plain column.
 RATIO_PAIRS = (
     ("garrison", "nginx"),
@@ -37,6 +48,15 @@ RATIO_PAIRS = (
     ("garrison", "aiohttp"),
     ("garrison-chain", "nginx"),
     ("garrison-redis", "garrison"),
+    ("garrison-pure", "garrison"),
+    ("garrison-w2", "nginx-w2"),
+    ("nginx-w2", "nginx"),
+    ("garrison-w2", "garrison"),
+    ("garrison-tls", "nginx-tls"),
+    ("garrison-tls-new", "nginx-tls-new"),
+    ("garrison-tls-full", "nginx-tls-full"),
+    ("nginx-tls", "nginx"),
+    ("garrison-tls", "garrison"),
     ("garrison", "garrison@base"),
     ("garrison-chain", "garrison-chain@base"),
 )
@@ -51,6 +71,9 @@ class Column:
     cpu: list[float] = field(default_factory=list)  # per throughput round: share of a core the server used
     latency: list[HeyResult] = field(default_factory=list)
     failure: str | None = None  # why it did not start, or stopped answering
+    # per throughput round: TCP connections accepted on the machine per request served (about 1 when
+    # every request comes on a new connection, about 0 with keep-alive)
+    connections: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -58,6 +81,7 @@ class Run:
     columns: dict[str, Column]
     target_rps: float | None = None  # the fixed rate of the latency test
     rate_basis: str | None = None  # whose saturation rate target_rps is a quarter of
+    tls: dict[str, str] = field(default_factory=dict)  # per TLS column: what its handshakes negotiate
 
 
 @dataclass(frozen=True)
@@ -87,9 +111,19 @@ class Summary:
     target_rps: float | None
     rate_basis: str | None
     notes: list[str]
+    tls: dict[str, str] = field(default_factory=dict)  # per TLS column: what its handshakes negotiate
+    connections: dict[str, float] = field(default_factory=dict)  # median new connections per request
 
     def column(self, name: str) -> ColumnSummary | None:
         return next((c for c in self.columns if c.name == name), None)
+
+
+def nginx_of(name: str) -> str:
+    """The nginx column a column is compared with: the one of its own section."""
+    for section in (SCALING, TLS_KEEPALIVE, TLS_NEW, TLS_FULL):
+        if name in section:
+            return section[0]
+    return "nginx"
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
@@ -212,16 +246,53 @@ def summarize(run: Run) -> Summary:
             f"Redis-backed limits cost ≤ {1 - MIN_REDIS_X_PLAIN:.0%} of throughput (garrison-redis ≥ "
             f"{MIN_REDIS_X_PLAIN:g}x garrison)",
         ),
+        scaling_target(found, by_name),
     ]
-    return Summary(columns, found, targets, run.target_rps, run.rate_basis, notes(columns))
+    connections = {
+        name: median(column.connections) for name, column in run.columns.items() if column.connections
+    }
+    return Summary(
+        columns, found, targets, run.target_rps, run.rate_basis, notes(columns), dict(run.tls), connections
+    )
+
+
+def scaling_target(found: dict[str, float], by_name: dict[str, ColumnSummary]) -> Target:
+    """ "scaling holds": garrison-w2/nginx-w2 ≥ SCALING_HOLDS times garrison/nginx, per CPU-second.
+
+    Per CPU-second because the two-worker columns share both cores with wrk and the upstream: their
+    req/s depends on what the others leave them, their requests per CPU-second of all their processes
+    does not (much).
+    """
+    label = (
+        f"scaling holds with workers: 2 (garrison-w2/nginx-w2 ≥ {SCALING_HOLDS:g} times garrison/nginx, "
+        "per CPU-second)"
+    )
+    for name in ("garrison-w2", "nginx-w2", "garrison", "nginx"):
+        column = by_name.get(name)
+        if column is not None and column.failure:
+            return Target(label, None, f"{name} did not complete the run: {column.failure.splitlines()[0]}")
+    two, one = found.get("garrison-w2/nginx-w2 per CPU-second"), found.get("garrison/nginx per CPU-second")
+    if two is None or one is None:
+        return Target(label, None, "not measured (garrison-w2, nginx-w2, garrison and nginx all needed)")
+    detail = f"{two:.2f}x against {one:.2f}x ({two / one:.2f} of it)"
+    errors = by_name["garrison-w2"].errors
+    if errors:
+        return Target(label, False, f"{detail}, but with {errors} errors")
+    return Target(label, two >= SCALING_HOLDS * one, detail)
 
 
 def notes(columns: list[ColumnSummary]) -> list[str]:
     """Warnings for a proxy whose req/s is set by the client-and-upstream core rather than by itself."""
     direct = columns[0]
     found = []
+    if any(c.name in SCALING and c.rps is not None for c in columns):
+        found.append(
+            "nginx-w2 and garrison-w2 are not pinned: each shares both cores with wrk (-t2) and a "
+            "two-worker upstream, so their CPU can exceed 100% (all of their processes, summed) and their "
+            "req/s depends on what the others leave them; compare them per CPU-second"
+        )
     for c in columns[1:]:
-        if c.failure or c.rps is None or c.cpu is None or c.cpu >= CPU_BOUND:
+        if c.name in SCALING or c.failure or c.rps is None or c.cpu is None or c.cpu >= CPU_BOUND:
             continue
         found.append(
             f"{c.name} used only {c.cpu:.0%} of its core: its req/s is bounded by the core that wrk and the "
@@ -247,3 +318,4 @@ class Settings(Timing):
     pinning: str  # how processes were placed on cores, in words
     aiohttp_loop: str
     baseline: str | None = None  # the checkout whose Garrison runs the `@base` columns
+    section_duration: int = 4  # seconds per wrk run in the scaling and TLS sections

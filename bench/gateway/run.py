@@ -1,9 +1,11 @@
-"""Gateway benchmark: nginx, an aiohttp proxy and Garrison, each in front of the same nginx upstream.
+"""Gateway benchmark: nginx, a bare and an aiohttp Python proxy and Garrison, in front of the same upstream.
 
-Garrison runs as three columns: plain (`garrison`), with the full security chain (`garrison-chain`:
-IP rules, JWT, rate limit) and with a Redis-backed rate limit (`garrison-redis`). All columns run in
-ONE invocation and are measured in interleaved rounds (direct, nginx, aiohttp, garrison, ...,
-direct, nginx, ...), so machine noise hits every column alike. See bench/README.md.
+Garrison runs as several columns: plain (`garrison`), with the full security chain (`garrison-chain`:
+IP rules, JWT, rate limit), with a Redis-backed rate limit (`garrison-redis`), on its pure-Python path
+(`garrison-pure`). All columns run in ONE invocation and are measured in interleaved rounds (direct,
+nginx, aiohttp, garrison, ..., direct, nginx, ...), so machine noise hits every column alike. Two
+sections follow, each against its own nginx and with shorter rounds: TLS termination (keep-alive, and
+a new connection per request) and `workers: 2` on both cores. See bench/README.md.
 
     .venv/bin/python bench/gateway/run.py [--quick] [--only nginx,garrison,garrison-chain] [--markdown]
 """
@@ -27,26 +29,60 @@ import report
 import servers
 from common import cli
 from common.loadgen import LoadError
-from common.processes import ServerDied, StartError, Unavailable, still_alive, with_cpu_share
+from common.processes import (
+    ServerDied,
+    StartError,
+    Unavailable,
+    still_alive,
+    tcp_passive_opens,
+    with_cpu_share,
+)
 from common.render import progress_line, say, to_json
 from issuer import Issuer
-from loadgen import run_hey, run_wrk
-from results import BASELINES, DIRECT, PROXIES, Column, Run, Settings, fixed_rate_basis, summarize
+from loadgen import LoadShape, run_hey, run_load
+from results import (
+    BASELINES,
+    COLUMNS,
+    DIRECT,
+    SCALING,
+    SECTIONS,
+    TLS_FULL,
+    TLS_NEW,
+    Column,
+    Run,
+    Settings,
+    fixed_rate_basis,
+    summarize,
+)
 from rich.console import Console
 from servers import Pinning, Server
+from tls import TlsFiles, closes_after_answer, make_certificate, negotiated, resumes
 
 TOOLS = ("wrk", "nginx", "hey")
 APT_COMMAND = "apt-get install -y wrk nginx-light hey"
 
 Measure = Callable[[str, Server], str]  # runs one measurement, stores it, returns a progress line
-NAME_WIDTH = max(len(name) for name in PROXIES + BASELINES)
+NAME_WIDTH = max(len(name) for name in COLUMNS + BASELINES)
+UNPINNED = Pinning(False)
+SCALING_SHAPE = LoadShape(threads=2, connections=100)  # two workers: a wrk thread and 50 connections each
+TLS_SHAPE = LoadShape(scheme="https")
+FULL_HANDSHAKES = LoadShape(scheme="https", full_handshakes=True)  # hey -c 50 -disable-keepalive
+SECTION_WARMUP = 1  # seconds at most of warm-up per column in the TLS and scaling sections
+CLOSE = {"Connection": "close"}  # wrk then opens a new connection (a new TLS handshake) per request
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = cli.new_parser(__doc__)
     cli.add_timing_arguments(parser, "seconds of wrk per column before round 1")
     parser.add_argument("--latency-duration", type=int, help="seconds per hey run (default: --duration)")
-    cli.add_selection_arguments(parser, PROXIES, "proxies")
+    cli.add_selection_arguments(parser, COLUMNS, "proxies")
+    parser.add_argument(
+        "--section-duration",
+        type=int,
+        default=4,
+        help="seconds per wrk run in the TLS and workers: 2 sections (default 4; --quick: 2); their "
+        "warm-up is at most 1 s per column",
+    )
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin processes to cores")
     parser.add_argument("--aiohttp-loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument(
@@ -57,23 +93,64 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     cli.add_output_arguments(parser, "gateway")
     args = parser.parse_args(argv)
-    if args.baseline is not None and args.only == ",".join(PROXIES):
+    if args.baseline is not None and args.only == ",".join(COLUMNS):
         args.only += "," + ",".join(BASELINES)  # the default selection, plus the baseline's columns
-    cli.settle_arguments(parser, args, PROXIES + BASELINES if args.baseline else PROXIES)
+    quick, valid = args.quick, args.section_duration >= 1
+    cli.settle_arguments(parser, args, COLUMNS + BASELINES if args.baseline else COLUMNS, valid)
+    if quick:
+        args.section_duration = 2
     return args
 
 
 def make_settings(args: argparse.Namespace, pin: Pinning) -> Settings:
+    columns = [name for name in COLUMNS + BASELINES if name in args.only]
+    pinning = pin.describe(args.pin)
+    if any(name in SECTIONS["tls"] for name in columns):
+        pinning += "; the TLS columns are placed as the main ones"
+    if any(name in SCALING for name in columns):
+        pinning += (
+            "; nginx-w2 and garrison-w2 NOT pinned: each proxy (2 workers), wrk -t2 and a 2-worker upstream "
+            "share both cores (only 2 here), so no column has a core to itself"
+        )
     return Settings(
         duration=args.duration,
         rounds=args.rounds,
         warmup=args.warmup,
         latency_seconds=args.latency_duration or args.duration,
-        columns=[DIRECT, *(name for name in PROXIES + BASELINES if name in args.only)],
-        pinning=pin.describe(args.pin),
+        columns=[DIRECT, *columns],
+        pinning=pinning,
         aiohttp_loop=args.aiohttp_loop,
         baseline=str(args.baseline.resolve()) if args.baseline else None,
+        section_duration=args.section_duration,
     )
+
+
+def start_section_proxy(
+    name: str, tmp: Path, pin: Pinning, upstream_port: int, tls: TlsFiles | None
+) -> Server:
+    """A column of the TLS or the scaling section, with how wrk loads it."""
+    if name in SCALING:
+        if name == "nginx-w2":
+            server = servers.start_nginx_proxy(tmp, UNPINNED, upstream_port, name, workers=2)
+        else:
+            server = servers.start_garrison(tmp, UNPINNED, upstream_port, servers.WORKERS_2)
+        server.shape = SCALING_SHAPE
+        return server
+    assert tls is not None
+    if name.startswith("nginx"):
+        server = servers.start_nginx_tls(tmp, pin, upstream_port, name, tls)
+    else:
+        server = servers.start_garrison(tmp, pin, upstream_port, servers.tls_variant(name, tls))
+    server.shape = FULL_HANDSHAKES if name in TLS_FULL else TLS_SHAPE
+    if name in TLS_NEW:
+        server.headers = dict(CLOSE)
+        refusal = closes_after_answer(server.address, tls.ca, CLOSE)
+        if refusal is not None:
+            server.stop()
+            raise StartError(
+                f"asked for Connection: close, it {refusal}: wrk would not reconnect per request"
+            )
+    return server
 
 
 def start_proxy(
@@ -97,17 +174,36 @@ def start_proxy(
     if name == "garrison-redis":
         servers.check_redis()
         return servers.start_garrison(tmp, pin, upstream_port, servers.redis_variant())
+    if name == "garrison-pure":
+        return servers.start_garrison(tmp, pin, upstream_port, servers.PURE)
     return servers.start_garrison(tmp, pin, upstream_port)
 
 
-def start_all(stack: ExitStack, tmp: Path, pin: Pinning, settings: Settings, run: Run) -> dict[str, Server]:
-    """The upstream (fatal if it fails), then each proxy (a failure only drops that column)."""
-    upstream = stack.enter_context(servers.start_upstream(tmp, pin))
-    upstream_port = int(upstream.address.rsplit(":", 1)[1])
-    live = {DIRECT: upstream}
-    for name in settings.columns[1:]:
+def port_of(server: Server) -> int:
+    return int(server.address.rsplit(":", 1)[1])
+
+
+def start_all(
+    stack: ExitStack,
+    tmp: Path,
+    pin: Pinning,
+    settings: Settings,
+    run: Run,
+    names: list[str],
+    upstream: Server,
+) -> dict[str, Server]:
+    """Each proxy of `names` in front of upstream (a failure only drops that column)."""
+    live: dict[str, Server] = {}
+    tls: TlsFiles | None = None
+    for name in names:
         try:
-            live[name] = stack.enter_context(start_proxy(name, stack, tmp, pin, upstream_port, settings))
+            if name in SECTIONS["tls"]:
+                tls = tls or make_certificate(tmp / "tls")
+            if name in SCALING or name in SECTIONS["tls"]:
+                started = start_section_proxy(name, tmp, pin, port_of(upstream), tls)
+            else:
+                started = start_proxy(name, stack, tmp, pin, port_of(upstream), settings)
+            live[name] = stack.enter_context(started)
         except Unavailable as exc:
             run.columns[name].failure = f"skipped: {exc}"
             print(f"{name}: skipped: {exc}", flush=True)
@@ -116,9 +212,21 @@ def start_all(stack: ExitStack, tmp: Path, pin: Pinning, settings: Settings, run
             run.columns[name].failure = f"failed to start: {exc}"
             print(f"{name}: failed to start: {exc}", flush=True)
             continue
-        if live[name].headers:
+        if "Authorization" in live[name].headers:
             print(f"{name}: GET / with the bench token: 200; without it: 401", flush=True)
+        if tls is not None and live[name].ca is not None:
+            run.tls[name] = describe_tls(live[name].address, tls.ca)
+            print(f"{name}: TLS {run.tls[name]}", flush=True)
     return live
+
+
+def describe_tls(address: str, ca: Path) -> str:
+    """What a fresh connection negotiates, and whether a reconnect resumes the session (as wrk's do)."""
+    try:
+        again = "yes" if resumes(address, ca) else "no"
+    except OSError as exc:
+        again = f"unknown ({exc})"
+    return f"{negotiated(address, ca)}; resumes a session offered again: {again}"
 
 
 def interleave(console: Console, run: Run, live: dict[str, Server], rounds: int, measure: Measure) -> None:
@@ -139,12 +247,17 @@ def interleave(console: Console, run: Run, live: dict[str, Server], rounds: int,
             say(console, f"  round {number}/{rounds}  {line}")
 
 
-def warm_up(console: Console, run: Run, live: dict[str, Server], settings: Settings, pin: Pinning) -> None:
-    if settings.warmup:
-        console.print(f"warm-up: {settings.warmup} s of wrk per column", highlight=False)
+def client(name: str, pin: Pinning) -> list[str]:
+    """wrk's placement: with the upstream on core 1, or anywhere for the unpinned scaling columns."""
+    return UNPINNED.client() if name in SCALING else pin.client()
+
+
+def warm_up(console: Console, run: Run, live: dict[str, Server], seconds: int, pin: Pinning) -> None:
+    if seconds:
+        console.print(f"warm-up: {seconds} s of wrk per column", highlight=False)
 
         def measure(name: str, server: Server) -> str:
-            result = run_wrk(server.address, settings.warmup, pin.client(), server.headers)
+            result = run_load(server.address, seconds, client(name, pin), server.headers, server.shape)
             still_alive(server)
             return f"{name:<{NAME_WIDTH}} warm-up {result.rps:>9,.0f} req/s"
 
@@ -152,16 +265,20 @@ def warm_up(console: Console, run: Run, live: dict[str, Server], settings: Setti
 
 
 def measure_throughput(
-    console: Console, run: Run, live: dict[str, Server], settings: Settings, pin: Pinning
+    console: Console, run: Run, live: dict[str, Server], settings: Settings, pin: Pinning, seconds: int
 ) -> None:
-    console.print(f"throughput: wrk for {settings.duration} s per column per round", highlight=False)
+    console.print(f"throughput: wrk for {seconds} s per column per round", highlight=False)
 
     def measure(name: str, server: Server) -> str:
-        measured = (server.address, settings.duration, pin.client(), server.headers)
-        result, cpu = with_cpu_share(server, run_wrk, *measured)
+        measured = (server.address, seconds, client(name, pin), server.headers, server.shape)
+        opens = tcp_passive_opens()
+        result, cpu = with_cpu_share(server, run_load, *measured)
         still_alive(server)
         run.columns[name].throughput.append(result)
         run.columns[name].cpu.append(cpu)
+        opened = tcp_passive_opens()
+        if opens is not None and opened is not None and result.requests:
+            run.columns[name].connections.append((opened - opens) / result.requests)
         return progress_line(name, NAME_WIDTH, result, result.errors, cpu)
 
     interleave(console, run, live, settings.rounds, measure)
@@ -191,12 +308,45 @@ def measure_latency(
     interleave(console, run, live, settings.rounds, measure)
 
 
+def own_dir(tmp: Path) -> Path:
+    """The scaling section's upstream's directory: its config, pid file and logs apart from the first's."""
+    directory = tmp / "scaling"
+    directory.mkdir()
+    return directory
+
+
 def measure_all(console: Console, run: Run, settings: Settings, pin: Pinning) -> None:
-    with tempfile.TemporaryDirectory(prefix="garrison-bench-") as tmp, ExitStack() as stack:
-        live = start_all(stack, Path(tmp), pin, settings, run)
-        warm_up(console, run, live, settings, pin)
-        measure_throughput(console, run, live, settings, pin)
-        measure_latency(console, run, live, settings, pin)
+    """The main columns (with the pinned upstream as `direct`), then the TLS section against the same
+    upstream, then the scaling section against an unpinned two-worker upstream of its own; each
+    section's servers are stopped before the next one starts."""
+    tls, scaling = SECTIONS["tls"], SECTIONS["scaling"]
+    main = [name for name in settings.columns[1:] if name not in tls + scaling]
+    with tempfile.TemporaryDirectory(prefix="garrison-bench-") as tmp_name, ExitStack() as stack:
+        tmp = Path(tmp_name)
+        upstream = stack.enter_context(servers.start_upstream(tmp, pin))
+        with ExitStack() as section:
+            live = {DIRECT: upstream, **start_all(section, tmp, pin, settings, run, main, upstream)}
+            warm_up(console, run, live, settings.warmup, pin)
+            measure_throughput(console, run, live, settings, pin, settings.duration)
+            measure_latency(console, run, live, settings, pin)
+        for names, title in ((tls, "TLS"), (scaling, "workers: 2, unpinned")):
+            selected = [name for name in settings.columns if name in names]
+            if not selected:
+                continue
+            console.print(f"section {title}: {', '.join(selected)}", highlight=False)
+            with ExitStack() as section:
+                if names is scaling:
+                    try:
+                        upstream = section.enter_context(
+                            servers.start_upstream(own_dir(tmp), UNPINNED, workers=2)
+                        )
+                    except StartError as exc:
+                        for name in selected:
+                            run.columns[name].failure = f"its upstream failed to start: {exc}"
+                        continue
+                live = start_all(section, tmp, pin, settings, run, selected, upstream)
+                warm_up(console, run, live, min(settings.warmup, SECTION_WARMUP), pin)
+                measure_throughput(console, run, live, settings, pin, settings.section_duration)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,9 @@
 """The processes under test: start each on a free loopback port, wait until it answers, stop it.
 
 Process groups, readiness polling, stopping and CPU accounting live in common.processes; here is what
-each column runs: the nginx upstream and proxy, the aiohttp proxy, and Garrison in its three configurations.
+each column runs: the nginx upstream and proxies (one worker, two workers, TLS), the bare and aiohttp
+proxies, and Garrison in its configurations (GarrisonVariant: plain, chain, Redis, pure Python, two
+workers, TLS).
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import os
 import socket
+import ssl
 import string
 import sys
 from dataclasses import dataclass, field
@@ -19,6 +23,8 @@ import yaml
 from common import processes
 from common.processes import StartError, Unavailable, reserved_port, wait_for
 from issuer import Issuer
+from loadgen import LoadShape
+from tls import TlsFiles, client_context
 
 from garrison.core.ready import read_ready
 
@@ -45,21 +51,30 @@ class Pinning(processes.Pinning):
 class Server(processes.Server):
     """A started column: its process group, where it answers, and what every request to it carries."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
-        super().__init__(name, argv, log_path)
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        super().__init__(name, argv, log_path, env)
         self.address = ""  # "host:port" once the server answers
         self.headers: dict[str, str] = {}  # sent with every request: readiness check, wrk and hey
+        self.ca: Path | None = None  # set for a TLS column: the CA its certificate is checked against
+        self.shape = LoadShape()  # how wrk (or hey) saturates it
 
 
-def get_status(address: str, headers: dict[str, str]) -> tuple[int, bytes, str] | None:
-    """GET / at address: (status, body, WWW-Authenticate), or None if nothing answered."""
+def get_status(
+    address: str, headers: dict[str, str], ca: Path | None = None
+) -> tuple[int, bytes, str] | None:
+    """GET / at address (over TLS checked against ca if given): (status, body, WWW-Authenticate), or None
+    if nothing answered."""
     host, port = address.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=1.0)
+    conn = (
+        http.client.HTTPSConnection(host, int(port), timeout=1.0, context=client_context(ca))
+        if ca is not None
+        else http.client.HTTPConnection(host, int(port), timeout=1.0)
+    )
     try:
         conn.request("GET", "/", headers=headers)
         response = conn.getresponse()
         return response.status, response.read(), response.getheader("WWW-Authenticate", "")
-    except (OSError, http.client.HTTPException):
+    except (OSError, http.client.HTTPException, ssl.SSLError):
         return None
     finally:
         conn.close()
@@ -71,7 +86,7 @@ def answers(server: Server, address: str) -> bool:
     A 401 or 403 is final: the gateway is up but refuses the benchmark's request (token, IP rules),
     so waiting longer would only hide why.
     """
-    got = get_status(address, server.headers)
+    got = get_status(address, server.headers, server.ca)
     if got is not None and got[0] in (401, 403):
         status, body, challenge = got
         detail = f" (WWW-Authenticate: {challenge})" if challenge else ""
@@ -97,29 +112,48 @@ class _NginxTemplate(string.Template):
     delimiter = "@"  # nginx itself uses "$" for its variables
 
 
-def render_nginx(template: str, tmp: Path, **values: object) -> Path:
-    text = _NginxTemplate((TEMPLATES / template).read_text()).substitute(tmp=tmp, **values)
-    conf = tmp / template
+def render_nginx(template: str, tmp: Path, name: str | None = None, **values: object) -> Path:
+    """tmp/<name or template's stem>.conf: the template with tmp, name and values filled in."""
+    name = name or Path(template).stem
+    text = _NginxTemplate((TEMPLATES / template).read_text()).substitute(tmp=tmp, name=name, **values)
+    conf = tmp / f"{name}.conf"
     conf.write_text(text)
     return conf
 
 
-def start_nginx(name: str, conf: Path, tmp: Path, prefix: list[str], port: int) -> Server:
+def start_nginx(
+    name: str, conf: Path, tmp: Path, prefix: list[str], port: int, tls: TlsFiles | None = None
+) -> Server:
     directives = f"daemon off; pid {tmp / name}.pid;"
     argv = [*prefix, "nginx", "-p", str(tmp), "-c", str(conf), "-g", directives]
-    return started(Server(name, argv, tmp / f"{name}.out"), f"127.0.0.1:{port}")
+    server = Server(name, argv, tmp / f"{name}.out")
+    server.ca = tls.ca if tls else None
+    return started(server, f"127.0.0.1:{port}")
 
 
-def start_upstream(tmp: Path, pin: Pinning) -> Server:
+def start_upstream(tmp: Path, pin: Pinning, workers: int = 1) -> Server:
+    """The nginx upstream: pinned with the client (the main columns), or unpinned with two workers
+    (the scaling section, whose proxies use both cores)."""
     with reserved_port() as port:  # held until nginx answers on it
-        conf = render_nginx("upstream.conf", tmp, port=port)
+        conf = render_nginx("upstream.conf", tmp, port=port, workers=workers)
         return start_nginx("upstream", conf, tmp, pin.upstream(), port)
 
 
-def start_nginx_proxy(tmp: Path, pin: Pinning, upstream_port: int) -> Server:
+def start_nginx_proxy(
+    tmp: Path, pin: Pinning, upstream_port: int, name: str = "nginx", workers: int = 1
+) -> Server:
     with reserved_port() as port:  # held until nginx answers on it
-        conf = render_nginx("nginx-proxy.conf", tmp, port=port, upstream_port=upstream_port)
-        return start_nginx("nginx", conf, tmp, pin.server(), port)
+        values = {"port": port, "upstream_port": upstream_port, "workers": workers}
+        conf = render_nginx("nginx-proxy.conf", tmp, name, **values)
+        return start_nginx(name, conf, tmp, pin.server(), port)
+
+
+def start_nginx_tls(tmp: Path, pin: Pinning, upstream_port: int, name: str, tls: TlsFiles) -> Server:
+    """nginx terminating TLS with the run's certificate, no session cache (templates/nginx-tls.conf)."""
+    with reserved_port() as port:  # held until nginx answers on it
+        values = {"port": port, "upstream_port": upstream_port, "cert": tls.cert, "key": tls.key}
+        conf = render_nginx("nginx-tls.conf", tmp, name, **values)
+        return start_nginx(name, conf, tmp, pin.server(), port, tls)
 
 
 def start_aiohttp(tmp: Path, pin: Pinning, upstream_port: int, loop: str) -> Server:
@@ -150,6 +184,9 @@ class GarrisonVariant:
     route: dict[str, object] = field(default_factory=dict)  # merged into the one route
     headers: dict[str, str] = field(default_factory=dict)
     binary: Path = GARRISON_BIN  # another checkout's .venv/bin/garrison for a `--baseline` column
+    env: dict[str, str] = field(default_factory=dict)  # added to the environment it runs in
+    workers: int = 1  # gateway.workers
+    tls: TlsFiles | None = None  # serve TLS with these files; None: plaintext (tls.insecure_disable)
 
 
 def as_baseline(variant: GarrisonVariant, checkout: Path) -> GarrisonVariant:
@@ -159,6 +196,16 @@ def as_baseline(variant: GarrisonVariant, checkout: Path) -> GarrisonVariant:
 
 
 PLAIN = GarrisonVariant("garrison")
+# The plain column on the pure-Python path (no compiled hot modules), once GARRISON_PURE_PYTHON exists.
+PURE = GarrisonVariant("garrison-pure", env={"GARRISON_PURE_PYTHON": "1"})
+WORKERS_2 = GarrisonVariant("garrison-w2", workers=2)
+
+
+def tls_variant(name: str, tls: TlsFiles) -> GarrisonVariant:
+    """The plain column serving TLS with the run's certificate (garrison-tls, garrison-tls-new)."""
+    return GarrisonVariant(name, tls=tls)
+
+
 REDIS_URL = "redis://127.0.0.1:6379/0"
 BENCH_AUDIENCE = BENCH_SCOPE = "bench"
 NEVER_LIMITED = "10000000/minute"  # far above anything one core can serve: the limiter counts, never refuses
@@ -220,8 +267,11 @@ def garrison_config(tmp: Path, port: int, upstream_port: int, variant: GarrisonV
         "state_dir": str(tmp / f"{variant.name}-state"),
         "gateway": {
             "listen": f"127.0.0.1:{port}",
-            "workers": 1,
-            "tls": {"insecure_disable": True},  # plaintext, like the other two proxies
+            "workers": variant.workers,
+            # plaintext like nginx, unless the column is one of the TLS ones
+            "tls": {"cert": str(variant.tls.cert), "key": str(variant.tls.key)}
+            if variant.tls
+            else {"insecure_disable": True},
             "admin": {"listen": "127.0.0.1:0"},  # Prometheus /metrics: always collected
             "access_log": {"path": str(tmp / f"{variant.name}-access.log")},
             **variant.gateway,
@@ -253,8 +303,10 @@ def start_garrison(tmp: Path, pin: Pinning, upstream_port: int, variant: Garriso
     config = garrison_config(tmp, 0, upstream_port, variant)  # port 0: the ready file says which
     ready = tmp / f"{variant.name}-ready.json"
     argv = [*pin.server(), str(variant.binary), "gateway", "-c", str(config), "--ready-file", str(ready)]
-    server = Server(variant.name, argv, tmp / f"{variant.name}.out")
+    env = {**os.environ, **variant.env} if variant.env else None
+    server = Server(variant.name, argv, tmp / f"{variant.name}.out", env)
     server.headers = dict(variant.headers)
+    server.ca = variant.tls.ca if variant.tls else None
     try:
         address = wait_for(server, lambda: ready_address(ready), "wrote no ready file", READY_TIMEOUT)
     except BaseException:
@@ -268,7 +320,7 @@ def start_garrison(tmp: Path, pin: Pinning, upstream_port: int, variant: Garriso
 
 def check_refused_without_headers(server: Server) -> None:
     """The chain must be enforced: without its Authorization header the same request gets 401."""
-    got = get_status(server.address, {})
+    got = get_status(server.address, {}, server.ca)
     if got is None or got[0] != 401:
         server.stop()
         seen = "no answer" if got is None else f"{got[0]}"

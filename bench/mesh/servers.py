@@ -92,7 +92,7 @@ def start_nginx(stack: ExitStack, name: str, conf: Path, tmp: Path, prefix: list
 def start_app(stack: ExitStack, tmp: Path, pin: Pinning) -> Column:
     """The app (nginx, one worker) as the `direct` column: no hop at all."""
     with reserved_port() as port:  # held until nginx answers on it
-        conf = nginx.render(UPSTREAM_TEMPLATE, tmp, port=port)
+        conf = nginx.render(UPSTREAM_TEMPLATE, tmp, port=port, workers=1)
         app = start_nginx(stack, "app", conf, tmp, pin.client())
         direct = Column("direct", f"127.0.0.1:{port}")
         wait_answers(app, direct.url)
