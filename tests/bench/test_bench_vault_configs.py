@@ -30,7 +30,7 @@ def _load(name: str) -> ModuleType:
     for folder in (BENCH, BENCH / "vault"):
         if str(folder) not in sys.path:
             sys.path.insert(0, str(folder))
-    if name in sys.modules:
+    if name in sys.modules and Path(sys.modules[name].__file__ or "").parent == BENCH / "vault":
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, BENCH / "vault" / f"{name}.py")
     assert spec is not None and spec.loader is not None
