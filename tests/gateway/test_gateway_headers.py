@@ -312,6 +312,18 @@ def test_invalid_traceparent_starts_a_new_trace(
     assert response.header("traceparent") == sent
 
 
+def test_a_request_without_ids_gets_a_new_request_id_and_trace(
+    gw: GatewayProcess, upstream: RecordingUpstream
+) -> None:
+    response, request = exchange(gw, upstream, [])
+    sent, request_id = request.header("traceparent"), request.header("x-request-id")
+    assert sent is not None and request_id is not None
+    assert re.fullmatch(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-01", sent), sent
+    assert re.fullmatch(rb"[0-9a-f]{32}", request_id), request_id
+    assert sent.split(b"-")[1] != request_id
+    assert response.header("traceparent") == sent and response.header("x-request-id") == request_id
+
+
 # -- the response ----------------------------------------------------------------------------------------
 def test_response_security_headers_and_banner_removed(
     gw: GatewayProcess, upstream: RecordingUpstream
