@@ -77,7 +77,14 @@ def wrk_argv(
 PACED_SCRIPT = Path(__file__).with_name("paced.lua")
 
 
-def run_paced(address: str, path: str, seconds: int, rate: float, prefix: list[str]) -> WrkResult:
+def run_paced(
+    address: str,
+    path: str,
+    seconds: int,
+    rate: float,
+    prefix: list[str],
+    headers: dict[str, str] | None = None,
+) -> WrkResult:
     """About ``rate`` req/s of independent arrivals for ``seconds`` (latency at a fixed rate).
 
     WRK_CONNECTIONS connections each wait an exponential time of mean WRK_CONNECTIONS / rate before
@@ -89,7 +96,10 @@ def run_paced(address: str, path: str, seconds: int, rate: float, prefix: list[s
     """
     mean_ms = 1000.0 * WRK_CONNECTIONS / rate
     env = {**os.environ, "PACED_MEAN_MS": f"{mean_ms:.3f}"}
-    argv = [*wrk_argv(prefix, seconds), "-s", str(PACED_SCRIPT), f"http://{address}{path}"]
+    argv = [*wrk_argv(prefix, seconds), "-s", str(PACED_SCRIPT)]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
+    argv.append(f"http://{address}{path}")
     return parse_wrk(run_tool("wrk", argv, seconds, env))
 
 

@@ -9,8 +9,9 @@ largest share of the samples (where the CPU is, not who called it) and writes th
 recordings. py-spy needs root (or ptrace rights) and pauses the gateway for each sample: read the
 req/s under profiling as lower than a benchmark's.
 
-    .venv/bin/python bench/gateway/profile_gateway.py --out bench/profiles              # the plain column, 10 s
-    .venv/bin/python bench/gateway/profile_gateway.py --column garrison-chain --seconds 20 --out bench/profiles
+    .venv/bin/python bench/gateway/profile_gateway.py --out bench/profiles    # the plain column, 10 s
+    .venv/bin/python bench/gateway/profile_gateway.py --column garrison-chain --seconds 20 \
+        --out bench/profiles
 """
 
 from __future__ import annotations

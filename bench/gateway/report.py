@@ -10,7 +10,6 @@ import subprocess
 from common import machine, render
 from common.loadgen import WRK_CONNECTIONS
 from common.render import ms, rps
-from loadgen import HEY_WORKERS
 from results import RATE_REACHED, SCALING, SECTIONS, ColumnSummary, Settings, Summary, nginx_of
 from rich.console import Console
 from rich.table import Table
@@ -39,7 +38,8 @@ def header_lines(date: str, host: dict[str, str], settings: Settings) -> list[st
         f"(commit {host['commit']})" + _baseline(settings),
         f"method: wrk -t1 -c{WRK_CONNECTIONS}, {settings.rounds} interleaved round(s) of "
         f"{settings.duration} s after {settings.warmup} s warm-up; "
-        f"hey -c {HEY_WORKERS} for {settings.latency_seconds} s per round" + _sections(settings),
+        f"paced wrk -c{WRK_CONNECTIONS} (independent arrivals, bench/common/paced.lua) for "
+        f"{settings.latency_seconds} s per round at the fixed rate" + _sections(settings),
         settings.pinning,
     )
 
@@ -127,7 +127,7 @@ def latency_title(summary: Summary) -> str:
     if summary.target_rps is None:
         return "Latency at a fixed rate: not measured"
     rate = f"{summary.target_rps:,.0f} req/s"
-    return f"Latency at a fixed {rate} (1/4 of {summary.rate_basis}'s saturation; hey)"
+    return f"Latency at a fixed {rate} (1/4 of {summary.rate_basis}'s saturation; paced wrk)"
 
 
 def _achieved(column: ColumnSummary, summary: Summary) -> str:
@@ -157,8 +157,8 @@ def latency_table(summary: Summary) -> Table:
 
 LEGEND = (
     "CPU: share of one core the server's own processes used under wrk (direct: the upstream); "
-    "req/CPU-s: requests per CPU-second of that server. Latency: medians of hey's p50/p99 over rounds, "
-    "printed by hey to 0.1 ms; added = proxy - direct."
+    "req/CPU-s: requests per CPU-second of that server. Latency: medians of wrk's p50/p99 over rounds "
+    "at the fixed rate (independent arrivals); added = proxy - direct."
 )
 
 

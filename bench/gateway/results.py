@@ -11,7 +11,6 @@ from statistics import median
 
 from common.loadgen import WrkResult
 from common.results import CPU_BOUND, Target, Timing, add_ratios, median_or_none, throughput_figures
-from loadgen import HeyResult
 
 DIRECT = "direct"
 # "bare": the least a Python proxy can do (bare_proxy.py), the floor Garrison is measured from.
@@ -69,7 +68,7 @@ class Column:
     name: str
     throughput: list[WrkResult] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)  # per throughput round: share of a core the server used
-    latency: list[HeyResult] = field(default_factory=list)
+    latency: list[WrkResult] = field(default_factory=list)  # paced wrk at the fixed rate
     failure: str | None = None  # why it did not start, or stopped answering
     # per throughput round: TCP connections accepted on the machine per request served (about 1 when
     # every request comes on a new connection, about 0 with keep-alive)
@@ -141,7 +140,7 @@ def summarize_column(column: Column, direct: Column) -> ColumnSummary:
         fixed_p50_ms=p50,
         fixed_p99_ms=p99,
         fixed_rps=median_or_none([h.rps for h in column.latency]),
-        fixed_errors=sum(h.errors + h.non_2xx for h in column.latency),
+        fixed_errors=sum(h.errors for h in column.latency),  # socket errors and non-2xx
         added_p50_ms=None if column is direct else _minus(p50, direct_p50),
         added_p99_ms=None if column is direct else _minus(p99, direct_p99),
         failure=column.failure,
@@ -313,7 +312,7 @@ def fixed_rate_basis(run: Run) -> tuple[str, float] | None:
 
 @dataclass(frozen=True)
 class Settings(Timing):
-    latency_seconds: int  # seconds per hey run
+    latency_seconds: int  # seconds per paced wrk run
     columns: list[str]  # "direct" first, then the selected proxies in round order
     pinning: str  # how processes were placed on cores, in words
     aiohttp_loop: str

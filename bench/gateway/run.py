@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import report
 import servers
 from common import cli
-from common.loadgen import LoadError
+from common.loadgen import LoadError, run_paced
 from common.processes import (
     ServerDied,
     StartError,
@@ -39,7 +39,7 @@ from common.processes import (
 )
 from common.render import progress_line, say, to_json
 from issuer import Issuer
-from loadgen import LoadShape, run_hey, run_load
+from loadgen import LoadShape, run_load
 from results import (
     BASELINES,
     COLUMNS,
@@ -74,7 +74,9 @@ CLOSE = {"Connection": "close"}  # wrk then opens a new connection (a new TLS ha
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = cli.new_parser(__doc__)
     cli.add_timing_arguments(parser, "seconds of wrk per column before round 1")
-    parser.add_argument("--latency-duration", type=int, help="seconds per hey run (default: --duration)")
+    parser.add_argument(
+        "--latency-duration", type=int, help="seconds per paced wrk run (default: --duration)"
+    )
     cli.add_selection_arguments(parser, COLUMNS, "proxies")
     parser.add_argument(
         "--section-duration",
@@ -293,14 +295,15 @@ def measure_latency(
         return
     run.rate_basis, run.target_rps = basis
     console.print(
-        f"latency: hey at {run.target_rps:,.0f} req/s (¼ of {run.rate_basis}'s median) "
+        f"latency: paced wrk (independent arrivals) at {run.target_rps:,.0f} req/s "
+        f"(¼ of {run.rate_basis}'s median) "
         f"for {settings.latency_seconds} s per column per round",
         highlight=False,
     )
     rate = run.target_rps
 
     def measure(name: str, server: Server) -> str:
-        result = run_hey(server.address, settings.latency_seconds, rate, pin.client(), server.headers)
+        result = run_paced(server.address, "/", settings.latency_seconds, rate, pin.client(), server.headers)
         still_alive(server)
         run.columns[name].latency.append(result)
         return progress_line(name, NAME_WIDTH, result, result.errors + result.non_2xx)
