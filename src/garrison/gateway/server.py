@@ -160,7 +160,10 @@ class GatewayServer:
         await self.revocations.start()  # before serving: a revoked token is never let in at start
         await self.emitter.start()
         server = await self.loop.create_server(
-            lambda: ClientConnection(self), sock=main_sock, ssl=self.tls_context, backlog=BACKLOG
+            lambda: ClientConnection(self).as_protocol(),
+            sock=main_sock,
+            ssl=self.tls_context,
+            backlog=BACKLOG,
         )
         self.servers.append(server)
         await self.blocklist.start()

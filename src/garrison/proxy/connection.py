@@ -11,7 +11,7 @@ than all the Python of a request). Closing half-closes first when unread input r
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from garrison.proxy.state import CLOSED, CLOSING, IDLE, LEGAL, ConnectionState, IllegalTransition
 
@@ -23,7 +23,12 @@ LINGER_SECONDS = 1.0
 MAX_BUFFERED_BODY = 256 * 1024
 
 
-class ProxyConnection(asyncio.Protocol):
+class ProxyConnection:
+    """An asyncio protocol by its methods, not by subclassing ``asyncio.Protocol``: a plain class is
+    what mypyc compiles to a native class (fixed attribute slots, native method calls), and this is
+    the hottest object of the data plane. uvloop and asyncio only call the methods below.
+    ``as_protocol`` gives it the type the event loop's signatures ask for."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.transport: asyncio.Transport | None = None
@@ -37,6 +42,28 @@ class ProxyConnection(asyncio.Protocol):
         self.state = IDLE
         self.deadline = 0.0
         self.out: list[bytes] = []
+
+    # -- asyncio's protocol methods (what asyncio.Protocol would inherit); subclasses override -------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        pass
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    def as_protocol(self) -> asyncio.Protocol:
+        return cast(asyncio.Protocol, self)  # see the class docstring
 
     # -- output and flow control ---------------------------------------------------------------------
     def write(self, data: bytes) -> None:

@@ -104,8 +104,10 @@ class SidecarComponent:
         await self.emitter.start()
         self.identity.on_state(self.gate.apply)
         inbound_sock, outbound_sock = bind_socket(spec.inbound), bind_socket(spec.outbound)
-        await inbound.serve(lambda: InboundConnection(inbound), inbound_sock, self.identity.server_context())
-        await outbound.serve(lambda: OutboundConnection(outbound), outbound_sock, None)
+        await inbound.serve(
+            lambda: InboundConnection(inbound).as_protocol(), inbound_sock, self.identity.server_context()
+        )
+        await outbound.serve(lambda: OutboundConnection(outbound).as_protocol(), outbound_sock, None)
         listeners = {"inbound": address_of(inbound_sock), "outbound": address_of(outbound_sock)}
         admin = spec.admin
         api = AdminApi(self._not_ready, self.metrics.registry)

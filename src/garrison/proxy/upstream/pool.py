@@ -39,8 +39,12 @@ class UpstreamListener(Protocol):
     def flush(self) -> None: ...
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One HTTP/1.1 connection to a target, serving one exchange at a time."""
+class UpstreamConnection:
+    """One HTTP/1.1 connection to a target, serving one exchange at a time.
+
+    An asyncio protocol by its methods, not by subclassing ``asyncio.Protocol`` (as
+    proxy/connection.py's ``ProxyConnection``, and for the same reason: mypyc compiles a plain class
+    to a native one)."""
 
     def __init__(self, pool: TargetPool) -> None:
         self.pool = pool
@@ -128,6 +132,9 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             listener.on_upstream_failed("connection_lost")
         listener.flush()
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes; connection_lost says what that means
 
     def pause_writing(self) -> None:
         if self.listener is not None:
@@ -224,9 +231,10 @@ class TargetPool:
         or TimeoutError."""
         target = self.target
         context = self.tls_source() if self.tls_source is not None else self.ssl_context
+        protocol = UpstreamConnection(self)
         async with asyncio.timeout(self.connect_timeout):
-            transport, protocol = await self.loop.create_connection(
-                lambda: UpstreamConnection(self),
+            transport, _ = await self.loop.create_connection(
+                lambda: cast(asyncio.Protocol, protocol),
                 target.host,
                 target.port,
                 ssl=context,
