@@ -26,7 +26,7 @@ import time
 from json.encoder import encode_basestring
 from pathlib import Path
 from random import getrandbits as _bits  # event ids need uniqueness, not secrecy: 1/3 of urandom's cost
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from garrison.admin.auth import load_or_create_admin_token
 from garrison.events.emitter import Emitter
@@ -113,8 +113,8 @@ def _quoted(value: str) -> bytes:
 class _Seconds:
     """``YYYY-mm-ddTHH:MM:SS`` of a second, formatted once per second."""
 
-    second = -1
-    text = b""
+    second: ClassVar[int] = -1
+    text: ClassVar[bytes] = b""
 
     @classmethod
     def of(cls, when: float) -> tuple[bytes, int]:
