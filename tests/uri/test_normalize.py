@@ -13,6 +13,7 @@ from garrison.uri.normalize import (
     RequestTarget,
     TargetRejected,
     _normalize_slow,
+    _parse_slow,
     normalize_path,
     parse_request_target,
 )
@@ -286,6 +287,17 @@ def test_fast_path_agrees_with_slow_path(raw: bytes) -> None:
             normalize_path(raw)
     else:
         assert normalize_path(raw) == slow
+
+
+@given(TARGETS | TARGETS.map(lambda raw: raw + b"?a=1&b=%7E") | st.binary(max_size=24).map(b"/x?".__add__))
+def test_fast_target_agrees_with_slow_target(raw: bytes) -> None:
+    try:
+        slow = _parse_slow(raw)
+    except TargetRejected:
+        with pytest.raises(TargetRejected):
+            parse_request_target(raw)
+    else:
+        assert parse_request_target(raw) == slow
 
 
 @given(st.lists(st.sampled_from([b"a", b"Z", b"9", b".", b"-", b"~", b"/", b"@"]), max_size=20))
