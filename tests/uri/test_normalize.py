@@ -210,10 +210,13 @@ def test_target_rejected_is_a_value_error_with_default_status() -> None:
     assert (error.reason, error.status) == ("bad", 400)
 
 
-def test_request_target_is_frozen() -> None:
-    target = parse_request_target(b"/a")
-    with pytest.raises(AttributeError):
-        target.path = b"/b"  # type: ignore[misc]
+def test_request_target_compares_by_value() -> None:
+    """Its fields are Final (mypy refuses an assignment); equal targets are equal and hash alike."""
+    target = parse_request_target(b"/a?b")
+    assert target == RequestTarget(b"/a", b"b", True, None)
+    assert target != RequestTarget(b"/a", b"b", False, None)
+    assert hash(target) == hash(RequestTarget(b"/a", b"b", True, None))
+    assert "path=b'/a'" in repr(target)
 
 
 # --- properties -----------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import NamedTuple
+from typing import Final
 
 __all__ = ["MAX_PATH_LENGTH", "RequestTarget", "TargetRejected", "normalize_path", "parse_request_target"]
 
@@ -105,16 +105,33 @@ class TargetRejected(ValueError):
         self.status = status
 
 
-class RequestTarget(NamedTuple):
+class RequestTarget:
     """A parsed request target: the normalized path routes match on and the upstream receives.
 
-    A NamedTuple, not a frozen dataclass: one is made per request, and a frozen dataclass's
-    ``__init__`` sets each field through ``object.__setattr__`` (about four times the cost)."""
+    A plain class rather than a NamedTuple or a frozen dataclass: one is made per request, and a
+    frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, while a
+    NamedTuple's ``__new__`` is interpreted Python even where this module is compiled (setup.py).
+    Immutable by type (``Final``: mypy refuses an assignment), not by a runtime check."""
 
-    path: bytes
-    query: bytes
-    has_query: bool
-    authority: bytes | None
+    __slots__ = ("authority", "has_query", "path", "query")
+
+    def __init__(self, path: bytes, query: bytes, has_query: bool, authority: bytes | None) -> None:
+        self.path: Final = path
+        self.query: Final = query
+        self.has_query: Final = has_query
+        self.authority: Final = authority
+
+    def _fields(self) -> tuple[bytes, bytes, bool, bytes | None]:
+        return self.path, self.query, self.has_query, self.authority
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RequestTarget) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "RequestTarget(path={!r}, query={!r}, has_query={!r}, authority={!r})".format(*self._fields())
 
 
 def parse_request_target(raw: bytes) -> RequestTarget:
