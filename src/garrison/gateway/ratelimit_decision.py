@@ -8,30 +8,51 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 __all__ = ["Outcome", "RateDecision", "rate_limit_headers", "rate_limit_lines", "sliding_window_stats"]
 
 Outcome = Literal["allowed", "limited", "failed_open", "failed_closed"]
 
 
-@dataclass(frozen=True, slots=True)
 class RateDecision:
     """The outcome of one hit.
 
     ``allowed`` False with ``storage_error`` False means 429; with ``storage_error`` True it means the
     limit could not be evaluated and the route fails closed (503). ``failed_open`` marks a request
     allowed only because the storage was failing.
+
+    A plain class with ``Final`` fields rather than a frozen dataclass: one is made per hit, and a
+    frozen dataclass's ``__init__`` sets each field through ``object.__setattr__`` (and stays
+    interpreted Python in the compiled build, setup.py).
     """
 
-    allowed: bool
-    limit: int
-    remaining: int
-    reset_at: float  # epoch seconds when the window (or the oldest counted hit) frees capacity
-    retry_after: int  # whole seconds, >= 1 when refused, 0 when allowed
-    failed_open: bool = False
-    storage_error: bool = False
+    __slots__ = ("allowed", "failed_open", "limit", "remaining", "reset_at", "retry_after", "storage_error")
+
+    def __init__(
+        self,
+        allowed: bool,
+        limit: int,
+        remaining: int,
+        reset_at: float,
+        retry_after: int,
+        failed_open: bool = False,
+        storage_error: bool = False,
+    ) -> None:
+        self.allowed: Final = allowed
+        self.limit: Final = limit
+        self.remaining: Final = remaining
+        self.reset_at: Final = reset_at  # epoch seconds when the window (or oldest hit) frees capacity
+        self.retry_after: Final = retry_after  # whole seconds, >= 1 when refused, 0 when allowed
+        self.failed_open: Final = failed_open
+        self.storage_error: Final = storage_error
+
+    def __repr__(self) -> str:
+        return (
+            f"RateDecision(allowed={self.allowed}, limit={self.limit}, remaining={self.remaining}, "
+            f"reset_at={self.reset_at}, retry_after={self.retry_after}, failed_open={self.failed_open}, "
+            f"storage_error={self.storage_error})"
+        )
 
     @classmethod
     def counted(cls, allowed: bool, limit: int, remaining: int, reset_at: float, now: float) -> RateDecision:
