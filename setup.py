@@ -48,6 +48,7 @@ HOT_MODULES = [
     "garrison/gateway/iprules.py",
     "garrison/gateway/ratelimit.py",
     "garrison/gateway/ratelimit_decision.py",
+    "garrison/gateway/ratelimit_memory.py",
     "garrison/mesh/sidecar/request.py",
     "garrison/mesh/sidecar/answers.py",
     "garrison/mesh/sidecar/forward.py",
