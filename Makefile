@@ -9,7 +9,7 @@ COMPILED := $(VENV)/.compiled
 export GARRISON_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/test
 export GARRISON_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: demo test lint typecheck unit bench clean compile
+.PHONY: demo test test-pure lint typecheck unit bench clean compile
 
 # The install compiles the data plane's hot modules with mypyc (setup.py; GARRISON_NO_COMPILE=1
 # skips it), into C extensions beside the .py files under src/.
@@ -40,6 +40,13 @@ lint: $(STAMP)
 # starts once, not once per worker.
 test: lint $(COMPILED)
 	$(BIN)/pytest -n 2 --dist loadscope tests
+	$(MAKE) --no-print-directory test-pure
+
+# The hot modules' in-process tests again on the pure-Python path (about a minute; the process tests
+# of these directories take over ten, so a real process runs pure only in tests/test_compiled.py).
+test-pure: $(STAMP)
+	GARRISON_PURE_PYTHON=1 $(BIN)/pytest -q -n 2 --dist loadscope -m "not process" \
+		tests/gateway tests/proxy tests/uri tests/mesh tests/test_compiled.py
 
 # The tests that start no process or listener and need no service (tests/helpers/unit_guard.py checks).
 unit: $(STAMP)
