@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from garrison import __version__
+from garrison import __version__, build_status, compiled_modules
 
 app = typer.Typer(
     help="Garrison: a zero-trust security plane for HTTP microservices, driven by one garrison.yaml.",
@@ -361,9 +361,14 @@ def apikey_expire(
 
 
 @app.command()
-def version() -> None:
-    """Print Garrison's version."""
-    typer.echo(__version__)
+def version(
+    modules: Annotated[bool, typer.Option("--modules", help="List the modules that run compiled.")] = False,
+) -> None:
+    """Print Garrison's version, and whether its hot modules run compiled (mypyc) or as plain Python."""
+    typer.echo(f"{__version__} ({build_status()})")
+    if modules:
+        for name in compiled_modules():
+            typer.echo(f"  {name}")
 
 
 def main() -> None:

@@ -104,6 +104,7 @@ def test_grants_decide_as_the_model_does(config_file: Path) -> None:
     assert from_grants.callers_of("payments") == from_model.callers_of("payments") == [orders]
 
 
+@pytest.mark.process  # the settings child is a real subprocess
 def test_the_child_answers_the_settings_or_the_loaders_error(config_file: Path) -> None:
     loaded = load_config(config_file)
     assert load_settings(config_file) == settings_from_config(loaded.config, loaded.source)
@@ -118,6 +119,7 @@ def test_the_child_answers_the_settings_or_the_loaders_error(config_file: Path) 
     assert through_child.value.problems == direct.value.problems
 
 
+@pytest.mark.process  # the settings child is a real subprocess
 def test_an_unreadable_file_is_the_loaders_error_too(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the file"):
         load_settings(tmp_path / "missing.yaml")

@@ -9,21 +9,36 @@ matching path wins without scanning the route list. A prefix matches only at a s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+# RouteEntry and RouteTable are plain classes, not dataclasses: mypyc cannot compile a generic
+# dataclass (mypyc/mypyc#1061, "attribute '__dict__' of 'type' objects is not writable").
 
-@dataclass(slots=True)
+
 class RouteEntry(Generic[T]):
     """A route as the table sees it: match conditions plus the caller's payload."""
 
-    path: bytes
-    prefix: bool
-    methods: frozenset[bytes] | None
-    hosts: tuple[bytes, ...] | None
-    payload: T
+    __slots__ = ("hosts", "methods", "path", "payload", "prefix")
+
+    def __init__(
+        self,
+        path: bytes,
+        prefix: bool,
+        methods: frozenset[bytes] | None,
+        hosts: tuple[bytes, ...] | None,
+        payload: T,
+    ) -> None:
+        self.path = path
+        self.prefix = prefix
+        self.methods = methods
+        self.hosts = hosts
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"RouteEntry(path={self.path!r}, prefix={self.prefix}, payload={self.payload!r})"
 
     def host_matches(self, host: bytes) -> bool:
         if self.hosts is None:
@@ -45,11 +60,13 @@ class RouteMiss:
     allowed: tuple[bytes, ...] = ()
 
 
-@dataclass
 class RouteTable(Generic[T]):
-    exact: dict[bytes, list[RouteEntry[T]]] = field(default_factory=dict)
-    prefixes: dict[bytes, list[RouteEntry[T]]] = field(default_factory=dict)
-    prefix_lengths: tuple[int, ...] = ()
+    __slots__ = ("exact", "prefix_lengths", "prefixes")
+
+    def __init__(self) -> None:
+        self.exact: dict[bytes, list[RouteEntry[T]]] = {}
+        self.prefixes: dict[bytes, list[RouteEntry[T]]] = {}
+        self.prefix_lengths: tuple[int, ...] = ()
 
     @classmethod
     def compile(cls, entries: Sequence[RouteEntry[T]]) -> RouteTable[T]:

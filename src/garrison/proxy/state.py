@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from mypy_extensions import mypyc_attr
+
 
 class ConnectionState(IntEnum):
     READING_HEAD = 0  # waiting for or reading a request head: the header timeout runs
@@ -46,6 +48,8 @@ LEGAL: tuple[frozenset[ConnectionState], ...] = tuple(
 # CLOSED is final: once closed, a connection never reopens (CLOSED -> CLOSED is a no-op).
 
 
+# Not a mypyc native class: mypyc cannot compile a subclass of RuntimeError.
+@mypyc_attr(native_class=False)
 class IllegalTransition(RuntimeError):
     """A connection asked to move between states the table does not link (a bug, never input)."""
 

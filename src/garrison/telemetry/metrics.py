@@ -12,6 +12,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from mypy_extensions import mypyc_attr
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -40,6 +41,8 @@ class RouteStats:
         self.bytes_out += bytes_out
 
 
+# Not a mypyc native class: its base (prometheus-client's Collector) is a Python class with a __dict__.
+@mypyc_attr(native_class=False)
 class GatewayMetrics(Collector):
     """Every gateway metric. Gauges are read from callbacks at scrape time."""
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 
+from mypy_extensions import mypyc_attr
+
 from garrison.mesh.sidecar.gate import service_of
 from garrison.mesh.sidecar.relay import RelayConnection
 from garrison.mesh.sidecar.request import Request
@@ -28,6 +30,8 @@ __all__ = ["InboundConnection", "InboundSide"]
 DENIED_MESSAGE = "this call is not allowed by the mesh policy"
 
 
+# Not a mypyc native class: its base (server.Side) is not compiled.
+@mypyc_attr(native_class=False)
 class InboundSide(Side):
     """The inbound side and the app it forwards to."""
 
@@ -44,10 +48,10 @@ class InboundSide(Side):
 
 
 class InboundConnection(RelayConnection):
-    side: InboundSide
-
     def __init__(self, side: InboundSide) -> None:
         super().__init__(side)
+        # Not a narrowed ``side: InboundSide``: mypyc refuses an attribute retyped in a subclass.
+        self.inbound = side
         self.caller: str | None = None
         self.caller_lines = b""
 
@@ -58,13 +62,13 @@ class InboundConnection(RelayConnection):
         if self.caller is None:
             # Verified by OpenSSL but not an SVID (no single spiffe:// URI SAN): not a workload.
             log.warn("mesh.call.denied", direction="inbound", reason="no_identity", peer=self.peer)
-            self.side.audit.no_identity(str(self.peer))
+            self.inbound.audit.no_identity(str(self.peer))
             self._close()
             return
-        self.caller_lines = self.side.caller_headers(self.caller)
+        self.caller_lines = self.inbound.caller_headers(self.caller)
 
     def handle(self, request: Request) -> None:
-        side = self.side
+        side = self.inbound
         request.caller = self.caller or ""
         request.peer = side.gate.service
         reason = side.gate.inbound(
