@@ -518,7 +518,9 @@ class GatewayProcess:
         return self
 
     def stop(self) -> int | None:
-        return stop_process(self.proc, grace=5.0)
+        # A bound on a hang, not a measurement: on a loaded machine a `workers: 2` supervisor with a
+        # mesh identity has been seen to need just over 5 s to stop its workers and exit.
+        return stop_process(self.proc, grace=10.0)
 
     # addresses
     def _port(self, name: str) -> int:
