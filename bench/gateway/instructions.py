@@ -10,7 +10,11 @@ figures on a shared machine move by ±20% (bench/RESULTS.md). Instructions are n
 miss costs more than an add), so confirm a change that matters with bench/gateway/run.py.
 
     .venv/bin/python bench/gateway/instructions.py [--variant plain|jwt|"rate limit"|"jwt + rate limit"]
-        [--log on|off]          # GARRISON_PURE_PYTHON=1 in the environment: the pure-Python path
+        [--log on|off] [--top N]   # GARRISON_PURE_PYTHON=1 in the environment: the pure-Python path
+
+``--top N`` also prints the N functions with the most instructions per request, callees included
+(callgrind_annotate --inclusive): for the compiled modules, whose functions py-spy cannot see, the
+profile by function (mypyc names them ``CPyDef_<module>___<Class>___<method>``).
 
 Takes about a minute per variant (valgrind runs Python some 50 times slower).
 """
@@ -69,8 +73,8 @@ def child(requests: int, variant: str, log: str) -> None:
         uvloop.run(hotpath.measure(config, request, jwk, requests, "counted"))
 
 
-def counted(requests: int, variant: str, log: str) -> int:
-    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null"]
+def counted(requests: int, variant: str, log: str, out: str = "/dev/null") -> int:
+    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
     argv += [sys.executable, __file__, "--child", str(requests), "--variant", variant, "--log", log]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=1800)
@@ -86,6 +90,7 @@ def main() -> int:
     )
     parser.add_argument("--variant", default="plain", help='plain, jwt, "rate limit" or "jwt + rate limit"')
     parser.add_argument("--log", choices=["on", "off"], default="on", help="the access log")
+    parser.add_argument("--top", type=int, default=0, help="also print the N costliest functions")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -94,11 +99,37 @@ def main() -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: apt-get install -y valgrind", file=sys.stderr)
         return 2
-    small, large = counted(SMALL, args.variant, args.log), counted(LARGE, args.variant, args.log)
-    path = "pure Python" if os.environ.get("GARRISON_PURE_PYTHON") else "as installed"
-    per_request = (large - small) / (LARGE - SMALL)
-    print(f"{args.variant} (access log {args.log}, {path}): {per_request:,.0f} instructions per request")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "callgrind.out")
+        small = counted(SMALL, args.variant, args.log)
+        large = counted(LARGE, args.variant, args.log, out if args.top else "/dev/null")
+        path = "pure Python" if os.environ.get("GARRISON_PURE_PYTHON") else "as installed"
+        per_request = (large - small) / (LARGE - SMALL)
+        print(f"{args.variant} (access log {args.log}, {path}): {per_request:,.0f} instructions per request")
+        if args.top:
+            print_top(out, args.top)
     return 0
+
+
+_ANNOTATED = re.compile(r"^\s*([\d,]+) \([\s\d.]+%\)\s+\*?\s*(\S+)")
+
+
+def print_top(out: str, count: int) -> None:
+    """The functions with the most instructions, callees included, per request of the large run."""
+    argv = ["callgrind_annotate", "--inclusive=yes", "--threshold=100", out]
+    text = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=300).stdout
+    seen: set[str] = set()
+    for line in text.splitlines():
+        found = _ANNOTATED.match(line)
+        if found is None or "CPyDef_" not in line:
+            continue  # the compiled functions (CPyDef_...) name the code; the rest is the interpreter
+        name = found.group(2).rsplit(":", 1)[-1].removesuffix("'2")  # '2: a recursive entry
+        if name in seen:
+            continue
+        seen.add(name)
+        print(f"  {int(found.group(1).replace(',', '')) / LARGE:>9,.0f}  {name}")
+        if len(seen) == count:
+            break
 
 
 if __name__ == "__main__":

@@ -10,8 +10,7 @@ recordings. py-spy needs root (or ptrace rights) and pauses the gateway for each
 req/s under profiling as lower than a benchmark's.
 
     .venv/bin/python bench/gateway/profile_gateway.py --out bench/profiles    # the plain column, 10 s
-    .venv/bin/python bench/gateway/profile_gateway.py --column garrison-chain --seconds 20 \
-        --out bench/profiles
+    .venv/bin/python bench/gateway/profile_gateway.py --column garrison-chain --seconds 20 --out DIR
 """
 
 from __future__ import annotations
