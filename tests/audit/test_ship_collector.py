@@ -25,7 +25,8 @@ def test_the_collector_ships_what_it_logged(tmp_path: Path, upstream: RecordingU
         def lines() -> list[str]:
             return [
                 value[1]
-                for request in upstream.requests
+                for request in list(upstream.requests)
+                if request.body  # empty once on a loaded machine (recorded before its body?): polled again
                 for stream in json.loads(request.body)["streams"]
                 for value in stream["values"]
             ]
